@@ -1,0 +1,142 @@
+"""Every tunable of the server, in one table.
+
+Theory of operation: each limit is declared once, in ``OPTIONS``, with its flag, its
+environment variable, its default and its help text.  The command line, the environment,
+the README table and the tests all read that table, so a limit cannot exist in one place
+and be missing in another.  Precedence: command-line flag > environment > default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+def _cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _somaxconn() -> int:
+    try:
+        with open("/proc/sys/net/core/somaxconn") as f:
+            return int(f.read())
+    except OSError:
+        return 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    name: str  # attribute of Config
+    type: type
+    default: Any
+    help: str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "MILLIONWS_" + self.name.upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("host", str, "0.0.0.0", "address to listen on"),
+    Option("port", int, 8080, "TCP port; every worker binds it with SO_REUSEPORT"),
+    Option("workers", int, None, "worker processes (default: CPUs this process may use)"),
+    Option("grace", float, 10.0, "seconds a drain may take after SIGTERM before workers are killed"),
+    Option("max_message_size", int, 1 << 20, "largest WebSocket message accepted, bytes (over it: close 1009)"),
+    Option("handshake_timeout", float, 10.0, "seconds to complete an HTTP request or the WebSocket upgrade"),
+    Option("ping_interval", float, 0.0, "seconds between server pings (0: no pings)"),
+    Option("ping_timeout", float, 20.0, "seconds to wait for a pong before closing (1011)"),
+    Option("close_timeout", float, 5.0, "seconds to wait for the peer during the closing handshake"),
+    Option("max_pending_bytes", int, 1 << 20,
+           "bytes the kernel refused that one connection may buffer; over it the server stops reading it"),
+    Option("max_connections", int, 1_000_000, "open WebSockets per worker; over it upgrades get HTTP 503"),
+    Option("max_request_head", int, 16384, "largest HTTP request head, bytes (over it: HTTP 431)"),
+    Option("max_request_body", int, 1 << 20, "largest HTTP request body, bytes (over it: HTTP 413)"),
+    Option("backlog", int, None, "listen() backlog (default: net.core.somaxconn)"),
+    Option("log_level", str, "info", "debug, info, warning or error"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """The server's settings. Build one with :func:`load`; defaults are in ``OPTIONS``."""
+
+    host: str = "0.0.0.0"
+    port: int = 8080
+    workers: int = 1
+    grace: float = 10.0
+    max_message_size: int = 1 << 20
+    handshake_timeout: float = 10.0
+    ping_interval: float = 0.0
+    ping_timeout: float = 20.0
+    close_timeout: float = 5.0
+    max_pending_bytes: int = 1 << 20
+    max_connections: int = 1_000_000
+    max_request_head: int = 16384
+    max_request_body: int = 1 << 20
+    backlog: int = 4096
+    log_level: str = "info"
+
+    def validate(self) -> None:
+        positive = ("workers", "max_message_size", "handshake_timeout", "ping_timeout", "close_timeout",
+                    "max_pending_bytes", "max_connections", "max_request_head", "backlog")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0")
+        for name in ("grace", "ping_interval", "max_request_body"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if not 0 <= self.port <= 65535:
+            raise ValueError("port must be within 0..65535")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ValueError("log_level must be debug, info, warning or error")
+
+
+def _parse(option: Option, raw: str) -> Any:
+    try:
+        return option.type(raw)
+    except ValueError as exc:
+        raise ValueError(f"{option.env}/{option.flag}: {raw!r} is not a valid {option.type.__name__}") from exc
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per option; unset flags stay None so the environment can fill them."""
+    for option in OPTIONS:
+        parser.add_argument(option.flag, dest=option.name, type=option.type, default=None,
+                            help=f"{option.help} [env {option.env}]")
+
+
+def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Resolve every option from flags, then the environment, then the default."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        value = getattr(args, option.name, None) if args is not None else None
+        if value is None and environ.get(option.env, "") != "":
+            value = _parse(option, environ[option.env])
+        if value is None:
+            value = option.default
+        values[option.name] = value
+    if values["workers"] is None:
+        values["workers"] = _cpus()
+    if values["backlog"] is None:
+        values["backlog"] = _somaxconn()
+    config = Config(**values)
+    config.validate()
+    return config
+
+
+def from_argv(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Parse ``serve``-style arguments; used by tests and the CLI alike."""
+    parser = argparse.ArgumentParser(prog="millionws serve")
+    add_arguments(parser)
+    return load(parser.parse_args(list(argv)), environ)

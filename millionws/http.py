@@ -1,0 +1,135 @@
+"""HTTP/1.1 on the server side: h11 parses, this module decides and renders.
+
+Theory of operation: h11 turns bytes into request events and enforces HTTP/1.1 framing
+(it answers malformed input with ``RemoteProtocolError`` carrying the status to send:
+400, or 431 for a request head over the limit).  Responses are rendered here as bytes,
+because every response of this server is small and complete: a fresh h11 parser is
+started for the next request on a keep-alive connection, fed with whatever the client
+pipelined.  The WebSocket opening handshake (RFC 6455 §4.2) is validated here as well;
+a refused handshake is an :class:`HttpError` carrying its status, its extra headers and
+the reason it is counted under in ``millionws_handshake_failures_total``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Iterable
+
+import h11
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+STATUS_TEXT = {
+    101: "Switching Protocols", 200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+    404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large",
+    426: "Upgrade Required", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 503: "Service Unavailable",
+}
+
+# Labels of millionws_handshake_failures_total.
+HANDSHAKE_REASONS = ("bad_request", "method", "version", "upgrade_required", "too_large", "timeout",
+                     "over_capacity", "draining", "not_found")
+(HS_BAD_REQUEST, HS_METHOD, HS_VERSION, HS_UPGRADE_REQUIRED, HS_TOO_LARGE, HS_TIMEOUT,
+ HS_OVER_CAPACITY, HS_DRAINING, HS_NOT_FOUND) = range(len(HANDSHAKE_REASONS))
+
+
+class HttpError(Exception):
+    """A request we refuse: ``status`` to answer, ``reason`` index into HANDSHAKE_REASONS."""
+
+    def __init__(self, status: int, message: str, reason: int = HS_BAD_REQUEST,
+                 headers: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.reason = reason
+        self.headers = tuple(headers)
+
+
+def new_parser(max_head: int) -> h11.Connection:
+    return h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
+
+
+def header_values(request: h11.Request, name: bytes) -> list[bytes]:
+    """Values of header ``name`` (lower case), comma-separated lists split, lower-cased."""
+    values: list[bytes] = []
+    for key, value in request.headers:
+        if key == name:
+            values.extend(v.strip().lower() for v in value.split(b","))
+    return values
+
+
+def header(request: h11.Request, name: bytes) -> bytes | None:
+    """The single value of header ``name``, or None when absent (the last one when repeated)."""
+    found = None
+    for key, value in request.headers:
+        if key == name:
+            found = value
+    return found
+
+
+def keep_alive(request: h11.Request) -> bool:
+    tokens = header_values(request, b"connection")
+    if request.http_version == b"1.0":
+        return b"keep-alive" in tokens
+    return b"close" not in tokens
+
+
+def is_upgrade(request: h11.Request) -> bool:
+    return b"websocket" in header_values(request, b"upgrade")
+
+
+def accept_key(key: bytes) -> bytes:
+    """Sec-WebSocket-Accept for a Sec-WebSocket-Key (RFC 6455 §4.2.2)."""
+    return base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+
+
+def check_upgrade(request: h11.Request) -> bytes:
+    """Validate a WebSocket opening handshake; return the 101 response bytes or raise HttpError."""
+    if request.method != b"GET":
+        raise HttpError(405, "WebSocket upgrade needs GET", HS_METHOD, (("Allow", "GET"),))
+    if not is_upgrade(request):
+        raise HttpError(426, "this endpoint speaks WebSocket", HS_UPGRADE_REQUIRED,
+                        (("Upgrade", "websocket"), ("Connection", "Upgrade")))
+    if request.http_version != b"1.1":
+        raise HttpError(400, "WebSocket needs HTTP/1.1", HS_BAD_REQUEST)
+    if b"upgrade" not in header_values(request, b"connection"):
+        raise HttpError(400, "Connection header lacks the upgrade token", HS_BAD_REQUEST)
+    versions = [v for k, v in request.headers if k == b"sec-websocket-version"]
+    if versions != [b"13"]:
+        raise HttpError(426, "unsupported Sec-WebSocket-Version", HS_VERSION, (("Sec-WebSocket-Version", "13"),))
+    keys = [v for k, v in request.headers if k == b"sec-websocket-key"]
+    if len(keys) != 1:
+        raise HttpError(400, "exactly one Sec-WebSocket-Key is required", HS_BAD_REQUEST)
+    key = keys[0].strip()
+    try:
+        if len(base64.b64decode(key, validate=True)) != 16:
+            raise ValueError
+    except (binascii.Error, ValueError):
+        raise HttpError(400, "Sec-WebSocket-Key is not 16 bytes of base64", HS_BAD_REQUEST) from None
+    return (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Accept: " + accept_key(key) + b"\r\n\r\n")
+
+
+def render(status: int, body: bytes = b"", content_type: str = "text/plain; charset=utf-8",
+           keep_alive: bool = True, headers: Iterable[tuple[str, str]] = (), head: bool = False) -> bytes:
+    """A complete HTTP/1.1 response. ``head``: HEAD request, so the body is left out."""
+    lines = [f"HTTP/1.1 {status} {STATUS_TEXT.get(status, 'Unknown')}",
+             "Server: millionws",
+             f"Content-Type: {content_type}",
+             f"Content-Length: {len(body)}",
+             "Connection: keep-alive" if keep_alive else "Connection: close"]
+    lines.extend(f"{name}: {value}" for name, value in headers)
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head else body)
+
+
+def render_json(status: int, document: object, keep_alive: bool = True, head: bool = False,
+                headers: Iterable[tuple[str, str]] = ()) -> bytes:
+    return render(status, json.dumps(document, separators=(",", ":")).encode(), "application/json",
+                  keep_alive, headers, head)
+
+
+def render_error(error: HttpError, keep_alive: bool = False) -> bytes:
+    return render_json(error.status, {"error": error.message}, keep_alive, headers=error.headers)

@@ -1,0 +1,233 @@
+"""Whole-pod metrics from any worker: per-worker counters in shared memory.
+
+Theory of operation: a scrape of ``/metrics`` lands on one worker (SO_REUSEPORT picks
+it), yet must report every worker.  prometheus-client's multiprocess mode solves this
+with one mmap file per process and metric, written on every increment through a lock;
+on this server's hot path (several counters per message) that costs more than the
+message itself.  Instead:
+
+* The supervisor maps one anonymous shared region before it forks (``SharedStats``):
+  a header (workers, restarts) and one fixed slot of int64 per worker index.
+* A worker counts into a plain Python list (:class:`WorkerStats`, ``c[...] += 1`` is the
+  cheapest counter CPython has) and copies the list into its slot every quarter second
+  and right before it answers a scrape.  Only the worker writes its slot; anyone reads.
+* The scraped worker reads every slot and renders them with prometheus-client's
+  exposition code (a custom collector), labelling each series with ``worker``.  Process
+  figures (resident memory, open fds) come from psutil for each worker's pid.
+* A slot belongs to a worker *index*, not a pid: a restarted worker continues its
+  predecessor's counters, so counters stay monotonic across restarts; the supervisor
+  zeroes the gauges of a worker that died.
+"""
+
+from __future__ import annotations
+
+import array
+import bisect
+import mmap
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import CollectorRegistry
+
+from .connection import REASONS
+from .http import HANDSHAKE_REASONS
+
+HTTP_STATUSES = (101, 200, 400, 401, 403, 404, 405, 408, 413, 426, 429, 431, 500, 503, 0)  # 0: any other
+ACCEPT_ERRORS = ("emfile", "other")
+LOOP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+FIELDS: tuple[str, ...] = (
+    "pid", "started", "draining", "connections", "accepted",
+    "messages_in", "messages_out", "bytes_in", "bytes_out",
+    *(f"disconnect_{r}" for r in REASONS),
+    *(f"handshake_failed_{r}" for r in HANDSHAKE_REASONS),
+    *(f"http_{s}" for s in HTTP_STATUSES),
+    *(f"accept_error_{e}" for e in ACCEPT_ERRORS),
+    *(f"loop_bucket_{i}" for i in range(len(LOOP_BUCKETS) + 1)),
+    "loop_sum_ns", "loop_count",
+)
+F = {name: i for i, name in enumerate(FIELDS)}
+GAUGES = ("pid", "started", "draining", "connections")
+DISCONNECT0 = F["disconnect_normal"]
+HANDSHAKE0 = F["handshake_failed_bad_request"]
+HTTP_INDEX = {s: F[f"http_{s}"] for s in HTTP_STATUSES}
+LOOP0 = F["loop_bucket_0"]
+
+HEADER = ("workers", "restarts")
+SLOT = len(FIELDS)
+
+
+class SharedStats:
+    """The shared region: ``HEADER`` then ``workers`` slots of ``FIELDS`` (int64 each)."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._map = mmap.mmap(-1, 8 * (len(HEADER) + SLOT * workers))
+        self.view = memoryview(self._map).cast("q")
+        self.view[0] = workers
+
+    def base(self, index: int) -> int:
+        return len(HEADER) + index * SLOT
+
+    def get(self, index: int, field: str) -> int:
+        return self.view[self.base(index) + F[field]]
+
+    def slot(self, index: int) -> list[int]:
+        base = self.base(index)
+        return self.view[base:base + SLOT].tolist()
+
+    @property
+    def restarts(self) -> int:
+        return self.view[1]
+
+    def count_restart(self) -> None:
+        self.view[1] += 1
+
+    def worker_gone(self, index: int) -> None:
+        """Zero the gauges of a worker that exited; its counters stay for the next one."""
+        base = self.base(index)
+        for name in GAUGES:
+            self.view[base + F[name]] = 0
+
+
+class WorkerStats:
+    """One worker's counters, as a list ``c`` indexed by ``F[...]`` constants."""
+
+    __slots__ = ("shared", "index", "c", "_base")
+
+    def __init__(self, shared: SharedStats, index: int) -> None:
+        self.shared = shared
+        self.index = index
+        self._base = shared.base(index)
+        # Continue the predecessor's counters (monotonic across restarts); reset gauges.
+        self.c = shared.slot(index)
+        for name in GAUGES:
+            self.c[F[name]] = 0
+        self.c[F["pid"]] = os.getpid()
+        self.c[F["started"]] = int(time.time())
+        self.flush()
+
+    def flush(self) -> None:
+        self.shared.view[self._base:self._base + SLOT] = array.array("q", self.c)
+
+    def observe_turn(self, seconds: float) -> None:
+        c = self.c
+        c[LOOP0 + bisect.bisect_left(LOOP_BUCKETS, seconds)] += 1
+        c[LOOP0 + len(LOOP_BUCKETS) + 1] += int(seconds * 1e9)
+        c[LOOP0 + len(LOOP_BUCKETS) + 2] += 1
+
+    def http_status(self, status: int) -> None:
+        self.c[HTTP_INDEX.get(status, HTTP_INDEX[0])] += 1
+
+
+def _process_figures(pid: int) -> tuple[int, int] | None:
+    if pid <= 0:
+        return None
+    try:
+        proc = psutil.Process(pid)
+        return proc.memory_info().rss, proc.num_fds()
+    except (psutil.Error, OSError):
+        return None
+
+
+class _Collector:
+    def __init__(self, shared: SharedStats) -> None:
+        self.shared = shared
+
+    def collect(self) -> Iterator[Any]:
+        shared = self.shared
+        slots = [(str(i), shared.slot(i)) for i in range(shared.workers)]
+
+        def family(cls: Any, name: str, doc: str, field: str) -> Any:
+            metric = cls(name, doc, labels=["worker"])
+            for worker, s in slots:
+                metric.add_metric([worker], s[F[field]])
+            return metric
+
+        yield GaugeMetricFamily("millionws_workers", "Worker processes configured.", value=shared.workers)
+        yield CounterMetricFamily("millionws_worker_restarts", "Workers the supervisor restarted after they died.",
+                                  value=shared.restarts)
+        yield family(GaugeMetricFamily, "millionws_draining", "1 while the worker drains after SIGTERM.",
+                     "draining")
+        yield family(CounterMetricFamily, "millionws_connections_accepted", "TCP connections accepted.",
+                     "accepted")
+        yield family(GaugeMetricFamily, "millionws_connections_active", "Open WebSocket connections.",
+                     "connections")
+        for cls, name, doc, field in (
+            (CounterMetricFamily, "millionws_messages_received", "WebSocket messages received.", "messages_in"),
+            (CounterMetricFamily, "millionws_messages_sent", "WebSocket messages sent.", "messages_out"),
+            (CounterMetricFamily, "millionws_bytes_received", "Bytes read from client sockets.", "bytes_in"),
+            (CounterMetricFamily, "millionws_bytes_sent", "Bytes written to client sockets.", "bytes_out"),
+        ):
+            yield family(cls, name, doc, field)
+
+        def labelled(name: str, doc: str, label: str, values: tuple[Any, ...], prefix: str) -> Any:
+            metric = CounterMetricFamily(name, doc, labels=["worker", label])
+            for worker, s in slots:
+                for value in values:
+                    metric.add_metric([worker, str(value) if value != 0 else "other"], s[F[f"{prefix}{value}"]])
+            return metric
+
+        yield labelled("millionws_disconnections", "WebSocket connections ended, by reason.", "reason",
+                       REASONS, "disconnect_")
+        yield labelled("millionws_handshake_failures", "Refused or failed WebSocket handshakes, by reason.",
+                       "reason", HANDSHAKE_REASONS, "handshake_failed_")
+        yield labelled("millionws_http_requests", "HTTP responses sent, by status (101: upgrades).", "status",
+                       HTTP_STATUSES, "http_")
+        yield labelled("millionws_accept_errors", "accept() failures, by reason (emfile: out of descriptors).",
+                       "reason", ACCEPT_ERRORS, "accept_error_")
+
+        rss = GaugeMetricFamily("millionws_process_resident_memory_bytes", "Resident memory of the worker.",
+                                labels=["worker"])
+        fds = GaugeMetricFamily("millionws_process_open_fds", "Open file descriptors of the worker.",
+                                labels=["worker"])
+        for worker, s in slots:
+            figures = _process_figures(s[F["pid"]])
+            if figures is not None:
+                rss.add_metric([worker], figures[0])
+                fds.add_metric([worker], figures[1])
+        yield rss
+        yield fds
+
+        loop = HistogramMetricFamily("millionws_loop_turn_seconds",
+                                     "Work done in one reactor loop turn (waiting excluded).", labels=["worker"])
+        for worker, s in slots:
+            buckets, total = [], 0
+            for i, bound in enumerate((*LOOP_BUCKETS, float("inf"))):
+                total += s[LOOP0 + i]
+                buckets.append((str(bound) if bound != float("inf") else "+Inf", total))
+            loop.add_metric([worker], buckets, s[LOOP0 + len(LOOP_BUCKETS) + 1] / 1e9)
+        yield loop
+
+
+def render(shared: SharedStats) -> bytes:
+    """Prometheus text exposition of every worker's slot."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(shared))  # type: ignore[arg-type]
+    return generate_latest(registry)
+
+
+def snapshot(shared: SharedStats) -> dict[str, Any]:
+    """The JSON of ``/stats``: per worker and total."""
+    keys = ("connections", "accepted", "messages_in", "messages_out", "bytes_in", "bytes_out")
+    workers = []
+    total: dict[str, int] = dict.fromkeys((*keys, "rss", "fds"), 0)
+    for i in range(shared.workers):
+        s = shared.slot(i)
+        entry: dict[str, Any] = {"worker": i, "pid": s[F["pid"]], "draining": bool(s[F["draining"]])}
+        for key in keys:
+            entry[key] = s[F[key]]
+            total[key] += s[F[key]]
+        entry["disconnections"] = {r: s[DISCONNECT0 + j] for j, r in enumerate(REASONS)}
+        figures = _process_figures(s[F["pid"]])
+        entry["rss"], entry["fds"] = figures if figures else (None, None)
+        if figures:
+            total["rss"] += figures[0]
+            total["fds"] += figures[1]
+        workers.append(entry)
+    return {"workers": workers, "total": total, "worker_restarts": shared.restarts, "time": time.time()}

@@ -1,0 +1,195 @@
+"""The supervisor: forks the workers, restarts the ones that die, drains them on a signal.
+
+Theory of operation: the supervisor holds no client connection and no listening socket
+(each worker binds its own with SO_REUSEPORT).  It maps the shared metrics region, forks
+``workers`` children, and then only waits: for a signal (through the wakeup fd) or for the
+next scheduled restart.
+
+* A worker that dies while the server runs is restarted in the same slot after a backoff
+  that doubles with each quick death (0.1 s up to 5 s; reset once a worker lived 10 s),
+  counted in ``millionws_worker_restarts_total``.
+* SIGTERM or SIGINT: the signal is passed on to every worker, which drains (see
+  :mod:`millionws.worker`); the supervisor exits 0 when all have exited, and kills what
+  is left at ``grace`` seconds.  A second signal kills the workers at once and exits 1.
+* Workers ask the kernel for SIGTERM when the supervisor dies (PR_SET_PDEATHSIG), so a
+  killed supervisor never leaves orphans holding the port.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import time
+
+from .config import Config
+from .metrics import SharedStats
+from .worker import run_worker
+
+log = logging.getLogger("millionws.supervisor")
+
+_PR_SET_PDEATHSIG = 1
+
+
+class Supervisor:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.shared = SharedStats(config.workers)
+        self.children: dict[int, int] = {}  # pid -> worker index
+        self.started: dict[int, float] = {}  # worker index -> monotonic start
+        self.failures: dict[int, int] = {}  # worker index -> quick deaths in a row
+        self.restarts_due: dict[int, float] = {}  # worker index -> monotonic time to fork
+        self.draining_since: float | None = None
+        self._signal_r = -1
+
+    def check_port(self) -> None:
+        """Fail fast, in the supervisor, when the port is taken by another program."""
+        cfg = self.config
+        family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            probe.bind((cfg.host, cfg.port))
+
+    def spawn(self, index: int) -> None:
+        pid = os.fork()
+        if pid == 0:  # the worker
+            code = 1
+            try:
+                self._become_worker()
+                code = run_worker(self.config, index, self.shared)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        self.children[pid] = index
+        self.started[index] = time.monotonic()
+        log.debug("worker %d started as pid %d", index, pid)
+
+    def _become_worker(self) -> None:
+        signal.set_wakeup_fd(-1)
+        os.close(self._signal_r)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        parent = os.getppid()
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        except (OSError, AttributeError):
+            pass
+        if os.getppid() != parent:  # the supervisor died before prctl took effect
+            os._exit(0)
+
+    def run(self) -> int:
+        self.check_port()
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._signal_r = r
+        signal.set_wakeup_fd(w)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(sig, lambda *_: None)
+        # Everything imported so far is shared copy-on-write; keep the collector off it.
+        gc.freeze()
+        for index in range(self.config.workers):
+            self.spawn(index)
+        log.info("millionws: %d workers on %s:%d (pid %d)", self.config.workers, self.config.host,
+                 self.config.port, os.getpid())
+        while True:
+            select.select([r], [], [], self._timeout())
+            try:
+                signals = os.read(r, 256)
+            except BlockingIOError:
+                signals = b""
+            for signum in signals:
+                if signum in (signal.SIGTERM, signal.SIGINT):
+                    if self.draining_since is not None:
+                        log.warning("second signal: killing the workers")
+                        self._kill_all()
+                        return 1
+                    self._start_drain()
+            self._reap()
+            if self.draining_since is not None:
+                if not self.children:
+                    log.info("drained; exiting")
+                    return 0
+                if time.monotonic() - self.draining_since >= self.config.grace:
+                    log.warning("grace period over: killing %d workers", len(self.children))
+                    self._kill_all()
+                    return 0
+            else:
+                self._restart_due()
+
+    def _timeout(self) -> float:
+        now = time.monotonic()
+        deadlines = list(self.restarts_due.values())
+        if self.draining_since is not None:
+            deadlines.append(self.draining_since + self.config.grace)
+        if not deadlines:
+            return 1.0
+        return max(0.0, min(min(deadlines) - now, 1.0))
+
+    def _start_drain(self) -> None:
+        self.draining_since = time.monotonic()
+        self.restarts_due.clear()
+        log.info("draining %d workers (grace %.1f s)", len(self.children), self.config.grace)
+        for pid in self.children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def _reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            index = self.children.pop(pid, None)
+            if index is None:
+                continue
+            self.shared.worker_gone(index)
+            if self.draining_since is not None:
+                continue
+            lived = time.monotonic() - self.started.get(index, 0.0)
+            self.failures[index] = 0 if lived >= 10.0 else self.failures.get(index, 0) + 1
+            delay = min(5.0, 0.1 * 2 ** max(0, self.failures[index] - 1))
+            log.warning("worker %d (pid %d) exited (%s) after %.1f s; restarting in %.1f s", index, pid,
+                        _describe(status), lived, delay)
+            self.restarts_due[index] = time.monotonic() + delay
+
+    def _restart_due(self) -> None:
+        now = time.monotonic()
+        for index, due in list(self.restarts_due.items()):
+            if due <= now:
+                del self.restarts_due[index]
+                self.shared.count_restart()
+                self.spawn(index)
+
+    def _kill_all(self) -> None:
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        for pid in list(self.children):
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+        self.children.clear()
+
+
+def _describe(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"signal {os.WTERMSIG(status)}"
+    return f"status {os.waitstatus_to_exitcode(status)}"
+
+
+def serve(config: Config) -> int:
+    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s")
+    return Supervisor(config).run()

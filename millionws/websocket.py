@@ -1,0 +1,228 @@
+"""WebSocket frames on the server side: a fast path for the common frame, wsproto for the rest.
+
+Theory of operation (sans-IO: bytes in, events to the application, bytes out):
+
+* :func:`receive` takes the bytes read from one connection and returns the bytes to
+  send back (replies, pongs, close frames).  It never touches a socket.
+* Between messages a connection holds **no** protocol object (``conn.ws is None``).
+  While that is so, complete frames that are final, unfragmented, masked, text or binary,
+  have no RSV bit, a 7- or 16-bit length and fit the message limit are decoded right here
+  (the fast path): unmask, check UTF-8 for text, hand the payload to the application.
+* At the first byte that is anything else (a control frame, a partial frame, a fragment,
+  a frame that breaks a rule) the rest of the bytes go to a ``wsproto.connection.Connection``
+  taken from :class:`FramePool`.  wsproto decides everything from there: errors, close
+  codes, fragmentation, control frames.  When the connection is again between messages
+  with nothing buffered (:func:`is_idle`), the object goes back to the pool.  A pooled
+  object in that state is indistinguishable from a fresh one, so the behaviour is that
+  of a dedicated wsproto connection per client (``tests/test_websocket.py`` proves it
+  against one on random splits of random frame streams).
+* The closing handshake keeps its wsproto object until the descriptor is closed.
+* Messages reach the application whole (fragments are reassembled up to
+  ``max_size``; beyond it: close 1009) as ``handler(conn, is_text, payload) -> reply``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from wsproto.connection import Connection as WSConnection
+from wsproto.connection import ConnectionState, ConnectionType
+from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
+from wsproto.frame_protocol import CloseReason
+
+from .connection import CLOSING, F_PING_SENT, LINGER, OPEN, R_NORMAL, R_PROTOCOL, R_TOO_BIG
+
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+OP_PING = 0x9
+
+PING_FRAME = b"\x89\x00"
+
+Handler = Callable[[Any, bool, bytes], "bytes | None"]
+
+_OPEN = ConnectionState.OPEN
+_REMOTE_CLOSING = ConnectionState.REMOTE_CLOSING
+_CLOSED = ConnectionState.CLOSED
+_SERVER = ConnectionType.SERVER
+_from_bytes = int.from_bytes
+
+
+class FramePool:
+    """wsproto frame-level connections between uses. ``max_free`` bounds what is kept."""
+
+    __slots__ = ("_free", "max_free", "created")
+
+    def __init__(self, max_free: int = 1024) -> None:
+        self._free: list[WSConnection] = []
+        self.max_free = max_free
+        self.created = 0
+
+    def take(self) -> WSConnection:
+        if self._free:
+            return self._free.pop()
+        self.created += 1
+        return WSConnection(_SERVER)
+
+    def give_back(self, ws: WSConnection) -> None:
+        if len(self._free) < self.max_free:
+            self._free.append(ws)
+
+    def __len__(self) -> int:
+        return len(self._free)
+
+
+def is_idle(ws: WSConnection) -> bool:
+    """True when ``ws`` holds nothing: open, no partial frame, no partial message, no event."""
+    proto = ws._proto
+    decoder = proto._frame_decoder
+    return (ws._state is _OPEN and decoder.header is None and not decoder.buffer.buffer
+            and proto._message_decoder.opcode is None and not ws._events)
+
+
+def frame_header(opcode: int, length: int) -> bytes:
+    """Header of a final, unmasked (server) frame."""
+    if length < 126:
+        return bytes((0x80 | opcode, length))
+    if length < 65536:
+        return bytes((0x80 | opcode, 126, length >> 8, length & 0xFF))
+    return bytes((0x80 | opcode, 127)) + length.to_bytes(8, "big")
+
+
+def encode_frame(opcode: int, payload: bytes) -> bytes:
+    """A whole server frame.  Broadcasts call this once and send the result to everyone."""
+    return frame_header(opcode, len(payload)) + payload
+
+
+def unmask(data: bytes, start: int, end: int) -> bytes:
+    """Payload ``data[start:end]`` unmasked with the key in the 4 bytes before ``start``."""
+    n = end - start
+    if n == 0:
+        return b""
+    key = data[start - 4:start] * ((n + 3) >> 2)
+    return (_from_bytes(data[start:end], "little") ^ _from_bytes(key, "little")).to_bytes(len(key), "little")[:n]
+
+
+def start_close(conn: Any, pool: FramePool, code: int, reason: str = "") -> bytes:
+    """Begin the closing handshake from our side; the connection moves to CLOSING."""
+    ws = conn.ws
+    if ws is None:
+        conn.ws = ws = pool.take()
+    conn.state = CLOSING
+    conn.msg = None
+    return ws.send(CloseConnection(code=code, reason=reason or None))
+
+
+def receive(conn: Any, data: bytes, handler: Handler, max_size: int, pool: FramePool) -> bytes:
+    """Consume ``data`` read from ``conn``; return what to send back (possibly ``b""``)."""
+    state = conn.state
+    if state == LINGER:
+        return b""
+    out: list[bytes] = []
+    pos = 0
+    n = len(data)
+    if conn.ws is None and state == OPEN:
+        # Fast path: whole, simple frames only; stop at the first byte that is not one.
+        while n - pos >= 6:
+            b0 = data[pos]
+            if b0 != 0x81 and b0 != 0x82:
+                break
+            length = data[pos + 1] ^ 0x80  # masked frames have the high bit set
+            if length < 126:
+                start = pos + 6
+            elif length == 126:
+                if n - pos < 8:
+                    break
+                length = data[pos + 2] << 8 | data[pos + 3]
+                if length < 126:
+                    break
+                start = pos + 8
+            else:  # unmasked (>= 128) or a 64-bit length
+                break
+            end = start + length
+            if end > n or length > max_size:
+                break
+            payload = unmask(data, start, end)
+            if b0 == 0x81 and not payload.isascii():
+                try:
+                    payload.decode()
+                except UnicodeDecodeError:
+                    break
+            pos = end
+            reply = handler(conn, b0 == 0x81, payload)
+            if reply:
+                out.append(reply)
+            if conn.state != OPEN:
+                return b"".join(out)
+        if pos == n:
+            return b"".join(out)
+        conn.ws = pool.take()
+    ws = conn.ws
+    ws.receive_data(data[pos:] if pos else data)
+    _drain_events(conn, ws, handler, max_size, out)
+    if conn.state == OPEN:
+        if conn.msg is None and is_idle(ws):
+            conn.ws = None
+            pool.give_back(ws)
+        else:
+            decoder = ws._proto._frame_decoder
+            header = decoder.header
+            if (header is not None and header.opcode < 8
+                    and conn.msg_size + header.payload_len - decoder.payload_consumed > max_size):
+                # Refuse at the header: no need to receive megabytes we will reject.
+                _fail(conn, ws, CloseReason.MESSAGE_TOO_BIG, "message too big", out)
+    return b"".join(out)
+
+
+def _fail(conn: Any, ws: WSConnection, code: int, reason: str, out: list[bytes]) -> None:
+    """Fail the WebSocket connection (RFC 6455 §7.1.7): our Close frame, then linger."""
+    if ws._state is _OPEN:
+        out.append(ws.send(CloseConnection(code=code, reason=reason)))
+    conn.state = LINGER
+    conn.msg = None
+    conn.reason = R_TOO_BIG if code == CloseReason.MESSAGE_TOO_BIG else R_PROTOCOL
+
+
+def _drain_events(conn: Any, ws: WSConnection, handler: Handler, max_size: int, out: list[bytes]) -> None:
+    for event in ws.events():
+        kind = type(event)
+        if kind is TextMessage or kind is BytesMessage:
+            if conn.state != OPEN:
+                continue  # we already said goodbye: data is read and dropped (RFC 6455 §1.4)
+            chunk = event.data.encode() if kind is TextMessage else event.data
+            size = conn.msg_size + len(chunk)
+            if size > max_size:
+                _fail(conn, ws, CloseReason.MESSAGE_TOO_BIG, "message too big", out)
+                return
+            if not event.message_finished:
+                if conn.msg is None:
+                    conn.msg = []
+                conn.msg.append(chunk)
+                conn.msg_size = size
+                continue
+            if conn.msg is not None:
+                conn.msg.append(chunk)
+                chunk = b"".join(conn.msg)
+                conn.msg = None
+                conn.msg_size = 0
+            reply = handler(conn, kind is TextMessage, chunk)
+            if reply:
+                out.append(reply)
+        elif kind is Ping:
+            if ws._state is _OPEN:
+                out.append(ws.send(event.response()))
+        elif kind is Pong:
+            conn.flags &= ~F_PING_SENT
+        elif kind is CloseConnection:
+            if ws._state is _REMOTE_CLOSING:
+                # The peer started the closing handshake: answer with its code.
+                out.append(ws.send(event.response()))
+                conn.reason = R_NORMAL
+            elif ws._state is not _CLOSED:
+                # Not a close frame from the peer: wsproto reports a protocol error this way.
+                _fail(conn, ws, event.code, event.reason or "", out)
+                return
+            conn.state = LINGER
+            conn.msg = None
+            return

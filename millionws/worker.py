@@ -1,0 +1,480 @@
+"""One worker process: a listening socket, a reactor, and the life of every connection.
+
+Theory of operation:
+
+* The worker binds its own listening socket with SO_REUSEPORT, so the kernel spreads
+  new connections over the workers; it shares nothing with its siblings but the
+  metrics region.
+* Reads go into the worker's one receive buffer (``os.readv``), and the filled bytes go
+  to the protocol of the connection's state: h11 for HTTP, :mod:`websocket` after the
+  upgrade.  What the protocol returns is written at once with ``os.write``; only what
+  the kernel refuses is kept (``pending``), in a buffer borrowed from a pool, and only
+  then is EPOLLOUT asked for.  Over ``max_pending_bytes`` the worker stops reading that
+  peer until its backlog halves (backpressure), so one slow reader costs its own memory
+  and never anyone else's time.
+* Every deadline of a connection (handshake, ping, pong, closing handshake) is the one
+  ``deadline`` slot of its record in the reactor's timer wheel; :meth:`on_timer` decides
+  what the deadline meant from the connection's state and flags.
+* Closing: a WebSocket that ends (handshake finished, protocol failure, drain) moves to
+  LINGER: pending bytes are flushed, our FIN is sent (``shutdown(SHUT_WR)``), and input
+  is discarded until the peer's FIN or the close timeout.  Closing a socket with unread
+  input would send RST and could destroy our own Close frame in flight.
+* Drain (SIGTERM/SIGINT): keep accepting so probes see 503 ``draining``, refuse upgrades,
+  send 1001 to every WebSocket, exit once none is left or the grace period is over.
+  A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+import h11
+
+from . import http, websocket
+from .app import App
+from .buffers import BufferPool, ReceiveBuffer
+from .config import Config
+from .connection import (
+    CLOSED,
+    CLOSING,
+    F_PAUSED,
+    F_PING_SENT,
+    F_SHUT,
+    HTTP,
+    LINGER,
+    OPEN,
+    R_ERROR,
+    R_SHUTDOWN,
+    R_TIMEOUT,
+    Connection,
+)
+from .metrics import DISCONNECT0, HANDSHAKE0, F, SharedStats, WorkerStats
+from .reactor import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Reactor, monotonic
+from .websocket import PING_FRAME, FramePool
+
+log = logging.getLogger("millionws.worker")
+
+_CONNECTIONS, _ACCEPTED, _BYTES_IN, _BYTES_OUT = F["connections"], F["accepted"], F["bytes_in"], F["bytes_out"]
+_F_WAITED = 16  # our keepalive ping's deadline is pending (see on_timer)
+
+_readv = os.readv
+_write = os.write
+
+
+def listen_socket(host: str, port: int, backlog: int) -> socket.socket:
+    """A non-blocking listening socket that shares ``port`` with the sibling workers."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    # Accepted sockets inherit TCP_NODELAY from the listener on Linux: one setsockopt, not one per client.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    sock.listen(backlog)
+    sock.setblocking(False)
+    return sock
+
+
+class Worker:
+    """See the module docstring.  ``run()`` returns the process exit status."""
+
+    def __init__(self, config: Config, index: int, shared: SharedStats) -> None:
+        self.config = config
+        self.index = index
+        self.stats = WorkerStats(shared, index)
+        self.c = self.stats.c
+        self.reactor = Reactor(self.on_event, self.on_timer)
+        self.reactor.observe_turn = self.stats.observe_turn
+        self.rbuf = ReceiveBuffer()
+        self.pool = BufferPool()
+        self.frames = FramePool()
+        self.app = App(self, config.max_connections)
+        self.draining = False
+        self.listener: socket.socket | None = None
+        self._signal_r = -1
+        self._accept_paused = False
+
+    # -- the application's view --------------------------------------------------------
+    def websocket_count(self) -> int:
+        return self.c[_CONNECTIONS]
+
+    # -- setup -------------------------------------------------------------------------
+    def start_listening(self) -> None:
+        cfg = self.config
+        self.listener = listen_socket(cfg.host, cfg.port, cfg.backlog)
+        self.reactor.add_handler(self.listener.fileno(), EPOLLIN, self.on_accept)
+
+    def install_signals(self) -> None:
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._signal_r = r
+        signal.set_wakeup_fd(w)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)  # the wakeup fd carries the news
+        self.reactor.add_handler(r, EPOLLIN, self.on_signal)
+
+    def run(self) -> int:
+        self.start_listening()
+        self.install_signals()
+        self._flush_periodically()
+        log.info("worker %d (pid %d) listening on %s:%d", self.index, os.getpid(), self.config.host,
+                 self.config.port)
+        try:
+            self.reactor.run()
+        finally:
+            self.close_all()
+        return 0
+
+    def _flush_periodically(self) -> None:
+        self.stats.flush()
+        self.reactor.call_later(0.25, self._flush_periodically)
+
+    # -- accept ------------------------------------------------------------------------
+    def on_accept(self, _events: int) -> None:
+        accept = self.listener._accept  # type: ignore[union-attr]  # (fd, addr): no socket object
+        reactor = self.reactor
+        deadline = monotonic() + self.config.handshake_timeout
+        max_head = self.config.max_request_head
+        c = self.c
+        for _ in range(256):
+            try:
+                fd, _addr = accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._accept_failed(exc)
+                return
+            os.set_blocking(fd, False)
+            conn = Connection(fd, http.new_parser(max_head))
+            reactor.add_conn(fd, conn, EPOLLIN)
+            reactor.wheel.schedule(conn, deadline)
+            c[_ACCEPTED] += 1
+
+    def _accept_failed(self, exc: OSError) -> None:
+        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            self.c[F["accept_error_emfile"]] += 1
+            # Out of descriptors: stop asking for 100 ms (level-triggered epoll would spin),
+            # keep serving the connections we have, and try again.
+            if not self._accept_paused and self.listener is not None:
+                self._accept_paused = True
+                self.reactor.remove_handler(self.listener.fileno())
+                self.reactor.call_later(0.1, self._resume_accept)
+        elif exc.errno not in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
+            self.c[F["accept_error_other"]] += 1
+            log.warning("accept failed: %s", exc)
+
+    def _resume_accept(self) -> None:
+        self._accept_paused = False
+        if self.listener is not None:
+            self.reactor.add_handler(self.listener.fileno(), EPOLLIN, self.on_accept)
+
+    # -- readiness ---------------------------------------------------------------------
+    def on_event(self, conn: Connection, events: int) -> None:
+        if events & EPOLLOUT and conn.pending is not None:
+            self.flush(conn)
+        if events & (EPOLLIN | EPOLLERR | EPOLLHUP) and conn.state != CLOSED and not conn.flags & F_PAUSED:
+            self.on_readable(conn)
+
+    def on_readable(self, conn: Connection) -> None:
+        try:
+            n = _readv(conn.fd, self.rbuf.iov)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.abort(conn, R_ERROR)
+            return
+        if n == 0:
+            self.on_eof(conn)
+            return
+        self.c[_BYTES_IN] += n
+        data = bytes(self.rbuf.view[:n])
+        state = conn.state
+        if state == OPEN or state == CLOSING:
+            out = websocket.receive(conn, data, conn.app.on_message, self.config.max_message_size, self.frames)
+            if out:
+                self.write(conn, out)
+            if conn.state != state:
+                self.state_changed(conn)
+        elif state == HTTP:
+            self.http_in(conn, data)
+        # LINGER: input after our goodbye is read and dropped.
+
+    def on_eof(self, conn: Connection) -> None:
+        if conn.state == OPEN or conn.state == CLOSING:
+            self.abort(conn, R_ERROR)  # TCP closed without a closing handshake (1006)
+        else:
+            self.close(conn)
+
+    # -- output ------------------------------------------------------------------------
+    def write(self, conn: Connection, data: bytes) -> None:
+        """Send now; keep only what the kernel refused."""
+        pending = conn.pending
+        if pending is not None:
+            pending += data
+            if len(pending) > self.config.max_pending_bytes and not conn.flags & F_PAUSED:
+                conn.flags |= F_PAUSED
+                self.reactor.modify(conn.fd, EPOLLOUT)
+            return
+        if conn.state == CLOSED:
+            return
+        try:
+            sent = _write(conn.fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.abort(conn, R_ERROR)
+            return
+        self.c[_BYTES_OUT] += sent
+        if sent < len(data):
+            conn.pending = pending = self.pool.acquire()
+            pending += memoryview(data)[sent:]
+            if len(pending) > self.config.max_pending_bytes:
+                conn.flags |= F_PAUSED
+                self.reactor.modify(conn.fd, EPOLLOUT)
+            else:
+                self.reactor.modify(conn.fd, EPOLLIN | EPOLLOUT)
+
+    def flush(self, conn: Connection) -> None:
+        pending = conn.pending
+        assert pending is not None
+        try:
+            sent = _write(conn.fd, pending)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.abort(conn, R_ERROR)
+            return
+        self.c[_BYTES_OUT] += sent
+        del pending[:sent]
+        if pending:
+            if conn.flags & F_PAUSED and len(pending) <= self.config.max_pending_bytes // 2:
+                conn.flags &= ~F_PAUSED
+                self.reactor.modify(conn.fd, EPOLLIN | EPOLLOUT)
+            return
+        conn.pending = None
+        self.pool.release(pending)
+        conn.flags &= ~F_PAUSED
+        self.reactor.modify(conn.fd, EPOLLIN)
+        if conn.state == LINGER:
+            self.shutdown(conn)
+
+    # -- HTTP --------------------------------------------------------------------------
+    def http_in(self, conn: Connection, data: bytes) -> None:
+        parser = conn.http
+        parser.receive_data(data)
+        while conn.state == HTTP:
+            try:
+                event = parser.next_event()
+            except h11.RemoteProtocolError as exc:
+                status = exc.error_status_hint
+                reason = http.HS_TOO_LARGE if status == 431 else http.HS_BAD_REQUEST
+                self.refuse(conn, http.HttpError(status, str(exc) or "malformed request", reason))
+                return
+            kind = type(event)
+            if kind is h11.Request:
+                conn.msg = [event]
+            elif kind is h11.Data:
+                conn.msg.append(event.data)
+                if sum(len(part) for part in conn.msg[1:]) > self.config.max_request_body:
+                    self.refuse(conn, http.HttpError(413, "request body too large"))
+                    return
+            elif kind is h11.EndOfMessage:
+                self.dispatch(conn)
+                parser = conn.http
+            elif event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            elif kind is h11.ConnectionClosed:
+                self.close(conn)
+                return
+
+    def refuse(self, conn: Connection, error: http.HttpError) -> None:
+        """Answer an error and end the connection."""
+        self.c[HANDSHAKE0 + error.reason] += 1
+        self.stats.http_status(error.status)
+        conn.msg = None
+        conn.http = None
+        conn.state = LINGER
+        self.write(conn, http.render_error(error))
+        self.state_changed(conn)
+
+    def dispatch(self, conn: Connection) -> None:
+        request, *body = conn.msg
+        conn.msg = None
+        try:
+            response = self.app.handle(request, b"".join(body))
+        except http.HttpError as error:
+            self.refuse(conn, error)
+            return
+        self.stats.http_status(response.status)
+        trailing = conn.http.trailing_data[0]
+        if response.websocket is not None:
+            self.upgraded(conn, response.data, response.websocket, trailing)
+            return
+        self.write(conn, response.data)
+        if not response.keep_alive:
+            conn.http = None
+            conn.state = LINGER
+            self.state_changed(conn)
+            return
+        conn.http = parser = http.new_parser(self.config.max_request_head)
+        if trailing:
+            parser.receive_data(trailing)
+        self.reactor.wheel.schedule(conn, monotonic() + self.config.handshake_timeout)
+
+    def upgraded(self, conn: Connection, response: bytes, ws_app: Any, trailing: bytes) -> None:
+        conn.http = None
+        conn.state = OPEN
+        conn.app = ws_app
+        self.c[_CONNECTIONS] += 1
+        if self.config.ping_interval > 0:
+            self.reactor.wheel.schedule(conn, monotonic() + self.config.ping_interval)
+        else:
+            self.reactor.wheel.cancel(conn)
+        self.write(conn, response)
+        if trailing and conn.state == OPEN:
+            out = websocket.receive(conn, trailing, ws_app.on_message, self.config.max_message_size, self.frames)
+            if out:
+                self.write(conn, out)
+            if conn.state != OPEN:
+                self.state_changed(conn)
+
+    # -- closing -----------------------------------------------------------------------
+    def state_changed(self, conn: Connection) -> None:
+        """The protocol moved ``conn`` to CLOSING or LINGER: arm the close timeout."""
+        state = conn.state
+        if state == CLOSED:
+            return
+        if state == LINGER and conn.pending is None:
+            self.shutdown(conn)
+        if conn.state in (CLOSING, LINGER):
+            self.reactor.wheel.schedule(conn, monotonic() + self.config.close_timeout)
+
+    def shutdown(self, conn: Connection) -> None:
+        """Send our FIN; the descriptor closes when the peer's FIN arrives (or on timeout)."""
+        if conn.flags & F_SHUT or conn.state == CLOSED:
+            return
+        conn.flags |= F_SHUT
+        sock = socket.socket(fileno=conn.fd)
+        try:
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            self.close(conn)
+        finally:
+            sock.detach()
+
+    def abort(self, conn: Connection, reason: int) -> None:
+        """End ``conn`` now, without a closing handshake."""
+        if conn.state == OPEN or conn.state == CLOSING:
+            conn.reason = reason
+        self.close(conn)
+
+    def close(self, conn: Connection) -> None:
+        """Close the descriptor and account for it; idempotent."""
+        if conn.state == CLOSED:
+            return
+        conn.state = CLOSED
+        self.reactor.remove_conn(conn.fd)
+        os.close(conn.fd)  # also removes it from the epoll set
+        conn.deadline = 0
+        if conn.pending is not None:
+            self.pool.release(conn.pending)
+            conn.pending = None
+        conn.http = conn.ws = conn.msg = None
+        if conn.app is not None:
+            c = self.c
+            c[_CONNECTIONS] -= 1
+            c[DISCONNECT0 + conn.reason] += 1
+            conn.app.on_close(conn)
+            if self.draining and c[_CONNECTIONS] == 0:
+                self.reactor.call_later(0, self.finish)
+
+    # -- deadlines ---------------------------------------------------------------------
+    def on_timer(self, conn: Connection) -> None:
+        state = conn.state
+        if state == OPEN:
+            self._keepalive(conn)
+        elif state == HTTP:
+            parser = conn.http
+            if parser.their_state is h11.IDLE and not parser.trailing_data[0]:
+                self.close(conn)  # an idle keep-alive connection: nothing to report
+            else:
+                self.refuse(conn, http.HttpError(408, "request not completed in time", http.HS_TIMEOUT))
+        elif state == CLOSING or state == LINGER:
+            self.close(conn)  # the reason was set when the closing began
+
+    def _keepalive(self, conn: Connection) -> None:
+        cfg = self.config
+        now = monotonic()
+        flags = conn.flags
+        if flags & F_PING_SENT:
+            conn.reason = R_TIMEOUT
+            out = websocket.start_close(conn, self.frames, 1011, "keepalive ping timeout")
+            conn.state = LINGER  # the peer is not answering: no point waiting for its Close
+            self.write(conn, out)
+            self.state_changed(conn)
+        elif flags & _F_WAITED:
+            conn.flags = flags & ~_F_WAITED
+            self.reactor.wheel.schedule(conn, now + max(0.0, cfg.ping_interval - cfg.ping_timeout))
+        else:
+            conn.flags = flags | F_PING_SENT | _F_WAITED
+            self.write(conn, PING_FRAME)
+            if conn.state == OPEN:
+                self.reactor.wheel.schedule(conn, now + cfg.ping_timeout)
+
+    # -- signals and drain ---------------------------------------------------------------
+    def on_signal(self, _events: int) -> None:
+        try:
+            signals = os.read(self._signal_r, 64)
+        except BlockingIOError:
+            return
+        for signum in signals:
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                if self.draining:
+                    log.warning("worker %d: second signal, exiting now", self.index)
+                    self.finish()
+                else:
+                    self.start_drain()
+
+    def start_drain(self) -> None:
+        self.draining = True
+        self.c[F["draining"]] = 1
+        self.stats.flush()
+        log.info("worker %d draining: %d WebSockets", self.index, self.c[_CONNECTIONS])
+        for conn in list(self.reactor.conns.values()):
+            if conn.state == OPEN:
+                conn.reason = R_SHUTDOWN
+                out = websocket.start_close(conn, self.frames, 1001, "server going away")
+                self.write(conn, out)
+                self.state_changed(conn)
+        # Leave the supervisor a margin to see us exit before it kills.
+        self.reactor.call_later(max(0.1, self.config.grace - 0.5), self.finish)
+        if self.c[_CONNECTIONS] == 0:
+            self.reactor.call_later(0, self.finish)
+
+    def finish(self) -> None:
+        self.reactor.stop()
+
+    def close_all(self) -> None:
+        for conn in list(self.reactor.conns.values()):
+            if conn.state in (OPEN, CLOSING):
+                conn.reason = R_SHUTDOWN
+            self.close(conn)
+        if self.listener is not None:
+            self.listener.close()
+        self.stats.flush()
+
+
+def run_worker(config: Config, index: int, shared: SharedStats) -> int:
+    """Entry point in the forked child."""
+    started = time.monotonic()
+    worker = Worker(config, index, shared)
+    try:
+        return worker.run()
+    except Exception:
+        log.exception("worker %d crashed after %.1f s", index, time.monotonic() - started)
+        return 1
