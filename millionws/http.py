@@ -70,6 +70,14 @@ def header(request: h11.Request, name: bytes) -> bytes | None:
     return found
 
 
+def head_size(request: h11.Request) -> int:
+    """Bytes of the request head as sent, give or take whitespace."""
+    size = len(request.method) + len(request.target) + 12
+    for name, value in request.headers:
+        size += len(name) + len(value) + 4
+    return size
+
+
 def keep_alive(request: h11.Request) -> bool:
     tokens = header_values(request, b"connection")
     if request.http_version == b"1.0":

@@ -277,6 +277,10 @@ class Worker:
                 return
             kind = type(event)
             if kind is h11.Request:
+                # h11 bounds a head that is still incomplete; one that arrived whole is measured here.
+                if http.head_size(event) > self.config.max_request_head:
+                    self.refuse(conn, http.HttpError(431, "request head too large", http.HS_TOO_LARGE))
+                    return
                 conn.msg = [event]
             elif kind is h11.Data:
                 conn.msg.append(event.data)

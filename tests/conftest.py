@@ -1,0 +1,119 @@
+"""Fixtures: a real millionws started as a subprocess on a free port."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02, what: str = "") -> object:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # the condition may raise until it holds
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what or predicate}: {last_exc!r}")
+
+
+def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+class Server:
+    """A running ``millionws serve`` process tree."""
+
+    def __init__(self, port: int, workers: int, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.port = port
+        self.workers = workers
+        cmd = [sys.executable, "-m", "millionws", "serve", "--host", "127.0.0.1", "--port", str(port),
+               "--workers", str(workers), *args]
+        self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"millionws-test-{port}.log"
+        self.log = open(self.log_path, "wb")
+        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=full_env,
+                                     start_new_session=True)
+        self.wait_ready()
+
+    def stats(self) -> dict:
+        status, body = http_get(self.port, "/stats")
+        assert status == 200
+        return json.loads(body)
+
+    def wait_ready(self) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log_path.read_text()}")
+            return all(w["pid"] for w in self.stats()["workers"])
+        wait_for(ready, 15, what="all workers up")
+
+    def worker_pids(self) -> list[int]:
+        return [w["pid"] for w in self.stats()["workers"]]
+
+    def url(self, path: str = "/echo") -> str:
+        return f"ws://127.0.0.1:{self.port}{path}"
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(10)
+        self.log.close()
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[..., Server]]:
+    servers: list[Server] = []
+
+    def start(*args: str, workers: int = 2, env: dict[str, str] | None = None) -> Server:
+        server = Server(free_port(), workers, list(args), env)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    """One shared 2-worker server for tests that do not change its settings."""
+    srv = Server(free_port(), 2, ["--handshake-timeout", "2", "--close-timeout", "2"])
+    yield srv
+    srv.stop()
