@@ -13,3 +13,19 @@ test *ARGS:
 # ruff over the whole repository
 lint:
     .venv/bin/ruff check .
+
+# local stack: millionws + Prometheus + Grafana + NATS (needs a Docker engine)
+deploy-local:
+    docker compose -f deploy/local/compose.yml up --build
+
+# validate (pinned Kubernetes version) and lint the Kubernetes manifests, offline
+k8s-validate:
+    .venv/bin/python -m pytest -q tests/ops/test_kubernetes.py
+
+# parse and cross-check the Terraform code and run checkov, offline
+tf-check:
+    bash tests/ops/install-checkov.sh >/dev/null && .venv/bin/python -m pytest -q tests/ops/test_terraform.py
+
+# Locust load test against a running server
+load host="http://127.0.0.1:8080" users="100" time="30s":
+    HOST={{host}} USERS={{users}} RUN_TIME={{time}} locust/run.sh local

@@ -11,6 +11,8 @@ next scheduled restart.
 * SIGTERM or SIGINT: the signal is passed on to every worker, which drains (see
   :mod:`millionws.worker`); the supervisor exits 0 when all have exited, and kills what
   is left at ``grace`` seconds.  A second signal kills the workers at once and exits 1.
+* Before forking it makes the mesh of socketpairs the workers talk through
+  (:mod:`millionws.bus`) and keeps every end, so a restarted worker gets its links back.
 * Workers ask the kernel for SIGTERM when the supervisor dies (PR_SET_PDEATHSIG), so a
   killed supervisor never leaves orphans holding the port.
 """
@@ -21,12 +23,14 @@ import ctypes
 import gc
 import logging
 import os
+import resource
 import select
 import signal
 import socket
 import sys
 import time
 
+from .bus import Mesh
 from .config import Config
 from .metrics import SharedStats
 from .worker import run_worker
@@ -40,6 +44,7 @@ class Supervisor:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.shared = SharedStats(config.workers)
+        self.mesh = Mesh(config.workers)  # the workers' links to each other, inherited by every fork
         self.children: dict[int, int] = {}  # pid -> worker index
         self.started: dict[int, float] = {}  # worker index -> monotonic start
         self.failures: dict[int, int] = {}  # worker index -> quick deaths in a row
@@ -62,7 +67,7 @@ class Supervisor:
             code = 1
             try:
                 self._become_worker()
-                code = run_worker(self.config, index, self.shared)
+                code = run_worker(self.config, index, self.shared, self.mesh)
             finally:
                 logging.shutdown()
                 os._exit(code)
@@ -83,8 +88,22 @@ class Supervisor:
         if os.getppid() != parent:  # the supervisor died before prctl took effect
             os._exit(0)
 
+    @staticmethod
+    def raise_fd_limit() -> tuple[int, int]:
+        """Soft open-files limit up to the hard one: each connection is a descriptor."""
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+                soft = hard
+            except (ValueError, OSError):
+                pass
+        return soft, hard
+
     def run(self) -> int:
         self.check_port()
+        soft, hard = self.raise_fd_limit()
+        log.info("open files limit soft=%d hard=%d", soft, hard)
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._signal_r = r
         signal.set_wakeup_fd(w)
