@@ -172,6 +172,10 @@ def receive(conn: Any, data: bytes, handler: Handler, max_size: int, pool: Frame
                     and conn.msg_size + header.payload_len - decoder.payload_consumed > max_size):
                 # Refuse at the header: no need to receive megabytes we will reject.
                 _fail(conn, ws, CloseReason.MESSAGE_TOO_BIG, "message too big", out)
+    if conn.state == LINGER:
+        # The closing handshake is over: nothing more will be parsed, so do not keep ~1.7 KB
+        # per closing connection alive while we wait for the peer's FIN.
+        conn.ws = None
     return b"".join(out)
 
 

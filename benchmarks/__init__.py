@@ -1,0 +1,1 @@
+"""Benchmark instruments for millionws: peer servers, a load generator and a memory driver."""

@@ -1,0 +1,145 @@
+"""Client-side WebSocket framing and opening handshake (RFC 6455), the minimum a load generator needs.
+
+Rules: client frames are always masked; server frames must not be. Nothing here touches a socket and
+nothing here keeps per-connection state: callers hold the bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import random
+
+OP_CONT = 0x0
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+
+_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+class ProtocolError(Exception):
+    """The server broke RFC 6455 (masked frame, oversized frame, bad handshake)."""
+
+
+def handshake_request(host: str, port: int, path: str) -> tuple[bytes, bytes]:
+    """Return (request bytes, expected Sec-WebSocket-Accept value) for one new connection."""
+    key = base64.b64encode(os.urandom(16))
+    request = (
+        b"GET " + path.encode() + b" HTTP/1.1\r\n"
+        b"Host: " + f"{host}:{port}".encode() + b"\r\n"
+        b"Upgrade: websocket\r\n"
+        b"Connection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: " + key + b"\r\n"
+        b"Sec-WebSocket-Version: 13\r\n"
+        b"\r\n"
+    )
+    return request, accept_for(key)
+
+
+def accept_for(key: bytes) -> bytes:
+    return base64.b64encode(hashlib.sha1(key + _GUID).digest())
+
+
+def parse_handshake_response(head: bytes, expected_accept: bytes) -> int:
+    """Check a response head (up to, not including, the blank line). Return its status code.
+
+    Raises ProtocolError when the status is 101 but the accept key is missing or wrong.
+    """
+    lines = head.split(b"\r\n")
+    parts = lines[0].split(b" ", 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/1."):
+        raise ProtocolError("not an HTTP response")
+    try:
+        status = int(parts[1])
+    except ValueError:
+        raise ProtocolError("bad status code") from None
+    if status != 101:
+        return status
+    for line in lines[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"sec-websocket-accept":
+            if value.strip() != expected_accept:
+                raise ProtocolError("wrong Sec-WebSocket-Accept")
+            return status
+    raise ProtocolError("no Sec-WebSocket-Accept")
+
+
+def _header(first: int, length: int) -> bytes:
+    # 0x80 in the length byte: the MASK bit, mandatory on client frames.
+    if length < 126:
+        return bytes((first, 0x80 | length))
+    if length < 1 << 16:
+        return bytes((first, 0x80 | 126)) + length.to_bytes(2, "big")
+    return bytes((first, 0x80 | 127)) + length.to_bytes(8, "big")
+
+
+def mask(payload: bytes, key: bytes) -> bytes:
+    """XOR payload with the 4-byte key repeated (one big-int XOR: fast in CPython for any size)."""
+    n = len(payload)
+    if n == 0:
+        return b""
+    stream = (key * (n // 4 + 1))[:n]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(stream, "little")).to_bytes(n, "little")
+
+
+def encode(opcode: int, payload: bytes = b"", fin: bool = True) -> bytes:
+    """One masked client frame with a fresh random key."""
+    key = random.getrandbits(32).to_bytes(4, "little")
+    return _header((0x80 if fin else 0) | opcode, len(payload)) + key + mask(payload, key)
+
+
+def close_frame(code: int = 1000, reason: bytes = b"") -> bytes:
+    return encode(OP_CLOSE, code.to_bytes(2, "big") + reason)
+
+
+class MessageTemplate:
+    """Echo messages of a fixed size whose first bytes carry the send time.
+
+    Building each frame from scratch (random key, XOR over the whole payload) would make the load generator
+    the bottleneck for large messages. Instead one random key per template masks the constant filler once,
+    and only the timestamp is masked per message. Reusing a key breaks no server: the server unmasks every
+    byte whatever the key, so its work is unchanged; RFC 6455 wants fresh keys against proxy cache poisoning,
+    which does not apply on loopback.
+
+    Binary messages carry the send time as 8 big-endian bytes of ``time.perf_counter_ns()``; text messages
+    as 16 lowercase hex digits (valid UTF-8). The rest is filler that the echo must return unchanged.
+    """
+
+    __slots__ = ("_head", "_key_int", "_masked_filler", "filler", "opcode", "size", "ts_len")
+
+    def __init__(self, size: int, text: bool = False) -> None:
+        self.opcode = OP_TEXT if text else OP_BINARY
+        self.ts_len = 16 if text else 8
+        if size < self.ts_len:
+            raise ValueError(f"--size must be >= {self.ts_len} to carry the timestamp")
+        self.size = size
+        self.filler = b"x" * (size - self.ts_len)
+        key = random.getrandbits(32).to_bytes(4, "little")
+        self._head = _header(0x80 | self.opcode, size) + key
+        # The key as it lines up with the timestamp bytes (big-endian int of the first ts_len stream bytes).
+        self._key_int = int.from_bytes((key * 4)[: self.ts_len], "big")
+        # Filler starts at offset ts_len (a multiple of 4), so the key stream restarts aligned.
+        self._masked_filler = mask(self.filler, key)
+
+    def frame(self, now_ns: int) -> bytes:
+        if self.opcode == OP_BINARY:
+            ts = now_ns.to_bytes(8, "big")
+        else:
+            ts = b"%016x" % now_ns
+        masked_ts = (int.from_bytes(ts, "big") ^ self._key_int).to_bytes(self.ts_len, "big")
+        return self._head + masked_ts + self._masked_filler
+
+    def sent_at(self, payload: bytes | bytearray | memoryview) -> int:
+        """Send time carried by an echoed payload, or -1 when the payload is not one of ours unchanged."""
+        if len(payload) != self.size or payload[self.ts_len :] != self.filler:
+            return -1
+        if self.opcode == OP_BINARY:
+            return int.from_bytes(payload[:8], "big")
+        try:
+            return int(bytes(payload[:16]), 16)
+        except ValueError:
+            return -1

@@ -1,0 +1,62 @@
+"""Echo peer on aiohttp's web server (one process, compression off, no heartbeat).
+
+    python benchmarks/peers/aiohttp_server.py --host 127.0.0.1 --port 8002
+
+Serves /echo: every text or binary message is sent back unchanged. Other paths answer 404.
+Prints "listening" on stdout once the socket accepts connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+from aiohttp import WSMsgType, web
+
+MAX_SIZE = 1 << 20  # 1 MiB: the same limit in all peers
+BACKLOG = 4096  # = net.core.somaxconn here
+
+
+async def echo(request: web.Request) -> web.WebSocketResponse:
+    # heartbeat=None: no keepalive pings (autoping=True still answers the client's pings).
+    # max_msg_size + 1: aiohttp closes with 1009 on a message of exactly max_msg_size bytes, while the
+    # other peers accept up to and including their limit.
+    ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_SIZE + 1, heartbeat=None, autoping=True)
+    await ws.prepare(request)
+    async for msg in ws:
+        if msg.type is WSMsgType.TEXT:
+            await ws.send_str(msg.data)
+        elif msg.type is WSMsgType.BINARY:
+            await ws.send_bytes(msg.data)
+    return ws
+
+
+async def main(host: str, port: int) -> None:
+    app = web.Application()
+    app.router.add_get("/echo", echo)
+    # access_log=None: a log line per handshake would dominate connect-rate figures.
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, backlog=BACKLOG)
+    await site.start()
+    stop = asyncio.get_running_loop().create_future()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set_result, None)
+    print("listening", flush=True)
+    try:
+        await stop
+    finally:
+        # A short shutdown: the benchmark driver already closed its clients or does not care.
+        await runner.shutdown()
+        await runner.cleanup()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8002)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(main(args.host, args.port))

@@ -1,0 +1,75 @@
+"""Echo peer on picows (one process, no compression: picows has none; auto-ping off, auto-pong on).
+
+    python benchmarks/peers/picows_server.py --host 127.0.0.1 --port 8003
+
+Serves /echo: every frame of a text or binary message is sent back with the same opcode and FIN bit,
+so fragmented messages come back as the same message. Other paths answer 404.
+Prints "listening" on stdout once the socket accepts connections.
+
+picows's other defaults are kept (they are what a user gets), notably read_buffer_init_size=16 KiB per
+connection and aiofastnet transports (a picows dependency): both show in memory per connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+from picows import (
+    WSFrame,
+    WSListener,
+    WSMsgType,
+    WSTransport,
+    WSUpgradeRequest,
+    ws_create_server,
+)
+
+MAX_SIZE = 1 << 20  # 1 MiB: the same limit in all peers (picows checks frames, not messages)
+BACKLOG = 4096  # = net.core.somaxconn here
+
+
+class Echo(WSListener):
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        msg_type = frame.msg_type
+        if msg_type in (WSMsgType.TEXT, WSMsgType.BINARY, WSMsgType.CONTINUATION):
+            transport.send(msg_type, frame.get_payload_as_memoryview(), fin=frame.fin)
+        elif msg_type is WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code(), frame.get_close_message())
+            transport.disconnect()
+        # PING is answered by picows itself (enable_auto_pong=True); PONG needs nothing.
+
+
+def route(request: WSUpgradeRequest) -> WSListener | None:
+    """None makes picows answer 404 and disconnect."""
+    return Echo() if request.path.split(b"?", 1)[0] == b"/echo" else None
+
+
+async def main(host: str, port: int) -> None:
+    server = await ws_create_server(
+        route,
+        host,
+        port,
+        enable_auto_ping=False,
+        enable_auto_pong=True,
+        max_frame_size=MAX_SIZE,
+        backlog=BACKLOG,
+    )
+    stop = asyncio.get_running_loop().create_future()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set_result, None)
+    print("listening", flush=True)
+    try:
+        await stop
+    finally:
+        server.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8003)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(main(args.host, args.port))

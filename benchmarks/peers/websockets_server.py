@@ -1,0 +1,62 @@
+"""Echo peer on the `websockets` asyncio server (one process, compression off, no keepalive pings).
+
+    python benchmarks/peers/websockets_server.py --host 127.0.0.1 --port 8001
+
+Serves /echo: every text or binary message is sent back unchanged (str stays text, bytes stay binary).
+Any other path answers 404. Prints "listening" on stdout once the socket accepts connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http
+import logging
+import signal
+
+from websockets.asyncio.server import Request, Response, ServerConnection, serve
+
+MAX_SIZE = 1 << 20  # 1 MiB: the same limit in all peers so they refuse the same messages
+BACKLOG = 4096  # = net.core.somaxconn here; a short backlog turns connect bursts into SYN retries
+
+
+def reject_other_paths(connection: ServerConnection, request: Request) -> Response | None:
+    """Answer 404 before the upgrade for anything but /echo."""
+    if request.path.split("?", 1)[0] != "/echo":
+        return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
+    return None
+
+
+async def echo(ws: ServerConnection) -> None:
+    async for message in ws:
+        await ws.send(message)
+
+
+async def main(host: str, port: int) -> None:
+    stop = asyncio.get_running_loop().create_future()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set_result, None)
+    async with serve(
+        echo,
+        host,
+        port,
+        process_request=reject_other_paths,
+        compression=None,
+        max_size=MAX_SIZE,
+        # Keepalive pings off: an idle-memory comparison must not include ping traffic or its timers.
+        ping_interval=None,
+        ping_timeout=None,
+        backlog=BACKLOG,
+    ):
+        print("listening", flush=True)
+        await stop
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001)
+    args = parser.parse_args()
+    # Per-connection INFO lines would cost more than the connections themselves at 10^5 sockets.
+    logging.basicConfig(level=logging.WARNING)
+    asyncio.run(main(args.host, args.port))
