@@ -12,21 +12,32 @@ Routes:
 path        method      answer
 ==========  ==========  ===================================================================
 /echo, /ws  GET+Upgrade WebSocket; every text and binary message back unchanged
+/pubsub     GET+Upgrade WebSocket; channels, JSON protocol of docs/protocol.md
+/publish/C  POST        body: one JSON document, published to channel C (202)
+/users/U/messages POST  body: one JSON document, to every connection of user U (202)
 /health     GET, HEAD   200 {"status":"ok",...}; 503 {"status":"draining"} while draining
 /metrics    GET, HEAD   Prometheus text exposition for every worker of the pod
 /stats      GET, HEAD   JSON snapshot: per worker and total
 ==========  ==========  ===================================================================
+
+The /pubsub operations are parsed here and carried out by :class:`channels.Hub`.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from typing import Any, Protocol
+from urllib.parse import parse_qs
 
 import h11
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import http, metrics
+from .channels import ChannelError, Hub, user_channel, valid_channel
+from .config import Config
 from .http import HttpError
+from .reactor import monotonic
 from .websocket import encode_frame
 
 F = metrics.F
@@ -39,8 +50,15 @@ class WorkerView(Protocol):
     index: int
     draining: bool
     stats: metrics.WorkerStats
+    config: Config
+    bus: Any  # bus.LocalBus
+    reactor: Any  # reactor.Reactor
 
     def websocket_count(self) -> int: ...
+
+    def write(self, conn: Any, data: bytes) -> None: ...
+
+    def fanout(self, conns: Iterable[Any], frame: bytes) -> int: ...
 
 
 class Echo:
@@ -61,6 +79,144 @@ class Echo:
         pass
 
 
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """Strict JSON (no NaN/Infinity, which subscribers' parsers would refuse)."""
+    return json.loads(raw, parse_constant=_reject_constant)
+
+
+def dump_json(document: Any) -> bytes:
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class PubSub:
+    """``/pubsub``: the JSON operations of docs/protocol.md.  Every refusal is an error reply."""
+
+    __slots__ = ("c", "hub", "reactor")
+
+    def __init__(self, worker: WorkerView) -> None:
+        cfg = worker.config
+        self.c = worker.stats.c
+        self.reactor = worker.reactor
+        self.hub = Hub(worker.index, cfg.workers, worker.bus.send, worker.write, worker.fanout, worker.stats,
+                       cfg.replay_seconds, cfg.replay_max_messages, cfg.max_channels_per_connection,
+                       cfg.max_subscribers_per_worker)
+        worker.bus.on_record = self.hub.on_record
+
+    def start(self) -> None:
+        self.hub.hello()
+        self._sweep()
+
+    def _sweep(self) -> None:
+        self.hub.sweep(monotonic())
+        self.reactor.call_later(5.0, self._sweep)
+
+    def _reply(self, conn: Any, document: dict[str, Any], request_id: Any = None) -> bytes:
+        if request_id is not None:
+            document["id"] = request_id
+        self.c[_MSG_OUT] += 1
+        return encode_frame(1, dump_json(document))
+
+    def _error(self, conn: Any, code: str, message: str, request_id: Any = None, channel: str | None = None) -> None:
+        document: dict[str, Any] = {"op": "error", "code": code, "message": message}
+        if channel is not None:
+            document["channel"] = channel
+        self.hub.write(conn, self._reply(conn, document, request_id))
+
+    def on_message(self, conn: Any, is_text: bool, payload: bytes) -> None:
+        # Replies are written here, not returned: they must precede messages this request causes.
+        self.c[_MSG_IN] += 1
+        if not is_text:
+            self._error(conn, "binary_not_supported", "binary frames are not accepted: send JSON text frames")
+            return None
+        try:
+            msg = parse_json(payload)
+        except ValueError as exc:
+            self._error(conn, "bad_json", f"not a JSON document: {exc}")
+            return None
+        if not isinstance(msg, dict):
+            self._error(conn, "bad_request", "a request is a JSON object with an \"op\"")
+            return None
+        request_id = msg.get("id")
+        try:
+            op = msg.get("op")
+            if op == "subscribe":
+                self.subscribe(conn, msg, request_id)
+            elif op == "unsubscribe":
+                channels = _channel_list(msg)
+                self.hub.unsubscribe(conn, channels)
+                self.hub.write(conn, self._reply(conn, {"op": "unsubscribed", "channels": channels}, request_id))
+            elif op == "publish":
+                channel = msg.get("channel")
+                if not valid_channel(channel):
+                    raise ChannelError("bad_channel", _BAD_NAME, channel if isinstance(channel, str) else None)
+                if "data" not in msg:
+                    raise ChannelError("bad_request", "publish needs \"data\"")
+                self.hub.publish(channel, dump_json(msg["data"]), monotonic())
+                if request_id is not None:  # acknowledged only when the client can match the answer
+                    self.hub.write(conn, self._reply(conn, {"op": "published", "channel": channel}, request_id))
+            else:
+                raise ChannelError("unknown_op", "op must be subscribe, unsubscribe or publish")
+        except ChannelError as exc:
+            self._error(conn, exc.code, exc.message, request_id, exc.channel)
+        return None
+
+    def subscribe(self, conn: Any, msg: dict[str, Any], request_id: Any) -> None:
+        channels = _channel_list(msg)
+        since = msg.get("since")
+        if since is not None:
+            if not isinstance(since, dict):
+                raise ChannelError("bad_since", "since is an object: {channel: last seq seen}")
+            for channel, seq in since.items():
+                if channel not in channels:
+                    raise ChannelError("bad_since", "since names a channel that is not subscribed here", channel)
+                if type(seq) is not int or seq < 0:
+                    raise ChannelError("bad_since", "a since value is an integer >= 0", channel)
+        ack = self._reply(conn, {"op": "subscribed", "channels": channels}, request_id)
+        self.hub.subscribe(conn, channels, since, ack=ack)
+
+    def on_close(self, conn: Any) -> None:
+        self.hub.drop(conn)
+
+
+_BAD_NAME = "a channel name is 1 to 128 characters of A-Z a-z 0-9 . _ : -"
+
+
+def _channel_list(msg: dict[str, Any]) -> list[str]:
+    channels = msg.get("channels")
+    if not isinstance(channels, list) or not channels:
+        raise ChannelError("bad_request", "channels must be a non-empty list of channel names")
+    for channel in channels:
+        if not valid_channel(channel):
+            raise ChannelError("bad_channel", _BAD_NAME, channel if isinstance(channel, str) else None)
+    return channels
+
+
+class UserSession:
+    """The ``/pubsub`` application of a connection that carries a user id."""
+
+    __slots__ = ("pubsub", "user")
+
+    def __init__(self, pubsub: PubSub, user: str) -> None:
+        self.pubsub = pubsub
+        self.user = user
+
+    def on_open(self, conn: Any) -> None:
+        try:
+            self.pubsub.hub.subscribe(conn, [user_channel(self.user)], internal=True)
+        except ChannelError as exc:
+            self.pubsub._error(conn, exc.code, exc.message)
+
+    def on_message(self, conn: Any, is_text: bool, payload: bytes) -> None:
+        return self.pubsub.on_message(conn, is_text, payload)
+
+    def on_close(self, conn: Any) -> None:
+        self.pubsub.on_close(conn)
+
+
 class Response:
     """What :meth:`App.handle` decided: bytes to send, and the WebSocket app on upgrade."""
 
@@ -78,22 +234,33 @@ class App:
         self.worker = worker
         self.max_connections = max_connections
         self.echo = Echo(worker.stats.c)
-        self.websocket_routes: dict[bytes, Any] = {b"/echo": self.echo, b"/ws": self.echo}
+        self.pubsub = PubSub(worker)
+        self.trust_user_param = worker.config.trust_user_param
+        self.websocket_routes: dict[bytes, Any] = {b"/echo": self.echo, b"/ws": self.echo,
+                                                   b"/pubsub": self.pubsub}
         self.http_routes = {b"/health": self.health, b"/metrics": self.metrics, b"/stats": self.stats}
+
+    def start(self) -> None:
+        """The worker's loop is about to run."""
+        self.pubsub.start()
 
     def handle(self, request: h11.Request, body: bytes) -> Response:
         """Answer one complete request.  Raises HttpError for refusals."""
-        path = request.target.split(b"?", 1)[0]
+        path, _, query = request.target.partition(b"?")
         keep_alive = http.keep_alive(request)
         ws_app = self.websocket_routes.get(path)
         if ws_app is not None:
             accepted = http.check_upgrade(request)
+            if ws_app is self.pubsub and query:
+                ws_app = self.user_session(query)
             if self.worker.draining:
                 raise HttpError(503, "draining", http.HS_DRAINING)
             if self.worker.websocket_count() >= self.max_connections:
                 raise HttpError(503, "connection limit of this worker reached", http.HS_OVER_CAPACITY,
                                 (("Retry-After", "1"),))
             return Response(accepted, 101, True, ws_app)
+        if path.startswith(b"/publish/") or path.startswith(b"/users/"):
+            return Response(self.post(request, path, body, keep_alive), 202, keep_alive)
         route = self.http_routes.get(path)
         if route is None:
             raise HttpError(404, "no such path", http.HS_NOT_FOUND)
@@ -101,6 +268,37 @@ class App:
             raise HttpError(405, "method not allowed", http.HS_METHOD, (("Allow", "GET, HEAD"),))
         status, data = route(request.method == b"HEAD", keep_alive)
         return Response(data, status, keep_alive)
+
+    def user_session(self, query: bytes) -> Any:
+        users = parse_qs(query.decode("latin-1")).get("user")
+        if not users:
+            return self.pubsub
+        if not self.trust_user_param:
+            raise HttpError(403, "?user= is accepted only with --trust-user-param")
+        if len(users) != 1 or not valid_channel(users[0]):
+            raise HttpError(400, "a user id is 1 to 128 characters of A-Z a-z 0-9 . _ : -")
+        return UserSession(self.pubsub, users[0])
+
+    def post(self, request: h11.Request, path: bytes, body: bytes, keep_alive: bool) -> bytes:
+        """``POST /publish/{channel}`` and ``POST /users/{id}/messages``: the body is the message's data."""
+        parts = path.decode("latin-1").split("/")
+        if parts[1] == "publish" and len(parts) == 3:
+            channel, name = parts[2], parts[2]
+        elif parts[1] == "users" and len(parts) == 4 and parts[3] == "messages":
+            channel, name = user_channel(parts[2]), parts[2]
+        else:
+            raise HttpError(404, "no such path", http.HS_NOT_FOUND)
+        if request.method != b"POST":
+            raise HttpError(405, "method not allowed", http.HS_METHOD, (("Allow", "POST"),))
+        if not valid_channel(name):
+            raise HttpError(400, _BAD_NAME.replace("a channel name", "a channel name or user id"))
+        try:
+            text = body.decode("utf-8").strip()
+            parse_json(text)
+        except ValueError as exc:  # UnicodeDecodeError included
+            raise HttpError(400, f"the body must be one JSON document in UTF-8: {exc}") from None
+        self.pubsub.hub.publish(channel, text.encode(), monotonic())
+        return http.render_json(202, {"status": "accepted", "channel": channel}, keep_alive)
 
     def health(self, head: bool, keep_alive: bool) -> tuple[int, bytes]:
         worker = self.worker

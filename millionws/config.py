@@ -63,6 +63,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_request_body", int, 1 << 20, "largest HTTP request body, bytes (over it: HTTP 413)"),
     Option("backlog", int, None, "listen() backlog (default: net.core.somaxconn)"),
     Option("log_level", str, "info", "debug, info, warning or error"),
+    Option("max_channels_per_connection", int, 100, "channels one /pubsub connection may subscribe to"),
+    Option("max_subscribers_per_worker", int, 2_000_000,
+           "channel subscriptions (connection x channel) one worker holds; over it subscribe gets an error"),
+    Option("replay_seconds", float, 120.0, "seconds a channel's messages stay available to subscribe with since"),
+    Option("replay_max_messages", int, 1000, "messages per channel kept for replay (0: no replay)"),
+    Option("trust_user_param", bool, False,
+           "accept ?user=ID on /pubsub as the connection's user id, unauthenticated (until auth exists)"),
 )
 
 
@@ -85,14 +92,20 @@ class Config:
     max_request_body: int = 1 << 20
     backlog: int = 4096
     log_level: str = "info"
+    max_channels_per_connection: int = 100
+    max_subscribers_per_worker: int = 2_000_000
+    replay_seconds: float = 120.0
+    replay_max_messages: int = 1000
+    trust_user_param: bool = False
 
     def validate(self) -> None:
         positive = ("workers", "max_message_size", "handshake_timeout", "ping_timeout", "close_timeout",
-                    "max_pending_bytes", "max_connections", "max_request_head", "backlog")
+                    "max_pending_bytes", "max_connections", "max_request_head", "backlog",
+                    "max_channels_per_connection", "max_subscribers_per_worker")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
-        for name in ("grace", "ping_interval", "max_request_body"):
+        for name in ("grace", "ping_interval", "max_request_body", "replay_seconds", "replay_max_messages"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         if not 0 <= self.port <= 65535:
@@ -101,7 +114,17 @@ class Config:
             raise ValueError("log_level must be debug, info, warning or error")
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
 def _parse(option: Option, raw: str) -> Any:
+    if option.type is bool:  # bool("0") is True: spell the accepted words out
+        if raw.lower() in _TRUE:
+            return True
+        if raw.lower() in _FALSE:
+            return False
+        raise ValueError(f"{option.env}/{option.flag}: {raw!r} is not one of {'/'.join(_TRUE + _FALSE)}")
     try:
         return option.type(raw)
     except ValueError as exc:
@@ -111,6 +134,10 @@ def _parse(option: Option, raw: str) -> Any:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one flag per option; unset flags stay None so the environment can fill them."""
     for option in OPTIONS:
+        if option.type is bool:  # a switch: present means true
+            parser.add_argument(option.flag, dest=option.name, action="store_const", const=True, default=None,
+                                help=f"{option.help} [env {option.env}]")
+            continue
         parser.add_argument(option.flag, dest=option.name, type=option.type, default=None,
                             help=f"{option.help} [env {option.env}]")
 

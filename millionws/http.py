@@ -16,6 +16,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from collections.abc import Iterable
 
 import h11
@@ -23,7 +24,8 @@ import h11
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 STATUS_TEXT = {
-    101: "Switching Protocols", 200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+    101: "Switching Protocols", 200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized",
+    403: "Forbidden",
     404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large",
     426: "Upgrade Required", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
     500: "Internal Server Error", 503: "Service Unavailable",
@@ -141,3 +143,32 @@ def render_json(status: int, document: object, keep_alive: bool = True, head: bo
 
 def render_error(error: HttpError, keep_alive: bool = False) -> bytes:
     return render_json(error.status, {"error": error.message}, keep_alive, headers=error.headers)
+
+
+_HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?")
+
+
+def valid_host(value: bytes) -> bool:
+    """A Host header value is uri-host [":" port] (RFC 9112 §3.2, RFC 3986 §3.2.2)."""
+    return _HOST.fullmatch(value) is not None
+
+
+def request_path(target: bytes) -> bytes:
+    """The path of a request target: origin-form, or absolute-form (RFC 9112 §3.2.2) reduced to it."""
+    if not target.startswith(b"/"):
+        scheme, sep, rest = target.partition(b"://")
+        if sep and scheme.lower() in (b"http", b"https", b"ws", b"wss"):
+            slash = rest.find(b"/")
+            target = rest[slash:] if slash >= 0 else b"/"
+    return target.split(b"?", 1)[0]
+
+
+def check_framing(request: h11.Request) -> None:
+    """Refuse what RFC 9112 says a server must not guess about, before h11 reads a body."""
+    hosts = [v for k, v in request.headers if k == b"host"]
+    if hosts and not valid_host(hosts[0]):
+        raise HttpError(400, "invalid Host header")
+    names = {k for k, _ in request.headers}
+    if b"transfer-encoding" in names and b"content-length" in names:
+        # §6.1: both present is a request-smuggling vector; answer and close.
+        raise HttpError(400, "both Transfer-Encoding and Content-Length")

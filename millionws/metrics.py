@@ -37,9 +37,10 @@ from prometheus_client.registry import CollectorRegistry
 from .connection import REASONS
 from .http import HANDSHAKE_REASONS
 
-HTTP_STATUSES = (101, 200, 400, 401, 403, 404, 405, 408, 413, 426, 429, 431, 500, 503, 0)  # 0: any other
+HTTP_STATUSES = (101, 200, 202, 400, 401, 403, 404, 405, 408, 413, 426, 429, 431, 500, 503, 0)  # 0: any other
 ACCEPT_ERRORS = ("emfile", "other")
 LOOP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+FANOUT_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 FIELDS: tuple[str, ...] = (
     "pid", "started", "draining", "connections", "accepted",
@@ -50,13 +51,17 @@ FIELDS: tuple[str, ...] = (
     *(f"accept_error_{e}" for e in ACCEPT_ERRORS),
     *(f"loop_bucket_{i}" for i in range(len(LOOP_BUCKETS) + 1)),
     "loop_sum_ns", "loop_count",
+    "channels", "subscriptions", "publishes", "deliveries", "slow_consumers", "replay_hits", "replay_misses",
+    *(f"fanout_bucket_{i}" for i in range(len(FANOUT_BUCKETS) + 1)),
+    "fanout_sum_ns", "fanout_count",
 )
 F = {name: i for i, name in enumerate(FIELDS)}
-GAUGES = ("pid", "started", "draining", "connections")
+GAUGES = ("pid", "started", "draining", "connections", "channels", "subscriptions")
 DISCONNECT0 = F["disconnect_normal"]
 HANDSHAKE0 = F["handshake_failed_bad_request"]
 HTTP_INDEX = {s: F[f"http_{s}"] for s in HTTP_STATUSES}
 LOOP0 = F["loop_bucket_0"]
+FANOUT0 = F["fanout_bucket_0"]
 
 HEADER = ("workers", "restarts")
 SLOT = len(FIELDS)
@@ -120,6 +125,13 @@ class WorkerStats:
         c[LOOP0 + bisect.bisect_left(LOOP_BUCKETS, seconds)] += 1
         c[LOOP0 + len(LOOP_BUCKETS) + 1] += int(seconds * 1e9)
         c[LOOP0 + len(LOOP_BUCKETS) + 2] += 1
+
+    def observe_fanout(self, seconds: float) -> None:
+        """Publish accepted -> frame handed to send() for the last local subscriber of a message."""
+        c = self.c
+        c[FANOUT0 + bisect.bisect_left(FANOUT_BUCKETS, seconds)] += 1
+        c[FANOUT0 + len(FANOUT_BUCKETS) + 1] += int(seconds * 1e9)
+        c[FANOUT0 + len(FANOUT_BUCKETS) + 2] += 1
 
     def http_status(self, status: int) -> None:
         self.c[HTTP_INDEX.get(status, HTTP_INDEX[0])] += 1
@@ -194,15 +206,37 @@ class _Collector:
         yield rss
         yield fds
 
-        loop = HistogramMetricFamily("millionws_loop_turn_seconds",
-                                     "Work done in one reactor loop turn (waiting excluded).", labels=["worker"])
-        for worker, s in slots:
-            buckets, total = [], 0
-            for i, bound in enumerate((*LOOP_BUCKETS, float("inf"))):
-                total += s[LOOP0 + i]
-                buckets.append((str(bound) if bound != float("inf") else "+Inf", total))
-            loop.add_metric([worker], buckets, s[LOOP0 + len(LOOP_BUCKETS) + 1] / 1e9)
-        yield loop
+        def histogram(name: str, doc: str, bounds: tuple[float, ...], base: int) -> Any:
+            metric = HistogramMetricFamily(name, doc, labels=["worker"])
+            for worker, s in slots:
+                buckets, total = [], 0
+                for i, bound in enumerate((*bounds, float("inf"))):
+                    total += s[base + i]
+                    buckets.append((str(bound) if bound != float("inf") else "+Inf", total))
+                metric.add_metric([worker], buckets, s[base + len(bounds) + 1] / 1e9)
+            return metric
+
+        yield histogram("millionws_loop_turn_seconds", "Work done in one reactor loop turn (waiting excluded).",
+                        LOOP_BUCKETS, LOOP0)
+        yield histogram("millionws_fanout_latency_seconds",
+                        "Publish accepted to frame handed to send() for the last subscriber on a worker.",
+                        FANOUT_BUCKETS, FANOUT0)
+        for cls, name, doc, field in (
+            (GaugeMetricFamily, "millionws_channels", "Channels with a subscriber on this worker.", "channels"),
+            (GaugeMetricFamily, "millionws_subscriptions", "Channel subscriptions of this worker's connections.",
+             "subscriptions"),
+            (CounterMetricFamily, "millionws_publishes", "Messages accepted for publication on this worker "
+             "(WebSocket and HTTP).", "publishes"),
+            (CounterMetricFamily, "millionws_deliveries", "Channel messages handed to subscriber connections "
+             "(live and replayed).", "deliveries"),
+            (CounterMetricFamily, "millionws_slow_consumers", "Subscribers closed (1013) for falling more than "
+             "max-pending-bytes behind.", "slow_consumers"),
+            (CounterMetricFamily, "millionws_replay_hits", "Subscribes with since answered exactly from the "
+             "replay buffer.", "replay_hits"),
+            (CounterMetricFamily, "millionws_replay_misses", "Subscribes with since older than the replay buffer "
+             "(or unknown): answered with a gap.", "replay_misses"),
+        ):
+            yield family(cls, name, doc, field)
 
 
 def render(shared: SharedStats) -> bytes:
@@ -214,7 +248,8 @@ def render(shared: SharedStats) -> bytes:
 
 def snapshot(shared: SharedStats) -> dict[str, Any]:
     """The JSON of ``/stats``: per worker and total."""
-    keys = ("connections", "accepted", "messages_in", "messages_out", "bytes_in", "bytes_out")
+    keys = ("connections", "accepted", "messages_in", "messages_out", "bytes_in", "bytes_out", "channels",
+            "subscriptions", "publishes", "deliveries")
     workers = []
     total: dict[str, int] = dict.fromkeys((*keys, "rss", "fds"), 0)
     for i in range(shared.workers):

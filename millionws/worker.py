@@ -22,6 +22,10 @@ Theory of operation:
 * Drain (SIGTERM/SIGINT): keep accepting so probes see 503 ``draining``, refuse upgrades,
   send 1001 to every WebSocket, exit once none is left or the grace period is over.
   A second signal exits at once.
+* Channel fan-out (:meth:`fanout`): one frame, the same bytes written to every subscriber.
+  A subscriber whose pending output would pass ``max_pending_bytes`` is a slow consumer:
+  it gets Close 1013 queued behind what it has not read, leaves the fan-out at once and
+  is closed by the close timeout if it never catches up.  Nobody else waits for it.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import h11
@@ -39,6 +44,7 @@ import h11
 from . import http, websocket
 from .app import App
 from .buffers import BufferPool, ReceiveBuffer
+from .bus import LocalBus, Mesh
 from .config import Config
 from .connection import (
     CLOSED,
@@ -51,6 +57,7 @@ from .connection import (
     OPEN,
     R_ERROR,
     R_SHUTDOWN,
+    R_SLOW,
     R_TIMEOUT,
     Connection,
 )
@@ -61,6 +68,7 @@ from .websocket import PING_FRAME, FramePool
 log = logging.getLogger("millionws.worker")
 
 _CONNECTIONS, _ACCEPTED, _BYTES_IN, _BYTES_OUT = F["connections"], F["accepted"], F["bytes_in"], F["bytes_out"]
+_SLOW_CONSUMERS = F["slow_consumers"]
 _F_WAITED = 16  # our keepalive ping's deadline is pending (see on_timer)
 
 _readv = os.readv
@@ -84,7 +92,7 @@ def listen_socket(host: str, port: int, backlog: int) -> socket.socket:
 class Worker:
     """See the module docstring.  ``run()`` returns the process exit status."""
 
-    def __init__(self, config: Config, index: int, shared: SharedStats) -> None:
+    def __init__(self, config: Config, index: int, shared: SharedStats, mesh: Mesh | None = None) -> None:
         self.config = config
         self.index = index
         self.stats = WorkerStats(shared, index)
@@ -94,6 +102,7 @@ class Worker:
         self.rbuf = ReceiveBuffer()
         self.pool = BufferPool()
         self.frames = FramePool()
+        self.bus = LocalBus(index, mesh.take(index) if mesh is not None else {}, self.reactor)
         self.app = App(self, config.max_connections)
         self.draining = False
         self.listener: socket.socket | None = None
@@ -122,6 +131,7 @@ class Worker:
         self.start_listening()
         self.install_signals()
         self._flush_periodically()
+        self.app.start()
         log.info("worker %d (pid %d) listening on %s:%d", self.index, os.getpid(), self.config.host,
                  self.config.port)
         try:
@@ -239,6 +249,59 @@ class Worker:
             else:
                 self.reactor.modify(conn.fd, EPOLLIN | EPOLLOUT)
 
+    def fanout(self, conns: Iterable[Connection], frame: bytes) -> int:
+        """Write ``frame`` to each open connection of ``conns``; return how many got it."""
+        limit = self.config.max_pending_bytes
+        modify = self.reactor.modify
+        n = len(frame)
+        sent_total = delivered = 0
+        trouble: list[tuple[Connection, bool]] | None = None
+        for conn in conns:
+            if conn.state != OPEN:
+                continue
+            pending = conn.pending
+            if pending is not None:  # EPOLLOUT is already asked for
+                if len(pending) + n > limit:
+                    if trouble is None:
+                        trouble = []
+                    trouble.append((conn, True))
+                    continue
+                pending += frame
+                delivered += 1
+                continue
+            try:
+                sent = _write(conn.fd, frame)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                if trouble is None:
+                    trouble = []
+                trouble.append((conn, False))
+                continue
+            sent_total += sent
+            delivered += 1
+            if sent < n:
+                conn.pending = pending = self.pool.acquire()
+                pending += memoryview(frame)[sent:]
+                modify(conn.fd, EPOLLIN | EPOLLOUT)
+        self.c[_BYTES_OUT] += sent_total
+        if trouble is not None:  # after the loop: closing changes the subscriber sets
+            for conn, slow in trouble:
+                if slow:
+                    self.slow_consumer(conn)
+                else:
+                    self.abort(conn, R_ERROR)
+        return delivered
+
+    def slow_consumer(self, conn: Connection) -> None:
+        """Close 1013 behind the unread backlog; the close timeout ends it if it never reads."""
+        self.c[_SLOW_CONSUMERS] += 1
+        conn.reason = R_SLOW
+        out = websocket.start_close(conn, self.frames, 1013, "slow consumer")
+        conn.state = LINGER  # it does not read: waiting for its Close would be waiting for nothing
+        self.write(conn, out)
+        self.state_changed(conn)
+
     def flush(self, conn: Connection) -> None:
         pending = conn.pending
         assert pending is not None
@@ -340,6 +403,9 @@ class Worker:
         else:
             self.reactor.wheel.cancel(conn)
         self.write(conn, response)
+        on_open = getattr(ws_app, "on_open", None)
+        if on_open is not None and conn.state == OPEN:
+            on_open(conn)
         if trailing and conn.state == OPEN:
             out = websocket.receive(conn, trailing, ws_app.on_message, self.config.max_message_size, self.frames)
             if out:
@@ -473,10 +539,10 @@ class Worker:
         self.stats.flush()
 
 
-def run_worker(config: Config, index: int, shared: SharedStats) -> int:
+def run_worker(config: Config, index: int, shared: SharedStats, mesh: Mesh | None = None) -> int:
     """Entry point in the forked child."""
     started = time.monotonic()
-    worker = Worker(config, index, shared)
+    worker = Worker(config, index, shared, mesh)
     try:
         return worker.run()
     except Exception:

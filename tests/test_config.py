@@ -48,3 +48,24 @@ def test_invalid_values_are_refused(argv):
 def test_garbage_in_environment_names_the_variable():
     with pytest.raises(ValueError, match="MILLIONWS_PORT"):
         config.from_argv([], environ={"MILLIONWS_PORT": "eighty"})
+
+
+def test_channel_options_defaults():
+    cfg = config.from_argv([], environ={})
+    assert cfg.max_channels_per_connection == 100 and cfg.max_subscribers_per_worker == 2_000_000
+    assert cfg.replay_seconds == 120 and cfg.replay_max_messages == 1000 and cfg.trust_user_param is False
+
+
+def test_switch_reads_flag_and_environment():
+    assert config.from_argv(["--trust-user-param"], environ={}).trust_user_param is True
+    assert config.from_argv([], environ={"MILLIONWS_TRUST_USER_PARAM": "yes"}).trust_user_param is True
+    assert config.from_argv([], environ={"MILLIONWS_TRUST_USER_PARAM": "0"}).trust_user_param is False
+    with pytest.raises(ValueError, match="MILLIONWS_TRUST_USER_PARAM"):
+        config.from_argv([], environ={"MILLIONWS_TRUST_USER_PARAM": "maybe"})
+
+
+@pytest.mark.parametrize("argv", [["--max-channels-per-connection", "0"], ["--max-subscribers-per-worker", "0"],
+                                  ["--replay-seconds", "-1"], ["--replay-max-messages", "-1"]])
+def test_invalid_channel_limits_are_refused(argv):
+    with pytest.raises(ValueError):
+        config.from_argv(argv, environ={})

@@ -1,0 +1,458 @@
+"""Channels on one node: names, sequencing, replay, interest, and who gets which message.
+
+Theory of operation (everything that decides a ``seq`` or a recipient lives here):
+
+* **One sequencer per channel.**  The owner of a channel is worker
+  ``crc32(name) % workers``.  Only the owner assigns ``seq`` (1, 2, 3, ... with no gap)
+  and keeps the replay buffer (:class:`ReplayBuffer`: the last ``replay_seconds`` and at
+  most ``replay_max_messages``).  A publish accepted by another worker is forwarded to
+  the owner (``PUB``) with the time it was accepted.
+* **Interest-based fan-out.**  A worker tells a channel's owner when it gets its first
+  local subscriber for the channel (``INTEREST``) and when it loses its last one
+  (``UNINTEREST``).  The owner sends each sequenced message (``MSG``) only to the
+  workers interested in it, then delivers to its own subscribers.
+* **Encode once.**  A worker turns a message into one WebSocket frame and hands the same
+  bytes to every local subscriber (``fanout``): the cost per subscriber is one ``write``.
+* **Replay without gap or duplicate.**  ``subscribe`` with ``since``: on the owner, the
+  missed messages are read from the buffer and written before any live one (same
+  process, no race).  On another worker the connection is *held*: it is not yet a
+  subscriber, live messages for the channel are kept for it, and the owner is asked
+  for the messages after ``since`` (``REPLAY_REQ``, sent after ``INTEREST`` on the same
+  ordered link).  The owner answers with the buffered messages up to its latest ``seq``
+  (``REPLAY``); the worker writes them, then the held messages with a greater ``seq``,
+  and the connection becomes a subscriber.  When ``since`` is older than the buffer the
+  connection first gets a ``gap`` reply naming the first ``seq`` it will see.
+* **Restarts.**  A worker announces itself on start (``HELLO``); its peers then forget
+  its old interest and tell it again which of its channels they are interested in, and
+  re-ask the replay requests that were waiting for it.  The sequence of a channel owned
+  by a restarted worker starts again at 1 (a ``since`` beyond it gets ``gap`` with reason
+  ``unknown``): persistence across restarts is the job of an external bus.
+* Users: a connection that carries a user id is subscribed to the reserved channel
+  ``@user:<id>``; ``@`` is outside the client charset, so no client can subscribe to it.
+
+Records between workers (first byte = type; numbers big-endian):
+PUB ``t0 chan data`` · MSG ``t0 seq chan data`` · INTEREST/UNINTEREST ``chan`` ·
+REPLAY_REQ ``req since chan`` · REPLAY ``req reason first last chan n (seq t0 len data)*`` · HELLO.
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from .metrics import F, WorkerStats
+from .websocket import encode_frame
+
+CHANNEL_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
+USER_PREFIX = "@user:"
+MAX_NAME = 128
+
+T_PUB, T_MSG, T_INTEREST, T_UNINTEREST, T_REPLAY_REQ, T_REPLAY, T_HELLO = range(1, 8)
+_PUB = struct.Struct("!BdH")
+_MSG = struct.Struct("!BdQH")
+_CHAN = struct.Struct("!BH")
+_REQ = struct.Struct("!BIQH")
+_REPLAY = struct.Struct("!BIBQQHI")
+_ENTRY = struct.Struct("!QdI")
+_HELLO = bytes((T_HELLO,))
+
+# Why a replay could not be exact: index sent between workers, name sent to the client.
+GAP_NONE, GAP_EXPIRED, GAP_UNKNOWN = 0, 1, 2
+GAP_REASONS = ("", "expired", "unknown")
+
+_C_CHANNELS, _C_SUBS = F["channels"], F["subscriptions"]
+_C_PUBLISHES, _C_DELIVERIES, _C_MSG_OUT = F["publishes"], F["deliveries"], F["messages_out"]
+_C_REPLAY_HITS, _C_REPLAY_MISSES = F["replay_hits"], F["replay_misses"]
+
+monotonic = time.monotonic
+
+
+def valid_channel(name: object) -> bool:
+    """A client may name ``name``: a string of 1 to 128 of ``A-Z a-z 0-9 . _ : -``."""
+    return isinstance(name, str) and CHANNEL_RE.match(name) is not None
+
+
+def user_channel(user: str) -> str:
+    """The reserved channel of a user id (which follows the channel charset)."""
+    return USER_PREFIX + user
+
+
+def owner_of(channel: str, workers: int) -> int:
+    """The worker that sequences ``channel``: stable for a given number of workers."""
+    return zlib.crc32(channel.encode()) % workers
+
+
+class ChannelError(Exception):
+    """A request refused: ``code`` is the error code the client gets."""
+
+    def __init__(self, code: str, message: str, channel: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.channel = channel
+
+
+class ReplayBuffer:
+    """The recent messages of one channel: at most ``max_messages``, none older than ``seconds``.
+
+    Entries are ``(seq, t, data)`` with consecutive ``seq``, so the entry after ``since`` is
+    found by arithmetic, not by search.
+    """
+
+    __slots__ = ("seconds", "entries")
+
+    def __init__(self, seconds: float, max_messages: int) -> None:
+        self.seconds = seconds
+        self.entries: deque[tuple[int, float, bytes]] = deque(maxlen=max_messages)
+
+    def append(self, seq: int, t: float, data: bytes) -> None:
+        self.entries.append((seq, t, data))
+        self.trim(t)
+
+    def trim(self, now: float) -> None:
+        entries = self.entries
+        horizon = now - self.seconds
+        while entries and entries[0][1] < horizon:
+            entries.popleft()
+
+    def after(self, since: int, last: int, now: float) -> tuple[int, int, list[tuple[int, float, bytes]]]:
+        """``(gap_reason, first, entries)``: what a subscriber who saw ``since`` gets.
+
+        ``first`` is the first ``seq`` it will see (``last + 1`` when nothing is buffered).
+        """
+        self.trim(now)
+        entries = self.entries
+        if since > last:
+            return GAP_UNKNOWN, last + 1, []  # a sequence from before a restart
+        oldest = entries[0][0] if entries else last + 1
+        if since + 1 < oldest:
+            return GAP_EXPIRED, oldest, list(entries)
+        skip = since + 1 - oldest
+        return GAP_NONE, since + 1, [entries[i] for i in range(skip, len(entries))]
+
+
+class Owned:
+    """A channel this worker sequences."""
+
+    __slots__ = ("seq", "replay", "interest")
+
+    def __init__(self, seconds: float, max_messages: int) -> None:
+        self.seq = 0
+        self.replay = ReplayBuffer(seconds, max_messages)
+        self.interest: set[int] = set()  # other workers with subscribers
+
+
+class Hold:
+    """A connection waiting for its replay from another worker, and the live messages meanwhile."""
+
+    __slots__ = ("conn", "channel", "since", "owner", "held")
+
+    def __init__(self, conn: Any, channel: str, since: int, owner: int) -> None:
+        self.conn = conn
+        self.channel = channel
+        self.since = since
+        self.owner = owner
+        self.held: list[tuple[int, float, bytes]] = []
+
+
+def message_frame(channel: str, seq: int, data: bytes) -> bytes:
+    """The one frame every subscriber of this worker gets for a message (names need no escaping)."""
+    payload = b'{"op":"message","channel":"%s","seq":%d,"data":%s}' % (channel.encode(), seq, data)
+    return encode_frame(1, payload)
+
+
+def reply_frame(document: bytes) -> bytes:
+    return encode_frame(1, document)
+
+
+def gap_frame(channel: str, since: int, first: int, reason: int) -> bytes:
+    return encode_frame(1, b'{"op":"gap","channel":"%s","since":%d,"first":%d,"reason":"%s"}'
+                        % (channel.encode(), since, first, GAP_REASONS[reason].encode()))
+
+
+class Hub:
+    """Channel state of one worker.  See the module docstring.
+
+    ``send(dest, record)``: queue a record for another worker (the local bus).
+    ``write(conn, data)``: the worker's write path for one connection.
+    ``fanout(conns, frame)``: the same frame to many connections (slow-consumer policy inside).
+    """
+
+    def __init__(self, index: int, workers: int, send: Callable[[int, bytes], None],
+                 write: Callable[[Any, bytes], None], fanout: Callable[[Iterable[Any], bytes], int],
+                 stats: WorkerStats, replay_seconds: float = 120.0, replay_max_messages: int = 1000,
+                 max_channels_per_connection: int = 100, max_subscribers: int = 2_000_000) -> None:
+        self.index = index
+        self.workers = workers
+        self.send = send
+        self.write = write
+        self.fanout = fanout
+        self.stats = stats
+        self.c = stats.c
+        self.replay_seconds = replay_seconds
+        self.replay_max_messages = replay_max_messages
+        self.max_channels = max_channels_per_connection
+        self.max_subscribers = max_subscribers
+        self.owned: dict[str, Owned] = {}
+        self.subs: dict[str, dict[Any, None]] = {}  # channel -> local subscribers (an ordered set)
+        self.holds: dict[str, dict[Any, Hold]] = {}  # channel -> connections waiting for a replay
+        self.of_conn: dict[Any, set[str]] = {}  # connection -> its channels (subscribed or held)
+        self.requests: dict[int, Hold] = {}
+        self._next_req = 1
+        self.subscriptions = 0
+
+    # -- helpers -----------------------------------------------------------------------
+    def owner(self, channel: str) -> int:
+        return owner_of(channel, self.workers)
+
+    def _owned(self, channel: str) -> Owned:
+        owned = self.owned.get(channel)
+        if owned is None:
+            self.owned[channel] = owned = Owned(self.replay_seconds, self.replay_max_messages)
+        return owned
+
+    def _gauges(self) -> None:
+        c = self.c
+        c[_C_CHANNELS] = len(self.subs.keys() | self.holds.keys()) if self.holds else len(self.subs)
+        c[_C_SUBS] = self.subscriptions
+
+    def _interested(self, channel: str) -> bool:
+        return channel in self.subs or channel in self.holds
+
+    def _interest_changed(self, channel: str, on: bool) -> None:
+        owner = self.owner(channel)
+        if owner != self.index:
+            name = channel.encode()
+            self.send(owner, _CHAN.pack(T_INTEREST if on else T_UNINTEREST, len(name)) + name)
+
+    # -- the client's operations ---------------------------------------------------------
+    def publish(self, channel: str, data: bytes, t0: float) -> None:
+        """Accept a message (``data``: one JSON document, UTF-8) for ``channel``."""
+        self.c[_C_PUBLISHES] += 1
+        owner = self.owner(channel)
+        if owner == self.index:
+            self._sequence(channel, data, t0)
+        else:
+            name = channel.encode()
+            self.send(owner, _PUB.pack(T_PUB, t0, len(name)) + name + data)
+
+    def subscribe(self, conn: Any, channels: list[str], since: dict[str, int] | None = None,
+                  internal: bool = False, ack: bytes = b"") -> None:
+        """Subscribe ``conn``: write ``ack``, then any replay.  Raises ChannelError, changing nothing."""
+        mine = self.of_conn.get(conn)
+        new = [ch for ch in dict.fromkeys(channels) if mine is None or ch not in mine]
+        if not internal:
+            have = len(mine) if mine else 0
+            if have + len(new) > self.max_channels:
+                raise ChannelError("too_many_channels",
+                                   f"at most {self.max_channels} channels per connection ({have} subscribed)")
+        if self.subscriptions + len(new) > self.max_subscribers:
+            raise ChannelError("too_many_subscribers", "this server holds as many subscriptions as it may")
+        if ack:
+            self.write(conn, ack)  # before any replayed message
+        if mine is None:
+            self.of_conn[conn] = mine = set()
+        for channel in new:
+            mine.add(channel)
+            self.subscriptions += 1
+            was = self._interested(channel)
+            after = None if since is None else since.get(channel)
+            owner = self.owner(channel)
+            if after is None or owner == self.index:
+                if not was:
+                    self._interest_changed(channel, True)
+                if after is not None:
+                    self._replay_local(conn, channel, after)
+                subs = self.subs.get(channel)
+                if subs is None:
+                    self.subs[channel] = subs = {}
+                subs[conn] = None
+            else:
+                hold = Hold(conn, channel, after, owner)
+                holds = self.holds.get(channel)
+                if holds is None:
+                    self.holds[channel] = holds = {}
+                holds[conn] = hold
+                if not was:
+                    self._interest_changed(channel, True)  # before the request, on the same ordered link
+                self._request(hold)
+        self._gauges()
+
+    def unsubscribe(self, conn: Any, channels: Iterable[str]) -> None:
+        mine = self.of_conn.get(conn)
+        if not mine:
+            return
+        for channel in channels:
+            if channel not in mine:
+                continue
+            mine.discard(channel)
+            self.subscriptions -= 1
+            subs = self.subs.get(channel)
+            if subs is not None and subs.pop(conn, 0) is None and not subs:
+                del self.subs[channel]
+            holds = self.holds.get(channel)
+            if holds is not None:
+                hold = holds.pop(conn, None)
+                if hold is not None:
+                    hold.conn = None  # its replay, when it comes, is for nobody
+                if not holds:
+                    del self.holds[channel]
+            if not self._interested(channel):
+                self._interest_changed(channel, False)
+        if not mine:
+            del self.of_conn[conn]
+        self._gauges()
+
+    def drop(self, conn: Any) -> None:
+        """``conn`` closed: forget every subscription of it (idempotent)."""
+        mine = self.of_conn.get(conn)
+        if mine:
+            self.unsubscribe(conn, list(mine))
+        self.of_conn.pop(conn, None)
+
+    # -- sequencing and delivery ---------------------------------------------------------
+    def _sequence(self, channel: str, data: bytes, t0: float) -> None:
+        owned = self._owned(channel)
+        owned.seq = seq = owned.seq + 1
+        owned.replay.append(seq, monotonic(), data)
+        if owned.interest:
+            name = channel.encode()
+            record = _MSG.pack(T_MSG, t0, seq, len(name)) + name + data  # one record for every worker
+            for worker in owned.interest:
+                self.send(worker, record)
+        self._deliver(channel, seq, data, t0)
+
+    def _deliver(self, channel: str, seq: int, data: bytes, t0: float) -> None:
+        holds = self.holds.get(channel)
+        if holds is not None:
+            for hold in holds.values():
+                hold.held.append((seq, t0, data))
+        subs = self.subs.get(channel)
+        if not subs:
+            return
+        frame = message_frame(channel, seq, data)
+        # A snapshot: a write may close a connection, whose on_close changes ``subs``.
+        delivered = self.fanout(tuple(subs), frame)
+        c = self.c
+        c[_C_DELIVERIES] += delivered
+        c[_C_MSG_OUT] += delivered
+        self.stats.observe_fanout(monotonic() - t0)
+
+    def _replay_local(self, conn: Any, channel: str, since: int) -> None:
+        owned = self._owned(channel)
+        reason, first, entries = owned.replay.after(since, owned.seq, monotonic())
+        self._write_replay(conn, channel, since, reason, first, entries)
+
+    def _write_replay(self, conn: Any, channel: str, since: int, reason: int, first: int,
+                      entries: list[tuple[int, float, bytes]]) -> None:
+        c = self.c
+        if reason != GAP_NONE:
+            c[_C_REPLAY_MISSES] += 1
+            self.write(conn, gap_frame(channel, since, first, reason))
+        else:
+            c[_C_REPLAY_HITS] += 1
+        if entries:
+            self.write(conn, b"".join(message_frame(channel, seq, data) for seq, _t, data in entries))
+            c[_C_DELIVERIES] += len(entries)
+            c[_C_MSG_OUT] += len(entries)
+
+    def _request(self, hold: Hold) -> None:
+        req = self._next_req
+        self._next_req = req + 1 if req < 0xFFFFFFFF else 1
+        self.requests[req] = hold
+        name = hold.channel.encode()
+        self.send(hold.owner, _REQ.pack(T_REPLAY_REQ, req, hold.since, len(name)) + name)
+
+    # -- records from the other workers ----------------------------------------------------
+    def hello(self) -> None:
+        """Announce this (possibly restarted) worker to its peers."""
+        for worker in range(self.workers):
+            if worker != self.index:
+                self.send(worker, _HELLO)
+
+    def on_record(self, src: int, record: memoryview) -> None:
+        kind = record[0]
+        if kind == T_MSG:
+            _, t0, seq, n = _MSG.unpack_from(record)
+            end = _MSG.size + n
+            self._deliver(str(record[_MSG.size:end], "ascii"), seq, bytes(record[end:]), t0)
+        elif kind == T_PUB:
+            _, t0, n = _PUB.unpack_from(record)
+            end = _PUB.size + n
+            self._sequence(str(record[_PUB.size:end], "ascii"), bytes(record[end:]), t0)
+        elif kind == T_INTEREST or kind == T_UNINTEREST:
+            n = _CHAN.unpack_from(record)[1]
+            channel = str(record[_CHAN.size:_CHAN.size + n], "ascii")
+            if kind == T_INTEREST:
+                self._owned(channel).interest.add(src)
+            else:
+                owned = self.owned.get(channel)
+                if owned is not None:
+                    owned.interest.discard(src)
+        elif kind == T_REPLAY_REQ:
+            _, req, since, n = _REQ.unpack_from(record)
+            self._answer_replay(src, req, since, str(record[_REQ.size:_REQ.size + n], "ascii"))
+        elif kind == T_REPLAY:
+            self._on_replay(record)
+        elif kind == T_HELLO:
+            self._on_hello(src)
+
+    def _answer_replay(self, src: int, req: int, since: int, channel: str) -> None:
+        owned = self._owned(channel)
+        reason, first, entries = owned.replay.after(since, owned.seq, monotonic())
+        name = channel.encode()
+        parts = [_REPLAY.pack(T_REPLAY, req, reason, first, owned.seq, len(name), len(entries)), name]
+        for seq, t, data in entries:
+            parts.append(_ENTRY.pack(seq, t, len(data)))
+            parts.append(data)
+        self.send(src, b"".join(parts))
+
+    def _on_replay(self, record: memoryview) -> None:
+        _, req, reason, first, last, n, count = _REPLAY.unpack_from(record)
+        hold = self.requests.pop(req, None)
+        if hold is None or hold.conn is None:
+            return  # unsubscribed or closed meanwhile
+        conn, channel = hold.conn, hold.channel
+        pos = _REPLAY.size + n
+        entries = []
+        for _ in range(count):
+            seq, t, size = _ENTRY.unpack_from(record, pos)
+            pos += _ENTRY.size
+            entries.append((seq, t, bytes(record[pos:pos + size])))
+            pos += size
+        # Live messages kept meanwhile: only those the owner sequenced after its answer.
+        newest = entries[-1][0] if entries else max(last, first - 1)
+        entries.extend(m for m in hold.held if m[0] > newest)
+        self._write_replay(conn, channel, hold.since, reason, first, entries)
+        holds = self.holds[channel]
+        del holds[conn]
+        if not holds:
+            del self.holds[channel]
+        subs = self.subs.get(channel)
+        if subs is None:
+            self.subs[channel] = subs = {}
+        subs[conn] = None
+        self._gauges()
+
+    def _on_hello(self, src: int) -> None:
+        for owned in self.owned.values():
+            owned.interest.discard(src)  # its subscribers died with it
+        for channel in self.subs.keys() | self.holds.keys():
+            if self.owner(channel) == src:
+                name = channel.encode()
+                self.send(src, _CHAN.pack(T_INTEREST, len(name)) + name)
+        for req, hold in list(self.requests.items()):
+            if hold.owner == src:
+                del self.requests[req]
+                if hold.conn is not None:
+                    self._request(hold)  # the old answer will not come; the new owner answers
+
+    def sweep(self, now: float) -> None:
+        """Let time expire buffered messages of channels nobody publishes on any more."""
+        for owned in self.owned.values():
+            owned.replay.trim(now)
