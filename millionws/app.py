@@ -25,6 +25,7 @@ The /pubsub operations are parsed here and carried out by :class:`channels.Hub`.
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -34,14 +35,19 @@ import h11
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import http, metrics
+from .auth import AuthError, Identity, Verifier, extract_token
 from .channels import ChannelError, Hub, user_channel, valid_channel
 from .config import Config
 from .http import HttpError
+from .ratelimit import KeyedBuckets, Rate
 from .reactor import monotonic
 from .websocket import encode_frame
 
 F = metrics.F
 _MSG_IN, _MSG_OUT = F["messages_in"], F["messages_out"]
+_RATE_PUBLISHES = F["rate_limited_publishes"]
+_AUTH_FAILED0 = F["auth_failed_missing"]
+_PROTOCOL_HEADER = b"Sec-WebSocket-Protocol: millionws\r\n\r\n"
 
 
 class WorkerView(Protocol):
@@ -95,12 +101,13 @@ def dump_json(document: Any) -> bytes:
 class PubSub:
     """``/pubsub``: the JSON operations of docs/protocol.md.  Every refusal is an error reply."""
 
-    __slots__ = ("c", "hub", "reactor")
+    __slots__ = ("c", "hub", "publish_rate", "reactor")
 
     def __init__(self, worker: WorkerView) -> None:
         cfg = worker.config
         self.c = worker.stats.c
         self.reactor = worker.reactor
+        self.publish_rate = KeyedBuckets(Rate(cfg.rate_limit_publishes)) if cfg.rate_limit_publishes else None
         self.hub = Hub(worker.index, cfg.workers, worker.bus.send, worker.write, worker.fanout, worker.stats,
                        cfg.replay_seconds, cfg.replay_max_messages, cfg.max_channels_per_connection,
                        cfg.max_subscribers_per_worker)
@@ -126,7 +133,7 @@ class PubSub:
             document["channel"] = channel
         self.hub.write(conn, self._reply(conn, document, request_id))
 
-    def on_message(self, conn: Any, is_text: bool, payload: bytes) -> None:
+    def on_message(self, conn: Any, is_text: bool, payload: bytes, identity: Identity | None = None) -> None:
         # Replies are written here, not returned: they must precede messages this request causes.
         self.c[_MSG_IN] += 1
         if not is_text:
@@ -144,6 +151,9 @@ class PubSub:
         try:
             op = msg.get("op")
             if op == "subscribe":
+                if identity is not None:
+                    for channel in _channel_list(msg):
+                        _authorize(identity, channel)
                 self.subscribe(conn, msg, request_id)
             elif op == "unsubscribe":
                 channels = _channel_list(msg)
@@ -155,7 +165,12 @@ class PubSub:
                     raise ChannelError("bad_channel", _BAD_NAME, channel if isinstance(channel, str) else None)
                 if "data" not in msg:
                     raise ChannelError("bad_request", "publish needs \"data\"")
-                self.hub.publish(channel, dump_json(msg["data"]), monotonic())
+                if identity is not None:
+                    _authorize(identity, channel)
+                now = monotonic()
+                if not self.allow_publish(channel, now):
+                    raise ChannelError("rate_limited", "too many publishes on this channel, retry later", channel)
+                self.hub.publish(channel, dump_json(msg["data"]), now)
                 if request_id is not None:  # acknowledged only when the client can match the answer
                     self.hub.write(conn, self._reply(conn, {"op": "published", "channel": channel}, request_id))
             else:
@@ -181,6 +196,18 @@ class PubSub:
     def on_close(self, conn: Any) -> None:
         self.hub.drop(conn)
 
+    def allow_publish(self, channel: str, now: float) -> bool:
+        """Per-channel publish rate (--rate-limit-publishes), per worker."""
+        if self.publish_rate is None or self.publish_rate.take(channel, now):
+            return True
+        self.c[_RATE_PUBLISHES] += 1
+        return False
+
+
+def _authorize(identity: Identity, channel: str) -> None:
+    if not identity.may_use(channel):
+        raise ChannelError("forbidden", "the token does not grant this channel", channel)
+
 
 _BAD_NAME = "a channel name is 1 to 128 characters of A-Z a-z 0-9 . _ : -"
 
@@ -195,23 +222,26 @@ def _channel_list(msg: dict[str, Any]) -> list[str]:
     return channels
 
 
-class UserSession:
-    """The ``/pubsub`` application of a connection that carries a user id."""
+class Session:
+    """The ``/pubsub`` application of a connection with a user id or a token's identity."""
 
-    __slots__ = ("pubsub", "user")
+    __slots__ = ("identity", "pubsub", "user")
 
-    def __init__(self, pubsub: PubSub, user: str) -> None:
+    def __init__(self, pubsub: PubSub, user: str | None, identity: Identity | None = None) -> None:
         self.pubsub = pubsub
         self.user = user
+        self.identity = identity
 
     def on_open(self, conn: Any) -> None:
+        if self.user is None:
+            return
         try:
             self.pubsub.hub.subscribe(conn, [user_channel(self.user)], internal=True)
         except ChannelError as exc:
             self.pubsub._error(conn, exc.code, exc.message)
 
     def on_message(self, conn: Any, is_text: bool, payload: bytes) -> None:
-        return self.pubsub.on_message(conn, is_text, payload)
+        return self.pubsub.on_message(conn, is_text, payload, self.identity)
 
     def on_close(self, conn: Any) -> None:
         self.pubsub.on_close(conn)
@@ -220,54 +250,115 @@ class UserSession:
 class Response:
     """What :meth:`App.handle` decided: bytes to send, and the WebSocket app on upgrade."""
 
-    __slots__ = ("data", "status", "keep_alive", "websocket")
+    __slots__ = ("data", "identity", "keep_alive", "status", "websocket")
 
-    def __init__(self, data: bytes, status: int, keep_alive: bool, websocket: Any = None) -> None:
+    def __init__(self, data: bytes, status: int, keep_alive: bool, websocket: Any = None,
+                 identity: Identity | None = None) -> None:
         self.data = data
         self.status = status
         self.keep_alive = keep_alive
         self.websocket = websocket
+        self.identity = identity
 
 
 class App:
     def __init__(self, worker: WorkerView, max_connections: int) -> None:
+        cfg = worker.config
         self.worker = worker
         self.max_connections = max_connections
         self.echo = Echo(worker.stats.c)
         self.pubsub = PubSub(worker)
-        self.trust_user_param = worker.config.trust_user_param
+        self.trust_user_param = cfg.trust_user_param
         self.websocket_routes: dict[bytes, Any] = {b"/echo": self.echo, b"/ws": self.echo,
                                                    b"/pubsub": self.pubsub}
         self.http_routes = {b"/health": self.health, b"/metrics": self.metrics, b"/stats": self.stats}
+        # With an admin port, /metrics and /stats leave the public port (and the admin port serves nothing else).
+        self.admin_split = cfg.admin_port != 0
+        self.verifier = (Verifier(cfg.auth_jwt_secret, cfg.auth_jwks, cfg.auth_audience, cfg.auth_issuer)
+                         if cfg.auth_jwt_secret or cfg.auth_jwks else None)
+        self.auth_required = cfg.auth_required
+        origins = {o.strip().lower().encode() for o in cfg.allowed_origins.split(",") if o.strip()}
+        self.origins = None if not origins or b"*" in origins else origins
+        self.backend_token = cfg.backend_token.encode() if cfg.backend_token else None
 
     def start(self) -> None:
         """The worker's loop is about to run."""
         self.pubsub.start()
 
-    def handle(self, request: h11.Request, body: bytes) -> Response:
+    def handle(self, request: h11.Request, body: bytes, admin: bool = False) -> Response:
         """Answer one complete request.  Raises HttpError for refusals."""
-        path, _, query = request.target.partition(b"?")
+        http.check_framing(request)
+        target = request.target
+        path = http.request_path(target)
+        query = target.partition(b"?")[2]
         keep_alive = http.keep_alive(request)
-        ws_app = self.websocket_routes.get(path)
+        ws_app = None if admin else self.websocket_routes.get(path)
         if ws_app is not None:
             accepted = http.check_upgrade(request)
-            if ws_app is self.pubsub and query:
-                ws_app = self.user_session(query)
+            self.check_origin(request)
+            identity, offered = self.authenticate(request)
+            if offered:  # the client proposed our subprotocol: confirm it (browsers insist on an answer)
+                accepted = accepted[:-2] + _PROTOCOL_HEADER
+            if ws_app is self.pubsub:
+                if identity is not None:
+                    ws_app = Session(self.pubsub, identity.user, identity)
+                elif query:
+                    ws_app = self.user_session(query)
             if self.worker.draining:
                 raise HttpError(503, "draining", http.HS_DRAINING)
             if self.worker.websocket_count() >= self.max_connections:
                 raise HttpError(503, "connection limit of this worker reached", http.HS_OVER_CAPACITY,
                                 (("Retry-After", "1"),))
-            return Response(accepted, 101, True, ws_app)
-        if path.startswith(b"/publish/") or path.startswith(b"/users/"):
+            return Response(accepted, 101, True, ws_app, identity)
+        if not admin and (path.startswith(b"/publish/") or path.startswith(b"/users/")):
+            self.check_backend(request)
             return Response(self.post(request, path, body, keep_alive), 202, keep_alive)
         route = self.http_routes.get(path)
+        if self.admin_split and not admin and path != b"/health":
+            route = None  # /metrics and /stats live on the admin port
         if route is None:
             raise HttpError(404, "no such path", http.HS_NOT_FOUND)
         if request.method not in (b"GET", b"HEAD"):
             raise HttpError(405, "method not allowed", http.HS_METHOD, (("Allow", "GET, HEAD"),))
         status, data = route(request.method == b"HEAD", keep_alive)
         return Response(data, status, keep_alive)
+
+    def check_origin(self, request: h11.Request) -> None:
+        """--allowed-origins: a browser's cross-site WebSocket is refused with 403.
+
+        Requests without Origin (non-browser clients) pass: the check exists to stop
+        pages on other sites from using a visitor's browser against us.
+        """
+        if self.origins is None:
+            return
+        origin = http.header(request, b"origin")
+        if origin is not None and origin.strip().lower() not in self.origins:
+            raise HttpError(403, "origin not allowed", http.HS_FORBIDDEN)
+
+    def authenticate(self, request: h11.Request) -> tuple[Identity | None, bool]:
+        """The token's identity (None without auth), and whether the client offered our subprotocol."""
+        token, offered = extract_token(request.headers, request.target)
+        if self.verifier is None or (token is None and not self.auth_required):
+            return None, offered
+        try:
+            if token is None:
+                raise AuthError(0, "a token is required: Authorization: Bearer, subprotocol or ?token=")
+            return self.verifier.verify(token), offered
+        except AuthError as exc:
+            self.worker.stats.c[_AUTH_FAILED0 + exc.reason] += 1
+            raise HttpError(401, exc.message, http.HS_UNAUTHORIZED, (("WWW-Authenticate", "Bearer"),)) from None
+
+    def check_backend(self, request: h11.Request) -> None:
+        """The backend endpoints need --backend-token; with auth on and none configured, nobody may use them."""
+        if self.backend_token is None:
+            if self.auth_required:
+                raise HttpError(401, "backend endpoints need --backend-token when auth is on", http.HS_UNAUTHORIZED,
+                                (("WWW-Authenticate", "Bearer"),))
+            return
+        scheme, _, credentials = (http.header(request, b"authorization") or b"").partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(credentials.strip(), self.backend_token):
+            raise HttpError(401, "backend credential missing or wrong", http.HS_UNAUTHORIZED,
+                            (("WWW-Authenticate", "Bearer"),))
 
     def user_session(self, query: bytes) -> Any:
         users = parse_qs(query.decode("latin-1")).get("user")
@@ -277,7 +368,7 @@ class App:
             raise HttpError(403, "?user= is accepted only with --trust-user-param")
         if len(users) != 1 or not valid_channel(users[0]):
             raise HttpError(400, "a user id is 1 to 128 characters of A-Z a-z 0-9 . _ : -")
-        return UserSession(self.pubsub, users[0])
+        return Session(self.pubsub, users[0])
 
     def post(self, request: h11.Request, path: bytes, body: bytes, keep_alive: bool) -> bytes:
         """``POST /publish/{channel}`` and ``POST /users/{id}/messages``: the body is the message's data."""
@@ -297,7 +388,10 @@ class App:
             parse_json(text)
         except ValueError as exc:  # UnicodeDecodeError included
             raise HttpError(400, f"the body must be one JSON document in UTF-8: {exc}") from None
-        self.pubsub.hub.publish(channel, text.encode(), monotonic())
+        now = monotonic()
+        if not self.pubsub.allow_publish(channel, now):
+            raise HttpError(429, "too many publishes on this channel", http.HS_RATE_LIMITED, (("Retry-After", "1"),))
+        self.pubsub.hub.publish(channel, text.encode(), now)
         return http.render_json(202, {"status": "accepted", "channel": channel}, keep_alive)
 
     def health(self, head: bool, keep_alive: bool) -> tuple[int, bytes]:

@@ -69,7 +69,24 @@ OPTIONS: tuple[Option, ...] = (
     Option("replay_seconds", float, 120.0, "seconds a channel's messages stay available to subscribe with since"),
     Option("replay_max_messages", int, 1000, "messages per channel kept for replay (0: no replay)"),
     Option("trust_user_param", bool, False,
-           "accept ?user=ID on /pubsub as the connection's user id, unauthenticated (until auth exists)"),
+           "accept ?user=ID on /pubsub as the connection's user id, unauthenticated (ignored when auth is on)"),
+    # -- security (SECURITY.md) ------------------------------------------------------------
+    Option("auth_jwt_secret", str, None, "HS256 secret: WebSocket upgrades need a JWT signed with it"),
+    Option("auth_jwks", str, None, "JWKS file of RS256/ES256 public keys for WebSocket tokens"),
+    Option("auth_required", bool, None, "refuse upgrades without a valid token (default: on when a key is set)"),
+    Option("auth_audience", str, None, "required aud claim of tokens"),
+    Option("auth_issuer", str, None, "required iss claim of tokens"),
+    Option("backend_token", str, None,
+           "bearer token POST /publish and /users/{id}/messages require (with auth on and none set: refused)"),
+    Option("admin_port", int, 0, "serve /metrics and /stats only on this port (0: on the main port)"),
+    Option("allowed_origins", str, "",
+           "comma-separated Origin values allowed to open WebSockets, '*' for any (empty: any)"),
+    Option("rate_limit_messages", float, 0.0, "messages per second per connection, burst of one second (0: off)"),
+    Option("rate_limit_bytes", float, 0.0, "bytes per second per connection, burst of one second (0: off)"),
+    Option("rate_limit_publishes", float, 0.0, "publishes per second per channel (0: off)"),
+    Option("max_connect_rate_per_ip", float, 0.0, "new connections per second per source address (0: off)"),
+    Option("max_connections_per_ip", int, 0, "concurrent connections per source address (0: off)"),
+    # -- across nodes (millionws/broker.py) ----------------------------------------------------
 )
 
 
@@ -97,6 +114,19 @@ class Config:
     replay_seconds: float = 120.0
     replay_max_messages: int = 1000
     trust_user_param: bool = False
+    auth_jwt_secret: str | None = None
+    auth_jwks: str | None = None
+    auth_required: bool = False
+    auth_audience: str | None = None
+    auth_issuer: str | None = None
+    backend_token: str | None = None
+    admin_port: int = 0
+    allowed_origins: str = ""
+    rate_limit_messages: float = 0.0
+    rate_limit_bytes: float = 0.0
+    rate_limit_publishes: float = 0.0
+    max_connect_rate_per_ip: float = 0.0
+    max_connections_per_ip: int = 0
 
     def validate(self) -> None:
         positive = ("workers", "max_message_size", "handshake_timeout", "ping_timeout", "close_timeout",
@@ -108,6 +138,14 @@ class Config:
         for name in ("grace", "ping_interval", "max_request_body", "replay_seconds", "replay_max_messages"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        for name in ("rate_limit_messages", "rate_limit_bytes", "rate_limit_publishes", "max_connect_rate_per_ip",
+                     "max_connections_per_ip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: off)")
+        if self.auth_required and not (self.auth_jwt_secret or self.auth_jwks):
+            raise ValueError("auth_required needs auth_jwt_secret or auth_jwks")
+        if not 0 <= self.admin_port <= 65535 or (self.admin_port and self.admin_port == self.port):
+            raise ValueError("admin_port must be within 1..65535 and differ from port (0: off)")
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be within 0..65535")
         if self.log_level not in ("debug", "info", "warning", "error"):
@@ -157,6 +195,8 @@ def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | No
         values["workers"] = _cpus()
     if values["backlog"] is None:
         values["backlog"] = _somaxconn()
+    if values["auth_required"] is None:  # secure by default once a key exists
+        values["auth_required"] = bool(values["auth_jwt_secret"] or values["auth_jwks"])
     config = Config(**values)
     config.validate()
     return config

@@ -28,14 +28,15 @@ STATUS_TEXT = {
     403: "Forbidden",
     404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout", 413: "Content Too Large",
     426: "Upgrade Required", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
-    500: "Internal Server Error", 503: "Service Unavailable",
+    500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable",
 }
 
 # Labels of millionws_handshake_failures_total.
 HANDSHAKE_REASONS = ("bad_request", "method", "version", "upgrade_required", "too_large", "timeout",
-                     "over_capacity", "draining", "not_found")
+                     "over_capacity", "draining", "not_found", "unauthorized", "forbidden", "rate_limited")
 (HS_BAD_REQUEST, HS_METHOD, HS_VERSION, HS_UPGRADE_REQUIRED, HS_TOO_LARGE, HS_TIMEOUT,
- HS_OVER_CAPACITY, HS_DRAINING, HS_NOT_FOUND) = range(len(HANDSHAKE_REASONS))
+ HS_OVER_CAPACITY, HS_DRAINING, HS_NOT_FOUND, HS_UNAUTHORIZED, HS_FORBIDDEN, HS_RATE_LIMITED) = range(
+    len(HANDSHAKE_REASONS))
 
 
 class HttpError(Exception):
@@ -167,8 +168,8 @@ def check_framing(request: h11.Request) -> None:
     """Refuse what RFC 9112 says a server must not guess about, before h11 reads a body."""
     hosts = [v for k, v in request.headers if k == b"host"]
     if hosts and not valid_host(hosts[0]):
-        raise HttpError(400, "invalid Host header")
+        raise HttpError(400, "invalid Host header", HS_BAD_REQUEST)
     names = {k for k, _ in request.headers}
     if b"transfer-encoding" in names and b"content-length" in names:
         # §6.1: both present is a request-smuggling vector; answer and close.
-        raise HttpError(400, "both Transfer-Encoding and Content-Length")
+        raise HttpError(400, "both Transfer-Encoding and Content-Length", HS_BAD_REQUEST)

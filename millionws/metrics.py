@@ -34,11 +34,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
+from .auth import AUTH_REASONS
 from .connection import REASONS
 from .http import HANDSHAKE_REASONS
 
-HTTP_STATUSES = (101, 200, 202, 400, 401, 403, 404, 405, 408, 413, 426, 429, 431, 500, 503, 0)  # 0: any other
+HTTP_STATUSES = (101, 200, 202, 400, 401, 403, 404, 405, 408, 413, 426, 429, 431, 500, 501, 503, 0)  # 0: any other
 ACCEPT_ERRORS = ("emfile", "other")
+RATE_LIMITS = ("messages", "bytes", "publishes", "connect_rate", "connections_per_ip")
 LOOP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 FANOUT_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -49,6 +51,8 @@ FIELDS: tuple[str, ...] = (
     *(f"handshake_failed_{r}" for r in HANDSHAKE_REASONS),
     *(f"http_{s}" for s in HTTP_STATUSES),
     *(f"accept_error_{e}" for e in ACCEPT_ERRORS),
+    *(f"auth_failed_{r}" for r in AUTH_REASONS),
+    *(f"rate_limited_{k}" for k in RATE_LIMITS),
     *(f"loop_bucket_{i}" for i in range(len(LOOP_BUCKETS) + 1)),
     "loop_sum_ns", "loop_count",
     "channels", "subscriptions", "publishes", "deliveries", "slow_consumers", "replay_hits", "replay_misses",
@@ -193,6 +197,10 @@ class _Collector:
                        HTTP_STATUSES, "http_")
         yield labelled("millionws_accept_errors", "accept() failures, by reason (emfile: out of descriptors).",
                        "reason", ACCEPT_ERRORS, "accept_error_")
+        yield labelled("millionws_auth_failures", "Upgrades refused for their token (401), by reason.", "reason",
+                       AUTH_REASONS, "auth_failed_")
+        yield labelled("millionws_rate_limited", "Requests refused or connections closed by a rate limit, by kind.",
+                       "kind", RATE_LIMITS, "rate_limited_")
 
         rss = GaugeMetricFamily("millionws_process_resident_memory_bytes", "Resident memory of the worker.",
                                 labels=["worker"])

@@ -23,15 +23,16 @@ class Rate:
     def new_bucket(self, now: float) -> list[float]:
         return [self.burst, now]
 
-    def take(self, bucket: list[float], now: float, cost: float = 1.0) -> bool:
-        tokens = bucket[0] + (now - bucket[1]) * self.per_second
+    def take(self, bucket: list[float], now: float, cost: float = 1.0, at: int = 0) -> bool:
+        """Take ``cost`` from the bucket stored at ``bucket[at:at + 2]`` (several share one list)."""
+        tokens = bucket[at] + (now - bucket[at + 1]) * self.per_second
         if tokens > self.burst:
             tokens = self.burst
-        bucket[1] = now
+        bucket[at + 1] = now
         if tokens >= cost:
-            bucket[0] = tokens - cost
+            bucket[at] = tokens - cost
             return True
-        bucket[0] = tokens
+        bucket[at] = tokens
         return False
 
 

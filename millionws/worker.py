@@ -31,6 +31,7 @@ Theory of operation:
 from __future__ import annotations
 
 import errno
+import heapq
 import logging
 import os
 import signal
@@ -49,6 +50,7 @@ from .config import Config
 from .connection import (
     CLOSED,
     CLOSING,
+    F_ADMIN,
     F_PAUSED,
     F_PING_SENT,
     F_SHUT,
@@ -56,12 +58,14 @@ from .connection import (
     LINGER,
     OPEN,
     R_ERROR,
+    R_POLICY,
     R_SHUTDOWN,
     R_SLOW,
     R_TIMEOUT,
     Connection,
 )
 from .metrics import DISCONNECT0, HANDSHAKE0, F, SharedStats, WorkerStats
+from .ratelimit import KeyedBuckets, Rate
 from .reactor import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Reactor, monotonic
 from .websocket import PING_FRAME, FramePool
 
@@ -106,8 +110,20 @@ class Worker:
         self.app = App(self, config.max_connections)
         self.draining = False
         self.listener: socket.socket | None = None
+        self.listeners: list[tuple[socket.socket, int]] = []
         self._signal_r = -1
         self._accept_paused = False
+        # Abuse limits (SECURITY.md); each is None when off, so an unused limit costs nothing.
+        cfg = config
+        self.msg_rate = Rate(cfg.rate_limit_messages) if cfg.rate_limit_messages else None
+        # A message larger than one second of bytes must still fit in a full bucket.
+        self.byte_rate = (Rate(cfg.rate_limit_bytes, max(cfg.rate_limit_bytes, cfg.max_message_size))
+                          if cfg.rate_limit_bytes else None)
+        self.connect_rate = KeyedBuckets(Rate(cfg.max_connect_rate_per_ip)) if cfg.max_connect_rate_per_ip else None
+        self.per_ip: dict[str, int] | None = {} if cfg.max_connections_per_ip else None
+        self._peer_keys: dict[str, str] = {}  # one str object per address, shared by its connections
+        self.expiries: list[tuple[float, int, Connection]] = []  # (token exp, seq, conn): a heap
+        self._expiry_seq = 0
 
     # -- the application's view --------------------------------------------------------
     def websocket_count(self) -> int:
@@ -117,7 +133,15 @@ class Worker:
     def start_listening(self) -> None:
         cfg = self.config
         self.listener = listen_socket(cfg.host, cfg.port, cfg.backlog)
-        self.reactor.add_handler(self.listener.fileno(), EPOLLIN, self.on_accept)
+        self.listeners = [(self.listener, 0)]
+        if cfg.admin_port:
+            self.listeners.append((listen_socket(cfg.host, cfg.admin_port, cfg.backlog), F_ADMIN))
+        self._watch_listeners()
+
+    def _watch_listeners(self) -> None:
+        for sock, flags in self.listeners:
+            self.reactor.add_handler(sock.fileno(), EPOLLIN,
+                                     lambda _ev, sock=sock, flags=flags: self.accept_from(sock, flags))
 
     def install_signals(self) -> None:
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -131,6 +155,7 @@ class Worker:
         self.start_listening()
         self.install_signals()
         self._flush_periodically()
+        self._check_expiries()
         self.app.start()
         log.info("worker %d (pid %d) listening on %s:%d", self.index, os.getpid(), self.config.host,
                  self.config.port)
@@ -145,34 +170,57 @@ class Worker:
         self.reactor.call_later(0.25, self._flush_periodically)
 
     # -- accept ------------------------------------------------------------------------
-    def on_accept(self, _events: int) -> None:
-        accept = self.listener._accept  # type: ignore[union-attr]  # (fd, addr): no socket object
+    def accept_from(self, listener: socket.socket, flags: int) -> None:
+        accept = listener._accept  # (fd, addr): no socket object is made
         reactor = self.reactor
-        deadline = monotonic() + self.config.handshake_timeout
+        now = monotonic()
+        deadline = now + self.config.handshake_timeout
         max_head = self.config.max_request_head
         c = self.c
+        limited = self.connect_rate is not None or self.per_ip is not None
         for _ in range(256):
             try:
-                fd, _addr = accept()
+                fd, addr = accept()
             except BlockingIOError:
                 return
             except OSError as exc:
                 self._accept_failed(exc)
                 return
+            peer = None
+            if limited:
+                peer = self._admit(addr[0], now)
+                if peer is None:
+                    os.close(fd)  # the cheapest answer to a flood: no parser, no response
+                    continue
             os.set_blocking(fd, False)
             conn = Connection(fd, http.new_parser(max_head))
+            conn.flags = flags
+            if peer is not None and self.per_ip is not None:
+                conn.peer = peer
+                self.per_ip[peer] = self.per_ip.get(peer, 0) + 1
             reactor.add_conn(fd, conn, EPOLLIN)
             reactor.wheel.schedule(conn, deadline)
             c[_ACCEPTED] += 1
+
+    def _admit(self, address: str, now: float) -> str | None:
+        """The shared key of ``address`` if its limits allow one more connection, else None."""
+        if self.connect_rate is not None and not self.connect_rate.take(address, now):
+            self.c[F["rate_limited_connect_rate"]] += 1
+            return None
+        if self.per_ip is not None and self.per_ip.get(address, 0) >= self.config.max_connections_per_ip:
+            self.c[F["rate_limited_connections_per_ip"]] += 1
+            return None
+        return self._peer_keys.setdefault(address, address)
 
     def _accept_failed(self, exc: OSError) -> None:
         if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
             self.c[F["accept_error_emfile"]] += 1
             # Out of descriptors: stop asking for 100 ms (level-triggered epoll would spin),
             # keep serving the connections we have, and try again.
-            if not self._accept_paused and self.listener is not None:
+            if not self._accept_paused:
                 self._accept_paused = True
-                self.reactor.remove_handler(self.listener.fileno())
+                for sock, _ in self.listeners:
+                    self.reactor.remove_handler(sock.fileno())
                 self.reactor.call_later(0.1, self._resume_accept)
         elif exc.errno not in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
             self.c[F["accept_error_other"]] += 1
@@ -180,8 +228,7 @@ class Worker:
 
     def _resume_accept(self) -> None:
         self._accept_paused = False
-        if self.listener is not None:
-            self.reactor.add_handler(self.listener.fileno(), EPOLLIN, self.on_accept)
+        self._watch_listeners()
 
     # -- readiness ---------------------------------------------------------------------
     def on_event(self, conn: Connection, events: int) -> None:
@@ -205,14 +252,37 @@ class Worker:
         data = bytes(self.rbuf.view[:n])
         state = conn.state
         if state == OPEN or state == CLOSING:
-            out = websocket.receive(conn, data, conn.app.on_message, self.config.max_message_size, self.frames)
-            if out:
-                self.write(conn, out)
-            if conn.state != state:
-                self.state_changed(conn)
+            self.ws_in(conn, data)
         elif state == HTTP:
             self.http_in(conn, data)
         # LINGER: input after our goodbye is read and dropped.
+
+    def ws_in(self, conn: Connection, data: bytes) -> None:
+        state = conn.state
+        handler = conn.app.on_message if self.msg_rate is None and self.byte_rate is None else self.limited
+        out = websocket.receive(conn, data, handler, self.config.max_message_size, self.frames)
+        if out:
+            self.write(conn, out)
+        if conn.state != state:
+            self.state_changed(conn)
+
+    def limited(self, conn: Connection, is_text: bool, payload: bytes) -> bytes | None:
+        """The message handler when per-connection rate limits are on: over a limit, close 1008."""
+        now = monotonic()
+        bucket = conn.bucket
+        if bucket is None:
+            conn.bucket = bucket = [0.0, now, 0.0, now]
+            bucket[0] = self.msg_rate.burst if self.msg_rate else 0.0
+            bucket[2] = self.byte_rate.burst if self.byte_rate else 0.0
+        if self.msg_rate is not None and not self.msg_rate.take(bucket, now, 1.0, 0):
+            kind = "rate_limited_messages"
+        elif self.byte_rate is not None and not self.byte_rate.take(bucket, now, len(payload), 2):
+            kind = "rate_limited_bytes"
+        else:
+            return conn.app.on_message(conn, is_text, payload)
+        self.c[F[kind]] += 1
+        conn.reason = R_POLICY
+        return websocket.start_close(conn, self.frames, 1008, "rate limit exceeded")
 
     def on_eof(self, conn: Connection) -> None:
         if conn.state == OPEN or conn.state == CLOSING:
@@ -296,11 +366,7 @@ class Worker:
     def slow_consumer(self, conn: Connection) -> None:
         """Close 1013 behind the unread backlog; the close timeout ends it if it never reads."""
         self.c[_SLOW_CONSUMERS] += 1
-        conn.reason = R_SLOW
-        out = websocket.start_close(conn, self.frames, 1013, "slow consumer")
-        conn.state = LINGER  # it does not read: waiting for its Close would be waiting for nothing
-        self.write(conn, out)
-        self.state_changed(conn)
+        self.close_with(conn, 1013, "slow consumer", R_SLOW, wait_for_peer=False)
 
     def flush(self, conn: Connection) -> None:
         pending = conn.pending
@@ -373,7 +439,7 @@ class Worker:
         request, *body = conn.msg
         conn.msg = None
         try:
-            response = self.app.handle(request, b"".join(body))
+            response = self.app.handle(request, b"".join(body), bool(conn.flags & F_ADMIN))
         except http.HttpError as error:
             self.refuse(conn, error)
             return
@@ -381,6 +447,10 @@ class Worker:
         trailing = conn.http.trailing_data[0]
         if response.websocket is not None:
             self.upgraded(conn, response.data, response.websocket, trailing)
+            expires = response.identity.expires if response.identity is not None else None
+            if expires is not None and conn.state == OPEN:
+                self._expiry_seq += 1
+                heapq.heappush(self.expiries, (expires, self._expiry_seq, conn))
             return
         self.write(conn, response.data)
         if not response.keep_alive:
@@ -407,11 +477,27 @@ class Worker:
         if on_open is not None and conn.state == OPEN:
             on_open(conn)
         if trailing and conn.state == OPEN:
-            out = websocket.receive(conn, trailing, ws_app.on_message, self.config.max_message_size, self.frames)
-            if out:
-                self.write(conn, out)
-            if conn.state != OPEN:
-                self.state_changed(conn)
+            self.ws_in(conn, trailing)
+
+    def _check_expiries(self) -> None:
+        """Close 1008 the connections whose token expired (SECURITY.md: no silent extension)."""
+        now = time.time()
+        expiries = self.expiries
+        while expiries and expiries[0][0] <= now:
+            conn = heapq.heappop(expiries)[2]
+            if conn.state == OPEN:
+                self.close_with(conn, 1008, "token expired", R_POLICY, wait_for_peer=True)
+        self.reactor.call_later(1.0, self._check_expiries)
+
+    def close_with(self, conn: Connection, code: int, text: str, reason: int, wait_for_peer: bool) -> None:
+        """Start the closing handshake from our side; without ``wait_for_peer``, linger at once."""
+        conn.reason = reason
+        out = websocket.start_close(conn, self.frames, code, text)
+        if not wait_for_peer:
+            conn.state = LINGER  # the peer is not listening: waiting for its Close would be waiting for nothing
+            conn.ws = None
+        self.write(conn, out)
+        self.state_changed(conn)
 
     # -- closing -----------------------------------------------------------------------
     def state_changed(self, conn: Connection) -> None:
@@ -455,6 +541,12 @@ class Worker:
             self.pool.release(conn.pending)
             conn.pending = None
         conn.http = conn.ws = conn.msg = None
+        if conn.peer is not None and self.per_ip is not None:
+            left = self.per_ip.pop(conn.peer) - 1
+            if left:
+                self.per_ip[conn.peer] = left
+            else:
+                del self._peer_keys[conn.peer]
         if conn.app is not None:
             c = self.c
             c[_CONNECTIONS] -= 1
@@ -482,11 +574,7 @@ class Worker:
         now = monotonic()
         flags = conn.flags
         if flags & F_PING_SENT:
-            conn.reason = R_TIMEOUT
-            out = websocket.start_close(conn, self.frames, 1011, "keepalive ping timeout")
-            conn.state = LINGER  # the peer is not answering: no point waiting for its Close
-            self.write(conn, out)
-            self.state_changed(conn)
+            self.close_with(conn, 1011, "keepalive ping timeout", R_TIMEOUT, wait_for_peer=False)
         elif flags & _F_WAITED:
             conn.flags = flags & ~_F_WAITED
             self.reactor.wheel.schedule(conn, now + max(0.0, cfg.ping_interval - cfg.ping_timeout))
@@ -517,10 +605,7 @@ class Worker:
         log.info("worker %d draining: %d WebSockets", self.index, self.c[_CONNECTIONS])
         for conn in list(self.reactor.conns.values()):
             if conn.state == OPEN:
-                conn.reason = R_SHUTDOWN
-                out = websocket.start_close(conn, self.frames, 1001, "server going away")
-                self.write(conn, out)
-                self.state_changed(conn)
+                self.close_with(conn, 1001, "server going away", R_SHUTDOWN, wait_for_peer=True)
         # Leave the supervisor a margin to see us exit before it kills.
         self.reactor.call_later(max(0.1, self.config.grace - 0.5), self.finish)
         if self.c[_CONNECTIONS] == 0:

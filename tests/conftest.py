@@ -50,8 +50,10 @@ def http_get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
 class Server:
     """A running ``millionws serve`` process tree."""
 
-    def __init__(self, port: int, workers: int, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, port: int, workers: int, args: list[str], env: dict[str, str] | None = None,
+                 stats_port: int | None = None) -> None:
         self.port = port
+        self.stats_port = stats_port or port  # --admin-port moves /stats off the main port
         self.workers = workers
         cmd = [sys.executable, "-m", "millionws", "serve", "--host", "127.0.0.1", "--port", str(port),
                "--workers", str(workers), *args]
@@ -63,7 +65,7 @@ class Server:
         self.wait_ready()
 
     def stats(self) -> dict:
-        status, body = http_get(self.port, "/stats")
+        status, body = http_get(self.stats_port, "/stats")
         assert status == 200
         return json.loads(body)
 
@@ -101,8 +103,8 @@ class Server:
 def start_server() -> Iterator[Callable[..., Server]]:
     servers: list[Server] = []
 
-    def start(*args: str, workers: int = 2, env: dict[str, str] | None = None) -> Server:
-        server = Server(free_port(), workers, list(args), env)
+    def start(*args: str, workers: int = 2, env: dict[str, str] | None = None, stats_port: int | None = None) -> Server:
+        server = Server(free_port(), workers, list(args), env, stats_port)
         servers.append(server)
         return server
 
@@ -117,3 +119,4 @@ def server() -> Iterator[Server]:
     srv = Server(free_port(), 2, ["--handshake-timeout", "2", "--close-timeout", "2"])
     yield srv
     srv.stop()
+
