@@ -112,9 +112,12 @@ class PubSub:
                        cfg.replay_seconds, cfg.replay_max_messages, cfg.max_channels_per_connection,
                        cfg.max_subscribers_per_worker)
         worker.bus.on_record = self.hub.on_record
+        if cfg.bus:  # across nodes: millionws/broker.py
+            self.hub.connect_bus(cfg.bus, worker.reactor)
 
     def start(self) -> None:
         self.hub.hello()
+        self.hub.start_bus()
         self._sweep()
 
     def _sweep(self) -> None:
@@ -399,6 +402,8 @@ class App:
         if worker.draining:
             return 503, http.render_json(503, {"status": "draining", "worker": worker.index}, keep_alive, head)
         document = {"status": "ok", "worker": worker.index, "connections": worker.websocket_count()}
+        if self.pubsub.hub.remote is not None:  # down: still 200, this node serves its local traffic
+            document["bus"] = self.pubsub.hub.remote.detail()
         return 200, http.render_json(200, document, keep_alive, head)
 
     def metrics(self, head: bool, keep_alive: bool) -> tuple[int, bytes]:

@@ -27,6 +27,16 @@ Theory of operation (everything that decides a ``seq`` or a recipient lives here
   re-ask the replay requests that were waiting for it.  The sequence of a channel owned
   by a restarted worker starts again at 1 (a ``since`` beyond it gets ``gap`` with reason
   ``unknown``): persistence across restarts is the job of an external bus.
+* Idle channels are forgotten: the owner drops a channel's state once it has no
+  subscriber on any worker and its last message left the replay window (``sweep``,
+  counted in ``channels_evicted``); its sequence then starts again at 1 (a ``since``
+  beyond it gets ``gap`` ``unknown``), so memory follows the live channels, not every
+  name ever used.
+* Across nodes (``--bus``, :mod:`broker`): the broker numbers the messages instead of the
+  owner worker.  Every worker publishes to the broker and subscribes to it for the
+  channels it has subscribers of; the owner, the mesh and the local replay buffer are
+  not used for channels then.  Replay answers come from the broker's stream, in order
+  with the live messages, so a subscriber with ``since`` is never *held* for live ones.
 * Users: a connection that carries a user id is subscribed to the reserved channel
   ``@user:<id>``; ``@`` is outside the client charset, so no client can subscribe to it.
 
@@ -68,6 +78,7 @@ GAP_REASONS = ("", "expired", "unknown")
 _C_CHANNELS, _C_SUBS = F["channels"], F["subscriptions"]
 _C_PUBLISHES, _C_DELIVERIES, _C_MSG_OUT = F["publishes"], F["deliveries"], F["messages_out"]
 _C_REPLAY_HITS, _C_REPLAY_MISSES = F["replay_hits"], F["replay_misses"]
+_C_EVICTED = F["channels_evicted"]
 
 monotonic = time.monotonic
 
@@ -139,10 +150,11 @@ class ReplayBuffer:
 class Owned:
     """A channel this worker sequences."""
 
-    __slots__ = ("seq", "replay", "interest")
+    __slots__ = ("seq", "replay", "interest", "touched")
 
     def __init__(self, seconds: float, max_messages: int) -> None:
         self.seq = 0
+        self.touched = monotonic()  # last publish or interest: for eviction
         self.replay = ReplayBuffer(seconds, max_messages)
         self.interest: set[int] = set()  # other workers with subscribers
 
@@ -205,6 +217,17 @@ class Hub:
         self.requests: dict[int, Hold] = {}
         self._next_req = 1
         self.subscriptions = 0
+        self.remote: Any = None  # broker.Bridge with --bus
+
+    def connect_bus(self, url: str, reactor: Any) -> None:
+        """Number and carry messages through a broker shared by the nodes (see :mod:`broker`)."""
+        from .broker import Bridge
+
+        self.remote = Bridge(url, reactor, self.c, self.on_bus_event, self.replay_seconds, self.replay_max_messages)
+
+    def start_bus(self) -> None:
+        if self.remote is not None:
+            self.remote.start()
 
     # -- helpers -----------------------------------------------------------------------
     def owner(self, channel: str) -> int:
@@ -225,6 +248,9 @@ class Hub:
         return channel in self.subs or channel in self.holds
 
     def _interest_changed(self, channel: str, on: bool) -> None:
+        if self.remote is not None:
+            self.remote.interest(channel, on)
+            return
         owner = self.owner(channel)
         if owner != self.index:
             name = channel.encode()
@@ -234,6 +260,9 @@ class Hub:
     def publish(self, channel: str, data: bytes, t0: float) -> None:
         """Accept a message (``data``: one JSON document, UTF-8) for ``channel``."""
         self.c[_C_PUBLISHES] += 1
+        if self.remote is not None:
+            self.remote.publish(channel, data, t0)
+            return
         owner = self.owner(channel)
         if owner == self.index:
             self._sequence(channel, data, t0)
@@ -262,7 +291,7 @@ class Hub:
             self.subscriptions += 1
             was = self._interested(channel)
             after = None if since is None else since.get(channel)
-            owner = self.owner(channel)
+            owner = self.owner(channel) if self.remote is None else -1
             if after is None or owner == self.index:
                 if not was:
                     self._interest_changed(channel, True)
@@ -319,6 +348,7 @@ class Hub:
     def _sequence(self, channel: str, data: bytes, t0: float) -> None:
         owned = self._owned(channel)
         owned.seq = seq = owned.seq + 1
+        owned.touched = monotonic()
         owned.replay.append(seq, monotonic(), data)
         if owned.interest:
             name = channel.encode()
@@ -365,6 +395,9 @@ class Hub:
         req = self._next_req
         self._next_req = req + 1 if req < 0xFFFFFFFF else 1
         self.requests[req] = hold
+        if self.remote is not None:
+            self.remote.replay(req, hold.channel, hold.since)
+            return
         name = hold.channel.encode()
         self.send(hold.owner, _REQ.pack(T_REPLAY_REQ, req, hold.since, len(name)) + name)
 
@@ -389,7 +422,9 @@ class Hub:
             n = _CHAN.unpack_from(record)[1]
             channel = str(record[_CHAN.size:_CHAN.size + n], "ascii")
             if kind == T_INTEREST:
-                self._owned(channel).interest.add(src)
+                owned = self._owned(channel)
+                owned.interest.add(src)
+                owned.touched = monotonic()
             else:
                 owned = self.owned.get(channel)
                 if owned is not None:
@@ -417,7 +452,6 @@ class Hub:
         hold = self.requests.pop(req, None)
         if hold is None or hold.conn is None:
             return  # unsubscribed or closed meanwhile
-        conn, channel = hold.conn, hold.channel
         pos = _REPLAY.size + n
         entries = []
         for _ in range(count):
@@ -428,6 +462,11 @@ class Hub:
         # Live messages kept meanwhile: only those the owner sequenced after its answer.
         newest = entries[-1][0] if entries else max(last, first - 1)
         entries.extend(m for m in hold.held if m[0] > newest)
+        self._resolve(hold, reason, first, entries)
+
+    def _resolve(self, hold: Hold, reason: int, first: int, entries: list[tuple[int, float, bytes]]) -> None:
+        """Write the replay of a held connection, then make it a subscriber."""
+        conn, channel = hold.conn, hold.channel
         self._write_replay(conn, channel, hold.since, reason, first, entries)
         holds = self.holds[channel]
         del holds[conn]
@@ -440,6 +479,8 @@ class Hub:
         self._gauges()
 
     def _on_hello(self, src: int) -> None:
+        if self.remote is not None:
+            return  # with a bus, workers do not depend on each other for channels
         for owned in self.owned.values():
             owned.interest.discard(src)  # its subscribers died with it
         for channel in self.subs.keys() | self.holds.keys():
@@ -453,6 +494,33 @@ class Hub:
                     self._request(hold)  # the old answer will not come; the new owner answers
 
     def sweep(self, now: float) -> None:
-        """Let time expire buffered messages of channels nobody publishes on any more."""
-        for owned in self.owned.values():
+        """Let time expire buffered messages; forget channels idle past the replay window."""
+        idle: list[str] = []
+        horizon = now - self.replay_seconds
+        for channel, owned in self.owned.items():
             owned.replay.trim(now)
+            if (not owned.replay.entries and not owned.interest and owned.touched < horizon
+                    and channel not in self.subs and channel not in self.holds):
+                idle.append(channel)
+        for channel in idle:
+            del self.owned[channel]
+        self.c[_C_EVICTED] += len(idle)
+
+    # -- events of the broker bridge (--bus) ------------------------------------------------
+    def on_bus_event(self, event: tuple) -> None:
+        from .broker import E_GAP, E_MSG, E_REPLAY
+
+        kind = event[0]
+        if kind == E_MSG:
+            _, channel, seq, data, t0 = event
+            self._deliver(channel, seq, data, t0)
+        elif kind == E_REPLAY:
+            _, req, reason, first, entries = event
+            hold = self.requests.pop(req, None)
+            if hold is not None and hold.conn is not None:
+                self._resolve(hold, reason, first, entries)
+        elif kind == E_GAP:  # the broker could not give back what its live path lost
+            _, channel, last, first, reason = event
+            subs = self.subs.get(channel)
+            if subs:
+                self.fanout(tuple(subs), gap_frame(channel, last, first, reason))

