@@ -77,3 +77,11 @@ def test_bus_option():
     assert config.from_argv([], environ={"MILLIONWS_BUS": "redis://h:6379"}).bus == "redis://h:6379"
     with pytest.raises(ValueError, match="bus"):
         config.from_argv(["--bus", "amqp://h"], environ={})
+
+
+def test_config_defaults_are_the_option_defaults():
+    # Config repeats OPTIONS' defaults so that attribute access stays typed; keep the two honest.
+    fields = Config.__dataclass_fields__
+    for option in OPTIONS:
+        if option.default is not None:
+            assert fields[option.name].default == option.default, option.name
