@@ -74,6 +74,7 @@ log = logging.getLogger("millionws.worker")
 _CONNECTIONS, _ACCEPTED, _BYTES_IN, _BYTES_OUT = F["connections"], F["accepted"], F["bytes_in"], F["bytes_out"]
 _SLOW_CONSUMERS = F["slow_consumers"]
 _F_WAITED = 16  # our keepalive ping's deadline is pending (see on_timer)
+_PIPELINE_BUDGET = 32  # pipelined HTTP requests answered per connection per loop turn
 
 _readv = os.readv
 _write = os.write
@@ -380,10 +381,13 @@ class Worker:
             return
         self.c[_BYTES_OUT] += sent
         del pending[:sent]
+        paused = conn.flags & F_PAUSED
         if pending:
-            if conn.flags & F_PAUSED and len(pending) <= self.config.max_pending_bytes // 2:
+            if paused and len(pending) <= self.config.max_pending_bytes // 2:
                 conn.flags &= ~F_PAUSED
                 self.reactor.modify(conn.fd, EPOLLIN | EPOLLOUT)
+                if conn.state == HTTP:
+                    self._http_resume(conn)  # pipelined requests read before the pause
             return
         conn.pending = None
         self.pool.release(pending)
@@ -391,12 +395,19 @@ class Worker:
         self.reactor.modify(conn.fd, EPOLLIN)
         if conn.state == LINGER:
             self.shutdown(conn)
+        elif paused and conn.state == HTTP:
+            self._http_resume(conn)
 
     # -- HTTP --------------------------------------------------------------------------
-    def http_in(self, conn: Connection, data: bytes) -> None:
+    def http_in(self, conn: Connection, data: bytes | None) -> None:
+        """Parse and answer requests; ``data`` None resumes what the parser already holds."""
         parser = conn.http
-        parser.receive_data(data)
+        if data is not None:
+            parser.receive_data(data)
+        budget = _PIPELINE_BUDGET
         while conn.state == HTTP:
+            if conn.flags & F_PAUSED:
+                return  # answers are piling up unread: flush() resumes once half has drained
             try:
                 event = parser.next_event()
             except h11.RemoteProtocolError as exc:
@@ -411,19 +422,30 @@ class Worker:
                     self.refuse(conn, http.HttpError(431, "request head too large", http.HS_TOO_LARGE))
                     return
                 conn.msg = [event]
+                conn.msg_size = 0
             elif kind is h11.Data:
                 conn.msg.append(event.data)
-                if sum(len(part) for part in conn.msg[1:]) > self.config.max_request_body:
+                conn.msg_size += len(event.data)
+                if conn.msg_size > self.config.max_request_body:
                     self.refuse(conn, http.HttpError(413, "request body too large"))
                     return
             elif kind is h11.EndOfMessage:
                 self.dispatch(conn)
                 parser = conn.http
+                budget -= 1
+                if budget == 0 and conn.state == HTTP:
+                    # A deep pipeline: give the other connections this turn, continue in the next.
+                    self.reactor.call_later(0, lambda: self._http_resume(conn))
+                    return
             elif event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             elif kind is h11.ConnectionClosed:
                 self.close(conn)
                 return
+
+    def _http_resume(self, conn: Connection) -> None:
+        if conn.state == HTTP and conn.http is not None:
+            self.http_in(conn, None)
 
     def refuse(self, conn: Connection, error: http.HttpError) -> None:
         """Answer an error and end the connection."""
