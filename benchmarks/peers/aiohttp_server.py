@@ -2,7 +2,10 @@
 
     python benchmarks/peers/aiohttp_server.py --host 127.0.0.1 --port 8002
 
-Serves /echo: every text or binary message is sent back unchanged. Other paths answer 404.
+Serves /echo: every text or binary message is sent back unchanged. Serves /fanout (subscribers: one
+{"op":"subscribed"} text message, then every broadcast) and /fanout/publish (each text message of a
+publisher is sent to every /fanout connection with ``send_str``: aiohttp has no encode-once broadcast, so
+the frame is built per subscriber). Other paths answer 404.
 Prints "listening" on stdout once the socket accepts connections.
 """
 
@@ -33,9 +36,38 @@ async def echo(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
+SUBSCRIBERS: set[web.WebSocketResponse] = set()
+
+
+async def fanout(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_SIZE + 1, heartbeat=None, autoping=True)
+    await ws.prepare(request)
+    SUBSCRIBERS.add(ws)
+    try:
+        await ws.send_str('{"op":"subscribed"}')
+        async for _msg in ws:
+            pass  # subscribers only listen
+    finally:
+        SUBSCRIBERS.discard(ws)
+    return ws
+
+
+async def fanout_publish(request: web.Request) -> web.WebSocketResponse:
+    ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_SIZE + 1, heartbeat=None, autoping=True)
+    await ws.prepare(request)
+    async for msg in ws:
+        if msg.type is WSMsgType.TEXT:
+            for sub in tuple(SUBSCRIBERS):
+                if not sub.closed:
+                    await sub.send_str(msg.data)
+    return ws
+
+
 async def main(host: str, port: int) -> None:
     app = web.Application()
     app.router.add_get("/echo", echo)
+    app.router.add_get("/fanout", fanout)
+    app.router.add_get("/fanout/publish", fanout_publish)
     # access_log=None: a log line per handshake would dominate connect-rate figures.
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()

@@ -3,7 +3,10 @@
     python benchmarks/peers/picows_server.py --host 127.0.0.1 --port 8003
 
 Serves /echo: every frame of a text or binary message is sent back with the same opcode and FIN bit,
-so fragmented messages come back as the same message. Other paths answer 404.
+so fragmented messages come back as the same message. Serves /fanout (subscribers: one
+{"op":"subscribed"} text message, then every broadcast) and /fanout/publish (each text frame of a
+publisher is sent to every /fanout transport with ``transport.send``; picows frames each send in C, there
+is no encode-once broadcast). Other paths answer 404.
 Prints "listening" on stdout once the socket accepts connections.
 
 picows's other defaults are kept (they are what a user gets), notably read_buffer_init_size=16 KiB per
@@ -41,9 +44,46 @@ class Echo(WSListener):
         # PING is answered by picows itself (enable_auto_pong=True); PONG needs nothing.
 
 
+SUBSCRIBERS: set[WSTransport] = set()
+SUBSCRIBED = b'{"op":"subscribed"}'
+
+
+class Subscriber(WSListener):
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        SUBSCRIBERS.add(transport)
+        transport.send(WSMsgType.TEXT, SUBSCRIBED)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        SUBSCRIBERS.discard(transport)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        if frame.msg_type is WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code(), frame.get_close_message())
+            transport.disconnect()
+
+
+class Publisher(WSListener):
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        msg_type = frame.msg_type
+        if msg_type is WSMsgType.TEXT:
+            payload = frame.get_payload_as_bytes()
+            for sub in tuple(SUBSCRIBERS):
+                sub.send(WSMsgType.TEXT, payload)
+        elif msg_type is WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code(), frame.get_close_message())
+            transport.disconnect()
+
+
 def route(request: WSUpgradeRequest) -> WSListener | None:
     """None makes picows answer 404 and disconnect."""
-    return Echo() if request.path.split(b"?", 1)[0] == b"/echo" else None
+    path = request.path.split(b"?", 1)[0]
+    if path == b"/echo":
+        return Echo()
+    if path == b"/fanout":
+        return Subscriber()
+    if path == b"/fanout/publish":
+        return Publisher()
+    return None
 
 
 async def main(host: str, port: int) -> None:

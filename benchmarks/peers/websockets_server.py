@@ -3,6 +3,9 @@
     python benchmarks/peers/websockets_server.py --host 127.0.0.1 --port 8001
 
 Serves /echo: every text or binary message is sent back unchanged (str stays text, bytes stay binary).
+Serves /fanout (subscribers: one {"op":"subscribed"} text message, then every broadcast) and
+/fanout/publish (each message a publisher sends goes to every /fanout connection through
+``websockets.broadcast``, the library's fan-out helper: no task or await per subscriber).
 Any other path answers 404. Prints "listening" on stdout once the socket accepts connections.
 """
 
@@ -14,20 +17,36 @@ import http
 import logging
 import signal
 
-from websockets.asyncio.server import Request, Response, ServerConnection, serve
+from websockets.asyncio.server import Request, Response, ServerConnection, broadcast, serve
 
 MAX_SIZE = 1 << 20  # 1 MiB: the same limit in all peers so they refuse the same messages
 BACKLOG = 4096  # = net.core.somaxconn here; a short backlog turns connect bursts into SYN retries
 
 
 def reject_other_paths(connection: ServerConnection, request: Request) -> Response | None:
-    """Answer 404 before the upgrade for anything but /echo."""
-    if request.path.split("?", 1)[0] != "/echo":
+    """Answer 404 before the upgrade for anything but /echo, /fanout and /fanout/publish."""
+    if request.path.split("?", 1)[0] not in ("/echo", "/fanout", "/fanout/publish"):
         return connection.respond(http.HTTPStatus.NOT_FOUND, "not found\n")
     return None
 
 
+SUBSCRIBERS: set[ServerConnection] = set()
+
+
 async def echo(ws: ServerConnection) -> None:
+    path = ws.request.path.split("?", 1)[0] if ws.request is not None else "/echo"
+    if path == "/fanout":
+        SUBSCRIBERS.add(ws)
+        try:
+            await ws.send('{"op":"subscribed"}')
+            await ws.wait_closed()
+        finally:
+            SUBSCRIBERS.discard(ws)
+        return
+    if path == "/fanout/publish":
+        async for message in ws:
+            broadcast(SUBSCRIBERS, message)
+        return
     async for message in ws:
         await ws.send(message)
 
