@@ -115,8 +115,11 @@ class Supervisor:
             self.spawn(index)
         log.info("millionws: %d workers on %s:%d (pid %d)", self.config.workers, self.config.host,
                  self.config.port, os.getpid())
+        # poll, not select: with many workers the inter-worker mesh pushes this fd past FD_SETSIZE (1024).
+        waiter = select.poll()
+        waiter.register(r, select.POLLIN)
         while True:
-            select.select([r], [], [], self._timeout())
+            waiter.poll(self._timeout() * 1000)
             try:
                 signals = os.read(r, 256)
             except BlockingIOError:

@@ -95,13 +95,29 @@ def encode_frame(opcode: int, payload: bytes) -> bytes:
     return frame_header(opcode, len(payload)) + payload
 
 
-def unmask(data: bytes, start: int, end: int) -> bytes:
+def unmask_python(data: bytes, start: int, end: int) -> bytes:
     """Payload ``data[start:end]`` unmasked with the key in the 4 bytes before ``start``."""
     n = end - start
     if n == 0:
         return b""
     key = data[start - 4:start] * ((n + 3) >> 2)
     return (_from_bytes(data[start:end], "little") ^ _from_bytes(key, "little")).to_bytes(len(key), "little")[:n]
+
+
+try:
+    # websockets ships the XOR loop in C: 0.36 us instead of 6.4 us for 4 KiB (the big-int trick above is
+    # the reference and the fallback; tests check both agree).  Installed with the `speedups` extra.
+    from websockets.speedups import apply_mask as _apply_mask
+except ImportError:  # pragma: no cover - depends on the environment
+    _apply_mask = None
+
+
+def unmask(data: bytes, start: int, end: int) -> bytes:
+    """Payload ``data[start:end]`` unmasked with the key in the 4 bytes before ``start``."""
+    if _apply_mask is None:
+        return unmask_python(data, start, end)
+    view = memoryview(data)
+    return _apply_mask(view[start:end], view[start - 4:start])
 
 
 def start_close(conn: Any, pool: FramePool, code: int, reason: str = "") -> bytes:

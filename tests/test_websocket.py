@@ -35,7 +35,7 @@ from millionws.connection import (
     R_TOO_BIG,
     Connection,
 )
-from millionws.websocket import FramePool, encode_frame, frame_header, unmask
+from millionws.websocket import FramePool, encode_frame, frame_header, unmask, unmask_python
 
 TOO_BIG_REASON = "message too big"  # the reason text websocket._fail sends with 1009
 
@@ -609,6 +609,7 @@ def test_unmask_matches_a_naive_xor(prefix: bytes, key: bytes, payload: bytes, s
     end = start + len(payload)
     got = unmask(data, start, end)
     assert got == naive_unmask(data, start, end)
+    assert unmask_python(data, start, end) == got  # the C speedup and the pure-Python fallback agree
     assert len(got) == len(payload)
     assert unmask(data[:start] + mask_payload(payload, key), start, end) == payload  # an involution
 
@@ -619,3 +620,4 @@ def test_unmask_sizes(n: int) -> None:
     key = b"\x00\xff\xa5\x5a"
     data = b"\x82\xfe" + key + mask_payload(payload, key)
     assert unmask(data, 6, 6 + n) == payload
+    assert unmask_python(data, 6, 6 + n) == payload
