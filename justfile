@@ -50,6 +50,30 @@ bench-connect runs="3" args="--concurrency 64 --duration 5": bench-setup
 bench-smoke: bench-setup
     .venv/bin/python -m benchmarks.smoke --peers --server millionws='.venv/bin/millionws serve --host {host} --port {port} --workers 1 --ping-interval 0'
 
+# reduced benchmark set, < 3 min, 1 run each, into benchmarks/results/quick/: memory 10 000, echo 100x8x64 B, connect-rate
+bench: bench-setup
+    .venv/bin/python -m benchmarks.run --quick
+
+# every scenario of issue 3 (memory 10^4..10^5, echo matrix, handshakes, profiles, side-by-side), medians of 3, ~15 min
+bench-full: bench-setup
+    .venv/bin/python -m benchmarks.run
+
+# 1 000 000 idle WebSockets here, <= 20 min; root: sets/restores sysctls; --patch-supervisor-poll: see benchmarks/million.py
+bench-million *ARGS: bench-setup
+    timeout --signal=INT --kill-after=120 1200 .venv/bin/python -m benchmarks.million --patch-supervisor-poll {{ARGS}}
+
 # the load generator itself, e.g. just loadgen idle --url ws://127.0.0.1:8080/echo --connections 10000 --hold 30
 loadgen *ARGS:
     .venv/bin/python -m benchmarks.loadgen {{ARGS}}
+
+# broadcast fan-out (issue 4, seed 002): N subscribers, a message every 200 ms; millionws 1/2 workers, the peers, the bare-send floor
+bench-fanout runs="3" n="100,1000,10000": bench-setup
+    .venv/bin/python -m benchmarks.fanout --servers millionws:1,millionws:2,websockets,aiohttp,picows,floor --n {{n}} --runs {{runs}} --json-out benchmarks/results/fanout.json --md-out benchmarks/results/fanout.md --png benchmarks/results/fanout.png
+
+# coverage-guided fuzzing of the HTTP-upgrade and frame layers (atheris); findings and corpus in .fuzz/
+fuzz seconds="3600":
+    mkdir -p .fuzz/corpus && .venv/bin/python fuzz/fuzz_server.py -dict=fuzz/http.dict -max_len=8192 -artifact_prefix=.fuzz/ -max_total_time={{seconds}} .fuzz/corpus fuzz/seeds
+
+# soak: churn + echo + fan-out, memory drift and fds (default 2 minutes; e.g. just soak --hours 4)
+soak *ARGS:
+    .venv/bin/python -m benchmarks.soak {{ARGS}}

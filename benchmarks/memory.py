@@ -63,9 +63,29 @@ def meminfo() -> dict[str, int]:
     return out
 
 
+def smaps_rollup(pid: int) -> dict[str, int]:
+    """Pss_Anon and Pss_File of a process in bytes (/proc/PID/smaps_rollup, Linux >= 5.9), else {}."""
+    out: dict[str, int] = {}
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("Pss_Anon", "Pss_File"):
+            out[name.lower()] = int(rest.split()[0]) * 1024
+    return out
+
+
 def tree_memory(pid: int) -> dict[str, int]:
-    """Sum PSS, USS and RSS over a process and all its descendants (supervisor + workers)."""
-    total = {"pss": 0, "uss": 0, "rss": 0, "fds": 0, "procs": 0}
+    """Sum PSS, USS and RSS over a process and all its descendants (supervisor + workers).
+
+    PSS is split into its anonymous part (heap: what connections cost) and its file-backed part
+    (interpreter, libraries). The file-backed part moves when *other* processes map the same files
+    (the load generator starting, other Python processes on a shared machine), so at a few hundred
+    bytes per connection ``pss_anon`` is the steadier figure; ``pss`` stays the GUIDE §4 one.
+    """
+    total = {"pss": 0, "pss_anon": 0, "pss_file": 0, "uss": 0, "rss": 0, "fds": 0, "procs": 0}
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
@@ -78,6 +98,8 @@ def tree_memory(pid: int) -> dict[str, int]:
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
         total["pss"] += info.pss
+        for key, value in smaps_rollup(proc.pid).items():
+            total[key] += value
         total["uss"] += info.uss
         total["rss"] += info.rss
         total["fds"] += fds
@@ -214,7 +236,7 @@ class Driver:
             after_close=after,
             per_conn={
                 key: round((during[key] - before[key]) / n, 1) if n else None
-                for key in ("pss", "uss", "rss", "slab", "sunreclaim", "slab_sockets", "fds")
+                for key in ("pss", "pss_anon", "pss_file", "uss", "rss", "slab", "sunreclaim", "slab_sockets", "fds")
                 if key in during and key in before
             },
             slab_caches_per_conn={
@@ -276,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             runs[name].append(result)
             pc = result["per_conn"]
             driver.log(
-                f"  established {result['established']}: PSS {pc['pss']} B/conn, RSS {pc['rss']}, "
+                f"  established {result['established']}: PSS {pc['pss']} B/conn (anon {pc['pss_anon']}), "
+                f"RSS {pc['rss']}, "
                 f"slab {pc['slab']} (sockets {pc.get('slab_sockets')}), "
                 f"loadgen PSS {result['loadgen_pss_per_conn']}"
                 + (f", failures {result['loadgen_failures']}" if result["loadgen_failures"] else "")
@@ -285,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
         name: {
             "runs": len(rs),
             "median_bytes_per_conn": {
-                k: median_of(rs, k) for k in ("pss", "uss", "rss", "slab", "sunreclaim", "slab_sockets")
+                k: median_of(rs, k)
+                for k in ("pss", "pss_anon", "pss_file", "uss", "rss", "slab", "sunreclaim", "slab_sockets")
             },
             "established": [r["established"] for r in rs],
             "loadgen_pss_per_conn": [r["loadgen_pss_per_conn"] for r in rs],

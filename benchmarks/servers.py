@@ -8,15 +8,20 @@ file (a pipe nobody reads would block a chatty server once 64 KiB are buffered).
 from __future__ import annotations
 
 import argparse
+import datetime
+import itertools
 import os
 import platform
+import resource
 import shlex
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,36 @@ if str(REPO_ROOT) not in sys.path:  # so `python benchmarks/<driver>.py` works a
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.peers import PEERS  # noqa: E402
+
+# Where servers start. `python -m millionws` imports the package from its working directory first, so a
+# driver that calls use_snapshot() runs a frozen copy of millionws/ even if the checkout is edited meanwhile.
+SERVER_CWD: Path = REPO_ROOT
+
+
+def use_snapshot() -> Path:
+    """Copy millionws/ (as it is now, committed or not) to a temporary directory and start servers there.
+
+    A benchmark suite restarts servers for many minutes; on a checkout that others edit, a half-written
+    file would otherwise end up in some runs and not in others (or stop a server from starting). The
+    copy's digest is in machine()["millionws_sha256"]; remove_snapshot() deletes it.
+    """
+    import shutil
+    import tempfile
+
+    global SERVER_CWD
+    root = Path(tempfile.mkdtemp(prefix="millionws-code-"))
+    shutil.copytree(REPO_ROOT / "millionws", root / "millionws", ignore=shutil.ignore_patterns("__pycache__"))
+    SERVER_CWD = root
+    return root
+
+
+def remove_snapshot() -> None:
+    import shutil
+
+    global SERVER_CWD
+    if SERVER_CWD != REPO_ROOT:
+        shutil.rmtree(SERVER_CWD, ignore_errors=True)
+        SERVER_CWD = REPO_ROOT
 
 
 def add_server_args(parser: argparse.ArgumentParser) -> None:
@@ -93,7 +128,12 @@ def start_server(
         raise RuntimeError(f"port {port} is already in use: pick another --port")
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=SERVER_CWD,  # `python -m millionws` works from a checkout (or its snapshot) without an install
         )
     if not wait_until(lambda: proc.poll() is not None or port_accepts(host, port), startup_timeout):
         stop_process(proc)
@@ -133,16 +173,164 @@ def loadgen_cmd(args: argparse.Namespace, mode: str, port: int, extra: list[str]
     return cmd
 
 
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    return platform.processor()
+
+
+def _git(*args: str) -> str:
+    try:
+        done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return ""
+    return done.stdout.rstrip("\n") if done.returncode == 0 else ""
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def code_digest(root: Path | None = None) -> str:
+    """sha256 over millionws/*.py (names and contents): which code ran, even when it was not committed."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(((root or SERVER_CWD) / "millionws").glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
 def machine() -> dict[str, Any]:
+    """Where and from what a result came: the machine, the code (commit + uncommitted files), the time."""
     lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
     mem_total = 0
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemTotal:"):
             mem_total = int(line.split()[1]) * 1024
+    dirty = [line[3:] for line in _git("status", "--porcelain", "--", "millionws", "benchmarks").splitlines()]
     return {
         "cpus": os.cpu_count(),
+        "cpu_model": _cpu_model(),
         "mem_total_bytes": mem_total,
         "kernel": platform.release(),
         "python": platform.python_version(),
+        "packages": {d: _version(d) for d in ("wsproto", "h11", "websockets", "aiohttp", "picows", "psutil")},
+        "git_commit": _git("rev-parse", "HEAD").strip(),
+        "git_uncommitted": dirty,  # files of millionws/ or benchmarks/ that differ from the commit
+        "millionws_sha256": code_digest(),  # of the code the servers ran (a snapshot, see use_snapshot)
+        "millionws_snapshot": SERVER_CWD != REPO_ROOT,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
         "ip_local_port_range": [int(lo), int(hi)],
+        "nofile_limit": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
     }
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def core_busy() -> dict[str, float]:
+    """Busy seconds per core from /proc/stat ("core0", ...): everything but idle and iowait.
+
+    Unlike a process's own CPU time this includes softirq work (on loopback, much of TCP runs there)
+    and whatever else the shared machine ran on that core.
+    """
+    out: dict[str, float] = {}
+    for line in Path("/proc/stat").read_text().splitlines():
+        if line.startswith("cpu") and line[3:4].isdigit():
+            name, *fields = line.split()
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+            out["core" + name[3:]] = (user + nice + system + irq + softirq + steal) / _CLK_TCK
+    return out
+
+
+class CpuSampler:
+    """Samples the CPU seconds (user + system) of process trees every ``interval`` s in a thread.
+
+    A tree is a root pid and whatever it has forked; each pid's own counters are kept (never the
+    ``children_*`` ones, which would count a reaped child twice), and a pid that exits keeps its last
+    reading. ``cpu_between(name, t0, t1)`` interpolates the samples: CPU seconds spent in [t0, t1].
+    Each core's busy time is sampled too, under the names "core0", "core1", ...
+    """
+
+    def __init__(self, roots: dict[str, int], interval: float = 0.2) -> None:
+        import psutil  # imported here: the drivers that never sample do not need it
+
+        self._psutil = psutil
+        self.roots = roots
+        self.interval = interval
+        self.samples: dict[str, list[tuple[float, float]]] = {name: [] for name in roots}
+        self._per_pid: dict[str, dict[int, float]] = {name: {} for name in roots}
+        self._procs: dict[int, Any] = {}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
+
+    def _tree(self, root: int) -> list[Any]:
+        psutil = self._psutil
+        try:
+            top = self._procs.get(root) or psutil.Process(root)
+            self._procs[root] = top
+            procs = [top]
+            for child in top.children(recursive=True):
+                procs.append(self._procs.setdefault(child.pid, child))
+            return procs
+        except psutil.Error:
+            return [p for pid, p in self._procs.items() if pid == root]
+
+    def sample(self) -> None:
+        with self._lock:
+            now = time.time()
+            for core, busy in core_busy().items():
+                self.samples.setdefault(core, []).append((now, busy))
+            for name, root in self.roots.items():
+                per_pid = self._per_pid[name]
+                for proc in self._tree(root):
+                    try:
+                        t = proc.cpu_times()
+                    except self._psutil.Error:
+                        continue
+                    per_pid[proc.pid] = t.user + t.system
+                self.samples[name].append((now, sum(per_pid.values())))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sample()
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> CpuSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sample()
+
+    def cpu_at(self, name: str, t: float) -> float | None:
+        samples = self.samples[name]
+        if samples and samples[0][0] - 2 * self.interval <= t < samples[0][0]:
+            return samples[0][1]  # a window that opened just before the first sample (the tree was starting)
+        if not samples or t < samples[0][0] or t > samples[-1][0]:
+            return None
+        for (t0, c0), (t1, c1) in itertools.pairwise(samples):
+            if t0 <= t <= t1:
+                return c0 + (c1 - c0) * ((t - t0) / (t1 - t0) if t1 > t0 else 0.0)
+        return samples[-1][1]
+
+    def cpu_between(self, name: str, t0: float, t1: float) -> float | None:
+        a, b = self.cpu_at(name, t0), self.cpu_at(name, t1)
+        return None if a is None or b is None else b - a
+
+    def percent(self, name: str, t0: float, t1: float) -> float | None:
+        """CPU in [t0, t1] as percent of one core (200 = two cores busy)."""
+        samples = self.samples.get(name)
+        if samples and samples[-1][0] < t1 <= time.time():
+            self.sample()  # a window that ends now: read the counters once more
+        used = self.cpu_between(name, t0, t1)
+        return round(100.0 * used / (t1 - t0), 1) if used is not None and t1 > t0 else None

@@ -28,6 +28,7 @@ if __package__ in (None, ""):  # `python benchmarks/throughput.py`: make `benchm
 
 from benchmarks.servers import (
     REPO_ROOT,
+    CpuSampler,
     add_server_args,
     loadgen_cmd,
     machine,
@@ -36,7 +37,8 @@ from benchmarks.servers import (
     stop_process,
 )
 
-# (report section, key path) of the figures summarised per mode
+# (report section, key path) of the figures summarised per mode; the CPU figures are not in the load
+# generator's report: run_once measures them (server and load generator process trees, over the window).
 FIGURES = {
     "echo": {
         "messages_per_s": ("echo", "messages_per_s"),
@@ -44,17 +46,31 @@ FIGURES = {
         "rtt_p99_ms": ("echo", "rtt_ms", "p99"),
         "rtt_p99_9_ms": ("echo", "rtt_ms", "p99_9"),
         "rtt_max_ms": ("echo", "rtt_ms", "max"),
+        "server_cpu_pct": (),
+        "loadgen_cpu_pct": (),
+        "core0_busy_pct": (),
+        "core1_busy_pct": (),
+        "messages_per_server_cpu_s": (),
     },
     "connect-rate": {
         "handshakes_per_s": ("connect_rate", "handshakes_per_s"),
         "handshake_p50_ms": ("connect_rate", "handshake_ms", "p50"),
         "handshake_p99_ms": ("connect_rate", "handshake_ms", "p99"),
         "handshake_max_ms": ("connect_rate", "handshake_ms", "max"),
+        "server_cpu_pct": (),
+        "loadgen_cpu_pct": (),
+        "core0_busy_pct": (),
+        "core1_busy_pct": (),
+        "handshakes_per_server_cpu_s": (),
     },
 }
+SECTION = {"echo": "echo", "connect-rate": "connect_rate"}
+RATE = {"echo": "messages_per_s", "connect-rate": "handshakes_per_s"}
 
 
 def dig(report: dict[str, Any], path: tuple[str, ...]) -> Any:
+    if not path:
+        return None
     value: Any = report
     for key in path:
         value = value.get(key) if isinstance(value, dict) else None
@@ -69,14 +85,34 @@ def run_once(
     )
     try:
         cmd = loadgen_cmd(args, args.mode, port, shlex.split(args.loadgen_args))
-        done = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=args.timeout, check=False)
+        loadgen = subprocess.Popen(
+            cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        )
+        # Which side was the limit: CPU of the server's and of the load generator's process trees.
+        with CpuSampler({"server": server.pid, "loadgen": loadgen.pid}) as cpu:
+            try:
+                stdout, stderr = loadgen.communicate(timeout=args.timeout)
+            except subprocess.TimeoutExpired:
+                stop_process(loadgen)
+                raise
     finally:
         stop_process(server)
     try:
-        report = json.loads(done.stdout)
+        report = json.loads(stdout)
     except json.JSONDecodeError:
-        raise RuntimeError(f"no report from the load generator: {done.stderr.strip()[-400:]}") from None
+        raise RuntimeError(f"no report from the load generator: {stderr.strip()[-400:]}") from None
     figures = {key: dig(report, path) for key, path in FIGURES[args.mode].items()}
+    window = (report.get(SECTION[args.mode]) or {}).get("window_unix")
+    if window:
+        t0, t1 = window
+        figures["server_cpu_pct"] = cpu.percent("server", t0, t1)
+        figures["loadgen_cpu_pct"] = cpu.percent("loadgen", t0, t1)
+        figures["core0_busy_pct"] = cpu.percent("core0", t0, t1)
+        figures["core1_busy_pct"] = cpu.percent("core1", t0, t1)
+        rate = figures[RATE[args.mode]]
+        per_cpu = "messages_per_server_cpu_s" if args.mode == "echo" else "handshakes_per_server_cpu_s"
+        if rate and figures["server_cpu_pct"]:
+            figures[per_cpu] = round(rate / (figures["server_cpu_pct"] / 100.0), 1)
     return {
         "server": name,
         "run": run,

@@ -445,6 +445,12 @@ class Runner:
                 "hold_s": args.hold,
                 "held_s": round(self.held, 3),
                 "pings_answered": sum(r["pings_answered"] for r in results),
+                # Per connection: how many of those open when the hold ended had answered >= 1 server ping
+                # (a server with keepalive pings and a hold longer than its interval should see all of them).
+                "server_pinged": {
+                    "open_at_stop": sum(max(r.get("open_at_stop", 0), 0) for r in results),
+                    "connections_pinged": sum(max(r.get("pinged_open", 0), 0) for r in results),
+                },
                 "unexpected_messages": sum(r["unexpected_messages"] for r in results),
             }
             if args.verify_ping:
@@ -458,12 +464,14 @@ class Runner:
             window = max((r["window"] for r in results), default=0.0)
             received = sum(r["received"] for r in results)
             mismatches = sum(r["mismatches"] for r in results)
+            starts = [r["window_start_unix"] for r in results if r.get("window_start_unix")]
             report["echo"] = {
                 "connections": established,
                 "inflight": args.inflight,
                 "size": args.size,
                 "text": args.text,
                 "window_s": round(window, 3),
+                "window_unix": [min(starts), min(starts) + window] if starts else None,
                 "sent": sum(r["sent"] for r in results),
                 "messages": received,
                 "messages_per_s": round(received / window, 1) if window else 0.0,
@@ -477,10 +485,12 @@ class Runner:
         else:
             window = max((r.get("window", 0.0) for r in results), default=0.0)
             in_window = sum(r.get("in_window", 0) for r in results)
+            starts = [r["window_start_unix"] for r in results if r.get("window_start_unix")]
             report["connect_rate"] = {
                 "concurrency": args.concurrency,
                 "close": args.close_mode,
                 "window_s": round(window, 3),
+                "window_unix": [min(starts), min(starts) + window] if starts else None,
                 "handshakes": in_window,
                 "handshakes_per_s": round(in_window / window, 1) if window else 0.0,
                 "handshake_ms": handshake.summary_ms(),

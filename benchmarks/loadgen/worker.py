@@ -137,6 +137,9 @@ class Worker:
         self.first_open = 0.0
         self.last_established = 0.0
         self.pings_answered = 0
+        self.pinged: set[Conn] = set()  # idle: connections that answered at least one server ping
+        self.pinged_open = -1  # ... and were still open when the hold ended (-1: not counted yet)
+        self.open_at_stop = -1
         self.unexpected_messages = 0
         self.verify_sent = 0
         self.verify_pongs = 0
@@ -148,6 +151,7 @@ class Worker:
         self.window_start = 0.0
         self.window_end = 0.0
         self.window_end_ns = 0
+        self.window_start_unix = 0.0  # the window in wall-clock time, for drivers that sample CPU meanwhile
         self.ready_sent = False
         self.next_progress = 0.0
         self.in_window = 0  # connect-rate: handshakes completed inside the window
@@ -359,6 +363,8 @@ class Worker:
     def on_control(self, conn: Conn, opcode: int, payload: memoryview | bytearray) -> None:
         if opcode == wsframe.OP_PING:
             self.pings_answered += 1
+            if self.phase < VERIFY:
+                self.pinged.add(conn)
             self.send(conn, wsframe.encode(wsframe.OP_PONG, bytes(payload)))
         elif opcode == wsframe.OP_PONG:
             if conn.inflight and self.phase == VERIFY and payload == _VERIFY_PAYLOAD:
@@ -532,6 +538,7 @@ class Worker:
         if kind == "go" and self.phase in (OPENING, READY) and self.plan.mode == "echo":
             self.phase = RUNNING
             self.window_start = now
+            self.window_start_unix = time.time()
             self.window_end = now + self.plan.duration
             self.window_end_ns = time.perf_counter_ns() + int(self.plan.duration * 1e9)
             now_ns = time.perf_counter_ns()
@@ -540,6 +547,10 @@ class Worker:
                     self.send_messages(conn, self.plan.inflight, now_ns)
         elif kind == "stop" and self.phase not in (VERIFY, CLOSE, DONE):
             verify = bool(msg[1]) if len(msg) > 1 else False
+            if self.plan.mode == "idle":
+                self.open_at_stop = sum(1 for c in self.conns.values() if c.state == OPEN)
+                self.pinged_open = sum(1 for c in self.pinged if c.state == OPEN)
+                self.pinged.clear()
             if self.plan.mode == "connect-rate":
                 # Stop opening; tick() finishes once the live ones have ended (bounded by timeouts).
                 self.phase = CLOSE
@@ -666,6 +677,7 @@ class Worker:
         now = time.monotonic()
         self.window_start = now
         if plan.mode == "connect-rate":
+            self.window_start_unix = time.time()
             self.window_end = now + plan.duration
         conns = self.conns
         ep = self.ep
@@ -713,6 +725,8 @@ class Worker:
             "unexpected_messages": self.unexpected_messages,
             "verify_sent": self.verify_sent,
             "verify_pongs": self.verify_pongs,
+            "pinged_open": self.pinged_open,
+            "open_at_stop": self.open_at_stop,
         }
         if plan.mode == "echo":
             out.update(
@@ -722,13 +736,18 @@ class Worker:
                 mismatches=self.mismatches,
                 lost_inflight=max(self.inflight_total, 0),
                 window=(self.window_end - self.window_start) if self.window_end else 0.0,
+                window_start_unix=self.window_start_unix,
                 rtt=self.rtt_hist.to_wire(),
             )
         if plan.mode == "connect-rate":
             # A budget that ran out early ends the window at the last handshake, not at --duration.
             budget_done = plan.connections and self.started >= plan.connections
             end = min(self.window_end, self.last_established if budget_done else now)
-            out.update(window=max(end - self.window_start, 0.0), in_window=self.in_window)
+            out.update(
+                window=max(end - self.window_start, 0.0),
+                window_start_unix=self.window_start_unix,
+                in_window=self.in_window,
+            )
         return out
 
 

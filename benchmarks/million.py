@@ -1,0 +1,933 @@
+"""Scenario 2: a million concurrent idle WebSocket connections on this machine (``just bench-million``).
+
+    python -m benchmarks.million --patch-supervisor-poll           # 1 000 000, 55 workers, pings every 30 s
+    python -m benchmarks.million --connections 100000 --workers 6 --ping-interval 10 --idle-window 20  # rehearsal
+
+What it does, in order, bounded by ``--time-limit`` (default 17 minutes) plus a cleanup of at most ~2:
+
+1. preflight: CPUs idle enough (another heavy run?), memory available against an estimate (kernel ~10 KB per loopback
+   connection pair + user space), at most 19 000 connections per server worker and 18 999 per load
+   generator process (the open-files hard limit here is 20 000 per process and cannot be raised);
+2. kernel settings: each one it needs is read, raised when below what the run needs (``sysctl -w``,
+   root) and put back afterwards; the report lists what was found and what was set;
+3. the server: ``millionws serve --workers W --ping-interval 30`` in its own session (not pinned);
+4. the load generator: ``benchmarks.loadgen idle`` with ``--procs P`` over many loopback source
+   addresses, paced at ``--rate``; it answers every server ping and, at the end, pings every connection
+   itself (``--verify-ping``); it also counts, per connection, whether it answered a server ping;
+5. sampling every 2 s (the ramp): connections established (load generator), TCP sockets in use
+   (/proc/net/sockstat), memory available, slab, CPU per core and of each side; /stats of the server
+   every 10 s (it lists every worker's descriptors, so it is not free at this scale);
+6. once all are open: memory of the server (PSS split anonymous/file, RSS over the whole tree) and of
+   the kernel (slab caches, sockstat), then CPU over ``--idle-window`` s while the server pings every
+   connection every ``--ping-interval`` s; the hold lasts until every connection has had the time to be
+   pinged (``ping-interval`` + margin after the last one opened);
+7. then /metrics (no keepalive timeout may have fired), the load generator's verification, close,
+   stop the server, check that no process of the run is left, restore the kernel settings;
+8. ``benchmarks/results/million.json`` and ``million.png`` (the ramp), with what bound the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import http.client
+import json
+import math
+import os
+import re
+import resource
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+if __package__ in (None, ""):  # `python benchmarks/million.py`: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import servers
+from benchmarks.memory import meminfo, slab_caches, tcp_sockstat, tree_memory
+from benchmarks.servers import REPO_ROOT, CpuSampler, core_busy, machine, port_accepts, stop_process, wait_until
+
+RESULTS = REPO_ROOT / "benchmarks" / "results"
+FD_LIMIT_NOTE = (
+    "the open-files hard limit here is 20 000 per process and cannot be raised, so the server runs "
+    "--workers W with at most 19 000 connections each and the load generator --procs P with at most "
+    "18 999 each; on a real node one worker per core holds them all once `ulimit -n` (LimitNOFILE) "
+    "and fs.nr_open are raised above the connections per worker"
+)
+# millionws's supervisor waits with select.select() on its signal pipe. With the worker mesh (one Unix
+# socketpair per pair of workers, both ends kept by the supervisor: W * (W - 1) descriptors, 2 970 for
+# 55 workers) that pipe's descriptor is above 1023, and select() refuses it (FD_SETSIZE): "ValueError:
+# filedescriptor out of range in select()", the server exits before any worker serves. This harness may
+# not change millionws/, so --patch-supervisor-poll applies the smallest fix to the *snapshot* the run
+# uses (the same wait with select.poll, which has no such limit) and records it in the result.
+SUPERVISOR_SELECT = "select.select([r], [], [], self._timeout())"
+SUPERVISOR_POLL = "(lambda p: (p.register(r, select.POLLIN), p.poll(self._timeout() * 1000)))(select.poll())"
+KERNEL_PER_PAIR = 10_500  # bytes of slab per loopback connection pair (both ends), measured at 10^4..10^5
+USER_PER_CONN = 1_500  # server + load generator user space per connection, with margin
+
+
+def log(msg: str) -> None:
+    print(f"[million] {time.strftime('%H:%M:%S')} {msg}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------ sysctl
+def sysctl_path(name: str) -> Path:
+    return Path("/proc/sys") / name.replace(".", "/")
+
+
+def sysctl_get(name: str) -> str | None:
+    try:
+        return " ".join(sysctl_path(name).read_text().split())
+    except OSError:
+        return None
+
+
+def sysctl_set(name: str, value: str) -> bool:
+    try:
+        sysctl_path(name).write_text(value)
+        return True
+    except OSError as exc:
+        log(f"cannot set {name}={value}: {exc}")
+        return False
+
+
+def kernel_settings(n: int, sources: int) -> list[tuple[str, str, str]]:
+    """(name, value needed, why) for n connections from `sources` source addresses.
+
+    For ip_local_port_range the value is a range whose *width* is what counts: each source address
+    must keep its share of the connections under half its ephemeral ports (connect() slows down as
+    a range fills), so the range is widened to 1024-65535 only when the current one is too narrow.
+    """
+    ports_needed = 2 * math.ceil(n / max(1, sources))
+    return [
+        ("fs.file-max", str(2 * n + 500_000), "open files of the whole machine: both ends of every connection"),
+        ("net.core.somaxconn", "4096", "accept queue per worker during the ramp"),
+        ("net.ipv4.tcp_max_syn_backlog", "8192", "SYN queue during the ramp"),
+        ("net.core.netdev_max_backlog", "16384", "loopback packets queued per CPU: bursts drop SYNs at 1000"),
+        (
+            "net.ipv4.ip_local_port_range",
+            f"{max(1024, 65535 - ports_needed)} 65535",
+            f"ephemeral ports: {ports_needed} per source address wanted (twice its share of connections)",
+        ),
+    ]
+
+
+def needs_raise(name: str, current: str | None, wanted: str) -> bool:
+    if current is None:
+        return False
+    if name == "net.ipv4.ip_local_port_range":
+        cur_lo, cur_hi = (int(x) for x in current.split())
+        want_lo, want_hi = (int(x) for x in wanted.split())
+        return cur_hi - cur_lo < want_hi - want_lo
+    return int(current.split()[0]) < int(wanted.split()[0])
+
+
+def value_to_set(name: str, wanted: str) -> str:
+    return "1024 65535" if name == "net.ipv4.ip_local_port_range" else wanted
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes] | None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        conn.close()
+
+
+def stats(port: int) -> dict[str, Any] | None:
+    got = http_get(port, "/stats")
+    if not got or got[0] != 200:
+        return None
+    try:
+        return json.loads(got[1])
+    except json.JSONDecodeError:
+        return None
+
+
+def metrics_sum(port: int, timeout: float = 30.0) -> dict[str, float] | None:
+    """Prometheus text of /metrics summed over workers: {'name{label="x"}': value} without the worker label."""
+    got = http_get(port, "/metrics", timeout)
+    if not got or got[0] != 200:
+        return None
+    out: dict[str, float] = {}
+    for line in got[1].decode().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.rpartition(" ")
+        key = re.sub(r'worker="\d+",?', "", key).replace("{}", "").replace(",}", "}")
+        try:
+            out[key] = out.get(key, 0.0) + float(value)
+        except ValueError:
+            continue
+    return out
+
+
+def kernel_snapshot() -> dict[str, Any]:
+    info = meminfo()
+    caches = slab_caches()
+    snap: dict[str, Any] = {
+        "mem_available": info.get("MemAvailable", 0),
+        "mem_free": info.get("MemFree", 0),
+        "slab": info.get("Slab", 0),
+        "sunreclaim": info.get("SUnreclaim", 0),
+        "slab_sockets": sum(caches.values()),
+        "slab_caches": caches,
+        "anon_pages": info.get("AnonPages", 0),
+        "page_tables": info.get("PageTables", 0),
+        "nf_conntrack_count": int(sysctl_get("net.netfilter.nf_conntrack_count") or 0),
+        "file_nr": sysctl_get("fs.file-nr"),
+    }
+    snap.update(tcp_sockstat())
+    return snap
+
+
+def softnet_dropped() -> int:
+    """Packets dropped because a CPU's backlog was full (/proc/net/softnet_stat, 2nd column, all CPUs)."""
+    total = 0
+    for line in Path("/proc/net/softnet_stat").read_text().splitlines():
+        fields = line.split()
+        if len(fields) > 1:
+            total += int(fields[1], 16)
+    return total
+
+
+def session_pids(sid: int) -> list[int]:
+    out = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getsid(proc.pid) == sid:
+                out.append(proc.pid)
+        except (ProcessLookupError, PermissionError):
+            continue
+    return out
+
+
+# ------------------------------------------------------------------------------------------ the run
+class Run:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.t0 = time.time()
+        self.deadline = time.monotonic() + args.time_limit
+        self.samples: list[dict[str, Any]] = []
+        self.established = 0  # from the load generator's progress lines
+        self.failed = 0
+        self.phase = "start"
+        self.stop_sampling = threading.Event()
+        self.server: subprocess.Popen | None = None
+        self.loadgen: subprocess.Popen | None = None
+        self.cpu: CpuSampler | None = None
+        self.events: list[tuple[float, str]] = []
+        self.report: dict[str, Any] = {}
+        self.patches: list[dict[str, Any]] = []
+        self.result: dict[str, Any] = {}
+        self.workdir = Path(args.workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+
+    def mark(self, what: str) -> None:
+        self.events.append((round(time.time() - self.t0, 2), what))
+        self.phase = what
+        log(what)
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    # -- sampling -----------------------------------------------------------------------------
+    def read_loadgen_stderr(self, stream: Any) -> None:
+        pattern = re.compile(r"established (\d+) failed (\d+)")
+        with (self.workdir / "loadgen.log").open("w") as out:
+            for line in stream:
+                out.write(line)
+                m = pattern.search(line)
+                if m:
+                    self.established, self.failed = int(m.group(1)), int(m.group(2))
+
+    def sample_loop(self) -> None:
+        next_stats = next_partial = 0.0
+        prev_t, prev_busy = time.time(), core_busy()
+        while not self.stop_sampling.is_set():
+            now = time.time()
+            busy = core_busy()
+            cores = [
+                round(100 * (busy[c] - prev_busy.get(c, busy[c])) / (now - prev_t), 1) if now > prev_t else None
+                for c in sorted(busy, key=lambda c: int(c[4:]))
+            ]
+            cpu = self.cpu
+            shares = {name: cpu.percent(name, prev_t, now) for name in ("server", "loadgen")} if cpu is not None else {}
+            prev_t, prev_busy = now, busy
+            k = kernel_snapshot()
+            sample: dict[str, Any] = {
+                "t": round(now - self.t0, 2),
+                "phase": self.phase,
+                "loadgen_established": self.established,
+                "loadgen_failed": self.failed,
+                "tcp_inuse": k.get("tcp_inuse"),
+                "tcp_mem_pages": k.get("tcp_mem"),
+                "mem_available": k["mem_available"],
+                "slab": k["slab"],
+                "softnet_dropped": softnet_dropped(),
+                "loadavg": os.getloadavg()[0],
+                "core_busy_pct": cores,
+                "server_cpu_pct": shares.get("server"),
+                "loadgen_cpu_pct": shares.get("loadgen"),
+            }
+            # /stats walks every worker's descriptor table: every 10 s, and never inside the idle window
+            if self.phase != "idle-window" and now >= next_stats and self.server is not None:
+                next_stats = now + 10.0
+                s = stats(self.args.port)
+                if s:
+                    per_worker = [w["connections"] for w in s["workers"]]
+                    sample["server_connections"] = s["total"]["connections"]
+                    sample["server_max_per_worker"] = max(per_worker) if per_worker else 0
+            self.samples.append(sample)
+            if now >= next_partial:
+                next_partial = now + 15.0
+                self.write_partial()
+            self.stop_sampling.wait(2.0)
+
+    def write_partial(self) -> None:
+        """The result so far, so that even a run killed outright leaves its ramp behind."""
+        partial = {**self.result, "partial": True, "samples": list(self.samples), "events": list(self.events)}
+        tmp = self.args.out.with_name(self.args.out.name + ".tmp")
+        try:
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(partial, indent=1, default=str) + "\n")
+            os.replace(tmp, self.args.out)
+        except (OSError, TypeError, ValueError) as exc:
+            log(f"could not write the partial result: {exc}")
+
+    # -- steps ----------------------------------------------------------------------------------
+    def preflight(self) -> dict[str, Any]:
+        args = self.args
+        n = args.connections
+        b0, t0 = core_busy(), time.time()
+        time.sleep(3.0)
+        b1, t1 = core_busy(), time.time()
+        busy = round(100 * sum(b1[c] - b0[c] for c in b1) / (t1 - t0) / max(1, len(b1)), 1)
+        info = meminfo()
+        need = n * (KERNEL_PER_PAIR + USER_PER_CONN)
+        per_worker = n / args.workers
+        per_proc = n / args.procs
+        pre = {
+            "loadavg": [round(x, 2) for x in os.getloadavg()],
+            "cpu_busy_pct_before": busy,
+            "mem_available": info.get("MemAvailable", 0),
+            "memory_estimate": need,
+            "connections_per_worker": round(per_worker),
+            "connections_per_loadgen_proc": round(per_proc),
+            "nofile_limit": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
+        }
+        problems = []
+        if per_worker > 19_000:
+            problems.append(f"{per_worker:.0f} connections per worker > 19 000: raise --workers")
+        if per_proc > 18_999:
+            problems.append(f"{per_proc:.0f} connections per load generator process > 18 999: raise --procs")
+        if info.get("MemAvailable", 0) < need:
+            problems.append(
+                f"MemAvailable {info.get('MemAvailable', 0) / 2**30:.1f} GiB < estimate {need / 2**30:.1f} GiB"
+            )
+        if busy > args.max_busy:
+            problems.append(f"the CPUs are {busy} % busy (> {args.max_busy}): another heavy run is going on")
+        if port_accepts("127.0.0.1", args.port):
+            problems.append(f"port {args.port} is in use")
+        pre["problems"] = problems
+        log(f"preflight: {json.dumps(pre)}")
+        return pre
+
+    def apply_sysctls(self) -> list[dict[str, Any]]:
+        n, sources = self.args.connections, len(self.sources())
+        out = []
+        for name, wanted, why in kernel_settings(n, sources):
+            current = sysctl_get(name)
+            entry: dict[str, Any] = {"name": name, "found": current, "needed": wanted, "why": why, "set": False}
+            if needs_raise(name, current, wanted) and not self.args.no_sysctl:
+                value = value_to_set(name, wanted)
+                entry["set"] = sysctl_set(name, value)
+                if entry["set"]:
+                    log(f"sysctl -w {name}='{value}' (was {current}): {why}")
+            entry["now"] = sysctl_get(name)
+            out.append(entry)
+        for name in (
+            "net.netfilter.nf_conntrack_max",
+            "net.ipv4.tcp_mem",
+            "fs.nr_open",
+            "fs.epoll.max_user_watches",
+            "net.ipv4.tcp_max_orphans",
+            "net.ipv4.tcp_max_tw_buckets",
+        ):
+            out.append({"name": name, "found": sysctl_get(name), "set": False, "now": sysctl_get(name)})
+        return out
+
+    def restore_sysctls(self, settings: list[dict[str, Any]]) -> None:
+        for entry in settings:
+            if entry.get("set") and entry["found"] is not None:
+                if sysctl_set(entry["name"], entry["found"]):
+                    entry["restored"] = True
+                    log(f"restored {entry['name']}={entry['found']}")
+
+    def sources(self) -> list[str]:
+        from benchmarks.loadgen.cli import parse_sources
+
+        return parse_sources(self.args.sources)
+
+    def server_cmd(self) -> list[str]:
+        a = self.args
+        return [
+            sys.executable,
+            "-m",
+            "millionws",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(a.port),
+            "--workers",
+            str(a.workers),
+            "--ping-interval",
+            str(a.ping_interval),
+            "--ping-timeout",
+            str(a.ping_timeout),
+            "--handshake-timeout",
+            "30",
+            "--log-level",
+            "warning",
+        ]
+
+    def loadgen_cmd(self, ready: Path, report: Path) -> list[str]:
+        a = self.args
+        return [
+            sys.executable,
+            "-m",
+            "benchmarks.loadgen",
+            "idle",
+            "--url",
+            f"ws://127.0.0.1:{a.port}/echo",
+            "--connections",
+            str(a.connections),
+            "--procs",
+            str(a.procs),
+            "--sources",
+            a.sources,
+            "--rate",
+            str(a.rate),
+            "--max-pending",
+            str(a.max_pending),
+            "--connect-timeout",
+            "30",
+            "--hold",
+            str(a.hold_cap),
+            "--ready-file",
+            str(ready),
+            "--verify-ping",
+            "--verify-timeout",
+            str(a.verify_timeout),
+            "--close-timeout",
+            str(a.close_timeout),
+            "--duration",
+            str(max(60, int(self.remaining() - 60))),
+            "--json-out",
+            str(report),
+        ]
+
+    def start_server(self) -> dict[str, Any]:
+        cmd = self.server_cmd()
+        log(f"$ {shlex.join(cmd)}")
+        with (self.workdir / "server.log").open("wb") as out:
+            self.server = subprocess.Popen(
+                cmd,
+                cwd=servers.SERVER_CWD,  # a snapshot of millionws/ (see main)
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        ok = wait_until(lambda: self.server.poll() is not None or port_accepts("127.0.0.1", self.args.port), 60)
+        if not ok or self.server.poll() is not None:
+            raise RuntimeError(f"server did not start: see {self.workdir / 'server.log'}")
+
+        def all_workers() -> bool:
+            if self.server.poll() is not None:
+                raise RuntimeError(f"server exited with {self.server.returncode}: see server_log_tail")
+            s = stats(self.args.port)
+            return bool(s) and sum(1 for w in s["workers"] if w["pid"]) == self.args.workers
+
+        if not wait_until(all_workers, 60, 0.5):
+            raise RuntimeError("not every worker came up")
+        return {"command": shlex.join(cmd), "pid": self.server.pid}
+
+    def memory_reading(self) -> dict[str, Any]:
+        assert self.server is not None
+        reading: dict[str, Any] = {"t": round(time.time() - self.t0, 2)}
+        reading["server"] = tree_memory(self.server.pid)
+        if self.loadgen is not None and self.loadgen.poll() is None:
+            reading["loadgen"] = tree_memory(self.loadgen.pid)
+        reading["kernel"] = kernel_snapshot()
+        return reading
+
+    def run(self) -> dict[str, Any]:
+        args = self.args
+        result: dict[str, Any] = {
+            "scenario": "million",
+            "command": shlex.join([sys.executable, "-m", "benchmarks.million", *args.argv]),
+            "machine": machine(),
+            "fd_limit_note": FD_LIMIT_NOTE,
+            "code_patches": self.patches,
+            "settings": {
+                "connections": args.connections,
+                "workers": args.workers,
+                "loadgen_procs": args.procs,
+                "sources": args.sources,
+                "source_count": len(self.sources()),
+                "rate": args.rate,
+                "max_pending_per_proc": args.max_pending,
+                "ping_interval": args.ping_interval,
+                "ping_timeout": args.ping_timeout,
+                "idle_window_s": args.idle_window,
+                "time_limit_s": args.time_limit,
+            },
+        }
+        self.result = result
+        pre = result["preflight"] = self.preflight()
+        if pre["problems"] and not args.force:
+            result["ok"] = False
+            result["error"] = "preflight: " + "; ".join(pre["problems"])
+            return result
+        settings = result["sysctl"] = self.apply_sysctls()
+        report_path = self.workdir / "loadgen.json"
+        report_path.unlink(missing_ok=True)
+        sampler = threading.Thread(target=self.sample_loop, daemon=True)
+        try:
+            self.mark("server-start")
+            result["server"] = self.start_server()
+            time.sleep(2)
+            baseline = self.memory_reading()
+            result["memory_before"] = baseline
+            drops_before = softnet_dropped()
+
+            ready = self.workdir / "ready.json"
+            for p in (ready, Path(str(ready) + ".done")):
+                p.unlink(missing_ok=True)
+            cmd = self.loadgen_cmd(ready, report_path)
+            result["loadgen_command"] = shlex.join(cmd)
+            log(f"$ {shlex.join(cmd)}")
+            self.mark("ramp")
+            t_ramp = time.time()
+            self.loadgen = subprocess.Popen(
+                cmd,
+                cwd=REPO_ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+            threading.Thread(target=self.read_loadgen_stderr, args=(self.loadgen.stderr,), daemon=True).start()
+            self.cpu = CpuSampler({"server": self.server.pid, "loadgen": self.loadgen.pid}, interval=2.0)
+            self.cpu.__enter__()
+            sampler.start()
+
+            # what must fit after the ramp: idle window, hold to the last ping, verify + close, cleanup
+            reserve = args.idle_window + args.ping_interval + args.ping_margin + 150
+            budget = max(60.0, self.remaining() - reserve)
+            if not wait_until(lambda: ready.exists() or self.loadgen.poll() is not None, budget, 1.0):
+                self.mark("ramp-timeout")
+                result["error"] = f"not all connections settled within {budget:.0f} s"
+            if ready.exists():
+                info = json.loads(ready.read_text())
+                t_ready = time.time()
+                self.mark(f"all settled: established {info['established']} failed {info['failed']}")
+                result["ramp"] = {
+                    "established": info["established"],
+                    "failed": info["failed"],
+                    "seconds": round(t_ready - t_ramp, 1),
+                    "rate_per_s": round(info["established"] / (t_ready - t_ramp), 1),
+                    "cpu_server_pct": self.cpu.percent("server", t_ramp, t_ready),
+                    "cpu_loadgen_pct": self.cpu.percent("loadgen", t_ramp, t_ready),
+                    "core_busy_pct": [
+                        self.cpu.percent(f"core{i}", t_ramp, t_ready) for i in range(os.cpu_count() or 1)
+                    ],
+                    "softnet_dropped": softnet_dropped() - drops_before,
+                }
+                time.sleep(5)
+                self.mark("memory-reading")
+                held = self.memory_reading()
+                result["memory_held"] = held
+                result["memory_per_conn"] = self.per_conn(baseline, held, info["established"])
+                log(f"memory per connection: {json.dumps(result['memory_per_conn'])}")
+                s = stats(args.port)
+                if s:
+                    result["server_stats_held"] = {
+                        "connections": s["total"]["connections"],
+                        "per_worker_max": max(w["connections"] for w in s["workers"]),
+                        "per_worker_min": min(w["connections"] for w in s["workers"]),
+                        "fds_max": max((w["fds"] or 0) for w in s["workers"]),
+                    }
+                    log(f"server: {json.dumps(result['server_stats_held'])}")
+                # CPU while idle: nothing but the server's keepalive pings and the answers to them.
+                self.mark("idle-window")
+                t_idle = time.time()
+                time.sleep(args.idle_window)
+                t_idle_end = time.time()
+                self.phase = "hold"
+                result["idle_cpu"] = {
+                    "window_s": round(t_idle_end - t_idle, 1),
+                    "ping_interval_s": args.ping_interval,
+                    "pings_per_s_expected": round(info["established"] / args.ping_interval, 1),
+                    "server_pct_of_one_core": self.cpu.percent("server", t_idle, t_idle_end),
+                    "loadgen_pct_of_one_core": self.cpu.percent("loadgen", t_idle, t_idle_end),
+                    "core_busy_pct": [
+                        self.cpu.percent(f"core{i}", t_idle, t_idle_end) for i in range(os.cpu_count() or 1)
+                    ],
+                }
+                log(f"idle CPU: {json.dumps(result['idle_cpu'])}")
+                # Every connection must have had the time to be pinged (and to time out if it did not answer).
+                last_open = t_ready
+                wait_more = last_open + args.ping_interval + args.ping_margin - time.time()
+                if wait_more > 0:
+                    self.mark(f"hold {wait_more:.0f} s more so every connection is pinged")
+                    time.sleep(wait_more)
+                result["metrics_end_of_hold"] = self.pick_metrics()
+                log(f"metrics: {json.dumps(result['metrics_end_of_hold'])}")
+                self.mark("verify-and-close")
+                Path(str(ready) + ".done").touch()
+            wait_until(lambda: self.loadgen.poll() is not None, max(30.0, self.remaining() - 90), 1.0)
+            self.mark("loadgen-finished" if self.loadgen.poll() is not None else "loadgen-timeout")
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM, or `timeout --signal=INT` of just bench-million
+            self.mark("interrupted")
+            result["error"] = "interrupted before the end (time limit or signal)"
+        except (RuntimeError, OSError, ValueError) as exc:
+            self.mark(f"failed: {exc}")
+            result["error"] = str(exc)
+            log_path = self.workdir / "server.log"
+            if log_path.exists():
+                result["server_log_tail"] = log_path.read_text(errors="replace")[-3000:]
+        finally:
+            self.stop_sampling.set()
+            if self.cpu is not None:
+                self.cpu.__exit__(None, None, None)
+            result["cleanup"] = self.cleanup()
+            self.restore_sysctls(settings)
+        if self.loadgen is not None and report_path.exists():
+            result["loadgen_report"] = json.loads(report_path.read_text())
+        result["samples"] = self.samples
+        result["events"] = self.events
+        result["verdict"] = self.verdict(result)
+        result["ok"] = result["verdict"]["ok"]
+        return result
+
+    def pick_metrics(self) -> dict[str, Any] | None:
+        m = metrics_sum(self.args.port)
+        if m is None:
+            return None
+        keep = {}
+        for key, value in m.items():
+            if (
+                key.startswith(
+                    (
+                        "millionws_connections_active",
+                        "millionws_disconnections_total",
+                        "millionws_handshake_failures_total",
+                        "millionws_connections_accepted_total",
+                        "millionws_accept_errors_total",
+                        "millionws_worker_restarts_total",
+                    )
+                )
+                and value
+            ):
+                keep[key] = value
+        return keep
+
+    @staticmethod
+    def per_conn(before: dict[str, Any], after: dict[str, Any], n: int) -> dict[str, Any]:
+        if not n:
+            return {}
+        s0, s1, k0, k1 = before["server"], after["server"], before["kernel"], after["kernel"]
+        out = {
+            "server_pss": round((s1["pss"] - s0["pss"]) / n, 1),
+            "server_pss_anon": round((s1["pss_anon"] - s0["pss_anon"]) / n, 1),
+            "server_rss": round((s1["rss"] - s0["rss"]) / n, 1),
+            "server_uss": round((s1["uss"] - s0["uss"]) / n, 1),
+            "kernel_slab_per_pair": round((k1["slab"] - k0["slab"]) / n, 1),
+            "kernel_sunreclaim_per_pair": round((k1["sunreclaim"] - k0["sunreclaim"]) / n, 1),
+            "kernel_slab_sockets_per_pair": round((k1["slab_sockets"] - k0["slab_sockets"]) / n, 1),
+            "kernel_slab_caches_per_pair": {
+                name: round((k1["slab_caches"].get(name, 0) - k0["slab_caches"].get(name, 0)) / n, 1)
+                for name in k1["slab_caches"]
+            },
+            "machine_used_per_pair": round((k0["mem_available"] - k1["mem_available"]) / n, 1),
+        }
+        if "loadgen" in after:
+            out["loadgen_pss"] = round(after["loadgen"]["pss"] / n, 1)
+        out["totals_gib"] = {
+            "server_pss": round(s1["pss"] / 2**30, 3),
+            "server_rss": round(s1["rss"] / 2**30, 3),
+            "loadgen_pss": round(after.get("loadgen", {}).get("pss", 0) / 2**30, 3),
+            "slab": round(k1["slab"] / 2**30, 3),
+            "machine_used": round((k0["mem_available"] - k1["mem_available"]) / 2**30, 3),
+            "mem_available_left": round(k1["mem_available"] / 2**30, 3),
+        }
+        return out
+
+    def cleanup(self) -> dict[str, Any]:
+        """Stop the load generator and the server and make sure nothing of either session is left.
+
+        Bounded (about 2 minutes at worst) and deaf to further Ctrl-C / SIGTERM, so that a second signal
+        cannot leave two million sockets' worth of processes behind.
+        """
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        self.mark("cleanup")
+        out: dict[str, Any] = {}
+        for name, proc, timeout in (("loadgen", self.loadgen, 45.0), ("server", self.server, 30.0)):
+            if proc is None:
+                continue
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    stop_process(proc, 1)
+            stop_process(proc, 5)
+            left = wait_until(lambda p=proc: not session_pids(p.pid), 15, 0.5)
+            out[name] = {"exit": proc.returncode, "session_empty": left}
+            if not left:
+                for pid in session_pids(proc.pid):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                out[name]["killed_leftovers"] = True
+        # the kernel takes a while to free two million sockets
+        wait_until(lambda: (tcp_sockstat().get("tcp_inuse") or 0) < 50_000, 30, 1.0)
+        out["tcp_after"] = tcp_sockstat()
+        out["mem_available_after"] = meminfo().get("MemAvailable", 0)
+        self.mark("cleaned up")
+        return out
+
+    def verdict(self, result: dict[str, Any]) -> dict[str, Any]:
+        """Did a million connections hold, and what bound the run."""
+        n = self.args.connections
+        rep = result.get("loadgen_report") or {}
+        idle = rep.get("idle", {})
+        pinged = idle.get("server_pinged", {})
+        verify = idle.get("verify", {})
+        metrics = result.get("metrics_end_of_hold") or {}
+        timeouts = sum(
+            v for k, v in metrics.items() if k.startswith("millionws_disconnections_total") and 'reason="timeout"' in k
+        )
+        active = metrics.get("millionws_connections_active")
+        checks = {
+            "all_established": rep.get("connections", {}).get("established") == n,
+            "no_failure": bool(rep) and not rep.get("failures"),
+            "no_drop": bool(rep) and not rep.get("drops"),
+            "server_active_at_end_of_hold": active == n,
+            "every_connection_answered_a_server_ping": pinged.get("connections_pinged") == n
+            and pinged.get("open_at_stop") == n,
+            "no_keepalive_timeout_on_server": timeouts == 0 and bool(metrics),
+            "every_connection_answered_our_ping": verify.get("pongs") == n and verify.get("missing") == 0,
+            "cleanup_complete": all(
+                v.get("session_empty", False)
+                for k, v in result.get("cleanup", {}).items()
+                if isinstance(v, dict) and "session_empty" in v
+            ),
+        }
+        bound: list[str] = []
+        ramp = result.get("ramp") or {}
+        cores = ramp.get("core_busy_pct") or []
+        if cores and None not in cores:
+            busy = "/".join(f"{c:.0f}" for c in cores)
+            limit = (
+                "CPU (both cores saturated)"
+                if min(cores) >= 90
+                else f"the pacing (--rate {self.args.rate:g} over all load generator processes), CPU not saturated"
+            )
+            bound.append(
+                f"ramp speed: {limit}: {ramp.get('rate_per_s')} connections/s with cores {busy} % busy (server "
+                f"{ramp.get('cpu_server_pct')} %, load generator {ramp.get('cpu_loadgen_pct')} % of one core; the "
+                "rest is kernel TCP work of both ends and other tenants)"
+            )
+        mem = result.get("memory_per_conn", {}).get("totals_gib", {})
+        if mem:
+            bound.append(
+                f"memory: {mem.get('machine_used')} GiB used by the run, {mem.get('mem_available_left')} GiB still "
+                f"available; slab {mem.get('slab')} GiB (both ends of every loopback connection), server PSS "
+                f"{mem.get('server_pss')} GiB, load generator PSS {mem.get('loadgen_pss')} GiB"
+            )
+        held = result.get("server_stats_held") or {}
+        if held:
+            bound.append(
+                f"descriptors: at most {held.get('per_worker_max')} connections ({held.get('fds_max')} fds) in one "
+                f"worker against the 20 000 open-files limit per process: that limit is why there are "
+                f"{self.args.workers} workers"
+            )
+        return {"ok": all(checks.values()), "checks": checks, "bound": bound}
+
+
+def patch_snapshot(root: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Apply the opt-in patches to the snapshot of millionws/ (never to the checkout); say what was done."""
+    patches: list[dict[str, Any]] = []
+    supervisor = root / "millionws" / "supervisor.py"
+    text = supervisor.read_text()
+    needed = SUPERVISOR_SELECT in text and args.workers * (args.workers - 1) > 900
+    entry: dict[str, Any] = {
+        "name": "supervisor: select.select -> select.poll",
+        "why": "the supervisor's signal pipe is fd > 1023 once the worker mesh holds W*(W-1) descriptors "
+        f"({args.workers * (args.workers - 1)} here); select() refuses it and the server exits at start",
+        "needed": needed,
+        "applied": False,
+    }
+    if needed and args.patch_supervisor_poll:
+        supervisor.write_text(text.replace(SUPERVISOR_SELECT, SUPERVISOR_POLL))
+        entry["applied"] = True
+        log(f"patched the snapshot: {entry['name']} ({entry['why']})")
+    elif needed:
+        log(f"warning: {entry['why']}; --patch-supervisor-poll works around it in the snapshot")
+    patches.append(entry)
+    return patches
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib missing: no plot")
+        return
+    samples = result.get("samples") or []
+    if not samples:
+        return
+    t = [s["t"] for s in samples]
+    fig, (ax1, ax2, ax4) = plt.subplots(3, 1, figsize=(10, 9), sharex=True, height_ratios=(3, 2, 1.4))
+    ax1.plot(t, [s["loadgen_established"] for s in samples], label="established (load generator, while opening)")
+    ax1.plot(t, [((s["tcp_inuse"] or 0) / 2) for s in samples], label="TCP sockets in use / 2", alpha=0.7)
+    st = [(s["t"], s["server_connections"]) for s in samples if "server_connections" in s]
+    if st:
+        ax1.plot([x for x, _ in st], [y for _, y in st], "o", ms=3, label="open WebSockets (server /stats)")
+    ax1.set_ylabel("connections")
+    ax1.set_title(
+        f"{result['settings']['connections']:,} idle WebSockets: ramp and hold "
+        f"({result['settings']['workers']} workers, {result['settings']['loadgen_procs']} load generator "
+        f"processes, server pings every {result['settings']['ping_interval']:g} s)",
+        fontsize=10,
+    )
+    for when, what in result.get("events", []):
+        if what.startswith(("ramp", "idle-window", "verify", "cleanup")):
+            ax1.axvline(when, color="grey", ls=":", lw=0.8)
+            ax1.text(when, ax1.get_ylim()[1] * 0.02, what.split(":")[0], rotation=90, fontsize=7, color="grey")
+    ax1.legend(fontsize=8)
+    mem_total = result["machine"]["mem_total_bytes"]
+    ax2.plot(t, [(mem_total - s["mem_available"]) / 2**30 for s in samples], label="memory used (GiB)")
+    ax2.plot(t, [s["slab"] / 2**30 for s in samples], label="kernel slab (GiB)")
+    ax2.set_ylabel("GiB")
+    ax2.legend(loc="upper left", fontsize=8)
+    ncores = len(samples[-1].get("core_busy_pct") or [])
+    for i in range(ncores):
+        ax4.plot(t, [(s.get("core_busy_pct") or [None] * ncores)[i] for s in samples], label=f"core {i} busy %")
+    ax4.set_ylim(0, 105)
+    ax4.set_ylabel("CPU %")
+    ax4.set_xlabel("seconds since start")
+    ax4.legend(loc="upper left", fontsize=8)
+    m = result["machine"]
+    fig.text(
+        0.01,
+        0.01,
+        f"{m['cpus']} x {m['cpu_model']}, {m['mem_total_bytes'] / 2**30:.0f} GiB, Linux "
+        f"{m['kernel']}, Python {m['python']}, commit {m['git_commit'][:10]}, {m['date']}",
+        fontsize=6,
+        color="grey",
+    )
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    log(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.million", description=__doc__.splitlines()[0])
+    parser.add_argument("--connections", type=int, default=1_000_000)
+    parser.add_argument("--workers", type=int, default=55, help="server workers (<= 19 000 connections each)")
+    parser.add_argument("--procs", type=int, default=0, help="load generator processes (default ceil(N / 18 000))")
+    parser.add_argument("--sources", default="127.0.0.2-127.0.0.201", help="loopback source addresses")
+    parser.add_argument("--rate", type=float, default=6000.0, help="new connections per second (0 = unpaced)")
+    parser.add_argument("--max-pending", type=int, default=64, help="handshakes in flight per load generator process")
+    parser.add_argument("--ping-interval", type=float, default=30.0, help="server keepalive ping interval (s)")
+    parser.add_argument(
+        "--ping-margin",
+        type=float,
+        default=25.0,
+        help="hold this long beyond one ping interval after the last connection opened",
+    )
+    parser.add_argument("--idle-window", type=float, default=60.0, help="seconds of CPU measurement while idle")
+    parser.add_argument("--verify-timeout", type=float, default=120.0)
+    parser.add_argument("--close-timeout", type=float, default=90.0)
+    parser.add_argument(
+        "--ping-timeout",
+        type=float,
+        default=None,
+        help="server's pong deadline (default 20 s, or the interval if shorter: the ping period is the larger)",
+    )
+    parser.add_argument(
+        "--time-limit", type=float, default=17 * 60, help="the run before cleanup (<= 2 min more), seconds"
+    )
+    parser.add_argument("--port", type=int, default=18900)
+    parser.add_argument(
+        "--max-busy", type=float, default=50.0, help="refuse to start if the CPUs are busier than this (%%, over 3 s)"
+    )
+    parser.add_argument("--force", action="store_true", help="start despite preflight problems")
+    parser.add_argument("--no-sysctl", action="store_true", help="only check kernel settings, never set them")
+    parser.add_argument(
+        "--patch-supervisor-poll",
+        action="store_true",
+        help="run a snapshot whose supervisor waits with poll() instead of select() (see SUPERVISOR_SELECT)",
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS / "million.json")
+    parser.add_argument("--workdir", default="/tmp/millionws-million")
+    args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if not args.procs:
+        args.procs = math.ceil(args.connections / 18_000)
+    if args.ping_timeout is None:
+        args.ping_timeout = min(20.0, args.ping_interval) if args.ping_interval > 0 else 20.0
+    # the load generator's own hold only bounds it: this driver ends the hold through READY.done
+    args.hold_cap = int(args.time_limit)
+    run = Run(args)
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    snapshot = servers.use_snapshot()
+    log(f"the server runs a snapshot of millionws/ taken now: {snapshot}")
+    run.patches = patch_snapshot(snapshot, args)
+    try:
+        result = run.run()
+    finally:
+        servers.remove_snapshot()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    log(f"wrote {args.out}")
+    plot(result, args.out.with_suffix(".png"))
+    verdict = result.get("verdict", {})
+    for name, passed in verdict.get("checks", {}).items():
+        log(f"{'PASS' if passed else 'FAIL'} {name}")
+    for line in verdict.get("bound", []):
+        log(f"bound: {line}")
+    if result.get("error"):
+        log(f"error: {result['error']}")
+    return 0 if result.get("ok") else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
