@@ -35,7 +35,7 @@ import h11
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from . import http, metrics
-from .auth import AuthError, Identity, Verifier, extract_token
+from .auth import AuthError, Identity, Verifier, bearer, extract_token
 from .channels import ChannelError, Hub, user_channel, valid_channel
 from .config import Config
 from .http import HttpError
@@ -358,8 +358,8 @@ class App:
                 raise HttpError(401, "backend endpoints need --backend-token when auth is on", http.HS_UNAUTHORIZED,
                                 (("WWW-Authenticate", "Bearer"),))
             return
-        scheme, _, credentials = (http.header(request, b"authorization") or b"").partition(b" ")
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(credentials.strip(), self.backend_token):
+        credentials = bearer(http.header(request, b"authorization"))
+        if credentials is None or not hmac.compare_digest(credentials, self.backend_token):
             raise HttpError(401, "backend credential missing or wrong", http.HS_UNAUTHORIZED,
                             (("WWW-Authenticate", "Bearer"),))
 

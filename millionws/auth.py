@@ -129,15 +129,20 @@ def identity_of(claims: dict[str, Any]) -> Identity:
     return Identity(sub, tuple(patterns), float(exp) if exp is not None else None)
 
 
+def bearer(value: bytes | None) -> bytes | None:
+    """The credentials of an ``Authorization: Bearer <credentials>`` value, else None."""
+    scheme, _, credentials = (value or b"").strip().partition(b" ")
+    credentials = credentials.strip()
+    return credentials if scheme.lower() == b"bearer" and credentials else None
+
+
 def extract_token(headers: list[tuple[bytes, bytes]], target: bytes) -> tuple[str | None, bool]:
     """(token or None, whether the client offered the plain ``millionws`` subprotocol)."""
     token: bytes | None = None
     offered = False
     for name, value in headers:
         if name == b"authorization" and token is None:
-            scheme, _, credentials = value.strip().partition(b" ")
-            if scheme.lower() == b"bearer" and credentials.strip():
-                token = credentials.strip()
+            token = bearer(value)
         elif name == b"sec-websocket-protocol":
             for proto in value.split(b","):
                 proto = proto.strip()

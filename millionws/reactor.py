@@ -159,10 +159,9 @@ class Reactor:
         while calls and calls[0][0] <= now:
             _, _, callback = heapq.heappop(calls)
             callback()
-        if self.wheel._ticks:
-            on_timer = self._on_timer
-            for record in self.wheel.expire(now):
-                on_timer(record)
+        on_timer = self._on_timer
+        for record in self.wheel.expire(now):  # returns at once when nothing is due
+            on_timer(record)
 
     # -- the loop ----------------------------------------------------------------------
     def run(self) -> None:

@@ -271,10 +271,9 @@ class Worker:
         """The message handler when per-connection rate limits are on: over a limit, close 1008."""
         now = monotonic()
         bucket = conn.bucket
-        if bucket is None:
-            conn.bucket = bucket = [0.0, now, 0.0, now]
-            bucket[0] = self.msg_rate.burst if self.msg_rate else 0.0
-            bucket[2] = self.byte_rate.burst if self.byte_rate else 0.0
+        if bucket is None:  # [message tokens, last refill, byte tokens, last refill]
+            conn.bucket = bucket = [self.msg_rate.burst if self.msg_rate else 0.0, now,
+                                    self.byte_rate.burst if self.byte_rate else 0.0, now]
         if self.msg_rate is not None and not self.msg_rate.take(bucket, now, 1.0, 0):
             kind = "rate_limited_messages"
         elif self.byte_rate is not None and not self.byte_rate.take(bucket, now, len(payload), 2):
