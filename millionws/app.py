@@ -13,32 +13,39 @@ path        method      answer
 ==========  ==========  ===================================================================
 /echo, /ws  GET+Upgrade WebSocket; every text and binary message back unchanged
 /pubsub     GET+Upgrade WebSocket; channels, JSON protocol of docs/protocol.md
-/publish/C  POST        body: one JSON document, published to channel C (202)
-/users/U/messages POST  body: one JSON document, to every connection of user U (202)
-/health     GET, HEAD   200 {"status":"ok",...}; 503 {"status":"draining"} while draining
+/publish/C  POST        body: one JSON document, published to channel C (200 once sequenced)
+/users/U/messages POST  body: one JSON document, to every connection of user U (200 once sequenced)
+/health     GET, HEAD   200 {"status":"ok",...}; 503 {"status":"draining"} while draining;
+                        ``?ready``: also 503 while the --bus broker is unreachable
 /metrics    GET, HEAD   Prometheus text exposition for every worker of the pod
 /stats      GET, HEAD   JSON snapshot: per worker and total
 ==========  ==========  ===================================================================
 
 The /pubsub operations are parsed here and carried out by :class:`channels.Hub`.
+Every byte a client sends is checked here, once, before the hub sees it: JSON through
+:mod:`jsonsafe` (depth, numbers, Unicode), ids and ``since`` values within 0 … 2^53-1,
+names against their alphabets.  A refusal is an error reply (or HTTP status) with a code,
+counted in ``millionws_input_refused_total{code}``.  A publish is answered only once its
+channel's sequencer numbered it (``seq`` in the answer), so acknowledged publishes keep
+their order; a publish the sequencer cannot take gets ``unavailable`` / 503.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Iterable
 from typing import Any, Protocol
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote_to_bytes
 
 import h11
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from . import http, metrics
+from . import http, jsonsafe, metrics
 from .auth import AuthError, Identity, Verifier, bearer, extract_token
-from .channels import ChannelError, Hub, user_channel, valid_channel
+from .channels import ChannelError, Hub, user_channel, valid_channel, valid_user
 from .config import Config
 from .http import HttpError
+from .jsonsafe import JsonError
 from .ratelimit import KeyedBuckets, Rate
 from .reactor import monotonic
 from .websocket import encode_frame
@@ -47,6 +54,7 @@ F = metrics.F
 _MSG_IN, _MSG_OUT = F["messages_in"], F["messages_out"]
 _RATE_PUBLISHES = F["rate_limited_publishes"]
 _AUTH_FAILED0 = F["auth_failed_missing"]
+_REFUSED = metrics.REFUSED
 _PROTOCOL_HEADER = b"Sec-WebSocket-Protocol: millionws\r\n\r\n"
 
 
@@ -65,6 +73,8 @@ class WorkerView(Protocol):
     def write(self, conn: Any, data: bytes) -> None: ...
 
     def fanout(self, conns: Iterable[Any], frame: bytes) -> int: ...
+
+    def answer(self, conn: Any, response: Any) -> None: ...
 
 
 class Echo:
@@ -85,32 +95,32 @@ class Echo:
         pass
 
 
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
+_ID_HELP = "id is an integer 0..2^53-1 or a string of at most 128 characters"
+_PUBLISH_ERRORS = {
+    "unavailable": "the channel's sequencer cannot be reached now (broker away): not published, retry later",
+    "publish_timeout": "the channel's sequencer did not confirm in time: the message may or may not be published",
+}
 
 
-def parse_json(raw: bytes | str) -> Any:
-    """Strict JSON (no NaN/Infinity, which subscribers' parsers would refuse)."""
-    return json.loads(raw, parse_constant=_reject_constant)
-
-
-def dump_json(document: Any) -> bytes:
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+def _valid_id(value: object) -> bool:
+    return jsonsafe.safe_int(value) or (type(value) is str and len(value) <= 128)
 
 
 class PubSub:
     """``/pubsub``: the JSON operations of docs/protocol.md.  Every refusal is an error reply."""
 
-    __slots__ = ("c", "hub", "publish_rate", "reactor")
+    __slots__ = ("c", "hub", "max_depth", "publish_rate", "reactor")
 
     def __init__(self, worker: WorkerView) -> None:
         cfg = worker.config
         self.c = worker.stats.c
         self.reactor = worker.reactor
+        self.max_depth = cfg.max_json_depth
         self.publish_rate = KeyedBuckets(Rate(cfg.rate_limit_publishes)) if cfg.rate_limit_publishes else None
         self.hub = Hub(worker.index, cfg.workers, worker.bus.send, worker.write, worker.fanout, worker.stats,
                        cfg.replay_seconds, cfg.replay_max_messages, cfg.max_channels_per_connection,
-                       cfg.max_subscribers_per_worker)
+                       cfg.max_subscribers_per_worker, cfg.publish_timeout, cfg.replay_timeout,
+                       worker.reactor.call_later)
         worker.bus.on_record = self.hub.on_record
         if cfg.bus:  # across nodes: millionws/broker.py
             self.hub.connect_bus(cfg.bus, worker.reactor)
@@ -121,51 +131,62 @@ class PubSub:
         self._sweep()
 
     def _sweep(self) -> None:
-        self.hub.sweep(monotonic())
+        now = monotonic()
+        self.hub.sweep(now)
+        if self.publish_rate is not None:
+            self.publish_rate.sweep(now)
         self.reactor.call_later(5.0, self._sweep)
 
     def _reply(self, conn: Any, document: dict[str, Any], request_id: Any = None) -> bytes:
         if request_id is not None:
             document["id"] = request_id
         self.c[_MSG_OUT] += 1
-        return encode_frame(1, dump_json(document))
+        return encode_frame(1, jsonsafe.dump(document))
 
-    def _error(self, conn: Any, code: str, message: str, request_id: Any = None, channel: str | None = None) -> None:
+    def _error(self, conn: Any, code: str, message: str, request_id: Any = None, channel: Any = None) -> None:
+        self.c[_REFUSED[code]] += 1
         document: dict[str, Any] = {"op": "error", "code": code, "message": message}
-        if channel is not None:
-            document["channel"] = channel
+        if type(channel) is str:  # checked Unicode (jsonsafe); cut so an error is never larger than its cause
+            document["channel"] = channel[:128]
         self.hub.write(conn, self._reply(conn, document, request_id))
 
-    def on_message(self, conn: Any, is_text: bool, payload: bytes, identity: Identity | None = None) -> None:
+    def on_message(self, conn: Any, is_text: bool, payload: bytes, session: Session | None = None) -> None:
         # Replies are written here, not returned: they must precede messages this request causes.
         self.c[_MSG_IN] += 1
         if not is_text:
             self._error(conn, "binary_not_supported", "binary frames are not accepted: send JSON text frames")
             return None
         try:
-            msg = parse_json(payload)
-        except ValueError as exc:
-            self._error(conn, "bad_json", f"not a JSON document: {exc}")
+            msg = jsonsafe.parse(payload, self.max_depth)
+        except JsonError as exc:
+            self._error(conn, exc.code, exc.message)
             return None
-        if not isinstance(msg, dict):
+        if type(msg) is not dict:
             self._error(conn, "bad_request", "a request is a JSON object with an \"op\"")
             return None
         request_id = msg.get("id")
+        if request_id is not None and not _valid_id(request_id):
+            self._error(conn, "bad_id", _ID_HELP)
+            return None
+        identity = session.identity if session is not None else None
+        user = user_channel(session.user) if session is not None and session.user is not None else None
         try:
             op = msg.get("op")
             if op == "subscribe":
+                channels = _channel_list(msg, user)
                 if identity is not None:
-                    for channel in _channel_list(msg):
-                        _authorize(identity, channel)
-                self.subscribe(conn, msg, request_id)
+                    for channel in channels:
+                        if channel != user:
+                            _authorize(identity, channel)
+                self.subscribe(conn, channels, msg.get("since"), request_id, user)
             elif op == "unsubscribe":
-                channels = _channel_list(msg)
+                channels = _channel_list(msg, user)
                 self.hub.unsubscribe(conn, channels)
                 self.hub.write(conn, self._reply(conn, {"op": "unsubscribed", "channels": channels}, request_id))
             elif op == "publish":
                 channel = msg.get("channel")
                 if not valid_channel(channel):
-                    raise ChannelError("bad_channel", _BAD_NAME, channel if isinstance(channel, str) else None)
+                    raise ChannelError("bad_channel", _BAD_NAME, channel)
                 if "data" not in msg:
                     raise ChannelError("bad_request", "publish needs \"data\"")
                 if identity is not None:
@@ -173,27 +194,45 @@ class PubSub:
                 now = monotonic()
                 if not self.allow_publish(channel, now):
                     raise ChannelError("rate_limited", "too many publishes on this channel, retry later", channel)
-                self.hub.publish(channel, dump_json(msg["data"]), now)
-                if request_id is not None:  # acknowledged only when the client can match the answer
-                    self.hub.write(conn, self._reply(conn, {"op": "published", "channel": channel}, request_id))
+                self.hub.publish(channel, jsonsafe.dump(msg["data"]), now, self._publish_answer(conn, channel,
+                                                                                                request_id))
             else:
                 raise ChannelError("unknown_op", "op must be subscribe, unsubscribe or publish")
         except ChannelError as exc:
             self._error(conn, exc.code, exc.message, request_id, exc.channel)
         return None
 
-    def subscribe(self, conn: Any, msg: dict[str, Any], request_id: Any) -> None:
-        channels = _channel_list(msg)
-        since = msg.get("since")
+    def _publish_answer(self, conn: Any, channel: str, request_id: Any) -> Any:
+        def done(seq: int, error: str, _reach: int) -> None:
+            if error:
+                self._error(conn, error, _PUBLISH_ERRORS[error], request_id, channel)
+            elif request_id is not None:  # acknowledged only when the client can match the answer
+                self.hub.write(conn, self._reply(conn, {"op": "published", "channel": channel, "seq": seq or None},
+                                                 request_id))
+        return done
+
+    def subscribe(self, conn: Any, channels: list[str], since: Any, request_id: Any, user: str | None) -> None:
         if since is not None:
-            if not isinstance(since, dict):
+            if type(since) is not dict:
                 raise ChannelError("bad_since", "since is an object: {channel: last seq seen}")
             for channel, seq in since.items():
                 if channel not in channels:
                     raise ChannelError("bad_since", "since names a channel that is not subscribed here", channel)
-                if type(seq) is not int or seq < 0:
-                    raise ChannelError("bad_since", "a since value is an integer >= 0", channel)
+                if not jsonsafe.safe_int(seq):
+                    raise ChannelError("bad_since", "a since value is an integer 0..2^53-1", channel)
         ack = self._reply(conn, {"op": "subscribed", "channels": channels}, request_id)
+        if user is not None and since is not None and user in since:
+            # Resuming the user's own channel: it was subscribed at connect; take it again with since.
+            self.hub.unsubscribe(conn, [user])
+            try:
+                self.hub.subscribe(conn, [user], {user: since[user]}, internal=True, ack=ack)
+            except ChannelError:
+                self.hub.subscribe(conn, [user], internal=True)
+                raise
+            ack = b""
+            channels = [channel for channel in channels if channel != user]
+            if not channels:
+                return
         self.hub.subscribe(conn, channels, since, ack=ack)
 
     def on_close(self, conn: Any) -> None:
@@ -213,15 +252,16 @@ def _authorize(identity: Identity, channel: str) -> None:
 
 
 _BAD_NAME = "a channel name is 1 to 128 characters of A-Z a-z 0-9 . _ : -"
+_BAD_USER = "a user id is 1 to 128 characters of A-Z a-z 0-9 . _ : - @ + = |"
 
 
-def _channel_list(msg: dict[str, Any]) -> list[str]:
+def _channel_list(msg: dict[str, Any], user: str | None) -> list[str]:
     channels = msg.get("channels")
-    if not isinstance(channels, list) or not channels:
+    if type(channels) is not list or not channels:
         raise ChannelError("bad_request", "channels must be a non-empty list of channel names")
     for channel in channels:
-        if not valid_channel(channel):
-            raise ChannelError("bad_channel", _BAD_NAME, channel if isinstance(channel, str) else None)
+        if not valid_channel(channel) and (user is None or channel != user):
+            raise ChannelError("bad_channel", _BAD_NAME, channel)
     return channels
 
 
@@ -244,7 +284,7 @@ class Session:
             self.pubsub._error(conn, exc.code, exc.message)
 
     def on_message(self, conn: Any, is_text: bool, payload: bytes) -> None:
-        return self.pubsub.on_message(conn, is_text, payload, self.identity)
+        return self.pubsub.on_message(conn, is_text, payload, self)
 
     def on_close(self, conn: Any) -> None:
         self.pubsub.on_close(conn)
@@ -288,8 +328,12 @@ class App:
         """The worker's loop is about to run."""
         self.pubsub.start()
 
-    def handle(self, request: h11.Request, body: bytes, admin: bool = False) -> Response:
-        """Answer one complete request.  Raises HttpError for refusals."""
+    def handle(self, request: h11.Request, body: bytes, admin: bool = False, conn: Any = None) -> Response | None:
+        """Answer one complete request.  Raises HttpError for refusals.
+
+        None: the answer is deferred (a publish waits for its seq) and will be given through
+        ``worker.answer(conn, ...)``, within --publish-timeout.
+        """
         http.check_framing(request)
         target = request.target
         path = http.request_path(target)
@@ -298,7 +342,14 @@ class App:
         ws_app = None if admin else self.websocket_routes.get(path)
         if ws_app is not None:
             accepted = http.check_upgrade(request)
+            # Cheap refusals first: a flood of upgrades to a draining or full worker, or from a
+            # foreign page, must not cost a signature verification each.
             self.check_origin(request)
+            if self.worker.draining:
+                raise HttpError(503, "draining", http.HS_DRAINING)
+            if self.worker.websocket_count() >= self.max_connections:
+                raise HttpError(503, "connection limit of this worker reached", http.HS_OVER_CAPACITY,
+                                (("Retry-After", "1"),))
             identity, offered = self.authenticate(request)
             if offered:  # the client proposed our subprotocol: confirm it (browsers insist on an answer)
                 accepted = accepted[:-2] + _PROTOCOL_HEADER
@@ -307,15 +358,10 @@ class App:
                     ws_app = Session(self.pubsub, identity.user, identity)
                 elif query:
                     ws_app = self.user_session(query)
-            if self.worker.draining:
-                raise HttpError(503, "draining", http.HS_DRAINING)
-            if self.worker.websocket_count() >= self.max_connections:
-                raise HttpError(503, "connection limit of this worker reached", http.HS_OVER_CAPACITY,
-                                (("Retry-After", "1"),))
             return Response(accepted, 101, True, ws_app, identity)
         if not admin and (path.startswith(b"/publish/") or path.startswith(b"/users/")):
             self.check_backend(request)
-            return Response(self.post(request, path, body, keep_alive), 202, keep_alive)
+            return self.post(request, path, body, keep_alive, conn)
         route = self.http_routes.get(path)
         if self.admin_split and not admin and path != b"/health":
             route = None  # /metrics and /stats live on the admin port
@@ -323,7 +369,7 @@ class App:
             raise HttpError(404, "no such path", http.HS_NOT_FOUND)
         if request.method not in (b"GET", b"HEAD"):
             raise HttpError(405, "method not allowed", http.HS_METHOD, (("Allow", "GET, HEAD"),))
-        status, data = route(request.method == b"HEAD", keep_alive)
+        status, data = route(request.method == b"HEAD", keep_alive, query)
         return Response(data, status, keep_alive)
 
     def check_origin(self, request: h11.Request) -> None:
@@ -369,50 +415,117 @@ class App:
             return self.pubsub
         if not self.trust_user_param:
             raise HttpError(403, "?user= is accepted only with --trust-user-param")
-        if len(users) != 1 or not valid_channel(users[0]):
-            raise HttpError(400, "a user id is 1 to 128 characters of A-Z a-z 0-9 . _ : -")
+        if len(users) != 1 or not valid_user(users[0]):
+            raise HttpError(400, _BAD_USER, code="bad_user")
         return Session(self.pubsub, users[0])
 
-    def post(self, request: h11.Request, path: bytes, body: bytes, keep_alive: bool) -> bytes:
-        """``POST /publish/{channel}`` and ``POST /users/{id}/messages``: the body is the message's data."""
-        parts = path.decode("latin-1").split("/")
-        if parts[1] == "publish" and len(parts) == 3:
-            channel, name = parts[2], parts[2]
-        elif parts[1] == "users" and len(parts) == 4 and parts[3] == "messages":
-            channel, name = user_channel(parts[2]), parts[2]
+    def post(self, request: h11.Request, path: bytes, body: bytes, keep_alive: bool, conn: Any) -> Response | None:
+        """``POST /publish/{channel}`` and ``POST /users/{id}/messages``: the body is the message's data.
+
+        Answered once the channel's sequencer numbered the message: 200 with its ``seq``.
+        """
+        parts = path.split(b"/")
+        if parts[1] == b"publish" and len(parts) == 3:
+            name = parts[2].decode("latin-1")
+            if not valid_channel(name):
+                raise self._refused(400, _BAD_NAME, "bad_channel")
+            channel = name
+        elif parts[1] == b"users" and len(parts) == 4 and parts[3] == b"messages":
+            try:  # ids like auth0|5f7c... arrive percent-encoded from careful clients
+                name = unquote_to_bytes(parts[2]).decode("ascii")
+            except UnicodeDecodeError:
+                name = ""
+            if not valid_user(name):
+                raise self._refused(400, _BAD_USER, "bad_user")
+            channel = user_channel(name)
         else:
             raise HttpError(404, "no such path", http.HS_NOT_FOUND)
         if request.method != b"POST":
             raise HttpError(405, "method not allowed", http.HS_METHOD, (("Allow", "POST"),))
-        if not valid_channel(name):
-            raise HttpError(400, _BAD_NAME.replace("a channel name", "a channel name or user id"))
         try:
-            text = body.decode("utf-8").strip()
-            parse_json(text)
-        except ValueError as exc:  # UnicodeDecodeError included
-            raise HttpError(400, f"the body must be one JSON document in UTF-8: {exc}") from None
+            data = jsonsafe.dump(jsonsafe.parse(body, self.pubsub.max_depth))
+        except JsonError as exc:
+            raise self._refused(400, f"the body must be one JSON document in UTF-8: {exc.message}", exc.code) from None
         now = monotonic()
         if not self.pubsub.allow_publish(channel, now):
-            raise HttpError(429, "too many publishes on this channel", http.HS_RATE_LIMITED, (("Retry-After", "1"),))
-        self.pubsub.hub.publish(channel, text.encode(), now)
-        return http.render_json(202, {"status": "accepted", "channel": channel}, keep_alive)
+            raise HttpError(429, "too many publishes on this channel", http.HS_RATE_LIMITED, (("Retry-After", "1"),),
+                            code="rate_limited")
+        answer = _DeferredAnswer(self, conn, channel, name if channel != name else None, keep_alive)
+        self.pubsub.hub.publish(channel, data, now, answer.done)
+        return answer.returned()
 
-    def health(self, head: bool, keep_alive: bool) -> tuple[int, bytes]:
+    def _refused(self, status: int, message: str, code: str, headers: Iterable[tuple[str, str]] = ()) -> HttpError:
+        self.worker.stats.c[_REFUSED[code]] += 1
+        return HttpError(status, message, http.HS_UNAVAILABLE if status == 503 else http.HS_BAD_REQUEST, headers,
+                         code)
+
+    def publish_outcome(self, channel: str, user: str | None, keep_alive: bool, seq: int, error: str,
+                        reach: int) -> Response | HttpError:
+        if error:
+            return self._refused(503, _PUBLISH_ERRORS[error], error, (("Retry-After", "1"),))
+        document: dict[str, Any] = {"status": "published", "channel": channel, "seq": seq or None}
+        if user is not None:
+            cfg = self.worker.config
+            document["user"] = user
+            # Stored: the user can resume it with since (docs/protocol.md, Users) for the replay window.
+            document["stored"] = cfg.replay_max_messages > 0 and cfg.replay_seconds > 0
+            if reach >= 0:  # known on one node: were any of the user's connections subscribed here
+                document["online"] = bool(reach)
+        return Response(http.render_json(200, document, keep_alive), 200, keep_alive)
+
+    def health(self, head: bool, keep_alive: bool, query: bytes = b"") -> tuple[int, bytes]:
+        """Liveness (plain) and readiness (``?ready``): a node that cannot reach its broker is
+        alive (it serves local traffic) but not ready (it cannot sequence a publish)."""
         worker = self.worker
         if worker.draining:
             return 503, http.render_json(503, {"status": "draining", "worker": worker.index}, keep_alive, head)
-        document = {"status": "ok", "worker": worker.index, "connections": worker.websocket_count()}
-        if self.pubsub.hub.remote is not None:  # down: still 200, this node serves its local traffic
-            document["bus"] = self.pubsub.hub.remote.detail()
-        return 200, http.render_json(200, document, keep_alive, head)
+        document: dict[str, Any] = {"status": "ok", "worker": worker.index, "connections": worker.websocket_count()}
+        status = 200
+        remote = self.pubsub.hub.remote
+        if remote is not None:
+            document["bus"] = remote.detail()
+            if not remote.up and b"ready" in parse_qs(query.decode("latin-1"), keep_blank_values=True):
+                status = 503
+                document["status"] = "not_ready"
+        return status, http.render_json(status, document, keep_alive, head)
 
-    def metrics(self, head: bool, keep_alive: bool) -> tuple[int, bytes]:
+    def metrics(self, head: bool, keep_alive: bool, _query: bytes = b"") -> tuple[int, bytes]:
         self.worker.stats.flush()
         body = metrics.render(self.worker.stats.shared)
         return 200, http.render(200, body, CONTENT_TYPE_LATEST, keep_alive, head=head)
 
-    def stats(self, head: bool, keep_alive: bool) -> tuple[int, bytes]:
+    def stats(self, head: bool, keep_alive: bool, _query: bytes = b"") -> tuple[int, bytes]:
         self.worker.stats.flush()
         document = metrics.snapshot(self.worker.stats.shared)
         document["served_by"] = self.worker.index
         return 200, http.render_json(200, document, keep_alive, head)
+
+
+class _DeferredAnswer:
+    """The HTTP answer to a publish: given at once when the sequencer is local, else later."""
+
+    __slots__ = ("app", "channel", "conn", "keep_alive", "outcome", "user", "waiting")
+
+    def __init__(self, app: App, conn: Any, channel: str, user: str | None, keep_alive: bool) -> None:
+        self.app = app
+        self.conn = conn
+        self.channel = channel
+        self.user = user
+        self.keep_alive = keep_alive
+        self.outcome: Response | HttpError | None = None
+        self.waiting = False
+
+    def done(self, seq: int, error: str, reach: int) -> None:
+        outcome = self.app.publish_outcome(self.channel, self.user, self.keep_alive, seq, error, reach)
+        if self.waiting:
+            self.app.worker.answer(self.conn, outcome)
+        else:
+            self.outcome = outcome
+
+    def returned(self) -> Response | None:
+        """What :meth:`App.handle` returns: the answer if it is known already, else None (deferred)."""
+        outcome = self.outcome
+        if isinstance(outcome, HttpError):
+            raise outcome
+        self.waiting = outcome is None
+        return outcome

@@ -76,9 +76,16 @@ class Verifier:
         self.secret = secret
         self.keys: dict[str | None, Any] = {}
         if jwks_path:
-            with open(jwks_path) as f:
-                document = json.load(f)
-            for jwk in jwt.PyJWKSet.from_dict(document).keys:
+            # Checked when the server starts (supervisor.preflight): a bad file stops it with one line.
+            try:
+                with open(jwks_path) as f:
+                    document = json.load(f)
+                keys = jwt.PyJWKSet.from_dict(document).keys
+            except OSError as exc:
+                raise ValueError(f"auth_jwks: cannot read {jwks_path}: {exc.strerror or exc}") from None
+            except (ValueError, TypeError, AttributeError, KeyError, jwt.PyJWTError) as exc:
+                raise ValueError(f"auth_jwks: {jwks_path} holds no usable key ({exc})") from None
+            for jwk in keys:
                 self.keys[jwk.key_id] = jwk
         if not secret and not self.keys:
             raise ValueError("a verifier needs --auth-jwt-secret or --auth-jwks")
@@ -118,14 +125,28 @@ class Verifier:
         return identity_of(claims)
 
 
+# A user id (``sub``) and a channel pattern: checked here, where they enter, so that nothing
+# downstream (a channel name in a JSON frame, a record to another worker, a NATS subject)
+# ever meets a character it would have to escape.  The user alphabet is channels.USER_RE's.
+_SUB = re.compile(r"[A-Za-z0-9._:@+=|-]{1,128}\Z")
+_PATTERN = re.compile(r"[A-Za-z0-9._:*?!\[\]-]{1,256}\Z")
+MAX_PATTERNS = 256
+_MAX_EXP = float(1 << 53)
+
+
 def identity_of(claims: dict[str, Any]) -> Identity:
+    """The identity of verified ``claims``; AuthError(invalid_claims) for what breaks the rules."""
     sub = claims.get("sub")
     patterns = claims.get("channels", [])
-    if sub is not None and not isinstance(sub, str):
-        raise AuthError(A_INVALID_CLAIMS, "sub must be a string")
-    if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
-        raise AuthError(A_INVALID_CLAIMS, "channels must be a list of strings")
+    if sub is not None and (type(sub) is not str or _SUB.match(sub) is None):
+        raise AuthError(A_INVALID_CLAIMS, "sub must be 1 to 128 characters of A-Z a-z 0-9 . _ : - @ + = |")
+    if (type(patterns) is not list or len(patterns) > MAX_PATTERNS
+            or not all(type(p) is str and _PATTERN.match(p) is not None for p in patterns)):
+        raise AuthError(A_INVALID_CLAIMS, f"channels must be a list of at most {MAX_PATTERNS} channel patterns "
+                        "(A-Z a-z 0-9 . _ : - and * ? [ ] !)")
     exp = claims.get("exp")
+    if exp is not None and (type(exp) not in (int, float) or not 0 < exp < _MAX_EXP):
+        raise AuthError(A_INVALID_CLAIMS, "exp must be a number of seconds within 0..2^53")
     return Identity(sub, tuple(patterns), float(exp) if exp is not None else None)
 
 

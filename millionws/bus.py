@@ -21,6 +21,12 @@ Theory of operation (this module moves opaque records; :mod:`channels` says what
 * EAGAIN (the peer's queue is full): the outbox keeps what was not sent, EPOLLOUT is
   asked for on that socket, and the next flush resumes there.  The reactor never waits.
   Order per destination is preserved because nothing overtakes a non-empty outbox.
+* A peer that stays away long enough for its outbox to pass ``MAX_OUTBOX`` loses the
+  records sent to it meanwhile: counted (``millionws_records_dropped_total{kind=
+  "mesh_outbox_full"}``) and logged once per episode, never silent.
+* What arrives is untrusted like any other input: each record is handed to ``on_record``
+  inside an exception boundary (:mod:`boundary`), so a record that breaks the handler is
+  dropped and counted, and the next one is read.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ import socket
 import struct
 from collections.abc import Callable
 
+from . import boundary
+from .metrics import F
 from .reactor import EPOLLIN, EPOLLOUT, Reactor
 
 log = logging.getLogger("millionws.bus")
@@ -43,6 +51,7 @@ MAX_DATAGRAM = 256 << 10
 MAX_OUTBOX = 64 << 20  # a peer that stays dead this long loses records (logged)
 
 RecordHandler = Callable[[int, memoryview], None]
+_DROPPED_OUTBOX = F["dropped_mesh_outbox_full"]
 
 
 def _grow_buffers(sock: socket.socket) -> None:
@@ -85,8 +94,9 @@ class LocalBus:
     received; the memoryview is valid only during the call."""
 
     def __init__(self, index: int, peers: dict[int, socket.socket], reactor: Reactor,
-                 on_record: RecordHandler | None = None) -> None:
+                 counters: list[int] | None = None, on_record: RecordHandler | None = None) -> None:
         self.index = index
+        self.c = counters if counters is not None else [0] * len(F)
         self.reactor = reactor
         self.on_record = on_record
         self.peers = peers
@@ -124,11 +134,13 @@ class LocalBus:
         """Queue ``record`` for worker ``dest``; it leaves at the end of this loop turn."""
         out = self._out[dest]
         if len(out) > MAX_OUTBOX:
+            self.c[_DROPPED_OUTBOX] += 1
             if not self._dropped_logged:
                 self._dropped_logged = True
-                log.warning("worker %d: outbox to worker %d over %d bytes: dropping records", self.index, dest,
-                            MAX_OUTBOX)
+                log.warning("worker %d: outbox to worker %d over %d bytes: dropping records (counted in "
+                            "millionws_records_dropped_total)", self.index, dest, MAX_OUTBOX)
             return
+        self._dropped_logged = False
         out += _LEN.pack(len(record))
         out += record
         self.records_sent += 1
@@ -208,7 +220,7 @@ class LocalBus:
                         partial += rview[pos:n]
                         break
                     if on_record is not None:
-                        on_record(peer, rview[pos + 4:end])
+                        self._deliver(on_record, peer, rview[pos + 4:end])
                     pos = end
             elif partial:
                 partial += rview[1:n]
@@ -217,5 +229,11 @@ class LocalBus:
                     record = bytes(partial[4:size])
                     partial.clear()
                     if on_record is not None:
-                        on_record(peer, memoryview(record))
+                        self._deliver(on_record, peer, memoryview(record))
             # else: the continuation of a record whose start we never saw: dropped
+
+    def _deliver(self, on_record: RecordHandler, peer: int, record: memoryview) -> None:
+        try:
+            on_record(peer, record)
+        except Exception as exc:  # the boundary of one record: drop it, keep the link
+            boundary.report(self.c, "mesh", exc, f"record from worker {peer}")

@@ -38,15 +38,32 @@ Theory of operation (everything that decides a ``seq`` or a recipient lives here
   not used for channels then.  Replay answers come from the broker's stream, in order
   with the live messages, so a subscriber with ``since`` is never *held* for live ones.
 * Users: a connection that carries a user id is subscribed to the reserved channel
-  ``@user:<id>``; ``@`` is outside the client charset, so no client can subscribe to it.
+  ``@user:<id>``; ``@`` is outside the client charset, so no client can subscribe to
+  another user's channel (its own it may name, to resume it with ``since``).
+* **Acknowledged in order.**  A publish that wants an answer carries a request number;
+  the answer (``done(seq, error, reach)``) comes only once the sequencer assigned its
+  ``seq``: at once on the owner, through ``PUBACK`` from another worker, through the
+  broker's acknowledgement with ``--bus``.  So a publish sent after another was
+  acknowledged is sequenced after it, from any connection or worker.  No answer within
+  ``publish_timeout`` seconds: ``publish_timeout`` (the outcome is unknown); the broker
+  away: ``unavailable`` at once (nothing was published).  The table of waiting answers is
+  swept by the same deadline, as are replay requests whose answer never comes (a hold
+  past ``replay_timeout`` gets ``gap`` ``unknown`` and becomes a plain subscriber).
+* Records are input like any other: :meth:`Hub.on_record` checks sizes, ranges and names
+  before anything reaches the tables, and drops (and counts) what does not fit.  The
+  message data inside is carried as opaque bytes: it was checked where it entered the
+  node (:mod:`jsonsafe`), and the frame it goes into cannot be broken by it.
 
 Records between workers (first byte = type; numbers big-endian):
-PUB ``t0 chan data`` · MSG ``t0 seq chan data`` · INTEREST/UNINTEREST ``chan`` ·
-REPLAY_REQ ``req since chan`` · REPLAY ``req reason first last chan n (seq t0 len data)*`` · HELLO.
+PUB ``t0 req chan data`` · PUBACK ``req seq reach`` · MSG ``t0 seq chan data`` ·
+INTEREST/UNINTEREST ``chan`` · REPLAY_REQ ``req since chan`` ·
+REPLAY ``req reason first last chan n (seq t0 len data)*`` · HELLO.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import re
 import struct
 import time
@@ -55,15 +72,23 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .jsonsafe import MAX_SAFE_INTEGER
 from .metrics import F, WorkerStats
 from .websocket import encode_frame
 
+log = logging.getLogger("millionws.channels")
+
 CHANNEL_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
+# User ids (token ``sub``, ``/users/{id}``, ``?user=``): the channel charset plus what common
+# identity providers put in a subject (``auth0|5f7c...``, ``alice@example.com``, ``a+b``, base64 ``=``).
+# Nothing in it needs escaping in JSON, a NATS subject or a Redis key.
+USER_RE = re.compile(r"[A-Za-z0-9._:@+=|-]{1,128}\Z")
 USER_PREFIX = "@user:"
 MAX_NAME = 128
 
-T_PUB, T_MSG, T_INTEREST, T_UNINTEREST, T_REPLAY_REQ, T_REPLAY, T_HELLO = range(1, 8)
-_PUB = struct.Struct("!BdH")
+T_PUB, T_MSG, T_INTEREST, T_UNINTEREST, T_REPLAY_REQ, T_REPLAY, T_HELLO, T_PUBACK = range(1, 9)
+_PUB = struct.Struct("!BdIH")
+_PUBACK = struct.Struct("!BIQB")
 _MSG = struct.Struct("!BdQH")
 _CHAN = struct.Struct("!BH")
 _REQ = struct.Struct("!BIQH")
@@ -79,6 +104,13 @@ _C_CHANNELS, _C_SUBS = F["channels"], F["subscriptions"]
 _C_PUBLISHES, _C_DELIVERIES, _C_MSG_OUT = F["publishes"], F["deliveries"], F["messages_out"]
 _C_REPLAY_HITS, _C_REPLAY_MISSES = F["replay_hits"], F["replay_misses"]
 _C_EVICTED = F["channels_evicted"]
+_C_MALFORMED, _C_PENDING, _C_HOLDS_EXPIRED = F["dropped_mesh_malformed"], F["publishes_pending"], F[
+    "replay_holds_expired"]
+
+# done(seq, error, reach): the answer to a publish.  error "" (sequenced as seq; seq 0 when the
+# broker stored it earlier and cannot say which), "unavailable" or "publish_timeout".  reach: 1 if
+# the channel had a subscriber on this node when sequenced, 0 if not, -1 unknown (with a bus).
+Done = Callable[[int, str, int], None]
 
 monotonic = time.monotonic
 
@@ -88,8 +120,20 @@ def valid_channel(name: object) -> bool:
     return isinstance(name, str) and CHANNEL_RE.match(name) is not None
 
 
+def valid_user(user: object) -> bool:
+    """A user id: a string of 1 to 128 of ``A-Z a-z 0-9 . _ : - @ + = |``."""
+    return isinstance(user, str) and USER_RE.match(user) is not None
+
+
+def valid_internal(name: str) -> bool:
+    """A channel name as it may travel between workers: a client's, or a user's reserved one."""
+    if name.startswith(USER_PREFIX):
+        return USER_RE.match(name, len(USER_PREFIX)) is not None
+    return CHANNEL_RE.match(name) is not None
+
+
 def user_channel(user: str) -> str:
-    """The reserved channel of a user id (which follows the channel charset)."""
+    """The reserved channel of a user id (see :func:`valid_user`)."""
     return USER_PREFIX + user
 
 
@@ -165,7 +209,7 @@ class Hold:
     __slots__ = ("conn", "channel", "since", "owner", "held")
 
     def __init__(self, conn: Any, channel: str, since: int, owner: int) -> None:
-        self.conn = conn
+        self.conn: Any = conn
         self.channel = channel
         self.since = since
         self.owner = owner
@@ -198,7 +242,9 @@ class Hub:
     def __init__(self, index: int, workers: int, send: Callable[[int, bytes], None],
                  write: Callable[[Any, bytes], None], fanout: Callable[[Iterable[Any], bytes], int],
                  stats: WorkerStats, replay_seconds: float = 120.0, replay_max_messages: int = 1000,
-                 max_channels_per_connection: int = 100, max_subscribers: int = 2_000_000) -> None:
+                 max_channels_per_connection: int = 100, max_subscribers: int = 2_000_000,
+                 publish_timeout: float = 5.0, replay_timeout: float = 10.0,
+                 call_later: Callable[[float, Callable[[], None]], None] | None = None) -> None:
         self.index = index
         self.workers = workers
         self.send = send
@@ -216,6 +262,14 @@ class Hub:
         self.of_conn: dict[Any, set[str]] = {}  # connection -> its channels (subscribed or held)
         self.requests: dict[int, Hold] = {}
         self._next_req = 1
+        self.publish_timeout = publish_timeout
+        self.replay_timeout = replay_timeout
+        self.acks: dict[int, Done] = {}  # publish request -> its answer, until sequenced or timed out
+        # (deadline, request) in deadline order, since each timeout is one constant: a deque, not a heap.
+        self._ack_deadlines: deque[tuple[float, int]] = deque()
+        self._hold_deadlines: deque[tuple[float, int]] = deque()
+        self._call_later = call_later
+        self._expiry_scheduled = False
         self.subscriptions = 0
         self.remote: Any = None  # broker.Bridge with --bus
 
@@ -256,19 +310,79 @@ class Hub:
             name = channel.encode()
             self.send(owner, _CHAN.pack(T_INTEREST if on else T_UNINTEREST, len(name)) + name)
 
+    def _new_req(self) -> int:
+        req = self._next_req
+        self._next_req = req + 1 if req < 0xFFFFFFFF else 1
+        return req
+
+    def _expire_soon(self) -> None:
+        if not self._expiry_scheduled and self._call_later is not None:
+            self._expiry_scheduled = True
+            self._call_later(0.1, self._expire_tick)
+
+    def _expire_tick(self) -> None:
+        self._expiry_scheduled = False
+        self.expire(monotonic())
+        if self._ack_deadlines or self._hold_deadlines:
+            self._expire_soon()
+
+    def expire(self, now: float) -> None:
+        """Answer the publishes and replays whose answer did not come in time."""
+        deadlines = self._ack_deadlines
+        while deadlines and deadlines[0][0] <= now:
+            done = self.acks.pop(deadlines.popleft()[1], None)
+            if done is not None:
+                done(0, "publish_timeout", -1)
+        self.c[_C_PENDING] = len(self.acks)
+        deadlines = self._hold_deadlines
+        while deadlines and deadlines[0][0] <= now:
+            hold = self.requests.pop(deadlines.popleft()[1], None)
+            if hold is not None and hold.conn is not None:
+                self.c[_C_HOLDS_EXPIRED] += 1
+                first = hold.held[0][0] if hold.held else hold.since + 1
+                self._resolve(hold, GAP_UNKNOWN, first, hold.held)
+
     # -- the client's operations ---------------------------------------------------------
-    def publish(self, channel: str, data: bytes, t0: float) -> None:
-        """Accept a message (``data``: one JSON document, UTF-8) for ``channel``."""
+    def publish(self, channel: str, data: bytes, t0: float, done: Done | None = None) -> None:
+        """Accept a message (``data``: one JSON document, UTF-8, checked) for ``channel``.
+
+        ``done`` is called once with the outcome (see ``Done``); without it nothing is answered.
+        """
         self.c[_C_PUBLISHES] += 1
         if self.remote is not None:
-            self.remote.publish(channel, data, t0)
+            if not self.remote.up:
+                if done is not None:
+                    done(0, "unavailable", -1)
+                return
+            req = self._new_req()
+            if done is not None:
+                self._track(req, done)
+            self.remote.publish(channel, data, t0, req)
             return
         owner = self.owner(channel)
         if owner == self.index:
-            self._sequence(channel, data, t0)
-        else:
-            name = channel.encode()
-            self.send(owner, _PUB.pack(T_PUB, t0, len(name)) + name + data)
+            seq, reach = self._sequence(channel, data, t0)
+            if done is not None:
+                done(seq, "", reach)
+            return
+        req = 0
+        if done is not None:
+            req = self._new_req()
+            self._track(req, done)
+        name = channel.encode()
+        self.send(owner, _PUB.pack(T_PUB, t0, req, len(name)) + name + data)
+
+    def _track(self, req: int, done: Done) -> None:
+        self.acks[req] = done
+        self._ack_deadlines.append((monotonic() + self.publish_timeout, req))
+        self.c[_C_PENDING] = len(self.acks)
+        self._expire_soon()
+
+    def _acked(self, req: int, seq: int, error: str, reach: int) -> None:
+        done = self.acks.pop(req, None)
+        if done is not None:  # else answered already (timed out)
+            self.c[_C_PENDING] = len(self.acks)
+            done(seq, error, reach)
 
     def subscribe(self, conn: Any, channels: list[str], since: dict[str, int] | None = None,
                   internal: bool = False, ack: bytes = b"") -> None:
@@ -345,7 +459,8 @@ class Hub:
         self.of_conn.pop(conn, None)
 
     # -- sequencing and delivery ---------------------------------------------------------
-    def _sequence(self, channel: str, data: bytes, t0: float) -> None:
+    def _sequence(self, channel: str, data: bytes, t0: float) -> tuple[int, int]:
+        """Number a message and send it on; ``(seq, reach)``."""
         owned = self._owned(channel)
         owned.seq = seq = owned.seq + 1
         owned.touched = monotonic()
@@ -355,7 +470,9 @@ class Hub:
             record = _MSG.pack(T_MSG, t0, seq, len(name)) + name + data  # one record for every worker
             for worker in owned.interest:
                 self.send(worker, record)
+        reach = 1 if owned.interest or channel in self.subs or channel in self.holds else 0
         self._deliver(channel, seq, data, t0)
+        return seq, reach
 
     def _deliver(self, channel: str, seq: int, data: bytes, t0: float) -> None:
         holds = self.holds.get(channel)
@@ -392,9 +509,10 @@ class Hub:
             c[_C_MSG_OUT] += len(entries)
 
     def _request(self, hold: Hold) -> None:
-        req = self._next_req
-        self._next_req = req + 1 if req < 0xFFFFFFFF else 1
+        req = self._new_req()
         self.requests[req] = hold
+        self._hold_deadlines.append((monotonic() + self.replay_timeout, req))
+        self._expire_soon()
         if self.remote is not None:
             self.remote.replay(req, hold.channel, hold.since)
             return
@@ -409,18 +527,41 @@ class Hub:
                 self.send(worker, _HELLO)
 
     def on_record(self, src: int, record: memoryview) -> None:
+        """One record from worker ``src``.  Malformed: dropped and counted, nothing changed."""
+        try:
+            self._on_record(src, record)
+        except (struct.error, ValueError, IndexError) as exc:  # UnicodeDecodeError is a ValueError
+            self.c[_C_MALFORMED] += 1
+            if self.c[_C_MALFORMED] & (self.c[_C_MALFORMED] - 1) == 0:  # 1, 2, 4, 8 ...: a trace, not a flood
+                log.warning("worker %d: malformed record from worker %d dropped (%s)", self.index, src, exc)
+
+    def _on_record(self, src: int, record: memoryview) -> None:
+        if not 0 <= src < self.workers or src == self.index:
+            raise ValueError(f"no such peer {src}")
         kind = record[0]
         if kind == T_MSG:
             _, t0, seq, n = _MSG.unpack_from(record)
             end = _MSG.size + n
-            self._deliver(str(record[_MSG.size:end], "ascii"), seq, bytes(record[end:]), t0)
+            channel = _name(record, _MSG.size, end)
+            _check_seq(seq, t0)
+            self._deliver(channel, seq, bytes(record[end:]), t0)
         elif kind == T_PUB:
-            _, t0, n = _PUB.unpack_from(record)
+            _, t0, req, n = _PUB.unpack_from(record)
             end = _PUB.size + n
-            self._sequence(str(record[_PUB.size:end], "ascii"), bytes(record[end:]), t0)
+            channel = _name(record, _PUB.size, end)
+            _check_seq(1, t0)
+            if self.owner(channel) != self.index:
+                raise ValueError(f"a publish for {channel!r}, which worker {self.owner(channel)} owns")
+            seq, reach = self._sequence(channel, bytes(record[end:]), t0)
+            if req:
+                self.send(src, _PUBACK.pack(T_PUBACK, req, seq, reach))
+        elif kind == T_PUBACK:
+            _, req, seq, reach = _PUBACK.unpack(record)
+            _check_seq(seq, 0.0)
+            self._acked(req, seq, "", 1 if reach else 0)
         elif kind == T_INTEREST or kind == T_UNINTEREST:
             n = _CHAN.unpack_from(record)[1]
-            channel = str(record[_CHAN.size:_CHAN.size + n], "ascii")
+            channel = _name(record, _CHAN.size, _CHAN.size + n, exact=True)
             if kind == T_INTEREST:
                 owned = self._owned(channel)
                 owned.interest.add(src)
@@ -431,11 +572,15 @@ class Hub:
                     owned.interest.discard(src)
         elif kind == T_REPLAY_REQ:
             _, req, since, n = _REQ.unpack_from(record)
-            self._answer_replay(src, req, since, str(record[_REQ.size:_REQ.size + n], "ascii"))
+            channel = _name(record, _REQ.size, _REQ.size + n, exact=True)
+            _check_seq(since + 1, 0.0)
+            self._answer_replay(src, req, since, channel)
         elif kind == T_REPLAY:
             self._on_replay(record)
-        elif kind == T_HELLO:
+        elif kind == T_HELLO and len(record) == 1:
             self._on_hello(src)
+        else:
+            raise ValueError(f"unknown record type {kind} or size {len(record)}")
 
     def _answer_replay(self, src: int, req: int, since: int, channel: str) -> None:
         owned = self._owned(channel)
@@ -449,16 +594,33 @@ class Hub:
 
     def _on_replay(self, record: memoryview) -> None:
         _, req, reason, first, last, n, count = _REPLAY.unpack_from(record)
-        hold = self.requests.pop(req, None)
-        if hold is None or hold.conn is None:
-            return  # unsubscribed or closed meanwhile
         pos = _REPLAY.size + n
+        channel = _name(record, _REPLAY.size, pos)
+        if reason >= len(GAP_REASONS) or count > (len(record) - pos) // _ENTRY.size:
+            raise ValueError(f"replay record: reason {reason}, {count} entries")
+        _check_seq(first, 0.0)
+        _check_seq(last + 1, 0.0)
         entries = []
+        previous = 0
         for _ in range(count):
             seq, t, size = _ENTRY.unpack_from(record, pos)
             pos += _ENTRY.size
+            _check_seq(seq, t)
+            if seq <= previous or pos + size > len(record):
+                raise ValueError("replay entries out of order or cut short")
+            previous = seq
             entries.append((seq, t, bytes(record[pos:pos + size])))
             pos += size
+        if pos != len(record):
+            raise ValueError("replay record longer than its entries")
+        hold = self.requests.get(req)
+        if hold is None:
+            return  # timed out, or asked of this worker's previous incarnation
+        if hold.channel != channel:
+            raise ValueError(f"replay {req} names {channel!r}, not {hold.channel!r}")
+        del self.requests[req]
+        if hold.conn is None:
+            return  # unsubscribed or closed meanwhile
         # Live messages kept meanwhile: only those the owner sequenced after its answer.
         newest = entries[-1][0] if entries else max(last, first - 1)
         entries.extend(m for m in hold.held if m[0] > newest)
@@ -508,9 +670,13 @@ class Hub:
 
     # -- events of the broker bridge (--bus) ------------------------------------------------
     def on_bus_event(self, event: tuple) -> None:
-        from .broker import E_GAP, E_MSG, E_REPLAY
+        from .broker import E_ACK, E_GAP, E_MSG, E_REPLAY
 
         kind = event[0]
+        if kind == E_ACK:
+            _, req, seq, error = event
+            self._acked(req, seq, "unavailable" if error else "", -1)
+            return
         if kind == E_MSG:
             _, channel, seq, data, t0 = event
             self._deliver(channel, seq, data, t0)
@@ -524,3 +690,18 @@ class Hub:
             subs = self.subs.get(channel)
             if subs:
                 self.fanout(tuple(subs), gap_frame(channel, last, first, reason))
+
+
+def _name(record: memoryview, start: int, end: int, exact: bool = False) -> str:
+    """The channel name at ``record[start:end]``, checked: ASCII, a valid internal name."""
+    if end > len(record) or (exact and end != len(record)):
+        raise ValueError("a name runs past the record")
+    name = str(record[start:end], "ascii")
+    if not valid_internal(name):
+        raise ValueError(f"invalid channel name {name[:40]!r}")
+    return name
+
+
+def _check_seq(seq: int, t: float) -> None:
+    if not 1 <= seq <= MAX_SAFE_INTEGER or not math.isfinite(t):
+        raise ValueError(f"seq {seq} or time {t} out of range")

@@ -25,10 +25,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"millionws: {exc}", file=sys.stderr)
         return 2
-    from .supervisor import serve
+    from .supervisor import StartupError, serve
 
     try:
         return serve(settings)
+    except StartupError as exc:
+        print(f"millionws: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"millionws: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
         return 1

@@ -68,6 +68,12 @@ OPTIONS: tuple[Option, ...] = (
            "channel subscriptions (connection x channel) one worker holds; over it subscribe gets an error"),
     Option("replay_seconds", float, 120.0, "seconds a channel's messages stay available to subscribe with since"),
     Option("replay_max_messages", int, 1000, "messages per channel kept for replay (0: no replay)"),
+    Option("max_json_depth", int, 32,
+           "deepest nesting of arrays and objects in a /pubsub request or an HTTP publish body (over it: too_deep)"),
+    Option("publish_timeout", float, 5.0,
+           "seconds a publish waits for its seq from the channel's sequencer before 503 publish_timeout"),
+    Option("replay_timeout", float, 10.0,
+           "seconds a subscribe with since waits for its replay from another worker or the broker (then gap)"),
     Option("trust_user_param", bool, False,
            "accept ?user=ID on /pubsub as the connection's user id, unauthenticated (ignored when auth is on)"),
     # -- security (SECURITY.md) ------------------------------------------------------------
@@ -114,6 +120,9 @@ class Config:
     max_subscribers_per_worker: int = 2_000_000
     replay_seconds: float = 120.0
     replay_max_messages: int = 1000
+    max_json_depth: int = 32
+    publish_timeout: float = 5.0
+    replay_timeout: float = 10.0
     trust_user_param: bool = False
     auth_jwt_secret: str | None = None
     auth_jwks: str | None = None
@@ -133,7 +142,8 @@ class Config:
     def validate(self) -> None:
         positive = ("workers", "max_message_size", "handshake_timeout", "ping_timeout", "close_timeout",
                     "max_pending_bytes", "max_connections", "max_request_head", "backlog",
-                    "max_channels_per_connection", "max_subscribers_per_worker")
+                    "max_channels_per_connection", "max_subscribers_per_worker", "max_json_depth",
+                    "publish_timeout", "replay_timeout")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
@@ -154,6 +164,17 @@ class Config:
             raise ValueError("bus must be nats://host:port or redis://host:port")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError("log_level must be debug, info, warning or error")
+        # Flags that contradict each other: refuse rather than pick one silently.
+        if self.trust_user_param and (self.auth_jwt_secret or self.auth_jwks):
+            raise ValueError("trust_user_param contradicts auth: with a key, user ids come from tokens only")
+        if (self.auth_audience or self.auth_issuer) and not (self.auth_jwt_secret or self.auth_jwks):
+            raise ValueError("auth_audience/auth_issuer need auth_jwt_secret or auth_jwks")
+        if self.auth_jwt_secret is not None and len(self.auth_jwt_secret) < 16:
+            raise ValueError("auth_jwt_secret must be at least 16 characters (a guessable key is no key)")
+        if self.backend_token is not None and len(self.backend_token) < 16:
+            raise ValueError("backend_token must be at least 16 characters")
+        if self.max_json_depth > 512:
+            raise ValueError("max_json_depth must be at most 512 (deeper documents break common parsers)")
 
 
 _TRUE = ("1", "true", "yes", "on")

@@ -41,6 +41,8 @@ F_PAUSED = 1  # reading stopped: pending bytes over the limit
 F_PING_SENT = 2  # a keepalive ping is unanswered
 F_SHUT = 4  # our FIN is sent
 F_ADMIN = 32  # accepted on the admin port: only /health, /metrics, /stats
+F_WAITING = 64  # an HTTP answer is deferred (a publish waits for its seq): not reading meanwhile
+F_EXPIRES = 128  # an entry of the token-expiry heap names this connection
 
 
 class Connection:

@@ -33,22 +33,26 @@ STATUS_TEXT = {
 
 # Labels of millionws_handshake_failures_total.
 HANDSHAKE_REASONS = ("bad_request", "method", "version", "upgrade_required", "too_large", "timeout",
-                     "over_capacity", "draining", "not_found", "unauthorized", "forbidden", "rate_limited")
+                     "over_capacity", "draining", "not_found", "unauthorized", "forbidden", "rate_limited",
+                     "internal", "unavailable")
 (HS_BAD_REQUEST, HS_METHOD, HS_VERSION, HS_UPGRADE_REQUIRED, HS_TOO_LARGE, HS_TIMEOUT,
- HS_OVER_CAPACITY, HS_DRAINING, HS_NOT_FOUND, HS_UNAUTHORIZED, HS_FORBIDDEN, HS_RATE_LIMITED) = range(
+ HS_OVER_CAPACITY, HS_DRAINING, HS_NOT_FOUND, HS_UNAUTHORIZED, HS_FORBIDDEN, HS_RATE_LIMITED,
+ HS_INTERNAL, HS_UNAVAILABLE) = range(
     len(HANDSHAKE_REASONS))
 
 
 class HttpError(Exception):
-    """A request we refuse: ``status`` to answer, ``reason`` index into HANDSHAKE_REASONS."""
+    """A request we refuse: ``status`` to answer, ``reason`` index into HANDSHAKE_REASONS,
+    ``code`` the machine-readable error code of the body (docs/protocol.md), if any."""
 
     def __init__(self, status: int, message: str, reason: int = HS_BAD_REQUEST,
-                 headers: Iterable[tuple[str, str]] = ()) -> None:
+                 headers: Iterable[tuple[str, str]] = (), code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.reason = reason
         self.headers = tuple(headers)
+        self.code = code
 
 
 def new_parser(max_head: int) -> h11.Connection:
@@ -143,7 +147,10 @@ def render_json(status: int, document: object, keep_alive: bool = True, head: bo
 
 
 def render_error(error: HttpError, keep_alive: bool = False) -> bytes:
-    return render_json(error.status, {"error": error.message}, keep_alive, headers=error.headers)
+    document = {"error": error.message}
+    if error.code is not None:
+        document["code"] = error.code
+    return render_json(error.status, document, keep_alive, headers=error.headers)
 
 
 _HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?")

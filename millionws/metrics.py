@@ -42,6 +42,14 @@ HTTP_STATUSES = (101, 200, 202, 400, 401, 403, 404, 405, 408, 413, 426, 429, 431
 ACCEPT_ERRORS = ("emfile", "other")
 RATE_LIMITS = ("messages", "bytes", "publishes", "connect_rate", "connections_per_ip")
 LOOP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+# Where an unexpected exception was caught (millionws_internal_errors_total{where}): the unit of work it ended.
+INTERNAL_ERROR_SITES = ("connection", "http", "mesh", "broker", "timer", "handler")
+# Records from another process dropped before they reached the core (millionws_records_dropped_total).
+DROPPED_RECORDS = ("mesh_malformed", "mesh_outbox_full", "broker_malformed")
+# Error codes of /pubsub replies and HTTP 4xx/5xx bodies for refused input (millionws_input_refused_total{code}).
+INPUT_CODES = ("bad_json", "too_deep", "bad_unicode", "bad_number", "bad_request", "bad_id", "unknown_op",
+               "bad_channel", "bad_since", "bad_user", "forbidden", "too_many_channels", "too_many_subscribers",
+               "binary_not_supported", "rate_limited", "unavailable", "publish_timeout")
 FANOUT_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 FIELDS: tuple[str, ...] = (
@@ -59,11 +67,18 @@ FIELDS: tuple[str, ...] = (
     *(f"fanout_bucket_{i}" for i in range(len(FANOUT_BUCKETS) + 1)),
     "fanout_sum_ns", "fanout_count",
     "bus_up", "bus_reconnects", "bus_published", "bus_received", "bus_dropped", "bus_catchups", "channels_evicted",
+    *(f"internal_error_{w}" for w in INTERNAL_ERROR_SITES),
+    *(f"dropped_{k}" for k in DROPPED_RECORDS),
+    *(f"refused_{code}" for code in INPUT_CODES),
+    "bus_outbox", "publishes_pending", "replay_holds_expired", "admission_keys",
 )
 F = {name: i for i, name in enumerate(FIELDS)}
-GAUGES = ("pid", "started", "draining", "connections", "channels", "subscriptions", "bus_up")
+GAUGES = ("pid", "started", "draining", "connections", "channels", "subscriptions", "bus_up", "bus_outbox",
+          "publishes_pending", "admission_keys")
 DISCONNECT0 = F["disconnect_normal"]
 HANDSHAKE0 = F["handshake_failed_bad_request"]
+INTERNAL0 = F["internal_error_connection"]
+REFUSED = {code: F[f"refused_{code}"] for code in INPUT_CODES}
 HTTP_INDEX = {s: F[f"http_{s}"] for s in HTTP_STATUSES}
 LOOP0 = F["loop_bucket_0"]
 FANOUT0 = F["fanout_bucket_0"]
@@ -200,6 +215,13 @@ class _Collector:
                        "reason", ACCEPT_ERRORS, "accept_error_")
         yield labelled("millionws_auth_failures", "Upgrades refused for their token (401), by reason.", "reason",
                        AUTH_REASONS, "auth_failed_")
+        yield labelled("millionws_internal_errors", "Unexpected exceptions caught by an exception boundary, by the "
+                       "unit of work they ended (a connection closed 1011/500, a record or timer skipped).", "where",
+                       INTERNAL_ERROR_SITES, "internal_error_")
+        yield labelled("millionws_records_dropped", "Records from another process dropped: malformed, or the "
+                       "outbox to a peer worker full.", "kind", DROPPED_RECORDS, "dropped_")
+        yield labelled("millionws_input_refused", "Client input refused with an error reply or HTTP error, by "
+                       "error code (docs/protocol.md).", "code", INPUT_CODES, "refused_")
         yield labelled("millionws_rate_limited", "Requests refused or connections closed by a rate limit, by kind.",
                        "kind", RATE_LIMITS, "rate_limited_")
 
@@ -255,6 +277,14 @@ class _Collector:
              "bus_received"),
             (CounterMetricFamily, "millionws_bus_dropped", "Publishes dropped: the broker was away and the outbox "
              "full.", "bus_dropped"),
+            (GaugeMetricFamily, "millionws_bus_outbox", "Publishes handed to the broker thread and not yet "
+             "acknowledged by the broker.", "bus_outbox"),
+            (GaugeMetricFamily, "millionws_publishes_pending", "Publishes waiting for their seq (HTTP answer or "
+             "published reply held until the sequencer confirms).", "publishes_pending"),
+            (CounterMetricFamily, "millionws_replay_holds_expired", "Subscribes with since whose replay answer "
+             "never came (owner worker or broker away): resolved with gap unknown.", "replay_holds_expired"),
+            (GaugeMetricFamily, "millionws_admission_keys", "Source addresses and channels tracked by rate "
+             "limits (swept when idle).", "admission_keys"),
             (CounterMetricFamily, "millionws_bus_catchups", "Missed ranges read back from the broker's stream "
              "(after a loss on the live path or an outage).", "bus_catchups"),
         ):

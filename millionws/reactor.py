@@ -16,6 +16,11 @@ Theory of operation:
 * The handful of process-wide timers (metrics flush, drain deadline) use a small heap
   (:meth:`Reactor.call_later`).
 * The reactor knows nothing of HTTP or WebSocket.
+* Exception boundary: every unit of work the loop starts (one connection's readiness,
+  one handler's readiness, one timer) runs inside ``try``; what it raises goes to
+  ``on_error(where, record, exc)``, which ends that unit (closes that connection, skips
+  that timer) and the loop goes on.  Only an error in the loop's own code below, or one
+  raised by ``on_error`` itself, ends the worker (and the supervisor replaces it).
 """
 
 from __future__ import annotations
@@ -111,6 +116,7 @@ class Reactor:
         self.wheel = TimerWheel(timer_resolution)
         self._on_conn_event = on_conn_event
         self._on_timer = on_timer
+        self.on_error: Callable[[str, Any, Exception], None] = _reraise
         self._handlers: dict[int, Callable[[int], None]] = {}
         self._calls: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
@@ -158,10 +164,16 @@ class Reactor:
         calls = self._calls
         while calls and calls[0][0] <= now:
             _, _, callback = heapq.heappop(calls)
-            callback()
+            try:
+                callback()
+            except Exception as exc:
+                self.on_error("timer", None, exc)
         on_timer = self._on_timer
         for record in self.wheel.expire(now):  # returns at once when nothing is due
-            on_timer(record)
+            try:
+                on_timer(record)
+            except Exception as exc:
+                self.on_error("connection", record, exc)
 
     # -- the loop ----------------------------------------------------------------------
     def run(self) -> None:
@@ -176,12 +188,16 @@ class Reactor:
             t0 = clock()
             for fd, ev in events:
                 record = conns.get(fd)
-                if record is not None:
-                    on_conn_event(record, ev)
-                else:
-                    handler = handlers.get(fd)
-                    if handler is not None:
-                        handler(ev)
+                try:  # free when nothing is raised (zero-cost exceptions, CPython >= 3.11)
+                    if record is not None:
+                        on_conn_event(record, ev)
+                    else:
+                        handler = handlers.get(fd)
+                        if handler is not None:
+                            handler(ev)
+                except Exception as exc:
+                    # The boundary of one unit of work; past this line an error ends the worker.
+                    self.on_error("connection" if record is not None else "handler", record, exc)
             self._run_timers(monotonic())
             if self.observe_turn is not None:
                 self.observe_turn(clock() - t0)
@@ -191,3 +207,7 @@ class Reactor:
 
     def close(self) -> None:
         self.epoll.close()
+
+
+def _reraise(where: str, record: Any, exc: Exception) -> None:
+    raise exc

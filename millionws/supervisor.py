@@ -15,6 +15,13 @@ next scheduled restart.
   (:mod:`millionws.bus`) and keeps every end, so a restarted worker gets its links back.
 * Workers ask the kernel for SIGTERM when the supervisor dies (PR_SET_PDEATHSIG), so a
   killed supervisor never leaves orphans holding the port.
+* Fail fast (:meth:`Supervisor.preflight`): before the first fork, whatever cannot work
+  stops the server with one line and exit status 2 (:class:`StartupError`): a JWKS file
+  that is missing or holds no key, a ``--bus`` whose client library is absent or whose
+  broker cannot sequence (NATS without JetStream, Redis < 7), a port another millionws
+  already serves.  SO_REUSEPORT would let a second server bind the same port and silently
+  split the clients (each with its own channels), so each port is claimed with a lock: an
+  abstract Unix socket named after it, released by the kernel when the process dies.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import socket
 import sys
 import time
 
+from .auth import Verifier
 from .bus import Mesh
 from .config import Config
 from .metrics import SharedStats
@@ -38,6 +46,10 @@ from .worker import run_worker
 log = logging.getLogger("millionws.supervisor")
 
 _PR_SET_PDEATHSIG = 1
+
+
+class StartupError(Exception):
+    """A configuration that cannot work: one line for the operator, exit status 2."""
 
 
 class Supervisor:
@@ -51,7 +63,38 @@ class Supervisor:
         self.restarts_due: dict[int, float] = {}  # worker index -> monotonic time to fork
         self.draining_since: float | None = None
         self._signal_r = -1
+        self._locks: list[socket.socket] = []
 
+    def preflight(self) -> None:
+        """Refuse, before anything is forked, a configuration that cannot work (StartupError)."""
+        cfg = self.config
+        if cfg.auth_jwt_secret or cfg.auth_jwks:
+            try:
+                Verifier(cfg.auth_jwt_secret, cfg.auth_jwks, cfg.auth_audience, cfg.auth_issuer)
+            except ValueError as exc:
+                raise StartupError(str(exc)) from None
+        for port in (cfg.port, cfg.admin_port):
+            if port:
+                self._lock_port(port)
+        if cfg.bus:
+            from .broker import BusConfigError, preflight
+
+            try:
+                warning = preflight(cfg.bus)
+            except BusConfigError as exc:
+                raise StartupError(str(exc)) from None
+            if warning:  # reachable later, maybe: start, and stay not-ready (/health?ready) until then
+                log.warning("%s", warning)
+
+    def _lock_port(self, port: int) -> None:
+        lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            lock.bind(f"\0millionws.port.{port}")
+        except OSError:
+            lock.close()
+            raise StartupError(f"port {port} is already served by another millionws on this machine "
+                               "(two would silently split the clients and their channels)") from None
+        self._locks.append(lock)
     def check_port(self) -> None:
         """Fail fast, in the supervisor, when the port is taken by another program."""
         cfg = self.config
@@ -78,6 +121,8 @@ class Supervisor:
     def _become_worker(self) -> None:
         signal.set_wakeup_fd(-1)
         os.close(self._signal_r)
+        for lock in self._locks:  # the supervisor's claim: a worker outliving it must not hold the port
+            lock.close()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
         parent = os.getppid()
@@ -102,6 +147,7 @@ class Supervisor:
 
     def run(self) -> int:
         self.check_port()
+        self.preflight()
         soft, hard = self.raise_fd_limit()
         log.info("open files limit soft=%d hard=%d", soft, hard)
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)

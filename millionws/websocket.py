@@ -39,6 +39,7 @@ OP_CLOSE = 0x8
 OP_PING = 0x9
 
 PING_FRAME = b"\x89\x00"
+INTERNAL_ERROR_CLOSE = b"\x88\x10\x03\xf3internal error"  # Close 1011, for the exception boundary
 
 Handler = Callable[[Any, bool, bytes], "bytes | None"]
 

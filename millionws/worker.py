@@ -42,8 +42,8 @@ from typing import Any
 
 import h11
 
-from . import http, websocket
-from .app import App
+from . import boundary, http, websocket
+from .app import App, Response
 from .buffers import BufferPool, ReceiveBuffer
 from .bus import LocalBus, Mesh
 from .config import Config
@@ -51,9 +51,11 @@ from .connection import (
     CLOSED,
     CLOSING,
     F_ADMIN,
+    F_EXPIRES,
     F_PAUSED,
     F_PING_SENT,
     F_SHUT,
+    F_WAITING,
     HTTP,
     LINGER,
     OPEN,
@@ -103,11 +105,12 @@ class Worker:
         self.stats = WorkerStats(shared, index)
         self.c = self.stats.c
         self.reactor = Reactor(self.on_event, self.on_timer)
+        self.reactor.on_error = self.on_error
         self.reactor.observe_turn = self.stats.observe_turn
         self.rbuf = ReceiveBuffer()
         self.pool = BufferPool()
         self.frames = FramePool()
-        self.bus = LocalBus(index, mesh.take(index) if mesh is not None else {}, self.reactor)
+        self.bus = LocalBus(index, mesh.take(index) if mesh is not None else {}, self.reactor, self.c)
         self.app = App(self, config.max_connections)
         self.draining = False
         self.listener: socket.socket | None = None
@@ -125,6 +128,7 @@ class Worker:
         self._peer_keys: dict[str, str] = {}  # one str object per address, shared by its connections
         self.expiries: list[tuple[float, int, Connection]] = []  # (token exp, seq, conn): a heap
         self._expiry_seq = 0
+        self._expiries_dead = 0  # entries of closed connections, compacted away once they are half the heap
 
     # -- the application's view --------------------------------------------------------
     def websocket_count(self) -> int:
@@ -236,7 +240,40 @@ class Worker:
         if events & EPOLLOUT and conn.pending is not None:
             self.flush(conn)
         if events & (EPOLLIN | EPOLLERR | EPOLLHUP) and conn.state != CLOSED and not conn.flags & F_PAUSED:
+            if conn.flags & F_WAITING:  # not reading while an answer is deferred: only a hang-up gets here
+                self.abort(conn, R_ERROR)
+                return
             self.on_readable(conn)
+
+    def on_error(self, where: str, conn: Connection | None, exc: Exception) -> None:
+        """The reactor's exception boundary: end the unit of work that raised, keep the worker.
+
+        A connection gets HTTP 500 (before the upgrade) or Close 1011 (after), written as
+        raw bytes because the protocol state that raised may not be trusted to write them.
+        """
+        if conn is None:
+            boundary.report(self.c, where, exc)
+            return
+        boundary.report(self.c, "http" if conn.state == HTTP else where, exc, repr(conn))
+        try:
+            if conn.state == HTTP and not conn.flags & F_WAITING:
+                self.refuse(conn, http.HttpError(500, "internal error", http.HS_INTERNAL))
+            elif conn.state == OPEN:
+                conn.reason = R_ERROR
+                conn.ws = None
+                conn.state = LINGER
+                self.write(conn, websocket.INTERNAL_ERROR_CLOSE)
+                self.state_changed(conn)
+            else:
+                self.abort(conn, R_ERROR)
+        except Exception:  # the record itself is broken: drop the descriptor without ceremony
+            log.exception("worker %d: could not close %r after an internal error", self.index, conn)
+            self.reactor.conns.pop(conn.fd, None)
+            conn.state = CLOSED
+            try:
+                os.close(conn.fd)
+            except OSError:
+                pass
 
     def on_readable(self, conn: Connection) -> None:
         try:
@@ -405,8 +442,8 @@ class Worker:
             parser.receive_data(data)
         budget = _PIPELINE_BUDGET
         while conn.state == HTTP:
-            if conn.flags & F_PAUSED:
-                return  # answers are piling up unread: flush() resumes once half has drained
+            if conn.flags & (F_PAUSED | F_WAITING):
+                return  # answers are piling up unread, or one is deferred: resumed when that ends
             try:
                 event = parser.next_event()
             except h11.RemoteProtocolError as exc:
@@ -443,7 +480,7 @@ class Worker:
                 return
 
     def _http_resume(self, conn: Connection) -> None:
-        if conn.state == HTTP and conn.http is not None:
+        if conn.state == HTTP and conn.http is not None and not conn.flags & F_WAITING:
             self.http_in(conn, None)
 
     def refuse(self, conn: Connection, error: http.HttpError) -> None:
@@ -460,10 +497,33 @@ class Worker:
         request, *body = conn.msg
         conn.msg = None
         try:
-            response = self.app.handle(request, b"".join(body), bool(conn.flags & F_ADMIN))
+            response = self.app.handle(request, b"".join(body), bool(conn.flags & F_ADMIN), conn)
         except http.HttpError as error:
             self.refuse(conn, error)
             return
+        if response is None:
+            # Deferred (a publish waiting for its seq): stop reading; answer() resumes.  The app
+            # guarantees an answer within --publish-timeout, so the request deadline is lifted.
+            conn.flags |= F_WAITING
+            self.reactor.wheel.cancel(conn)
+            self.reactor.modify(conn.fd, EPOLLOUT if conn.pending is not None else 0)
+            return
+        self._respond(conn, response)
+
+    def answer(self, conn: Connection, response: Response | http.HttpError) -> None:
+        """The deferred answer of ``conn``'s request; ignored if the connection ended meanwhile."""
+        if conn.state != HTTP or not conn.flags & F_WAITING:
+            return
+        conn.flags &= ~F_WAITING
+        self.reactor.modify(conn.fd, EPOLLIN | EPOLLOUT if conn.pending is not None else EPOLLIN)
+        if isinstance(response, http.HttpError):
+            self.refuse(conn, response)
+            return
+        self._respond(conn, response)
+        if conn.state == HTTP:
+            self._http_resume(conn)  # requests pipelined behind it
+
+    def _respond(self, conn: Connection, response: Response) -> None:
         self.stats.http_status(response.status)
         trailing = conn.http.trailing_data[0]
         if response.websocket is not None:
@@ -471,6 +531,7 @@ class Worker:
             expires = response.identity.expires if response.identity is not None else None
             if expires is not None and conn.state == OPEN:
                 self._expiry_seq += 1
+                conn.flags |= F_EXPIRES
                 heapq.heappush(self.expiries, (expires, self._expiry_seq, conn))
             return
         self.write(conn, response.data)
@@ -506,6 +567,10 @@ class Worker:
         expiries = self.expiries
         while expiries and expiries[0][0] <= now:
             conn = heapq.heappop(expiries)[2]
+            if conn.state == CLOSED:
+                self._expiries_dead -= 1
+                continue
+            conn.flags &= ~F_EXPIRES
             if conn.state == OPEN:
                 self.close_with(conn, 1008, "token expired", R_POLICY, wait_for_peer=True)
         self.reactor.call_later(1.0, self._check_expiries)
@@ -568,6 +633,13 @@ class Worker:
                 self.per_ip[conn.peer] = left
             else:
                 del self._peer_keys[conn.peer]
+        if conn.flags & F_EXPIRES:
+            self._expiries_dead += 1
+            if self._expiries_dead > 64 and self._expiries_dead * 2 > len(self.expiries):
+                # A long-lived token of a closed connection must not keep its record for hours.
+                self.expiries = [e for e in self.expiries if e[2].state != CLOSED]
+                heapq.heapify(self.expiries)
+                self._expiries_dead = 0
         if conn.app is not None:
             c = self.c
             c[_CONNECTIONS] -= 1

@@ -307,7 +307,7 @@ class Publisher:
         self.drain()
 
     def drain(self) -> None:
-        """Read and drop whatever the server sent (202 answers, a greeting)."""
+        """Read and drop whatever the server sent (200 answers, a greeting)."""
         while True:
             try:
                 chunk = self.sock.recv(65536)
@@ -317,7 +317,7 @@ class Publisher:
                 return
             if not chunk:
                 return
-            self.http_ok += chunk.count(b" 202 ")
+            self.http_ok += chunk.count(b" 200 ")
 
     def close(self) -> None:
         self.sock.close()

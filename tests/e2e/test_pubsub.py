@@ -92,14 +92,18 @@ def test_publish_by_websocket_and_http_reaches_both_workers_in_order_once(start_
         publisher = await connect(server.url("/pubsub"), compression=None)
         # Order is per publishing connection: one WebSocket, one keep-alive HTTP connection.
         backend = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        acked = []
         for i in range(30):
             await publisher.send(json.dumps({"op": "publish", "channel": "news", "data": {"ws": i}}))
             backend.request("POST", "/publish/news", json.dumps({"http": i}).encode())
             response = backend.getresponse()
-            assert (response.status, json.loads(response.read())) == (202, {"status": "accepted", "channel": "news"})
+            answer = json.loads(response.read())
+            assert (response.status, answer["status"], answer["channel"]) == (200, "published", "news")
+            acked.append(answer["seq"])
+        assert acked == sorted(acked) and len(set(acked)) == 30  # each answer names its message's seq
         backend.close()
         await publisher.send(json.dumps({"op": "publish", "channel": "news", "data": "end", "id": 7}))
-        assert await recv(publisher) == {"op": "published", "channel": "news", "id": 7}
+        assert await recv(publisher) == {"op": "published", "channel": "news", "seq": 61, "id": 7}
         for ws in subs:
             got = await messages(ws, "news", 61)
             assert [d["seq"] for d in got] == list(range(1, 62))  # strictly increasing, gap-free, once
@@ -176,7 +180,7 @@ def test_since_older_than_the_buffer_gets_an_explicit_gap(start_server):
         probe = await subscribed(server, [channel], {channel: 0})
         for k in range(1, 11):
             await asyncio.to_thread(post, server.port, f"/publish/{channel}", str(k).encode())
-        # 202 means accepted, not yet sequenced: the probe seeing seq 10 means all ten are in the buffer.
+        # Each answer comes once the message is sequenced; the probe seeing seq 10 shows the order too.
         assert [d["seq"] for d in await messages(probe, channel, 10)] == list(range(1, 11))
         subs = await open_on_both_workers(server, 4, lambda: subscribed(server, [channel], {channel: 2}), others=1)
         for ws in subs:
@@ -230,7 +234,8 @@ def test_user_messages_reach_every_connection_of_that_user_only(start_server):
         for ws in [*alice, bob]:
             assert (await request(ws, {"op": "unsubscribe", "channels": ["none"]}))["op"] == "unsubscribed"
         status, doc = await asyncio.to_thread(post, server.port, "/users/alice/messages", b'{"hi":"alice"}')
-        assert (status, doc) == (202, {"status": "accepted", "channel": "@user:alice"})
+        assert (status, doc) == (200, {"status": "published", "channel": "@user:alice", "seq": 1, "user": "alice",
+                                       "stored": True, "online": True})
         await asyncio.to_thread(post, server.port, "/users/bob/messages", b'"for bob"')
         for ws in alice:
             assert await recv(ws) == {"op": "message", "channel": "@user:alice", "seq": 1, "data": {"hi": "alice"}}
@@ -280,7 +285,7 @@ def test_every_refusal_is_an_error_reply_and_the_connection_stays_usable(start_s
             assert reply["op"] == "error" and reply["code"] == code and reply["id"] == "r1", (doc, reply)
             assert reply["message"]
         for raw, code in (("{nope", "bad_json"), ("[1]", "bad_request"), ('{"op":"publish","channel":"a",'
-                                                                          '"data":NaN}', "bad_json")):
+                                                                          '"data":NaN}', "bad_number")):
             await ws.send(raw)
             assert (await recv(ws))["code"] == code
         await ws.send(b'{"op":"subscribe","channels":["a"]}')
