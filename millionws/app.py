@@ -131,11 +131,11 @@ class PubSub:
         self._sweep()
 
     def _sweep(self) -> None:
+        self.reactor.call_later(5.0, self._sweep)  # first: a sweep that raises is skipped once, not forever
         now = monotonic()
         self.hub.sweep(now)
         if self.publish_rate is not None:
             self.publish_rate.sweep(now)
-        self.reactor.call_later(5.0, self._sweep)
 
     def _reply(self, conn: Any, document: dict[str, Any], request_id: Any = None) -> bytes:
         if request_id is not None:

@@ -37,13 +37,18 @@ class Rate:
 
 
 class KeyedBuckets:
-    """Buckets by key (address, channel), dropping keys idle for ``idle`` seconds."""
+    """Buckets by key (address, channel), dropping keys idle for ``idle`` seconds.
+
+    By default ``idle`` is the time a bucket takes to fill up again: a full bucket is the same
+    as a new one, so forgetting it changes no decision, and the table holds only the keys
+    that were active within that time.
+    """
 
     __slots__ = ("_buckets", "_next_sweep", "idle", "rate")
 
-    def __init__(self, rate: Rate, idle: float = 60.0) -> None:
+    def __init__(self, rate: Rate, idle: float | None = None) -> None:
         self.rate = rate
-        self.idle = idle
+        self.idle = idle if idle is not None else max(1.0, rate.burst / rate.per_second)
         self._buckets: dict[object, list[float]] = {}
         self._next_sweep = 0.0  # the first take sweeps (an empty dict) and sets the real schedule
 

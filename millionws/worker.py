@@ -160,6 +160,7 @@ class Worker:
         self.start_listening()
         self.install_signals()
         self._flush_periodically()
+        self._sweep_admission()
         self._check_expiries()
         self.app.start()
         log.info("worker %d (pid %d) listening on %s:%d", self.index, os.getpid(), self.config.host,
@@ -170,9 +171,21 @@ class Worker:
             self.close_all()
         return 0
 
+    # Periodic timers schedule their next turn first: one that raises is skipped once, not forever.
     def _flush_periodically(self) -> None:
-        self.stats.flush()
         self.reactor.call_later(0.25, self._flush_periodically)
+        self.stats.flush()
+
+    def _sweep_admission(self) -> None:
+        """Forget source addresses whose connect-rate bucket is full again (bounded table)."""
+        rate, per_ip = self.connect_rate, self.per_ip
+        if rate is None and per_ip is None:
+            return
+        self.reactor.call_later(rate.idle if rate is not None else 5.0, self._sweep_admission)
+        if rate is not None:
+            rate.sweep(monotonic())
+        # per_ip needs no sweep: a closing connection takes its address out when it was the last.
+        self.c[F["admission_keys"]] = (len(rate) if rate is not None else 0) + (len(per_ip) if per_ip else 0)
 
     # -- accept ------------------------------------------------------------------------
     def accept_from(self, listener: socket.socket, flags: int) -> None:
@@ -563,6 +576,7 @@ class Worker:
 
     def _check_expiries(self) -> None:
         """Close 1008 the connections whose token expired (SECURITY.md: no silent extension)."""
+        self.reactor.call_later(1.0, self._check_expiries)
         now = time.time()
         expiries = self.expiries
         while expiries and expiries[0][0] <= now:
@@ -573,7 +587,6 @@ class Worker:
             conn.flags &= ~F_EXPIRES
             if conn.state == OPEN:
                 self.close_with(conn, 1008, "token expired", R_POLICY, wait_for_peer=True)
-        self.reactor.call_later(1.0, self._check_expiries)
 
     def close_with(self, conn: Connection, code: int, text: str, reason: int, wait_for_peer: bool) -> None:
         """Start the closing handshake from our side; without ``wait_for_peer``, linger at once."""

@@ -162,6 +162,25 @@ def load_yaml_docs(path: Path) -> list[dict]:
         return [d for d in yaml.safe_load_all(f) if d is not None]
 
 
+def kustomize_resources(directory: Path) -> list[Path]:
+    """The manifest files a kustomization.yaml lists, in order."""
+    (kust,) = load_yaml_docs(directory / "kustomization.yaml")
+    return [directory / r for r in kust["resources"]]
+
+
+def by_kind(kind: str, directory: Path = K8S, name: str | None = None) -> dict:
+    """The one object of ``kind`` (and ``name``, when several share the kind) a kustomization deploys."""
+    found = [d for path in kustomize_resources(directory) for d in load_yaml_docs(path)
+             if d["kind"] == kind and name in (None, d["metadata"]["name"])]  # fmt: skip
+    assert len(found) == 1, f"expected one {kind} {name or ''} in {directory}, found {len(found)}"
+    return found[0]
+
+
+def env_of(container: dict) -> dict[str, dict]:
+    """A container's env entries by name."""
+    return {e["name"]: e for e in container.get("env", [])}
+
+
 def load_json(path: Path) -> Any:
     with open(path) as f:
         return json.load(f)

@@ -15,7 +15,10 @@ from opshelpers import (
     ROOT,
     SERVER_METRICS,
     TERRAFORM,
+    by_kind,
+    env_of,
     example_kubernetes_version,
+    kustomize_resources,
     load_yaml_docs,
     server_env_vars,
     tf_blocks,
@@ -40,11 +43,6 @@ SAFE_SYSCTLS = {
 }
 
 
-def kustomize_resources(directory: Path) -> list[Path]:
-    (kust,) = load_yaml_docs(directory / "kustomization.yaml")
-    return [directory / r for r in kust["resources"]]
-
-
 def manifest_docs() -> list[tuple[str, dict]]:
     docs = []
     for directory in (K8S, LOCUST):
@@ -54,23 +52,14 @@ def manifest_docs() -> list[tuple[str, dict]]:
     return docs
 
 
-def by_kind(kind: str, directory: Path = K8S) -> dict:
-    found = [d for path in kustomize_resources(directory) for d in load_yaml_docs(path) if d["kind"] == kind]
-    assert len(found) == 1, f"expected one {kind} in {directory}, found {len(found)}"
-    return found[0]
-
-
-def env_of(container: dict) -> dict[str, dict]:
-    return {e["name"]: e for e in container.get("env", [])}
-
-
 @pytest.fixture(scope="module")
 def k8s_version() -> str:
     return example_kubernetes_version()
 
 
 def test_kustomization_lists_every_manifest() -> None:
-    not_resources = {"kustomization.yaml", "prometheus-adapter-values.yaml"}
+    # secret.example.yaml: the operator creates the real Secret (deploy/PRODUCTION.md)
+    not_resources = {"kustomization.yaml", "prometheus-adapter-values.yaml", "secret.example.yaml"}
     for directory in (K8S, LOCUST):
         listed = {p.name for p in kustomize_resources(directory)}
         present = {p.name for p in directory.glob("*.yaml")} - not_resources
@@ -108,24 +97,29 @@ def test_yamllint_is_clean() -> None:
 
 
 def test_selectors_ports_and_probes_line_up() -> None:
-    dep, svc, pdb = by_kind("Deployment"), by_kind("Service"), by_kind("PodDisruptionBudget")
+    dep, pdb = by_kind("Deployment"), by_kind("PodDisruptionBudget")
+    services = [by_kind("Service", name=n) for n in ("millionws", "millionws-admin")]
     pod_labels = dep["spec"]["template"]["metadata"]["labels"]
     selector = dep["spec"]["selector"]["matchLabels"]
     assert selector.items() <= pod_labels.items()
-    assert svc["spec"]["selector"].items() <= pod_labels.items()
     assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
 
     (container,) = dep["spec"]["template"]["spec"]["containers"]
     port_names = {p["name"]: p["containerPort"] for p in container["ports"]}
-    for port in svc["spec"]["ports"]:
-        assert port["targetPort"] in port_names
+    for svc in services:
+        assert svc["spec"]["selector"].items() <= pod_labels.items()
+        for port in svc["spec"]["ports"]:
+            assert port["targetPort"] in port_names
     env = env_of(container)
     assert int(env["MILLIONWS_PORT"]["value"]) == port_names["http"]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+    assert int(env["MILLIONWS_ADMIN_PORT"]["value"]) == port_names["admin"]
+    # readiness also asks for the bus (test_reference_deployment.py); the others only for the process
+    paths = {"startupProbe": "/health", "readinessProbe": "/health?ready", "livenessProbe": "/health"}
+    for probe, path in paths.items():
         get = container[probe]["httpGet"]
-        assert get["path"] == "/health" and get["port"] == "http", probe
+        assert get["path"] == path and get["port"] == "http", probe
     annotations = dep["spec"]["template"]["metadata"]["annotations"]
-    assert int(annotations["prometheus.io/port"]) == port_names["http"]
+    assert int(annotations["prometheus.io/port"]) == port_names["admin"]
 
 
 def test_env_names_are_server_flags() -> None:
@@ -181,7 +175,7 @@ def test_pods_land_on_the_terraform_connection_node_group() -> None:
 
 
 def test_service_is_an_nlb_with_local_traffic_and_long_idle_timeout() -> None:
-    svc = by_kind("Service")
+    svc = by_kind("Service", name="millionws")
     ann = svc["metadata"]["annotations"]
     assert svc["spec"]["type"] == "LoadBalancer"
     assert svc["spec"]["externalTrafficPolicy"] == "Local"
@@ -218,7 +212,7 @@ def test_hpa_custom_metric_is_served_by_the_adapter_rule() -> None:
 
 
 def test_servicemonitor_selects_the_service() -> None:
-    sm, svc = by_kind("ServiceMonitor"), by_kind("Service")
+    sm, svc = by_kind("ServiceMonitor"), by_kind("Service", name="millionws-admin")
     assert sm["apiVersion"] == "monitoring.coreos.com/v1"
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
     assert svc["metadata"]["namespace"] in sm["spec"]["namespaceSelector"]["matchNames"]

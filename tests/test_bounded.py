@@ -1,0 +1,108 @@
+"""Every per-worker table that grows with clients returns to its baseline, and every wait has a
+deadline: publishes waiting for their seq, replays waiting for their owner, rate-limit keys,
+the mesh outbox (drops counted, not silent)."""
+
+from __future__ import annotations
+
+import socket
+
+from millionws import bus, metrics
+from millionws.channels import GAP_REASONS, GAP_UNKNOWN
+from millionws.metrics import F
+from millionws.ratelimit import KeyedBuckets, Rate
+from millionws.reactor import Reactor
+from tests.test_channels import Conn, Node
+
+
+def test_a_publish_is_answered_with_its_seq_once_the_owner_sequenced_it():
+    node = Node(2)
+    channel = node.channel_owned_by(1)
+    answers = []
+    node.hubs[0].publish(channel, b'"x"', 0.0, lambda *a: answers.append(a))
+    assert answers == [] and len(node.hubs[0].acks) == 1  # not before the owner numbered it
+    node.pump()  # PUB to the owner, PUBACK back
+    assert answers == [(1, "", 0)] and node.hubs[0].acks == {}
+    assert node.hubs[0].c[F["publishes_pending"]] == 0
+
+
+def test_a_publish_whose_owner_never_answers_times_out_and_leaves_no_trace():
+    node = Node(2, publish_timeout=5.0)
+    hub = node.hubs[0]
+    channel = node.channel_owned_by(1)
+    answers = []
+    for _ in range(100):
+        hub.publish(channel, b"1", 0.0, lambda *a: answers.append(a))
+    node.queue.clear()  # the owner is gone: nothing will come back
+    hub.expire(10.0 ** 9)
+    assert answers == [(0, "publish_timeout", -1)] * 100
+    assert hub.acks == {} and not hub._ack_deadlines and hub.c[F["publishes_pending"]] == 0
+
+
+def test_a_late_acknowledgement_after_the_timeout_is_ignored():
+    node = Node(2, publish_timeout=5.0)
+    channel = node.channel_owned_by(1)
+    answers = []
+    node.hubs[0].publish(channel, b"1", 0.0, lambda *a: answers.append(a))
+    node.hubs[0].expire(10.0 ** 9)
+    node.pump()
+    assert answers == [(0, "publish_timeout", -1)]
+
+
+def test_a_replay_hold_whose_answer_never_comes_ends_with_a_gap_and_live_messages():
+    node = Node(2, replay_timeout=10.0)
+    hub = node.hubs[0]
+    channel = node.channel_owned_by(1)
+    conn = Conn("c")
+    hub.subscribe(conn, [channel], {channel: 3})
+    node.queue.clear()  # INTEREST and REPLAY_REQ lost: the owner restarted before reading them
+    assert len(hub.requests) == 1 and conn in hub.holds[channel]
+    hub.expire(10.0 ** 9)
+    assert hub.requests == {} and channel not in hub.holds and conn in hub.subs[channel]
+    assert conn.docs == [{"op": "gap", "channel": channel, "since": 3, "first": 4,
+                          "reason": GAP_REASONS[GAP_UNKNOWN]}]
+    assert hub.c[F["replay_holds_expired"]] == 1
+
+
+def test_keyed_buckets_forget_keys_once_their_bucket_is_full_again():
+    buckets = KeyedBuckets(Rate(10))  # burst 10: full again one second after the last take
+    assert buckets.idle == 1.0
+    for i in range(10_000):
+        buckets.take(f"10.0.{i // 256}.{i % 256}", 100.0)
+    assert len(buckets) == 10_000
+    buckets.sweep(101.5)
+    assert len(buckets) == 0
+
+
+def test_mesh_outbox_drops_are_counted(monkeypatch):
+    monkeypatch.setattr(bus, "MAX_OUTBOX", 1000)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    counters = [0] * len(metrics.FIELDS)
+    reactor = Reactor(lambda *_: None, lambda *_: None)
+    local = bus.LocalBus(0, {1: a}, reactor, counters)
+    for _ in range(100):  # never flushed: the peer is "away"
+        local.send(1, b"x" * 100)
+    assert counters[F["dropped_mesh_outbox_full"]] == 100 - 10
+    a.close()
+    b.close()
+    reactor.close()
+
+
+def test_a_record_that_breaks_its_handler_is_dropped_and_counted():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    counters = [0] * len(metrics.FIELDS)
+    got = []
+
+    def handler(src: int, record: memoryview) -> None:
+        if bytes(record) == b"boom":
+            raise RuntimeError("a bug in the handler")
+        got.append(bytes(record))
+
+    sender = bus.LocalBus(1, {0: b}, Reactor(lambda *_: None, lambda *_: None))
+    receiver = bus.LocalBus(0, {1: a}, Reactor(lambda *_: None, lambda *_: None), counters, on_record=handler)
+    for record in (b"one", b"boom", b"two"):
+        sender.send(0, record)
+    sender.flush()
+    receiver._receive(1)
+    assert got == [b"one", b"two"] and counters[F["internal_error_mesh"]] == 1
+    a.close()
+    b.close()
