@@ -97,3 +97,50 @@ def test_reactor_dispatches_connections_handlers_and_timers():
         s.close()
     os.close(r)
     os.close(w)
+
+
+def test_a_unit_of_work_that_raises_goes_to_on_error_and_the_loop_goes_on():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    errors: list[tuple[str, object, str]] = []
+    ran: list[str] = []
+
+    class Record:
+        deadline = 0
+
+    record = Record()
+
+    def on_event(rec, _ev):
+        os.read(a.fileno(), 100)
+        raise ValueError("connection bug")
+
+    def on_timer(rec):
+        raise KeyError("deadline bug")
+
+    reactor = Reactor(on_event, on_timer)
+    reactor.on_error = lambda where, rec, exc: errors.append((where, rec, type(exc).__name__))
+    reactor.add_conn(a.fileno(), record)
+    reactor.wheel.schedule(record, time.monotonic())
+    reactor.call_later(0, lambda: 1 / 0)
+    reactor.call_later(0.05, lambda: ran.append("later timer"))
+    reactor.call_later(0.3, reactor.stop)
+    b.send(b"x")
+    reactor.run()
+    assert ("connection", record, "ValueError") in errors
+    assert ("timer", None, "ZeroDivisionError") in errors
+    assert ran == ["later timer"]  # the loop went on after each
+    a.close()
+    b.close()
+    reactor.close()
+
+
+def test_without_a_boundary_the_error_ends_the_loop():
+    reactor = Reactor(lambda *_: None, lambda *_: None)
+    reactor.call_later(0, lambda: 1 / 0)
+    try:
+        reactor.run()
+    except ZeroDivisionError:
+        pass
+    else:
+        raise AssertionError("the default on_error re-raises")
+    reactor.close()
