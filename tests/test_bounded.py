@@ -106,3 +106,33 @@ def test_a_record_that_breaks_its_handler_is_dropped_and_counted():
     assert got == [b"one", b"two"] and counters[F["internal_error_mesh"]] == 1
     a.close()
     b.close()
+
+
+def test_token_expiry_entries_of_closed_connections_are_compacted_away():
+    import heapq
+    import time
+
+    from millionws.config import Config
+    from millionws.connection import F_EXPIRES, OPEN, Connection
+    from millionws.worker import Worker
+
+    worker = Worker(Config(workers=1), 0, metrics.SharedStats(1))
+    peers = []
+    conns = []
+    for i in range(1000):
+        a, b = socket.socketpair()
+        peers.append(b)
+        conn = Connection(a.detach(), None)
+        conn.state = OPEN
+        worker.reactor.add_conn(conn.fd, conn)
+        conn.flags |= F_EXPIRES  # as dispatch does for a token with a day to live
+        heapq.heappush(worker.expiries, (time.time() + 86_400, i, conn))
+        conns.append(conn)
+    for conn in conns[:999]:
+        worker.close(conn)
+    assert len(worker.expiries) <= 130  # not 1000: closed connections' entries do not wait a day
+    assert conns[999] in [entry[2] for entry in worker.expiries]
+    for peer in peers:
+        peer.close()
+    worker.close(conns[999])
+    worker.reactor.close()
