@@ -99,6 +99,7 @@ _ID_HELP = "id is an integer 0..2^53-1 or a string of at most 128 characters"
 _PUBLISH_ERRORS = {
     "unavailable": "the channel's sequencer cannot be reached now (broker away): not published, retry later",
     "publish_timeout": "the channel's sequencer did not confirm in time: the message may or may not be published",
+    "channel_limit": "this server sequences as many channels as it may (--max-channels-per-worker): not published",
 }
 
 
@@ -120,7 +121,7 @@ class PubSub:
         self.hub = Hub(worker.index, cfg.workers, worker.bus.send, worker.write, worker.fanout, worker.stats,
                        cfg.replay_seconds, cfg.replay_max_messages, cfg.max_channels_per_connection,
                        cfg.max_subscribers_per_worker, cfg.publish_timeout, cfg.replay_timeout,
-                       worker.reactor.call_later)
+                       worker.reactor.call_later, cfg.replay_max_bytes, cfg.max_channels_per_worker)
         worker.bus.on_record = self.hub.on_record
         if cfg.bus:  # across nodes: millionws/broker.py
             self.hub.connect_bus(cfg.bus, worker.reactor)
@@ -173,14 +174,14 @@ class PubSub:
         try:
             op = msg.get("op")
             if op == "subscribe":
-                channels = _channel_list(msg, user)
+                channels = _channel_list(msg, user, self.hub.max_channels)
                 if identity is not None:
                     for channel in channels:
                         if channel != user:
                             _authorize(identity, channel)
                 self.subscribe(conn, channels, msg.get("since"), request_id, user)
             elif op == "unsubscribe":
-                channels = _channel_list(msg, user)
+                channels = _channel_list(msg, user, self.hub.max_channels)
                 self.hub.unsubscribe(conn, channels)
                 self.hub.write(conn, self._reply(conn, {"op": "unsubscribed", "channels": channels}, request_id))
             elif op == "publish":
@@ -215,8 +216,9 @@ class PubSub:
         if since is not None:
             if type(since) is not dict:
                 raise ChannelError("bad_since", "since is an object: {channel: last seq seen}")
+            names = set(channels)
             for channel, seq in since.items():
-                if channel not in channels:
+                if channel not in names:
                     raise ChannelError("bad_since", "since names a channel that is not subscribed here", channel)
                 if not jsonsafe.safe_int(seq):
                     raise ChannelError("bad_since", "a since value is an integer 0..2^53-1", channel)
@@ -255,10 +257,12 @@ _BAD_NAME = "a channel name is 1 to 128 characters of A-Z a-z 0-9 . _ : -"
 _BAD_USER = "a user id is 1 to 128 characters of A-Z a-z 0-9 . _ : - @ + = |"
 
 
-def _channel_list(msg: dict[str, Any], user: str | None) -> list[str]:
+def _channel_list(msg: dict[str, Any], user: str | None, most: int) -> list[str]:
     channels = msg.get("channels")
     if type(channels) is not list or not channels:
         raise ChannelError("bad_request", "channels must be a non-empty list of channel names")
+    if len(channels) > most + 1:  # + 1: the user's own channel; the hub counts exactly
+        raise ChannelError("too_many_channels", f"at most {most} channels per connection")
     for channel in channels:
         if not valid_channel(channel) and (user is None or channel != user):
             raise ChannelError("bad_channel", _BAD_NAME, channel)

@@ -89,6 +89,7 @@ MAX_NAME = 128
 T_PUB, T_MSG, T_INTEREST, T_UNINTEREST, T_REPLAY_REQ, T_REPLAY, T_HELLO, T_PUBACK = range(1, 9)
 _PUB = struct.Struct("!BdIH")
 _PUBACK = struct.Struct("!BIQB")
+_REFUSED_CHANNEL_LIMIT = 255  # PUBACK's reach byte when the owner could not take the channel
 _MSG = struct.Struct("!BdQH")
 _CHAN = struct.Struct("!BH")
 _REQ = struct.Struct("!BIQH")
@@ -108,7 +109,8 @@ _C_MALFORMED, _C_PENDING, _C_HOLDS_EXPIRED = F["dropped_mesh_malformed"], F["pub
     "replay_holds_expired"]
 
 # done(seq, error, reach): the answer to a publish.  error "" (sequenced as seq; seq 0 when the
-# broker stored it earlier and cannot say which), "unavailable" or "publish_timeout".  reach: 1 if
+# broker stored it earlier and cannot say which), "unavailable", "publish_timeout" or
+# "channel_limit" (the owner holds --max-channels-per-worker channels already).  reach: 1 if
 # the channel had a subscriber on this node when sequenced, 0 if not, -1 unknown (with a bus).
 Done = Callable[[int, str, int], None]
 
@@ -153,27 +155,39 @@ class ChannelError(Exception):
 
 
 class ReplayBuffer:
-    """The recent messages of one channel: at most ``max_messages``, none older than ``seconds``.
+    """The recent messages of one channel: at most ``max_messages`` and ``max_bytes`` of data, none
+    older than ``seconds``.
 
     Entries are ``(seq, t, data)`` with consecutive ``seq``, so the entry after ``since`` is
-    found by arithmetic, not by search.
+    found by arithmetic, not by search.  The byte bound keeps one channel of large messages
+    from holding ``max_messages`` of them (a gigabyte at 1 MiB each), and a replay answer
+    between workers within what the mesh carries.
     """
 
-    __slots__ = ("seconds", "entries")
+    __slots__ = ("seconds", "entries", "max_messages", "max_bytes", "size")
 
-    def __init__(self, seconds: float, max_messages: int) -> None:
+    def __init__(self, seconds: float, max_messages: int, max_bytes: int = 4 << 20) -> None:
         self.seconds = seconds
-        self.entries: deque[tuple[int, float, bytes]] = deque(maxlen=max_messages)
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
+        self.size = 0
+        self.entries: deque[tuple[int, float, bytes]] = deque()
 
     def append(self, seq: int, t: float, data: bytes) -> None:
-        self.entries.append((seq, t, data))
+        if self.max_messages <= 0:
+            return
+        entries = self.entries
+        entries.append((seq, t, data))
+        self.size += len(data)
+        while len(entries) > self.max_messages or (self.size > self.max_bytes and len(entries) > 1):
+            self.size -= len(entries.popleft()[2])
         self.trim(t)
 
     def trim(self, now: float) -> None:
         entries = self.entries
         horizon = now - self.seconds
         while entries and entries[0][1] < horizon:
-            entries.popleft()
+            self.size -= len(entries.popleft()[2])
 
     def after(self, since: int, last: int, now: float) -> tuple[int, int, list[tuple[int, float, bytes]]]:
         """``(gap_reason, first, entries)``: what a subscriber who saw ``since`` gets.
@@ -196,10 +210,10 @@ class Owned:
 
     __slots__ = ("seq", "replay", "interest", "touched")
 
-    def __init__(self, seconds: float, max_messages: int) -> None:
+    def __init__(self, seconds: float, max_messages: int, max_bytes: int = 4 << 20) -> None:
         self.seq = 0
         self.touched = monotonic()  # last publish or interest: for eviction
-        self.replay = ReplayBuffer(seconds, max_messages)
+        self.replay = ReplayBuffer(seconds, max_messages, max_bytes)
         self.interest: set[int] = set()  # other workers with subscribers
 
 
@@ -244,7 +258,8 @@ class Hub:
                  stats: WorkerStats, replay_seconds: float = 120.0, replay_max_messages: int = 1000,
                  max_channels_per_connection: int = 100, max_subscribers: int = 2_000_000,
                  publish_timeout: float = 5.0, replay_timeout: float = 10.0,
-                 call_later: Callable[[float, Callable[[], None]], None] | None = None) -> None:
+                 call_later: Callable[[float, Callable[[], None]], None] | None = None,
+                 replay_max_bytes: int = 4 << 20, max_owned: int = 2_000_000) -> None:
         self.index = index
         self.workers = workers
         self.send = send
@@ -262,6 +277,8 @@ class Hub:
         self.of_conn: dict[Any, set[str]] = {}  # connection -> its channels (subscribed or held)
         self.requests: dict[int, Hold] = {}
         self._next_req = 1
+        self.replay_max_bytes = replay_max_bytes
+        self.max_owned = max_owned
         self.publish_timeout = publish_timeout
         self.replay_timeout = replay_timeout
         self.acks: dict[int, Done] = {}  # publish request -> its answer, until sequenced or timed out
@@ -288,10 +305,22 @@ class Hub:
         return owner_of(channel, self.workers)
 
     def _owned(self, channel: str) -> Owned:
+        """The state of a channel this worker sequences; ChannelError("channel_limit") when a new one
+        would pass ``max_owned`` (a flood of one-message channels must not grow it without bound)."""
         owned = self.owned.get(channel)
         if owned is None:
-            self.owned[channel] = owned = Owned(self.replay_seconds, self.replay_max_messages)
+            if len(self.owned) >= self.max_owned:
+                raise ChannelError("channel_limit", "this server sequences as many channels as it may; retry later",
+                                   channel)
+            self.owned[channel] = owned = Owned(self.replay_seconds, self.replay_max_messages, self.replay_max_bytes)
         return owned
+
+    def _replay_of(self, channel: str, since: int) -> tuple[int, int, int, list[tuple[int, float, bytes]]]:
+        """``(last, gap_reason, first, entries)`` for a subscriber that saw ``since``; creates nothing."""
+        owned = self.owned.get(channel)
+        if owned is None:
+            return 0, (GAP_UNKNOWN if since > 0 else GAP_NONE), 1, []
+        return owned.seq, *owned.replay.after(since, owned.seq, monotonic())
 
     def _gauges(self) -> None:
         c = self.c
@@ -361,7 +390,12 @@ class Hub:
             return
         owner = self.owner(channel)
         if owner == self.index:
-            seq, reach = self._sequence(channel, data, t0)
+            try:
+                seq, reach = self._sequence(channel, data, t0)
+            except ChannelError:
+                if done is not None:
+                    done(0, "channel_limit", -1)
+                return
             if done is not None:
                 done(seq, "", reach)
             return
@@ -491,8 +525,7 @@ class Hub:
         self.stats.observe_fanout(monotonic() - t0)
 
     def _replay_local(self, conn: Any, channel: str, since: int) -> None:
-        owned = self._owned(channel)
-        reason, first, entries = owned.replay.after(since, owned.seq, monotonic())
+        _, reason, first, entries = self._replay_of(channel, since)
         self._write_replay(conn, channel, since, reason, first, entries)
 
     def _write_replay(self, conn: Any, channel: str, since: int, reason: int, first: int,
@@ -552,18 +585,27 @@ class Hub:
             _check_seq(1, t0)
             if self.owner(channel) != self.index:
                 raise ValueError(f"a publish for {channel!r}, which worker {self.owner(channel)} owns")
-            seq, reach = self._sequence(channel, bytes(record[end:]), t0)
+            try:
+                seq, reach = self._sequence(channel, bytes(record[end:]), t0)
+            except ChannelError:
+                seq, reach = 0, _REFUSED_CHANNEL_LIMIT
             if req:
                 self.send(src, _PUBACK.pack(T_PUBACK, req, seq, reach))
         elif kind == T_PUBACK:
             _, req, seq, reach = _PUBACK.unpack(record)
+            if reach == _REFUSED_CHANNEL_LIMIT:
+                self._acked(req, 0, "channel_limit", -1)
+                return
             _check_seq(seq, 0.0)
             self._acked(req, seq, "", 1 if reach else 0)
         elif kind == T_INTEREST or kind == T_UNINTEREST:
             n = _CHAN.unpack_from(record)[1]
             channel = _name(record, _CHAN.size, _CHAN.size + n, exact=True)
             if kind == T_INTEREST:
-                owned = self._owned(channel)
+                try:
+                    owned = self._owned(channel)
+                except ChannelError:  # full: that worker's subscribers get what publishes can reach, nothing
+                    return
                 owned.interest.add(src)
                 owned.touched = monotonic()
             else:
@@ -583,10 +625,9 @@ class Hub:
             raise ValueError(f"unknown record type {kind} or size {len(record)}")
 
     def _answer_replay(self, src: int, req: int, since: int, channel: str) -> None:
-        owned = self._owned(channel)
-        reason, first, entries = owned.replay.after(since, owned.seq, monotonic())
+        last, reason, first, entries = self._replay_of(channel, since)
         name = channel.encode()
-        parts = [_REPLAY.pack(T_REPLAY, req, reason, first, owned.seq, len(name), len(entries)), name]
+        parts = [_REPLAY.pack(T_REPLAY, req, reason, first, last, len(name), len(entries)), name]
         for seq, t, data in entries:
             parts.append(_ENTRY.pack(seq, t, len(data)))
             parts.append(data)

@@ -68,6 +68,9 @@ OPTIONS: tuple[Option, ...] = (
            "channel subscriptions (connection x channel) one worker holds; over it subscribe gets an error"),
     Option("replay_seconds", float, 120.0, "seconds a channel's messages stay available to subscribe with since"),
     Option("replay_max_messages", int, 1000, "messages per channel kept for replay (0: no replay)"),
+    Option("replay_max_bytes", int, 4 << 20, "bytes of message data per channel kept for replay (oldest go first)"),
+    Option("max_channels_per_worker", int, 2_000_000,
+           "channels one worker sequences (with their replay buffers); a publish to a new one beyond: channel_limit"),
     Option("max_json_depth", int, 32,
            "deepest nesting of arrays and objects in a /pubsub request or an HTTP publish body (over it: too_deep)"),
     Option("publish_timeout", float, 5.0,
@@ -120,6 +123,8 @@ class Config:
     max_subscribers_per_worker: int = 2_000_000
     replay_seconds: float = 120.0
     replay_max_messages: int = 1000
+    replay_max_bytes: int = 4 << 20
+    max_channels_per_worker: int = 2_000_000
     max_json_depth: int = 32
     publish_timeout: float = 5.0
     replay_timeout: float = 10.0
@@ -143,7 +148,7 @@ class Config:
         positive = ("workers", "max_message_size", "handshake_timeout", "ping_timeout", "close_timeout",
                     "max_pending_bytes", "max_connections", "max_request_head", "backlog",
                     "max_channels_per_connection", "max_subscribers_per_worker", "max_json_depth",
-                    "publish_timeout", "replay_timeout")
+                    "publish_timeout", "replay_timeout", "replay_max_bytes", "max_channels_per_worker")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")

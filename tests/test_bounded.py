@@ -136,3 +136,33 @@ def test_token_expiry_entries_of_closed_connections_are_compacted_away():
         peer.close()
     worker.close(conns[999])
     worker.reactor.close()
+
+
+def test_the_replay_buffer_holds_at_most_its_bytes():
+    from millionws.channels import ReplayBuffer
+
+    buffer = ReplayBuffer(120.0, 1000, max_bytes=10_000)
+    for seq in range(1, 101):
+        buffer.append(seq, 0.0, b"x" * 1000)
+    assert buffer.size <= 10_000 and [e[0] for e in buffer.entries] == list(range(91, 101))
+    buffer.trim(10.0 ** 9)
+    assert buffer.size == 0 and not buffer.entries
+    big = ReplayBuffer(120.0, 1000, max_bytes=10)
+    big.append(1, 0.0, b"y" * 100)  # one message larger than the bound is still kept: it is the latest
+    assert [e[0] for e in big.entries] == [1]
+
+
+def test_channels_a_worker_sequences_are_bounded_and_a_refusal_is_answered():
+    node = Node(2, max_owned=3)
+    answers = []
+    local = [f"ch{i}" for i in range(200) if node.hubs[1].owner(f"ch{i}") == 1][:5]
+    for channel in local:  # published on the owner itself
+        node.hubs[1].publish(channel, b"1", 0.0, lambda *a: answers.append(a))
+    assert [a[1] for a in answers] == ["", "", "", "channel_limit", "channel_limit"]
+    assert len(node.hubs[1].owned) == 3
+    answers.clear()
+    node.hubs[0].publish(local[4], b"1", 0.0, lambda *a: answers.append(a))  # through the mesh
+    node.pump()
+    assert answers == [(0, "channel_limit", -1)]
+    node.hubs[1].publish(local[0], b"2", 0.0, lambda *a: answers.append(a))  # a known channel still works
+    assert answers[-1] == (2, "", 0)
