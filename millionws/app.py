@@ -488,7 +488,7 @@ class App:
         remote = self.pubsub.hub.remote
         if remote is not None:
             document["bus"] = remote.detail()
-            if not remote.up and b"ready" in parse_qs(query.decode("latin-1"), keep_blank_values=True):
+            if not remote.up and "ready" in parse_qs(query.decode("latin-1"), keep_blank_values=True):
                 status = 503
                 document["status"] = "not_ready"
         return status, http.render_json(status, document, keep_alive, head)

@@ -275,8 +275,8 @@ class _Collector:
              "bus_published"),
             (CounterMetricFamily, "millionws_bus_received", "Live messages received from the broker.",
              "bus_received"),
-            (CounterMetricFamily, "millionws_bus_dropped", "Publishes dropped: the broker was away and the outbox "
-             "full.", "bus_dropped"),
+            (CounterMetricFamily, "millionws_bus_dropped", "Publishes refused because the outbox to the "
+             "broker was full.", "bus_dropped"),
             (GaugeMetricFamily, "millionws_bus_outbox", "Publishes handed to the broker thread and not yet "
              "acknowledged by the broker.", "bus_outbox"),
             (GaugeMetricFamily, "millionws_publishes_pending", "Publishes waiting for their seq (HTTP answer or "

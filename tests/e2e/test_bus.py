@@ -114,38 +114,104 @@ def test_replay_with_since_across_nodes(start_server, broker):
     conn.close()
 
 
+def bus_down(server) -> bool:
+    s = metrics(server.port)
+    return all(total(s, "millionws_bus_up", worker=w) == 0 for w in ("0", "1"))
+
+
+def post_new_connection(port: int, path: str, body: bytes) -> tuple[int, dict]:
+    """One request per TCP connection: SO_REUSEPORT spreads them over the node's workers."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("POST", path, body)
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+def test_acknowledged_publishes_keep_their_order_across_nodes_and_workers(start_server, broker):
+    a, b = node(start_server, broker), node(start_server, broker)
+    for server in (a, b):
+        wait_for(lambda server=server: bus_up(server), TIMEOUT, what="bus up on every worker")
+    count = 200
+
+    async def main():
+        subs = []
+        for server in (a, b):
+            subs += await open_on_both_workers(server, 4, lambda server=server: subscribed(server, ["ord"],
+                                                                                             {"ord": 0}))
+        acked = []
+        for i in range(count):  # each sent after the previous one's answer, to alternating nodes and any worker
+            server = (a, b)[i % 2]
+            status, answer = await asyncio.to_thread(post_new_connection, server.port, "/publish/ord",
+                                                     json.dumps(i).encode())
+            assert status == 200 and answer["status"] == "published", answer
+            acked.append(answer["seq"])
+        assert acked == list(range(1, count + 1))
+        for ws in subs:
+            got = await messages(ws, "ord", count)
+            assert [(d["seq"], d["data"]) for d in got] == [(s, i) for i, s in enumerate(acked)]
+
+    asyncio.run(main())
+
+
 def test_broker_killed_and_restarted_mid_stream(start_server, broker):
+    """Down: publishes are refused at once (503 unavailable, never parked), the node stays alive but not
+    ready; back: every acknowledged publish is delivered once, in order, on both nodes."""
     a, b = node(start_server, broker), node(start_server, broker)
     for server in (a, b):
         wait_for(lambda server=server: bus_up(server), TIMEOUT, what="bus up on every worker")
     count = 120
+    outcomes: dict[int, str] = {}
+    refusals = []
 
     async def main():
         subs = [await subscribed(server, ["live"], {"live": 0}) for server in (a, b, a, b)]
 
         def publish_all():
-            conn = http.client.HTTPConnection("127.0.0.1", a.port, timeout=5)
+            conn = http.client.HTTPConnection("127.0.0.1", a.port, timeout=10)
             for k in range(1, count + 1):
                 if k == 40:
                     broker.kill()
-                    # Down: the node still answers, healthy, and says the bus is down.
-                    wait_for(lambda: not bus_up(a), TIMEOUT, what="bus_up 0")
-                    status, body = http_get(a.port, "/health")
+                    wait_for(lambda: bus_down(a), TIMEOUT, what="bus_up 0 on every worker")
+                    status, body = http_get(a.port, "/health")  # alive: it serves its connections
                     assert status == 200 and json.loads(body)["bus"]["up"] is False
+                    status, body = http_get(a.port, "/health?ready")  # but not ready: it cannot sequence
+                    assert status == 503 and json.loads(body)["status"] == "not_ready"
                 if k == 80:
                     broker.start()
-                conn.request("POST", "/publish/live", json.dumps(k).encode())
-                response = conn.getresponse()
-                assert response.status == 200
-                response.read()
-                time.sleep(0.01)
+                while True:  # what a backend does with 503 + Retry-After, except while the broker is away
+                    conn.request("POST", "/publish/live", json.dumps(k).encode())
+                    response = conn.getresponse()
+                    answer = json.loads(response.read())
+                    if response.status == 200:
+                        outcomes[k] = "published"
+                        break
+                    assert response.status == 503 and response.getheader("Retry-After") == "1", answer
+                    if answer["code"] == "publish_timeout":  # unknown outcome: it may still be delivered
+                        outcomes[k] = "unknown"
+                        break
+                    assert answer["code"] == "unavailable"
+                    refusals.append(k)
+                    if k < 80:  # refused at once, not parked: give up on this one
+                        outcomes[k] = "refused"
+                        break
+                    time.sleep(0.05)
             conn.close()
 
         await asyncio.to_thread(publish_all)
+        assert refusals and min(refusals) >= 40  # refused only while the broker was away
+        assert [k for k in range(40, 80) if outcomes[k] != "refused"] == []
+        published = [k for k in range(1, count + 1) if outcomes[k] == "published"]
         for ws in subs:
-            got = await messages(ws, "live", count)
-            assert [d["seq"] for d in got] == list(range(1, count + 1))
-            assert [d["data"] for d in got] == list(range(1, count + 1))
+            got = []
+            while len([d for d in got if d["data"] in published]) < len(published):
+                got += await messages(ws, "live", 1)
+            assert [d["seq"] for d in got] == list(range(1, len(got) + 1))  # no gap, no duplicate
+            data = [d["data"] for d in got]
+            assert data == sorted(data) and len(set(data)) == len(data)  # in order, once
+            assert set(published) <= set(data) <= {k for k, v in outcomes.items() if v != "refused"}
         for ws in subs:
             await ws.close()
 
@@ -153,5 +219,7 @@ def test_broker_killed_and_restarted_mid_stream(start_server, broker):
     for server in (a, b):
         assert server.proc.poll() is None
         wait_for(lambda server=server: bus_up(server), TIMEOUT, what="bus up again")
+        assert http_get(server.port, "/health?ready")[0] == 200
         s = metrics(server.port)
         assert all(total(s, "millionws_bus_reconnects_total", worker=w) >= 1 for w in ("0", "1"))
+        assert total(s, "millionws_worker_restarts_total") == 0

@@ -3,8 +3,10 @@ one line on stderr that says what is wrong, exit status 2 (issue: fail fast, nev
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -92,3 +94,46 @@ def test_the_port_is_free_again_once_the_server_is_gone(start_server):
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+# -- the bus -----------------------------------------------------------------------------------
+
+
+def test_bus_whose_client_library_is_missing(tmp_path: Path):
+    shadow = tmp_path / "nats"  # a package that hides the real nats-py, as on a machine without the extra
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('No module named nats')\n")
+    result = serve("--bus", "nats://127.0.0.1:4222", env={"PYTHONPATH": f"{tmp_path}:{ROOT}"})
+    refused(result, "nats", "pip install")
+
+
+def test_nats_without_jetstream(tmp_path: Path):
+    port = free_port()
+    proc = subprocess.Popen(["nats-server", "-a", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=1).close() or True, 15,
+                 what="nats-server accepting")
+        refused(serve("--bus", f"nats://127.0.0.1:{port}"), "JetStream")
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_unreachable_broker_starts_alive_but_not_ready(start_server):
+    closed = free_port()
+    server = start_server("--bus", f"nats://127.0.0.1:{closed}")
+    status, body = http_get(server.port, "/health")
+    assert status == 200 and json.loads(body)["bus"]["up"] is False
+    status, body = http_get(server.port, "/health?ready")
+    doc = json.loads(body)
+    assert status == 503 and doc["status"] == "not_ready" and doc["bus"]["error"]
+    # Said at start and from the first failure, with the reason, not at debug level.
+    wait_for(lambda: "WARNING" in server.output() and ("refused" in server.output().lower()
+                                                       or f"127.0.0.1:{closed}" in server.output()), 10,
+             what="the broker failure logged")
+    # A publish is refused at once, not parked.
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    conn.request("POST", "/publish/x", b"1")
+    response = conn.getresponse()
+    assert response.status == 503 and json.loads(response.read())["code"] == "unavailable"
