@@ -70,7 +70,7 @@ loadgen *ARGS:
 bench-fanout runs="3" n="100,1000,10000": bench-setup
     .venv/bin/python -m benchmarks.fanout --servers millionws:1,millionws:2,websockets,aiohttp,picows,floor --n {{n}} --runs {{runs}} --json-out benchmarks/results/fanout.json --md-out benchmarks/results/fanout.md --png benchmarks/results/fanout.png
 
-# coverage-guided fuzzing of the HTTP-upgrade and frame layers (atheris); findings and corpus in .fuzz/
+# coverage-guided fuzzing (atheris) of the HTTP-upgrade and frame layers, /pubsub and the HTTP endpoints; findings and corpus in .fuzz/
 fuzz seconds="3600":
     mkdir -p .fuzz/corpus && .venv/bin/python fuzz/fuzz_server.py -dict=fuzz/http.dict -max_len=8192 -artifact_prefix=.fuzz/ -max_total_time={{seconds}} .fuzz/corpus fuzz/seeds
 

@@ -1,6 +1,11 @@
-"""Coverage-guided fuzz target (atheris) for the sans-IO layers of millionws: HTTP upgrade and WebSocket frames.
+"""Coverage-guided fuzz target (atheris) for what a millionws worker does with client bytes, in process.
 
-One input drives, in process, what a worker does with the bytes it reads from one or two clients:
+The first byte of an input picks the mode (``& 7``): 0-3 the sans-IO layers (HTTP upgrade, WebSocket
+frames), described below; 4-7 the layers above them, in ``fuzz/app_layer.py`` (its docstring has the
+details and invariants): 4 raw and 5, 7 grammar-built ``/pubsub`` requests into ``PubSub.on_message`` of
+two fake workers wired by an in-memory mesh (``Hub.on_record``), 6 raw HTTP into ``App.handle``.
+
+Modes 0-3 drive what a worker does with the bytes it reads from one or two clients:
 
 * HTTP (modes 2, 3): chunks into an h11 parser made by ``millionws.http.new_parser``, events handled as
   ``Worker.http_in`` handles them (head and body limits, keep-alive with pipelining, the upgrade through
@@ -56,8 +61,16 @@ with _instrument:
     import h11
     import wsproto  # noqa: F401  (instrumented here: it parses every frame the fast path hands over)
 
+    from millionws import app as _app  # noqa: F401  (instrumented: the layers of modes 4-7)
+    from millionws import auth as _auth  # noqa: F401
+    from millionws import channels as _channels  # noqa: F401
     from millionws import http, websocket
+    from millionws import jsonsafe as _jsonsafe  # noqa: F401
     from millionws.connection import CLOSING, HTTP, LINGER, OPEN, Connection
+
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import app_layer  # noqa: E402  (the harness of modes 4-7; not instrumented)
 
 from tests.test_websocket import Reference  # noqa: E402  (the oracle is not instrumented: its coverage is noise)
 
@@ -355,16 +368,22 @@ def fuzz_http(data: bytes) -> None:
 
 
 def one_input(data: bytes) -> None:
-    """The whole target: the first byte picks the mode."""
+    """The whole target: the first byte picks the mode (``& 7``; see the module docstring)."""
     if not data:
         return
-    mode = data[0] & 3
+    mode = data[0] & 7
     if mode == 0:
         fuzz_frames(data, structured=False)
     elif mode == 1:
         fuzz_frames(data, structured=True)
-    else:
+    elif mode in (2, 3):
         fuzz_http(data)
+    elif mode == 4:
+        app_layer.fuzz_pubsub(data, False, server_frames, records)
+    elif mode in (5, 7):
+        app_layer.fuzz_pubsub(data, True, server_frames, records)
+    else:
+        app_layer.fuzz_app_http(data, parse_response, records)
 
 
 # -- seeds --------------------------------------------------------------------------------------------------
@@ -403,6 +422,7 @@ def seeds() -> dict[str, bytes]:
         "http-refused": b"\x02\x00" + record(0, upgrade.replace(b"13", b"8")),
         "http-post": b"\x02\x00" + record(0, b"POST /publish/c HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n{\"a\"")
         + record(0, b"}"),
+        **app_layer.seeds(record),
     }
 
 

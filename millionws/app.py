@@ -103,6 +103,14 @@ _PUBLISH_ERRORS = {
 }
 
 
+def _segment(raw: bytes) -> str:
+    """A percent-decoded path segment; "" (valid as nothing) when it does not decode to ASCII."""
+    try:
+        return unquote_to_bytes(raw).decode("ascii")
+    except UnicodeDecodeError:
+        return ""
+
+
 def _valid_id(value: object) -> bool:
     return jsonsafe.safe_int(value) or (type(value) is str and len(value) <= 128)
 
@@ -223,19 +231,17 @@ class PubSub:
                 if not jsonsafe.safe_int(seq):
                     raise ChannelError("bad_since", "a since value is an integer 0..2^53-1", channel)
         ack = self._reply(conn, {"op": "subscribed", "channels": channels}, request_id)
-        if user is not None and since is not None and user in since:
-            # Resuming the user's own channel: it was subscribed at connect; take it again with since.
-            self.hub.unsubscribe(conn, [user])
-            try:
-                self.hub.subscribe(conn, [user], {user: since[user]}, internal=True, ack=ack)
-            except ChannelError:
-                self.hub.subscribe(conn, [user], internal=True)
-                raise
+        if user is None or since is None or user not in since:
+            self.hub.subscribe(conn, channels, since, ack=ack)
+            return
+        # Resuming the user's own channel, subscribed since the upgrade: the others first (they may be
+        # refused, and then nothing has changed), then the user channel again, with since.
+        others = [channel for channel in channels if channel != user]
+        if others:
+            self.hub.subscribe(conn, others, since, ack=ack)
             ack = b""
-            channels = [channel for channel in channels if channel != user]
-            if not channels:
-                return
-        self.hub.subscribe(conn, channels, since, ack=ack)
+        self.hub.unsubscribe(conn, [user])
+        self.hub.subscribe(conn, [user], {user: since[user]}, internal=True, ack=ack)
 
     def on_close(self, conn: Any) -> None:
         self.hub.drop(conn)
@@ -420,7 +426,7 @@ class App:
         if not self.trust_user_param:
             raise HttpError(403, "?user= is accepted only with --trust-user-param")
         if len(users) != 1 or not valid_user(users[0]):
-            raise HttpError(400, _BAD_USER, code="bad_user")
+            raise self._refused(400, _BAD_USER, "bad_user")
         return Session(self.pubsub, users[0])
 
     def post(self, request: h11.Request, path: bytes, body: bytes, keep_alive: bool, conn: Any) -> Response | None:
@@ -430,15 +436,12 @@ class App:
         """
         parts = path.split(b"/")
         if parts[1] == b"publish" and len(parts) == 3:
-            name = parts[2].decode("latin-1")
+            name = _segment(parts[2])
             if not valid_channel(name):
                 raise self._refused(400, _BAD_NAME, "bad_channel")
             channel = name
         elif parts[1] == b"users" and len(parts) == 4 and parts[3] == b"messages":
-            try:  # ids like auth0|5f7c... arrive percent-encoded from careful clients
-                name = unquote_to_bytes(parts[2]).decode("ascii")
-            except UnicodeDecodeError:
-                name = ""
+            name = _segment(parts[2])  # ids like auth0|5f7c... arrive percent-encoded from careful clients
             if not valid_user(name):
                 raise self._refused(400, _BAD_USER, "bad_user")
             channel = user_channel(name)

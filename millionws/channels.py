@@ -315,6 +315,12 @@ class Hub:
             self.owned[channel] = owned = Owned(self.replay_seconds, self.replay_max_messages, self.replay_max_bytes)
         return owned
 
+    def _mine(self, channel: str) -> str:
+        """``channel`` if this worker sequences it: a record about another's channel is malformed."""
+        if self.owner(channel) != self.index:
+            raise ValueError(f"{channel!r} belongs to worker {self.owner(channel)}")
+        return channel
+
     def _replay_of(self, channel: str, since: int) -> tuple[int, int, int, list[tuple[int, float, bytes]]]:
         """``(last, gap_reason, first, entries)`` for a subscriber that saw ``since``; creates nothing."""
         owned = self.owned.get(channel)
@@ -583,8 +589,7 @@ class Hub:
             end = _PUB.size + n
             channel = _name(record, _PUB.size, end)
             _check_seq(1, t0)
-            if self.owner(channel) != self.index:
-                raise ValueError(f"a publish for {channel!r}, which worker {self.owner(channel)} owns")
+            self._mine(channel)
             try:
                 seq, reach = self._sequence(channel, bytes(record[end:]), t0)
             except ChannelError:
@@ -600,7 +605,7 @@ class Hub:
             self._acked(req, seq, "", 1 if reach else 0)
         elif kind == T_INTEREST or kind == T_UNINTEREST:
             n = _CHAN.unpack_from(record)[1]
-            channel = _name(record, _CHAN.size, _CHAN.size + n, exact=True)
+            channel = self._mine(_name(record, _CHAN.size, _CHAN.size + n, exact=True))
             if kind == T_INTEREST:
                 try:
                     owned = self._owned(channel)
@@ -614,8 +619,8 @@ class Hub:
                     owned.interest.discard(src)
         elif kind == T_REPLAY_REQ:
             _, req, since, n = _REQ.unpack_from(record)
-            channel = _name(record, _REQ.size, _REQ.size + n, exact=True)
-            _check_seq(since + 1, 0.0)
+            channel = self._mine(_name(record, _REQ.size, _REQ.size + n, exact=True))
+            _check_range("since", since, 0, MAX_SAFE_INTEGER)
             self._answer_replay(src, req, since, channel)
         elif kind == T_REPLAY:
             self._on_replay(record)
@@ -639,8 +644,8 @@ class Hub:
         channel = _name(record, _REPLAY.size, pos)
         if reason >= len(GAP_REASONS) or count > (len(record) - pos) // _ENTRY.size:
             raise ValueError(f"replay record: reason {reason}, {count} entries")
-        _check_seq(first, 0.0)
-        _check_seq(last + 1, 0.0)
+        _check_range("first", first, 1, MAX_SAFE_INTEGER)
+        _check_range("last", last, 0, MAX_SAFE_INTEGER)
         entries = []
         previous = 0
         for _ in range(count):
@@ -744,5 +749,11 @@ def _name(record: memoryview, start: int, end: int, exact: bool = False) -> str:
 
 
 def _check_seq(seq: int, t: float) -> None:
-    if not 1 <= seq <= MAX_SAFE_INTEGER or not math.isfinite(t):
+    """A seq and a monotonic time from another worker (the same clock: CLOCK_MONOTONIC is system-wide)."""
+    if not 1 <= seq <= MAX_SAFE_INTEGER or not (math.isfinite(t) and -1.0 <= t <= monotonic() + 60.0):
         raise ValueError(f"seq {seq} or time {t} out of range")
+
+
+def _check_range(name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{name} {value} out of range")

@@ -146,11 +146,11 @@ def render_json(status: int, document: object, keep_alive: bool = True, head: bo
                   keep_alive, headers, head)
 
 
-def render_error(error: HttpError, keep_alive: bool = False) -> bytes:
+def render_error(error: HttpError, keep_alive: bool = False, head: bool = False) -> bytes:
     document = {"error": error.message}
     if error.code is not None:
         document["code"] = error.code
-    return render_json(error.status, document, keep_alive, headers=error.headers)
+    return render_json(error.status, document, keep_alive, head, error.headers)
 
 
 _HOST = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~%!$&'()*+,;=]*)(?::[0-9]*)?")

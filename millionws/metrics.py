@@ -148,6 +148,8 @@ class WorkerStats:
 
     def observe_fanout(self, seconds: float) -> None:
         """Publish accepted -> frame handed to send() for the last local subscriber of a message."""
+        if not 0.0 <= seconds <= 3600.0:  # a clock from elsewhere must not push a counter past int64
+            seconds = 0.0 if seconds < 0.0 else 3600.0
         c = self.c
         c[FANOUT0 + bisect.bisect_left(FANOUT_BUCKETS, seconds)] += 1
         c[FANOUT0 + len(FANOUT_BUCKETS) + 1] += int(seconds * 1e9)

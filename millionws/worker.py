@@ -470,6 +470,11 @@ class Worker:
                 if http.head_size(event) > self.config.max_request_head:
                     self.refuse(conn, http.HttpError(431, "request head too large", http.HS_TOO_LARGE))
                     return
+                try:  # before the body: h11 would otherwise wait for a chunked body the client never meant
+                    http.check_framing(event)
+                except http.HttpError as error:
+                    self.refuse(conn, error, event.method == b"HEAD")
+                    return
                 conn.msg = [event]
                 conn.msg_size = 0
             elif kind is h11.Data:
@@ -496,14 +501,14 @@ class Worker:
         if conn.state == HTTP and conn.http is not None and not conn.flags & F_WAITING:
             self.http_in(conn, None)
 
-    def refuse(self, conn: Connection, error: http.HttpError) -> None:
-        """Answer an error and end the connection."""
+    def refuse(self, conn: Connection, error: http.HttpError, head: bool = False) -> None:
+        """Answer an error (no body to a HEAD request) and end the connection."""
         self.c[HANDSHAKE0 + error.reason] += 1
         self.stats.http_status(error.status)
         conn.msg = None
         conn.http = None
         conn.state = LINGER
-        self.write(conn, http.render_error(error))
+        self.write(conn, http.render_error(error, head=head))
         self.state_changed(conn)
 
     def dispatch(self, conn: Connection) -> None:
@@ -512,7 +517,7 @@ class Worker:
         try:
             response = self.app.handle(request, b"".join(body), bool(conn.flags & F_ADMIN), conn)
         except http.HttpError as error:
-            self.refuse(conn, error)
+            self.refuse(conn, error, request.method == b"HEAD")
             return
         if response is None:
             # Deferred (a publish waiting for its seq): stop reading; answer() resumes.  The app

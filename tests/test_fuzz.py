@@ -1,9 +1,10 @@
 """The fuzz target fuzz/fuzz_server.py: its seeds, a hypothesis run in process, a bounded atheris run.
 
-The target drives millionws.http (with h11) and millionws.websocket in process and asserts their
-invariants (see its docstring).  ``just fuzz`` runs it for as long as one likes; here it runs for about
-20 seconds under atheris (coverage-guided), and for a few hundred hypothesis examples in any case, so
-that the suite exercises the same target when atheris is not installed.
+The target drives millionws.http (with h11) and millionws.websocket in process, and above them the /pubsub
+JSON handling (PubSub, Hub and the records between two fake workers) and App.handle (fuzz/app_layer.py),
+and asserts their invariants (see the docstrings).  ``just fuzz`` runs it for as long as one likes; here it
+runs for about 20 seconds under atheris (coverage-guided), and for a few hundred hypothesis examples in any
+case, so that the suite exercises the same target when atheris is not installed.
 """
 
 from __future__ import annotations
@@ -45,6 +46,18 @@ def test_invariants_catch_a_bad_frame() -> None:
         peer = fuzz_server.Peer(125, fuzz_server.websocket.FramePool())
         peer.closed = True
         peer.sent(b"\x81\x01x", b"\x81\x01x")
+
+
+def test_app_layer_invariants_can_fail() -> None:
+    """The checks of modes 4-7 can fail: an unknown error code, NaN in an answer, an id out of range."""
+    app_layer = fuzz_server.app_layer
+    frame = fuzz_server.websocket.encode_frame
+    for document in (b'{"op":"error","code":"oops","message":"m"}', b'{"op":"message","seq":NaN}',
+                     b'{"op":"published","id":9007199254740992}', b'{"op":"hello"}', b"[]"):
+        with pytest.raises((AssertionError, ValueError)):
+            app_layer.documents([frame(1, document)], fuzz_server.server_frames)
+    good = [frame(1, b'{"op":"error","code":"bad_json","message":"m"}'), frame(1, b'{"op":"gap","channel":"a"}')]
+    assert len(app_layer.answers_in(good, fuzz_server.server_frames)) == 1
 
 
 @st.composite
