@@ -99,10 +99,13 @@ class Verifier:
         except jwt.PyJWTError as exc:
             raise AuthError(A_MALFORMED, f"malformed token: {exc}") from None
         alg = header.get("alg")
+        kid = header.get("kid")
+        if kid is not None and type(kid) is not str:  # a list or object here would be an unhashable key
+            raise AuthError(A_MALFORMED, "malformed token: kid must be a string")
         if alg == "HS256" and self.secret:
             key: Any = self.secret
         elif alg in ("RS256", "ES256") and self.keys:
-            jwk = self.keys.get(header.get("kid")) or (next(iter(self.keys.values())) if len(self.keys) == 1
+            jwk = self.keys.get(kid) or (next(iter(self.keys.values())) if len(self.keys) == 1
                                                         else None)
             if jwk is None:
                 raise AuthError(A_UNKNOWN_KEY, "no key for this token's kid")

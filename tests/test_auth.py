@@ -65,6 +65,12 @@ def test_asymmetric_with_jwks(tmp_path, alg):
     # An HS256 token signed with the public key must not pass (algorithm confusion).
     with pytest.raises(AuthError):
         verifier.verify(hs({"sub": "x", "exp": time.time() + 60}, "k1-public-key-material-32-bytes!"))
+    # A kid that is not a string (a list, an object) is a malformed token, not a crash on an unhashable key.
+    for kid in (["k1"], {"k": 1}, 7):
+        odd = jwt.encode({"sub": "bob", "exp": time.time() + 60}, private, algorithm=alg, headers={"kid": kid})
+        with pytest.raises(AuthError) as info:
+            verifier.verify(odd)
+        assert info.value.reason == auth.A_MALFORMED
 
 
 def test_token_sources_in_order():
