@@ -12,7 +12,8 @@ Theory of operation (sans-IO: bytes in, events to the application, bytes out):
   a frame that breaks a rule) the rest of the bytes go to a ``wsproto.connection.Connection``
   taken from :class:`FramePool`.  wsproto decides everything from there: errors, close
   codes, fragmentation, control frames.  When the connection is again between messages
-  with nothing buffered (:func:`is_idle`), the object goes back to the pool.  A pooled
+  with nothing buffered (:func:`wsproto_internals.is_idle`: the one module that reads wsproto's
+  private state), the object goes back to the pool.  A pooled
   object in that state is indistinguishable from a fresh one, so the behaviour is that
   of a dedicated wsproto connection per client (``tests/test_websocket.py`` proves it
   against one on random splits of random frame streams).
@@ -32,6 +33,7 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessag
 from wsproto.frame_protocol import CloseReason
 
 from .connection import CLOSING, F_PING_SENT, LINGER, OPEN, R_NORMAL, R_PROTOCOL, R_TOO_BIG
+from .wsproto_internals import is_idle, partial_data_frame
 
 OP_TEXT = 0x1
 OP_BINARY = 0x2
@@ -72,14 +74,6 @@ class FramePool:
 
     def __len__(self) -> int:
         return len(self._free)
-
-
-def is_idle(ws: WSConnection) -> bool:
-    """True when ``ws`` holds nothing: open, no partial frame, no partial message, no event."""
-    proto = ws._proto
-    decoder = proto._frame_decoder
-    return (ws._state is _OPEN and decoder.header is None and not decoder.buffer.buffer
-            and proto._message_decoder.opcode is None and not ws._events)
 
 
 def frame_header(opcode: int, length: int) -> bytes:
@@ -183,10 +177,8 @@ def receive(conn: Any, data: bytes, handler: Handler, max_size: int, pool: Frame
             conn.ws = None
             pool.give_back(ws)
         else:
-            decoder = ws._proto._frame_decoder
-            header = decoder.header
-            if (header is not None and header.opcode < 8
-                    and conn.msg_size + header.payload_len - decoder.payload_consumed > max_size):
+            coming = partial_data_frame(ws)
+            if coming >= 0 and conn.msg_size + coming > max_size:
                 # Refuse at the header: no need to receive megabytes we will reject.
                 _fail(conn, ws, CloseReason.MESSAGE_TOO_BIG, "message too big", out)
     if conn.state == LINGER:
@@ -198,7 +190,7 @@ def receive(conn: Any, data: bytes, handler: Handler, max_size: int, pool: Frame
 
 def _fail(conn: Any, ws: WSConnection, code: int, reason: str, out: list[bytes]) -> None:
     """Fail the WebSocket connection (RFC 6455 §7.1.7): our Close frame, then linger."""
-    if ws._state is _OPEN:
+    if ws.state is _OPEN:
         out.append(ws.send(CloseConnection(code=code, reason=reason)))
     conn.state = LINGER
     conn.msg = None
@@ -231,16 +223,16 @@ def _drain_events(conn: Any, ws: WSConnection, handler: Handler, max_size: int, 
             if reply:
                 out.append(reply)
         elif kind is Ping:
-            if ws._state is _OPEN:
+            if ws.state is _OPEN:
                 out.append(ws.send(event.response()))
         elif kind is Pong:
             conn.flags &= ~F_PING_SENT
         elif kind is CloseConnection:
-            if ws._state is _REMOTE_CLOSING:
+            if ws.state is _REMOTE_CLOSING:
                 # The peer started the closing handshake: answer with its code.
                 out.append(ws.send(event.response()))
                 conn.reason = R_NORMAL
-            elif ws._state is not _CLOSED:
+            elif ws.state is not _CLOSED:
                 # Not a close frame from the peer: wsproto reports a protocol error this way.
                 _fail(conn, ws, event.code, event.reason or "", out)
                 return
