@@ -118,13 +118,14 @@ def _valid_id(value: object) -> bool:
 class PubSub:
     """``/pubsub``: the JSON operations of docs/protocol.md.  Every refusal is an error reply."""
 
-    __slots__ = ("c", "hub", "max_depth", "publish_rate", "reactor")
+    __slots__ = ("c", "hub", "max_depth", "publish_rate", "reactor", "sweep_interval")
 
     def __init__(self, worker: WorkerView) -> None:
         cfg = worker.config
         self.c = worker.stats.c
         self.reactor = worker.reactor
         self.max_depth = cfg.max_json_depth
+        self.sweep_interval = cfg.sweep_interval
         self.publish_rate = KeyedBuckets(Rate(cfg.rate_limit_publishes)) if cfg.rate_limit_publishes else None
         self.hub = Hub(worker.index, cfg.workers, worker.bus.send, worker.write, worker.fanout, worker.stats,
                        cfg.replay_seconds, cfg.replay_max_messages, cfg.max_channels_per_connection,
@@ -132,7 +133,11 @@ class PubSub:
                        worker.reactor.call_later, cfg.replay_max_bytes, cfg.max_channels_per_worker)
         worker.bus.on_record = self.hub.on_record
         if cfg.bus:  # across nodes: millionws/broker.py
-            self.hub.connect_bus(cfg.bus, worker.reactor)
+            self.hub.connect_bus(cfg.bus, worker.reactor, outbox_messages=cfg.bus_outbox_messages,
+                                 publish_batch=cfg.bus_publish_batch, fetch_batch=cfg.bus_fetch_batch,
+                                 events_per_wake=cfg.bus_events_per_wake, backoff_min=cfg.bus_backoff_min,
+                                 backoff_max=cfg.bus_backoff_max, live_pending_messages=cfg.bus_live_pending_messages,
+                                 live_pending_bytes=cfg.bus_live_pending_bytes, max_json_depth=cfg.bus_max_json_depth)
 
     def start(self) -> None:
         self.hub.hello()
@@ -140,7 +145,7 @@ class PubSub:
         self._sweep()
 
     def _sweep(self) -> None:
-        self.reactor.call_later(5.0, self._sweep)  # first: a sweep that raises is skipped once, not forever
+        self.reactor.call_later(self.sweep_interval, self._sweep)  # first: one that raises is skipped once, not forever
         now = monotonic()
         self.hub.sweep(now)
         if self.publish_rate is not None:

@@ -55,7 +55,7 @@ answered exactly once with ``(E_ACK, req, seq, error)``:
   answers a retry without the original seq; NATS and Redis as used here always give it.
 * ``seq == 0, error == "unavailable: …"``: not stored; the client may retry.
 
-The thread publishes the outbox in order, in batches of ``PUBLISH_BATCH`` on one
+The thread publishes the outbox in order, in batches of ``--bus-publish-batch`` on one
 connection, one batch at a time, and answers each message in outbox order.
 
 **Outage policy: nothing is parked silently.**  A message is *sent* once it went into a
@@ -69,7 +69,7 @@ window capped at 120 s; Redis: the replay window): a message still unanswered af
 outage longer than that may be stored twice (at least once, never silently lost).  A
 message the broker explicitly refused (an error answer, not a timeout) is sent again
 ``REFUSALS - 1`` times with backoff, then answered ``unavailable``.  Beyond
-``OUTBOX_MESSAGES`` a publish is answered ``unavailable: outbox full`` and counted in
+``--bus-outbox-messages`` a publish is answered ``unavailable: outbox full`` and counted in
 ``bus_dropped``.  ``millionws_bus_outbox`` is the outbox depth (sent or not, unanswered).
 Should the thread itself stop (a bug), unsent publishes are answered ``unavailable`` and
 sent ones are left to the worker's publish timeout: their outcome is unknown.
@@ -99,15 +99,16 @@ message follows it, so the worker needs no hold buffer.
 **Nothing read from the broker is trusted.**  Anyone who can publish on the broker can
 put anything there, so every record is checked in the thread before it reaches the
 worker: a seq is a decimal integer in 1 … 2^53-1, a time a finite float, the data one
-JSON document (:func:`jsonsafe.parse`).  A record without a valid seq cannot be placed
-and is dropped (``millionws_records_dropped_total{kind="broker_malformed"}``).  A live
-record with a valid seq but bad time or data is never handed over from the live path:
-it triggers a catch-up, because the stream, not the live subject, says what that seq
-holds.  A stored record that is malformed is skipped without stalling the channel: the
-cursor moves past it and subscribers get ``gap`` ``unknown`` for that one seq.  Live
-records that were ahead of the stream's last seq when the thread read it were never
-stored (the broker publishes live only after storing) and are dropped, so a forged
-future seq cannot make the thread catch up forever.  A replay answer is cut after its
+JSON document (:func:`jsonsafe.parse`, at most ``--bus-max-json-depth`` deep).  A record
+without a valid seq cannot be placed and is dropped
+(``millionws_records_dropped_total{kind="broker_malformed"}``).  A live record with a
+valid seq but bad time or data is never handed over from the live path: it triggers a
+catch-up, because the stream, not the live subject, says what that seq holds.  A stored
+record that is malformed is skipped without stalling the channel: the cursor moves past
+it and subscribers get ``gap`` ``unknown`` for that one seq.  Live records that were
+ahead of the stream's last seq when the thread read it were never stored (the broker
+publishes live only after storing) and are dropped, so a forged future seq cannot make
+the thread catch up forever.  A replay answer is cut after its
 last hole or malformed record (``gap`` ``unknown``).  Answers that break an invariant
 (a seq out of the requested range, a sequence that is not a number) are counted or end
 the one task, logged; they never stop the thread.
@@ -116,10 +117,11 @@ the one task, logged; they never stop the thread.
 local subscriber of C (each worker is a broker client; a node subscribes at most once
 per worker), and unsubscribes with the last one.
 
-**Outage.**  The thread reconnects with exponential backoff and full jitter (0.1 s
-doubling to 5 s; back to 0.1 s only after a connection that stayed up ``STABLE``
-seconds, so a broker that accepts and drops at once is not hammered), resubscribes every
-channel of interest and catches up from each cursor.  Meanwhile the node serves
+**Outage.**  The thread reconnects with exponential backoff and full jitter
+(``--bus-backoff-min``, 0.1 s, doubling to ``--bus-backoff-max``, 5 s; back to the minimum
+only after a connection that stayed up ``STABLE`` seconds, so a broker that accepts and
+drops at once is not hammered), resubscribes every channel of interest and catches up
+from each cursor.  Meanwhile the node serves
 everything local (WebSockets, subscriptions, HTTP, /health 200 with ``bus.up: false``)
 and answers publishes as above.  ``millionws_bus_up`` and
 ``millionws_bus_reconnects_total`` show it.
@@ -143,6 +145,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from . import boundary
+from .config import DEFAULTS
 from .jsonsafe import MAX_SAFE_INTEGER, JsonError
 from .jsonsafe import parse as parse_json
 from .metrics import F
@@ -150,17 +153,11 @@ from .reactor import EPOLLIN, Reactor
 
 log = logging.getLogger("millionws.broker")
 
-OUTBOX_MESSAGES = 100_000
-PUBLISH_BATCH = 256
-FETCH_BATCH = 256
-EVENTS_PER_WAKE = 20_000
-BACKOFF_MIN, BACKOFF_MAX = 0.1, 5.0
 CONNECT_TIMEOUT = 2.0
 HEARTBEAT = 5.0
 STABLE = 10.0  # a connection up this long resets the reconnect backoff
 LOG_INTERVAL = 30.0
 REFUSALS = 3
-MAX_JSON_DEPTH = 64
 # A t0 from the broker only feeds the fanout latency histogram: an absurd one must not
 # overflow its int64 sum.
 MAX_AGE = 86_400.0
@@ -199,7 +196,7 @@ def nats_names(channel: str) -> tuple[str, str, str]:
     return stream, f"mws.in.{token}", f"mws.live.{token}"
 
 
-def backoff_delays(minimum: float = BACKOFF_MIN, maximum: float = BACKOFF_MAX) -> Any:
+def backoff_delays(minimum: float = DEFAULTS.bus_backoff_min, maximum: float = DEFAULTS.bus_backoff_max) -> Any:
     """Exponential backoff with full jitter: uniform(0, min(maximum, minimum * 2**n))."""
     n = 0
     while True:
@@ -261,19 +258,21 @@ def _time_of(raw: object) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _is_document(data: object) -> bool:
+def _is_document(data: object, max_depth: int) -> bool:
     if not isinstance(data, bytes):
         return False
     try:
-        parse_json(data, MAX_JSON_DEPTH)
+        parse_json(data, max_depth)
     except JsonError:
         return False
     return True
 
 
-def checked_entry(raw_seq: object, raw_t: object, data: object) -> tuple[int, float, bytes | None] | None:
+def checked_entry(raw_seq: object, raw_t: object, data: object,
+                  max_depth: int = DEFAULTS.bus_max_json_depth) -> tuple[int, float, bytes | None] | None:
     """``(seq, t_wall, data)`` of a record read from the broker; ``data`` None when the record
-    has a valid seq but a bad time or data; None when it has no valid seq.
+    has a valid seq but a bad time or data (not one JSON document at most ``max_depth`` deep);
+    None when it has no valid seq.
 
     A missing time (``raw_t`` None: a backend published without ``Mws-T0``) is now."""
     seq = _seq_of(raw_seq)
@@ -283,7 +282,7 @@ def checked_entry(raw_seq: object, raw_t: object, data: object) -> tuple[int, fl
         t_wall: float | None = time.time()
     else:
         t_wall = _time_of(raw_t)
-    if t_wall is None or not _is_document(data):
+    if t_wall is None or not _is_document(data, max_depth):
         return (seq, time.time() if t_wall is None else t_wall, None)
     return (seq, t_wall, data)
 
@@ -513,10 +512,19 @@ class Bridge:
     ``on_event(event)`` runs on the reactor with ``(E_MSG, channel, seq, data, t0)``,
     ``(E_GAP, channel, last, first, reason)``, ``(E_REPLAY, req, reason, first, entries)``,
     ``(E_STATE, up)`` or ``(E_ACK, req, seq, error)``.
+
+    The keyword arguments are the ``--bus-*`` bounds of the same names (``config.OPTIONS``);
+    the thread reads them from here.
     """
 
     def __init__(self, url: str, reactor: Reactor, counters: list[int], on_event: Callable[[tuple], None],
-                 replay_seconds: float = 120.0, replay_max_messages: int = 1000) -> None:
+                 replay_seconds: float = 120.0, replay_max_messages: int = 1000, *,
+                 outbox_messages: int = DEFAULTS.bus_outbox_messages, publish_batch: int = DEFAULTS.bus_publish_batch,
+                 fetch_batch: int = DEFAULTS.bus_fetch_batch, events_per_wake: int = DEFAULTS.bus_events_per_wake,
+                 backoff_min: float = DEFAULTS.bus_backoff_min, backoff_max: float = DEFAULTS.bus_backoff_max,
+                 live_pending_messages: int = DEFAULTS.bus_live_pending_messages,
+                 live_pending_bytes: int = DEFAULTS.bus_live_pending_bytes,
+                 max_json_depth: int = DEFAULTS.bus_max_json_depth) -> None:
         self.url = url
         self.name = redact(url)
         self.reactor = reactor
@@ -524,6 +532,15 @@ class Bridge:
         self.on_event = on_event
         self.replay_seconds = replay_seconds
         self.replay_max_messages = replay_max_messages
+        self.outbox_messages = outbox_messages
+        self.publish_batch = publish_batch
+        self.fetch_batch = fetch_batch
+        self.events_per_wake = events_per_wake
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self.live_pending_messages = live_pending_messages
+        self.live_pending_bytes = live_pending_bytes
+        self.max_json_depth = max_json_depth
         self.backend: Backend = (NatsBackend if url.startswith("nats://") else RedisBackend)(self)
         self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._events: deque[tuple] = deque()
@@ -601,7 +618,7 @@ class Bridge:
         self._wake_pending = False
         events = self._events
         on_event = self.on_event
-        for _ in range(EVENTS_PER_WAKE):
+        for _ in range(self.events_per_wake):
             if not events:
                 return
             event = events.popleft()
@@ -665,6 +682,10 @@ class Backend:
         self._tasks: set[asyncio.Task] = set()  # work on the current connection
         self._sending: asyncio.Task | None = None
         self._main: asyncio.Task | None = None
+        self.max_depth = bridge.max_json_depth  # of every record read (checked_entry)
+
+    def _backoff(self) -> Any:
+        return backoff_delays(self.bridge.backoff_min, self.bridge.backoff_max)
 
     # -- what a broker implements ----------------------------------------------------------
     async def connect(self) -> None: ...
@@ -712,7 +733,7 @@ class Backend:
 
     async def _connection_loop(self) -> None:
         bridge = self.bridge
-        delays = backoff_delays()
+        delays = self._backoff()
         down_since = time.monotonic()
         ever_up = False
         failures = 0
@@ -764,7 +785,7 @@ class Backend:
             self._down(reason or "connection closed", "connection lost")
             await _quietly(self.close())
             if down_since - connected_at >= STABLE:  # a connection that drops at once must not spin
-                delays = backoff_delays()
+                delays = self._backoff()
             await asyncio.sleep(next(delays))
 
     def _down(self, reason: str, what: str) -> None:
@@ -830,7 +851,7 @@ class Backend:
             _, channel, data, t_wall, req = cmd
             if not self.connected:
                 emit((E_ACK, req, 0, "unavailable: broker not connected"))
-            elif len(self.outbox) >= OUTBOX_MESSAGES:
+            elif len(self.outbox) >= self.bridge.outbox_messages:
                 self.c[_DROPPED] += 1
                 emit((E_ACK, req, 0, "unavailable: outbox full"))
             else:
@@ -873,7 +894,7 @@ class Backend:
         if state is None:
             return
         self.c[_RECEIVED] += 1
-        entry = checked_entry(raw_seq, raw_t, data)
+        entry = checked_entry(raw_seq, raw_t, data, self.max_depth)
         if entry is None:
             self._malformed(1, f"a live message of {channel!r} without a valid sequence number")
             return
@@ -1014,20 +1035,20 @@ class Backend:
     async def _publisher(self) -> None:
         ready = self._outbox_ready
         assert ready is not None
-        delays = backoff_delays()
+        delays = self._backoff()
         while True:
             try:
                 if not self.outbox or not self.connected:
                     ready.clear()
                     await ready.wait()
-                    delays = backoff_delays()
+                    delays = self._backoff()
                     continue
-                batch = list(itertools.islice(self.outbox, PUBLISH_BATCH))
+                batch = list(itertools.islice(self.outbox, self.bridge.publish_batch))
                 for pending in batch:
                     pending.sent = True
                 results = await self._send(batch)
                 if self._settle(batch, results):
-                    delays = backoff_delays()
+                    delays = self._backoff()
                 elif self.connected:  # refused or no answer on a live connection: not too fast
                     await asyncio.sleep(next(delays))
             except asyncio.CancelledError:
@@ -1165,8 +1186,10 @@ class NatsBackend(Backend):
             except Exception as exc:
                 self._bug("live message handler", exc)
 
-        return await self.nc.subscribe(nats_names(channel)[2], cb=cb, pending_msgs_limit=1_000_000,
-                                       pending_bytes_limit=256 << 20)
+        # Past these the client drops live messages (slow consumer); the next one read shows the gap: caught up.
+        return await self.nc.subscribe(nats_names(channel)[2], cb=cb,
+                                       pending_msgs_limit=self.bridge.live_pending_messages,
+                                       pending_bytes_limit=self.bridge.live_pending_bytes)
 
     async def unsubscribe_live(self, channel: str, sub: Any) -> None:
         await sub.unsubscribe()
@@ -1195,8 +1218,9 @@ class NatsBackend(Backend):
             except (KeyError, ValueError, TypeError, AttributeError) as exc:  # an answer nats-py cannot read
                 return BrokerDataError(describe(exc))
 
-        for lo in range(start, last + 1, FETCH_BATCH):
-            got = await asyncio.gather(*(get(s) for s in range(lo, min(last, lo + FETCH_BATCH - 1) + 1)),
+        batch = self.bridge.fetch_batch
+        for lo in range(start, last + 1, batch):
+            got = await asyncio.gather(*(get(s) for s in range(lo, min(last, lo + batch - 1) + 1)),
                                        return_exceptions=True)
             for msg in got:
                 if msg is None:
@@ -1210,7 +1234,7 @@ class NatsBackend(Backend):
                 raw_t = headers.get("Mws-T0")
                 if raw_t is None and msg.time is not None:  # published by a backend: the store time
                     raw_t = msg.time.timestamp()
-                entry = checked_entry(msg.seq, raw_t, msg.data or b"")
+                entry = checked_entry(msg.seq, raw_t, msg.data or b"", self.max_depth)
                 if entry is None or not first <= entry[0] <= last:
                     bad += 1
                     continue
@@ -1408,7 +1432,7 @@ class RedisBackend(Backend):
             t_wall = _time_of(raw_t)
             if t_wall is not None and t_wall < horizon:
                 continue  # expired: the stream is trimmed by count, age is checked here
-            entry = checked_entry(raw_seq, raw_t if raw_t is not None else b"", data)
+            entry = checked_entry(raw_seq, raw_t if raw_t is not None else b"", data, self.max_depth)
             if entry is None or not first <= entry[0] <= last:
                 bad += 1
                 continue

@@ -10,16 +10,18 @@ drained does not pin 1 MiB.
 
 from __future__ import annotations
 
+from .config import DEFAULTS
+
 
 class BufferPool:
     """A free list of ``bytearray`` objects.
 
-    ``max_free``: how many empty buffers are kept.
+    ``max_free``: how many empty buffers are kept (``--buffer-pool-size``).
     """
 
     __slots__ = ("_free", "max_free", "created", "reused")
 
-    def __init__(self, max_free: int = 256) -> None:
+    def __init__(self, max_free: int = DEFAULTS.buffer_pool_size) -> None:
         self._free: list[bytearray] = []
         self.max_free = max_free
         self.created = 0
@@ -42,11 +44,11 @@ class BufferPool:
 
 
 class ReceiveBuffer:
-    """The worker's single receive buffer and a view on it (``recv_into`` target)."""
+    """The worker's single receive buffer and a view on it (``recv_into`` target); ``--receive-buffer``."""
 
     __slots__ = ("buf", "view", "iov")
 
-    def __init__(self, size: int = 256 * 1024) -> None:
+    def __init__(self, size: int = DEFAULTS.receive_buffer) -> None:
         self.buf = bytearray(size)
         self.view = memoryview(self.buf)
         self.iov = [self.buf]  # os.readv wants a sequence; build it once

@@ -13,7 +13,7 @@ Theory of operation (this module moves opaque records; :mod:`channels` says what
 * Batching: :meth:`LocalBus.send` only appends a length-prefixed record to the outbox
   of its destination.  A zero-delay reactor call flushes every outbox once at the end
   of the loop turn: one ``sendmsg`` per destination per turn (more only when a batch
-  exceeds the datagram size), whatever the number of records or subscribers.
+  exceeds ``--mesh-max-datagram``), whatever the number of records or subscribers.
 * A datagram starts with one flag byte.  ``START``: it begins at a record boundary and
   holds whole records, or the first fragment of one record too large for a datagram;
   otherwise it continues that record.  The receiver reassembles fragments per peer and
@@ -21,7 +21,7 @@ Theory of operation (this module moves opaque records; :mod:`channels` says what
 * EAGAIN (the peer's queue is full): the outbox keeps what was not sent, EPOLLOUT is
   asked for on that socket, and the next flush resumes there.  The reactor never waits.
   Order per destination is preserved because nothing overtakes a non-empty outbox.
-* A peer that stays away long enough for its outbox to pass ``MAX_OUTBOX`` loses the
+* A peer that stays away long enough for its outbox to pass ``--mesh-max-outbox`` loses the
   records sent to it meanwhile: counted (``millionws_records_dropped_total{kind=
   "mesh_outbox_full"}``) and logged once per episode, never silent.
 * What arrives is untrusted like any other input: each record is handed to ``on_record``
@@ -37,6 +37,7 @@ import struct
 from collections.abc import Callable
 
 from . import boundary
+from .config import DEFAULTS
 from .metrics import F
 from .reactor import EPOLLIN, EPOLLOUT, Reactor
 
@@ -46,34 +47,34 @@ START = 1
 _LEN = struct.Struct("!I")
 _FLAG_START = b"\x01"
 _FLAG_CONT = b"\x00"
-SOCKET_BUFFER = 4 << 20  # bytes in flight per direction before EAGAIN
-MAX_DATAGRAM = 256 << 10
-MAX_OUTBOX = 64 << 20  # a peer that stays dead this long loses records (logged)
 
 RecordHandler = Callable[[int, memoryview], None]
 _DROPPED_OUTBOX = F["dropped_mesh_outbox_full"]
 
 
-def _grow_buffers(sock: socket.socket) -> None:
+def _grow_buffers(sock: socket.socket, size: int) -> None:
     for force, plain in ((getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF),
                          (getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF)):
         try:
-            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)  # root: beyond wmem_max
+            sock.setsockopt(socket.SOL_SOCKET, force, size)  # root: beyond wmem_max
         except OSError:
-            sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, plain, size)
 
 
 class Mesh:
-    """One datagram socketpair per pair of workers, made before the fork."""
+    """One datagram socketpair per pair of workers, made before the fork.
 
-    def __init__(self, workers: int) -> None:
+    ``socket_buffer``: bytes in flight per direction before EAGAIN (``--mesh-socket-buffer``;
+    without privileges the kernel caps it at ``net.core.wmem_max`` and ``rmem_max``)."""
+
+    def __init__(self, workers: int, socket_buffer: int = DEFAULTS.mesh_socket_buffer) -> None:
         self.workers = workers
         self.ends: dict[tuple[int, int], socket.socket] = {}  # (holder, peer) -> socket
         for i in range(workers):
             for j in range(i + 1, workers):
                 a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
                 for sock in (a, b):
-                    _grow_buffers(sock)
+                    _grow_buffers(sock, socket_buffer)
                 self.ends[(i, j)] = a
                 self.ends[(j, i)] = b
 
@@ -91,10 +92,16 @@ class Mesh:
 
 class LocalBus:
     """Worker ``index``'s side of the mesh.  ``on_record(peer, record)`` gets every record
-    received; the memoryview is valid only during the call."""
+    received; the memoryview is valid only during the call.
+
+    Bounds (``--mesh-*``): ``max_datagram`` bytes per datagram (less if the socket's buffer
+    is smaller), ``max_outbox`` bytes queued per peer before its records are dropped,
+    ``datagrams_per_wake`` datagrams read from one peer per readiness."""
 
     def __init__(self, index: int, peers: dict[int, socket.socket], reactor: Reactor,
-                 counters: list[int] | None = None, on_record: RecordHandler | None = None) -> None:
+                 counters: list[int] | None = None, on_record: RecordHandler | None = None,
+                 max_datagram: int = DEFAULTS.mesh_max_datagram, max_outbox: int = DEFAULTS.mesh_max_outbox,
+                 datagrams_per_wake: int = DEFAULTS.mesh_datagrams_per_wake) -> None:
         self.index = index
         self.c = counters if counters is not None else [0] * len(F)
         self.reactor = reactor
@@ -107,7 +114,9 @@ class LocalBus:
         self._blocked: set[int] = set()
         self._scheduled = False
         self._dropped_logged = False
-        self.max_datagram = MAX_DATAGRAM
+        self.max_outbox = max_outbox
+        self.datagrams_per_wake = datagrams_per_wake
+        self.max_datagram = max_datagram
         for sock in peers.values():
             sock.setblocking(False)
             self.max_datagram = min(self.max_datagram,
@@ -133,12 +142,13 @@ class LocalBus:
     def send(self, dest: int, record: bytes) -> None:
         """Queue ``record`` for worker ``dest``; it leaves at the end of this loop turn."""
         out = self._out[dest]
-        if len(out) > MAX_OUTBOX:
+        if len(out) > self.max_outbox:
             self.c[_DROPPED_OUTBOX] += 1
             if not self._dropped_logged:
                 self._dropped_logged = True
                 log.warning("worker %d: outbox to worker %d over %d bytes: dropping records (counted in "
-                            "millionws_records_dropped_total)", self.index, dest, MAX_OUTBOX)
+                            "millionws_records_dropped_total; --mesh-max-outbox)", self.index, dest,
+                            self.max_outbox)
             return
         self._dropped_logged = False
         out += _LEN.pack(len(record))
@@ -203,7 +213,7 @@ class LocalBus:
         rview = self._rview
         on_record = self.on_record
         partial = self._in[peer]
-        for _ in range(64):  # bounded: client sockets get their turn too
+        for _ in range(self.datagrams_per_wake):  # bounded: client sockets get their turn too
             try:
                 n = sock.recv_into(self._rbuf)
             except BlockingIOError:

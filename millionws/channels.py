@@ -290,11 +290,13 @@ class Hub:
         self.subscriptions = 0
         self.remote: Any = None  # broker.Bridge with --bus
 
-    def connect_bus(self, url: str, reactor: Any) -> None:
-        """Number and carry messages through a broker shared by the nodes (see :mod:`broker`)."""
+    def connect_bus(self, url: str, reactor: Any, **limits: Any) -> None:
+        """Number and carry messages through a broker shared by the nodes (see :mod:`broker`);
+        ``limits`` are the ``--bus-*`` bounds, as :class:`broker.Bridge` names them."""
         from .broker import Bridge
 
-        self.remote = Bridge(url, reactor, self.c, self.on_bus_event, self.replay_seconds, self.replay_max_messages)
+        self.remote = Bridge(url, reactor, self.c, self.on_bus_event, self.replay_seconds, self.replay_max_messages,
+                             **limits)
 
     def start_bus(self) -> None:
         if self.remote is not None:

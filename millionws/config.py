@@ -97,6 +97,49 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_connections_per_ip", int, 0, "concurrent connections per source address (0: off)"),
     # -- across nodes (millionws/broker.py) ----------------------------------------------------
     Option("bus", str, "", "broker shared by the nodes: nats://host:port or redis://host:port (empty: this node only)"),
+    Option("bus_outbox_messages", int, 100_000,
+           "publishes a worker keeps waiting for the broker's answer; past it a publish gets unavailable: outbox full"),
+    Option("bus_publish_batch", int, 256, "publishes sent to the broker in one batch; the rest wait for its answer"),
+    Option("bus_fetch_batch", int, 256,
+           "stored messages requested from NATS at once in a catch-up or replay; the rest in the next round"),
+    Option("bus_events_per_wake", int, 20_000,
+           "broker events (messages, acks) a worker handles per loop turn; the rest wait for the next turn"),
+    Option("bus_backoff_min", float, 0.1,
+           "seconds: first bound of the reconnect and publish-retry backoff (full jitter, doubling per failure)"),
+    Option("bus_backoff_max", float, 5.0,
+           "seconds: largest reconnect and publish-retry delay (at least --bus-backoff-min)"),
+    Option("bus_live_pending_messages", int, 1_000_000,
+           "NATS: live messages a subscription may buffer; past it the client drops them (then caught up)"),
+    Option("bus_live_pending_bytes", int, 256 << 20,
+           "NATS: live message bytes a subscription may buffer; past it the client drops them (then caught up)"),
+    Option("bus_max_json_depth", int, 64,
+           "deepest JSON accepted from the broker (<= 512; with --bus >= --max-json-depth); deeper: malformed, gap"),
+    # -- between the workers of one node (millionws/bus.py) ----------------------------------------
+    Option("mesh_socket_buffer", int, 4 << 20,
+           "bytes in flight per direction on each worker-to-worker socket; past it records wait in an outbox"),
+    Option("mesh_max_datagram", int, 256 << 10,
+           "largest datagram between workers, bytes (1024 to half of --mesh-socket-buffer); bigger records are split"),
+    Option("mesh_max_outbox", int, 64 << 20,
+           "bytes queued for a worker that is not reading; past it records to it are dropped (counted, logged)"),
+    Option("mesh_datagrams_per_wake", int, 64,
+           "datagrams read from one worker per readiness; the rest wait for the next loop turn"),
+    # -- the loop of each worker (millionws/worker.py, reactor.py) -----------------------------------
+    Option("receive_buffer", int, 256 << 10,
+           "bytes one read takes from a socket (one buffer per worker); more input waits for the next read"),
+    Option("buffer_pool_size", int, 256,
+           "empty output buffers a worker keeps for reuse (0: none); beyond it released ones are freed"),
+    Option("frame_pool_size", int, 1024,
+           "idle WebSocket frame parsers a worker keeps for reuse (0: none); beyond it returned ones are freed"),
+    Option("accept_batch", int, 256,
+           "connections accepted per listener readiness; the rest wait for the next loop turn"),
+    Option("pipeline_budget", int, 32,
+           "pipelined HTTP requests answered per connection per loop turn; the rest wait for the next turn"),
+    Option("timer_resolution", float, 0.05,
+           "seconds per tick of the timer wheel: connection deadlines fire up to this late (0.001 to 1)"),
+    Option("stats_interval", float, 0.25,
+           "seconds between flushes of a worker's counters to shared memory (how stale /metrics may be)"),
+    Option("sweep_interval", float, 5.0,
+           "seconds between sweeps that expire replay buffers, forget idle channels and publish rate-limit keys"),
 )
 
 
@@ -143,16 +186,43 @@ class Config:
     max_connect_rate_per_ip: float = 0.0
     max_connections_per_ip: int = 0
     bus: str = ""
+    bus_outbox_messages: int = 100_000
+    bus_publish_batch: int = 256
+    bus_fetch_batch: int = 256
+    bus_events_per_wake: int = 20_000
+    bus_backoff_min: float = 0.1
+    bus_backoff_max: float = 5.0
+    bus_live_pending_messages: int = 1_000_000
+    bus_live_pending_bytes: int = 256 << 20
+    bus_max_json_depth: int = 64
+    mesh_socket_buffer: int = 4 << 20
+    mesh_max_datagram: int = 256 << 10
+    mesh_max_outbox: int = 64 << 20
+    mesh_datagrams_per_wake: int = 64
+    receive_buffer: int = 256 << 10
+    buffer_pool_size: int = 256
+    frame_pool_size: int = 1024
+    accept_batch: int = 256
+    pipeline_budget: int = 32
+    timer_resolution: float = 0.05
+    stats_interval: float = 0.25
+    sweep_interval: float = 5.0
 
     def validate(self) -> None:
         positive = ("workers", "max_message_size", "handshake_timeout", "ping_timeout", "close_timeout",
                     "max_pending_bytes", "max_connections", "max_request_head", "backlog",
                     "max_channels_per_connection", "max_subscribers_per_worker", "max_json_depth",
-                    "publish_timeout", "replay_timeout", "replay_max_bytes", "max_channels_per_worker")
+                    "publish_timeout", "replay_timeout", "replay_max_bytes", "max_channels_per_worker",
+                    "bus_outbox_messages", "bus_publish_batch", "bus_fetch_batch", "bus_events_per_wake",
+                    "bus_backoff_min", "bus_backoff_max", "bus_live_pending_messages", "bus_live_pending_bytes",
+                    "bus_max_json_depth", "mesh_socket_buffer", "mesh_max_datagram", "mesh_max_outbox",
+                    "mesh_datagrams_per_wake", "receive_buffer", "accept_batch", "pipeline_budget",
+                    "timer_resolution", "stats_interval", "sweep_interval")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
-        for name in ("grace", "ping_interval", "max_request_body", "replay_seconds", "replay_max_messages"):
+        for name in ("grace", "ping_interval", "max_request_body", "replay_seconds", "replay_max_messages",
+                     "buffer_pool_size", "frame_pool_size"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0")
         for name in ("rate_limit_messages", "rate_limit_bytes", "rate_limit_publishes", "max_connect_rate_per_ip",
@@ -180,7 +250,29 @@ class Config:
             raise ValueError("backend_token must be at least 16 characters")
         if self.max_json_depth > 512:
             raise ValueError("max_json_depth must be at most 512 (deeper documents break common parsers)")
+        # Internal bounds: a combination that cannot work stops the server here, not in a worker.
+        if self.bus_max_json_depth > 512:
+            raise ValueError("bus_max_json_depth must be at most 512 (deeper documents break common parsers)")
+        if self.bus and self.bus_max_json_depth < self.max_json_depth:
+            raise ValueError(f"bus_max_json_depth ({self.bus_max_json_depth}) must be at least max_json_depth "
+                             f"({self.max_json_depth}): this node's own messages come back from the broker")
+        if self.bus_backoff_min > self.bus_backoff_max:
+            raise ValueError("bus_backoff_min must be at most bus_backoff_max")
+        if self.mesh_socket_buffer > 1 << 30:
+            raise ValueError("mesh_socket_buffer must be at most 1073741824 (the kernel doubles it into an int)")
+        if self.mesh_max_datagram < 1024:
+            raise ValueError("mesh_max_datagram must be at least 1024")
+        if self.mesh_max_datagram > self.mesh_socket_buffer // 2:
+            raise ValueError(f"mesh_max_datagram ({self.mesh_max_datagram}) must be at most half of "
+                             f"mesh_socket_buffer ({self.mesh_socket_buffer}): a datagram must fit the socket's queue")
+        if not 0.001 <= self.timer_resolution <= 1.0:
+            raise ValueError("timer_resolution must be within 0.001..1 seconds (epoll waits in milliseconds; "
+                             "the loop wakes at least once a second)")
 
+
+# The defaults as a Config, for constructors that take one limit (``max_free: int = DEFAULTS.frame_pool_size``):
+# a module never reads the running configuration from here, the worker passes its values in.
+DEFAULTS = Config()
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")

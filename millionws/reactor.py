@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from .config import DEFAULTS
+
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT
 EPOLLERR = select.EPOLLERR
@@ -53,7 +55,7 @@ class TimerWheel:
 
     __slots__ = ("resolution", "_buckets", "_ticks", "_now_tick")
 
-    def __init__(self, resolution: float = 0.05, now: float | None = None) -> None:
+    def __init__(self, resolution: float = DEFAULTS.timer_resolution, now: float | None = None) -> None:
         self.resolution = resolution
         self._buckets: dict[int, list[Any]] = {}
         self._ticks: list[int] = []  # heap of the ticks that have a bucket
@@ -110,7 +112,7 @@ class Reactor:
     """An epoll loop with a timer wheel.  See the module docstring."""
 
     def __init__(self, on_conn_event: Callable[[Any, int], None], on_timer: Callable[[Any], None],
-                 timer_resolution: float = 0.05) -> None:
+                 timer_resolution: float = DEFAULTS.timer_resolution) -> None:
         self.epoll = select.epoll()
         self.conns: dict[int, Any] = {}
         self.wheel = TimerWheel(timer_resolution)

@@ -56,7 +56,8 @@ class Supervisor:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.shared = SharedStats(config.workers)
-        self.mesh = Mesh(config.workers)  # the workers' links to each other, inherited by every fork
+        # The workers' links to each other, inherited by every fork.
+        self.mesh = Mesh(config.workers, config.mesh_socket_buffer)
         self.children: dict[int, int] = {}  # pid -> worker index
         self.started: dict[int, float] = {}  # worker index -> monotonic start
         self.failures: dict[int, int] = {}  # worker index -> quick deaths in a row

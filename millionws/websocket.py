@@ -32,6 +32,7 @@ from wsproto.connection import ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 from wsproto.frame_protocol import CloseReason
 
+from .config import DEFAULTS
 from .connection import CLOSING, F_PING_SENT, LINGER, OPEN, R_NORMAL, R_PROTOCOL, R_TOO_BIG
 from .wsproto_internals import is_idle, partial_data_frame
 
@@ -53,11 +54,11 @@ _from_bytes = int.from_bytes
 
 
 class FramePool:
-    """wsproto frame-level connections between uses. ``max_free`` bounds what is kept."""
+    """wsproto frame-level connections between uses. ``max_free`` bounds what is kept (``--frame-pool-size``)."""
 
     __slots__ = ("_free", "max_free", "created")
 
-    def __init__(self, max_free: int = 1024) -> None:
+    def __init__(self, max_free: int = DEFAULTS.frame_pool_size) -> None:
         self._free: list[WSConnection] = []
         self.max_free = max_free
         self.created = 0

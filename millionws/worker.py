@@ -76,7 +76,6 @@ log = logging.getLogger("millionws.worker")
 _CONNECTIONS, _ACCEPTED, _BYTES_IN, _BYTES_OUT = F["connections"], F["accepted"], F["bytes_in"], F["bytes_out"]
 _SLOW_CONSUMERS = F["slow_consumers"]
 _F_WAITED = 16  # our keepalive ping's deadline is pending (see on_timer)
-_PIPELINE_BUDGET = 32  # pipelined HTTP requests answered per connection per loop turn
 
 _readv = os.readv
 _write = os.write
@@ -104,13 +103,17 @@ class Worker:
         self.index = index
         self.stats = WorkerStats(shared, index)
         self.c = self.stats.c
-        self.reactor = Reactor(self.on_event, self.on_timer)
+        self.reactor = Reactor(self.on_event, self.on_timer, config.timer_resolution)
         self.reactor.on_error = self.on_error
         self.reactor.observe_turn = self.stats.observe_turn
-        self.rbuf = ReceiveBuffer()
-        self.pool = BufferPool()
-        self.frames = FramePool()
-        self.bus = LocalBus(index, mesh.take(index) if mesh is not None else {}, self.reactor, self.c)
+        self.rbuf = ReceiveBuffer(config.receive_buffer)
+        self.pool = BufferPool(config.buffer_pool_size)
+        self.frames = FramePool(config.frame_pool_size)
+        self.bus = LocalBus(index, mesh.take(index) if mesh is not None else {}, self.reactor, self.c,
+                            max_datagram=config.mesh_max_datagram, max_outbox=config.mesh_max_outbox,
+                            datagrams_per_wake=config.mesh_datagrams_per_wake)
+        self._accept_batch = config.accept_batch  # connections accepted per listener readiness
+        self._pipeline_budget = config.pipeline_budget  # pipelined HTTP requests per connection per loop turn
         self.app = App(self, config.max_connections)
         self.draining = False
         self.listener: socket.socket | None = None
@@ -173,7 +176,7 @@ class Worker:
 
     # Periodic timers schedule their next turn first: one that raises is skipped once, not forever.
     def _flush_periodically(self) -> None:
-        self.reactor.call_later(0.25, self._flush_periodically)
+        self.reactor.call_later(self.config.stats_interval, self._flush_periodically)
         self.stats.flush()
 
     def _sweep_admission(self) -> None:
@@ -181,7 +184,7 @@ class Worker:
         rate, per_ip = self.connect_rate, self.per_ip
         if rate is None and per_ip is None:
             return
-        self.reactor.call_later(rate.idle if rate is not None else 5.0, self._sweep_admission)
+        self.reactor.call_later(rate.idle if rate is not None else self.config.sweep_interval, self._sweep_admission)
         if rate is not None:
             rate.sweep(monotonic())
         # per_ip needs no sweep: a closing connection takes its address out when it was the last.
@@ -196,7 +199,7 @@ class Worker:
         max_head = self.config.max_request_head
         c = self.c
         limited = self.connect_rate is not None or self.per_ip is not None
-        for _ in range(256):
+        for _ in range(self._accept_batch):  # bounded: the connections we have get their turn too
             try:
                 fd, addr = accept()
             except BlockingIOError:
@@ -453,7 +456,7 @@ class Worker:
         parser = conn.http
         if data is not None:
             parser.receive_data(data)
-        budget = _PIPELINE_BUDGET
+        budget = self._pipeline_budget
         while conn.state == HTTP:
             if conn.flags & (F_PAUSED | F_WAITING):
                 return  # answers are piling up unread, or one is deferred: resumed when that ends

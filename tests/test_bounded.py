@@ -73,12 +73,11 @@ def test_keyed_buckets_forget_keys_once_their_bucket_is_full_again():
     assert len(buckets) == 0
 
 
-def test_mesh_outbox_drops_are_counted(monkeypatch):
-    monkeypatch.setattr(bus, "MAX_OUTBOX", 1000)
+def test_mesh_outbox_drops_are_counted():
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     counters = [0] * len(metrics.FIELDS)
     reactor = Reactor(lambda *_: None, lambda *_: None)
-    local = bus.LocalBus(0, {1: a}, reactor, counters)
+    local = bus.LocalBus(0, {1: a}, reactor, counters, max_outbox=1000)  # --mesh-max-outbox 1000
     for _ in range(100):  # never flushed: the peer is "away"
         local.send(1, b"x" * 100)
     assert counters[F["dropped_mesh_outbox_full"]] == 100 - 10
@@ -166,3 +165,112 @@ def test_channels_a_worker_sequences_are_bounded_and_a_refusal_is_answered():
     assert answers == [(0, "channel_limit", -1)]
     node.hubs[1].publish(local[0], b"2", 0.0, lambda *a: answers.append(a))  # a known channel still works
     assert answers[-1] == (2, "", 0)
+
+
+# -- the limits that were module constants, as the worker is given them ----------------------------------------------
+
+def _worker(**limits):
+    from millionws.config import Config
+    from millionws.worker import Worker
+
+    return Worker(Config(workers=1, **limits), 0, metrics.SharedStats(1))
+
+
+def _http_conn(worker):
+    from millionws import http
+    from millionws.connection import Connection
+
+    a, b = socket.socketpair()
+    conn = Connection(a.detach(), http.new_parser(worker.config.max_request_head))
+    worker.reactor.add_conn(conn.fd, conn)
+    return conn, b
+
+
+def _run_calls_due(worker) -> None:
+    """Run what the worker scheduled for the next loop turn (call_later(0, ...))."""
+    calls, worker.reactor._calls = worker.reactor._calls, []
+    for _, _, callback in sorted(calls):
+        callback()
+
+
+def test_a_worker_builds_its_parts_with_the_configured_limits():
+    import time
+
+    worker = _worker(receive_buffer=4096, buffer_pool_size=3, frame_pool_size=5, timer_resolution=0.01,
+                     mesh_max_datagram=4096, mesh_max_outbox=1 << 20, mesh_datagrams_per_wake=7,
+                     stats_interval=0.5, sweep_interval=60.0)
+    assert len(worker.rbuf.buf) == 4096
+    assert worker.pool.max_free == 3 and worker.frames.max_free == 5
+    assert worker.reactor.wheel.resolution == 0.01
+    assert (worker.bus.max_datagram, worker.bus.max_outbox, worker.bus.datagrams_per_wake) == (4096, 1 << 20, 7)
+    now = time.monotonic()
+    worker._flush_periodically()  # --stats-interval: when the next flush is due
+    worker.app.pubsub._sweep()  # --sweep-interval: when the next sweep is due
+    due = sorted(round(when - now, 1) for when, _, _ in worker.reactor._calls)
+    assert due == [0.5, 60.0]
+    worker.reactor.close()
+
+
+def test_the_broker_bridge_gets_the_configured_bus_limits():
+    limits = {"outbox_messages": 7, "publish_batch": 3, "fetch_batch": 5, "events_per_wake": 11, "backoff_min": 0.2,
+              "backoff_max": 0.4, "live_pending_messages": 13, "live_pending_bytes": 4096, "max_json_depth": 40}
+    worker = _worker(bus="nats://127.0.0.1:1", **{"bus_" + name: value for name, value in limits.items()})
+    bridge = worker.app.pubsub.hub.remote  # made, not started: no thread, no connection
+    assert {name: getattr(bridge, name) for name in limits} == limits
+    assert bridge.backend.max_depth == 40
+    bridge.close()
+    worker.reactor.close()
+
+
+def test_the_receive_buffer_bounds_one_read():
+    worker = _worker(receive_buffer=1024)  # --receive-buffer 1024
+    conn, peer = _http_conn(worker)
+    peer.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 3000)  # a head still incomplete
+    worker.on_readable(conn)
+    assert worker.c[F["bytes_in"]] == 1024
+    worker.on_readable(conn)
+    assert worker.c[F["bytes_in"]] == 2048
+    worker.close(conn)
+    peer.close()
+    worker.reactor.close()
+
+
+def test_pipelined_requests_are_answered_at_most_the_budget_per_turn():
+    worker = _worker(pipeline_budget=2)  # --pipeline-budget 2
+    conn, peer = _http_conn(worker)
+    peer.setblocking(False)
+    worker.http_in(conn, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 5)
+
+    def answers() -> int:
+        try:
+            return peer.recv(1 << 16).count(b"HTTP/1.1 200")
+        except BlockingIOError:
+            return 0
+
+    assert answers() == 2  # the other connections get the rest of this turn
+    _run_calls_due(worker)
+    assert answers() == 2
+    _run_calls_due(worker)
+    assert answers() == 1
+    worker.close(conn)
+    peer.close()
+    worker.reactor.close()
+
+
+def test_connections_are_accepted_at_most_the_batch_per_readiness():
+    from millionws.worker import listen_socket
+
+    worker = _worker(accept_batch=2)  # --accept-batch 2
+    listener = listen_socket("127.0.0.1", 0, 16)
+    clients = [socket.create_connection(listener.getsockname()) for _ in range(5)]  # queued by the kernel
+    counts = []
+    for _ in range(3):
+        worker.accept_from(listener, 0)
+        counts.append(worker.c[F["accepted"]])
+    assert counts == [2, 4, 5]
+    for conn in list(worker.reactor.conns.values()):
+        worker.close(conn)
+    for client in clients:
+        client.close()
+    listener.close()
+    worker.reactor.close()

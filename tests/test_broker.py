@@ -32,7 +32,8 @@ from millionws.broker import (
     redact,
     subject_token,
 )
-from millionws.reactor import Reactor
+from millionws.config import DEFAULTS
+from millionws.reactor import EPOLLIN, Reactor
 from tests.conftest import free_port
 
 F = metrics.F
@@ -92,18 +93,26 @@ def test_failure_lines_are_rate_limited_per_reason(monkeypatch, caplog):
 # -- the thread's logic on a broker in memory ---------------------------------------------------------------------
 
 
-def fake_bridge(url: str = "nats://x") -> types.SimpleNamespace:
+def fake_bridge(url: str = "nats://x", **limits) -> types.SimpleNamespace:
+    """What a Backend reads of its Bridge; ``limits`` override the ``--bus-*`` defaults (Bridge's keywords)."""
     events: list[tuple] = []
+    bounds = {"outbox_messages": DEFAULTS.bus_outbox_messages, "publish_batch": DEFAULTS.bus_publish_batch,
+              "fetch_batch": DEFAULTS.bus_fetch_batch, "events_per_wake": DEFAULTS.bus_events_per_wake,
+              "backoff_min": DEFAULTS.bus_backoff_min, "backoff_max": DEFAULTS.bus_backoff_max,
+              "live_pending_messages": DEFAULTS.bus_live_pending_messages,
+              "live_pending_bytes": DEFAULTS.bus_live_pending_bytes, "max_json_depth": DEFAULTS.bus_max_json_depth}
+    assert limits.keys() <= bounds.keys(), limits
+    bounds.update(limits)
     return types.SimpleNamespace(emit=events.append, events=events, c=[0] * len(metrics.FIELDS), url=url, error="",
-                                 replay_seconds=120.0, replay_max_messages=1000)
+                                 replay_seconds=120.0, replay_max_messages=1000, **bounds)
 
 
 class Fake(Backend):
     """A broker in memory: a stream per channel, ``stored[channel]`` the seqs still there
     (``poison``: the seqs whose stored record is malformed)."""
 
-    def __init__(self, stored: dict[str, list[int]], poison: set[int] = frozenset()) -> None:
-        bridge = fake_bridge()
+    def __init__(self, stored: dict[str, list[int]], poison: set[int] = frozenset(), **limits) -> None:
+        bridge = fake_bridge(**limits)
         super().__init__(bridge)  # type: ignore[arg-type]
         self.events = bridge.events
         self.stored = stored
@@ -238,8 +247,8 @@ def test_acks_follow_outbox_order_and_refusals_end_after_a_few_tries():
     assert fake.c[F["bus_published"]] == 3 and fake.c[F["bus_outbox"]] == 0
 
 
-def test_an_outage_refuses_what_was_never_sent_and_keeps_what_may_be_stored(monkeypatch):
-    fake = Fake({})
+def test_an_outage_refuses_what_was_never_sent_and_keeps_what_may_be_stored():
+    fake = Fake({}, outbox_messages=3)  # --bus-outbox-messages 3
     fake.connected = False
     fake.bridge._cmds = []
     fake.bridge.take_commands = lambda: [("publish", "c", b"1", 0.0, 1)]
@@ -247,7 +256,6 @@ def test_an_outage_refuses_what_was_never_sent_and_keeps_what_may_be_stored(monk
     assert fake.events == [(E_ACK, 1, 0, "unavailable: broker not connected")]
 
     fake.connected = True
-    monkeypatch.setattr(broker, "OUTBOX_MESSAGES", 3)
     fake.bridge.take_commands = lambda: [("publish", "c", b"1", 0.0, req) for req in range(2, 7)]
     fake.commands_ready()
     assert [p.req for p in fake.outbox] == [2, 3, 4]
@@ -260,6 +268,147 @@ def test_an_outage_refuses_what_was_never_sent_and_keeps_what_may_be_stored(monk
     assert fake.events[3:] == [(E_ACK, 3, 0, "unavailable: broker connection lost"),
                                (E_ACK, 4, 0, "unavailable: broker connection lost")]
     assert fake.c[F["bus_outbox"]] == 1
+
+
+# -- the --bus-* limits, each honoured -----------------------------------------------------------------------------
+
+def test_publishes_leave_in_batches_of_the_configured_size():
+    class Batches(Fake):
+        def __init__(self, **limits) -> None:
+            super().__init__({}, **limits)
+            self.sizes: list[int] = []
+
+        async def publish_batch(self, batch):
+            self.sizes.append(len(batch))
+            return [p.n for p in batch]
+
+    async def main():
+        fake = Batches(publish_batch=2)  # --bus-publish-batch 2
+        fake._outbox_ready = asyncio.Event()
+        fake.outbox.extend(broker.Pending("c", b"1", 0.0, n, req=n) for n in range(1, 6))
+        fake._outbox_ready.set()
+        task = asyncio.get_running_loop().create_task(fake._publisher())
+        while fake.outbox:
+            await asyncio.sleep(0)
+        task.cancel()
+        return fake
+
+    fake = asyncio.run(main())
+    assert fake.sizes == [2, 2, 1]
+    assert [e[1:] for e in fake.events] == [(n, n, "") for n in range(1, 6)]
+
+
+def test_reconnects_wait_within_the_configured_backoff(monkeypatch):
+    import itertools
+
+    assert all(d <= 0.004 for d in itertools.islice(broker.backoff_delays(0.001, 0.004), 200))
+    bounds: list[tuple[float, float]] = []
+    real = broker.backoff_delays
+
+    def recorded(minimum, maximum):
+        bounds.append((minimum, maximum))
+        return real(minimum, maximum)
+
+    monkeypatch.setattr(broker, "backoff_delays", recorded)
+
+    class Unreachable(Fake):
+        attempts = 0
+
+        async def connect(self):
+            self.attempts += 1
+            raise ConnectionError("refused")
+
+    async def main():
+        fake = Unreachable({}, backoff_min=0.001, backoff_max=0.004)  # --bus-backoff-min/-max
+        fake.connected = False
+        task = asyncio.get_running_loop().create_task(fake._connection_loop())
+        await asyncio.sleep(0.2)
+        task.cancel()
+        return fake
+
+    fake = asyncio.run(main())
+    assert bounds == [(0.001, 0.004)]
+    assert fake.attempts > 20  # with the default (0.1 s doubling to 5 s) about 3 fit in 0.2 s
+
+
+def test_broker_events_are_handled_at_most_the_configured_number_per_wake():
+    reactor = Reactor(lambda *_: None, lambda _: None)
+    got: list[tuple] = []
+    bridge = Bridge("nats://127.0.0.1:1", reactor, [0] * len(metrics.FIELDS), got.append,
+                    events_per_wake=2)  # --bus-events-per-wake 2
+    for req in range(1, 6):
+        bridge.emit((E_ACK, req, req, ""))
+    bridge._on_wake(EPOLLIN)
+    assert [e[1] for e in got] == [1, 2] and bridge._wake_pending  # the eventfd is written again for the rest
+    bridge._on_wake(EPOLLIN)
+    bridge._on_wake(EPOLLIN)
+    assert [e[1] for e in got] == [1, 2, 3, 4, 5] and not bridge._wake_pending
+    bridge.close()
+    reactor.close()
+
+
+def test_a_live_nats_subscription_buffers_at_most_the_configured_pending_limits():
+    subscribed: dict = {}
+
+    class Client:
+        async def subscribe(self, subject, **kwargs):
+            subscribed.update(kwargs, subject=subject)
+            return "sub"
+
+    backend = broker.NatsBackend(fake_bridge(live_pending_messages=10, live_pending_bytes=4096))  # type: ignore[arg-type]
+    backend.nc = Client()
+
+    async def no_stream(channel):
+        return None
+
+    backend.ensure_stream = no_stream
+    assert asyncio.run(backend.subscribe_live("news")) == "sub"
+    assert subscribed["subject"] == "mws.live.news"
+    assert (subscribed["pending_msgs_limit"], subscribed["pending_bytes_limit"]) == (10, 4096)
+
+
+def test_a_nats_catch_up_asks_for_at_most_the_configured_batch_at_once():
+    backend = broker.NatsBackend(fake_bridge(fetch_batch=3))  # type: ignore[arg-type]  # --bus-fetch-batch 3
+    rounds: list[list[int]] = []
+    in_flight: list[int] = []
+
+    class JetStream:
+        async def stream_info(self, stream):
+            return types.SimpleNamespace(state=types.SimpleNamespace(first_seq=1, last_seq=10))
+
+        async def get_msg(self, stream, seq, direct):
+            if not in_flight:
+                rounds.append([])
+            in_flight.append(seq)
+            rounds[-1].append(seq)
+            await asyncio.sleep(0)  # all of one gather are in flight together
+            in_flight.remove(seq)
+            return types.SimpleNamespace(seq=seq, headers={"Mws-T0": "1.0"}, time=None, data=b"%d" % seq)
+
+    backend.js = JetStream()
+    entries = asyncio.run(backend.fetch("c", 1, 10))
+    assert [e[0] for e in entries] == list(range(1, 11))
+    assert rounds == [[1, 2, 3], [4, 5, 6], [7, 8, 9], [10]]
+
+
+def test_records_from_the_broker_deeper_than_the_configured_depth_are_malformed():
+    assert checked_entry(b"1", b"1.0", b"[[[1]]]", max_depth=3)[2] == b"[[[1]]]"
+    assert checked_entry(b"1", b"1.0", b"[[[1]]]", max_depth=2)[2] is None
+    assert checked_entry(b"1", b"1.0", b"[" * 64 + b"]" * 64)[2] is not None  # the default: 64
+    assert checked_entry(b"1", b"1.0", b"[" * 65 + b"]" * 65)[2] is None
+
+    async def main():
+        fake = Fake({"c": [1, 2]}, max_json_depth=2)  # --bus-max-json-depth 2
+        fake.channels["c"] = broker.Channel()
+        await fake.sync("c")
+        fake.on_live("c", 3, 1.0, b"[[3]]")
+        fake.on_live("c", 4, 1.0, b"[[[4]]]")  # too deep: not handed over; the stream decides
+        assert delivered(fake) == [3]
+        assert fake.channels["c"].buffer[-1][:1] == (4,) and fake.channels["c"].buffer[-1][2] is None
+        await asyncio.sleep(0)  # the catch-up: the stream never stored 4, so it was forged
+        assert delivered(fake) == [3] and fake.c[F["dropped_broker_malformed"]] == 1
+
+    asyncio.run(main())
 
 
 # -- a real Bridge on a real reactor -----------------------------------------------------------------------------
@@ -424,7 +573,7 @@ def test_a_broker_killed_with_publishes_in_flight_answers_each_once_and_stores_e
     broker.kill()
     h.run_until(lambda: not h.up(), what="the connection lost")
     in_flight = {p.req for p in outbox}
-    assert 0 < len(in_flight) <= broker_module_batch()
+    assert 0 < len(in_flight) <= h.bridge.publish_batch
     refused = [r for r in rest if r not in in_flight]
     h.run_until(lambda: all(r in h.acks() for r in refused), timeout=5, what="unsent publishes refused")
     assert all(h.acks()[r] == (0, "unavailable: broker connection lost") for r in refused)
@@ -445,10 +594,6 @@ def test_a_broker_killed_with_publishes_in_flight_answers_each_once_and_stores_e
     assert len(documents) == len(set(documents)), "a message stored twice"
     assert {doc["i"]: seq for seq, doc in records} == acked  # each acked with the seq it was stored as
     assert h.bridge.detail()["outbox"] == 0 and h.c[F["bus_outbox"]] == 0
-
-
-def broker_module_batch() -> int:
-    return broker.PUBLISH_BATCH
 
 
 def test_a_retry_after_a_lost_answer_gets_the_original_seq(broker, harness):

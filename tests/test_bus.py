@@ -75,3 +75,58 @@ def test_take_keeps_only_the_workers_ends():
     ends = mesh.take(1)
     assert sorted(ends) == [0, 2]
     assert all(s.fileno() >= 0 for s in ends.values())
+
+
+# -- the --mesh-* limits -----------------------------------------------------------------------------------------------
+
+def test_the_socket_buffer_is_the_configured_one_and_bounds_the_datagram():
+    import socket
+
+    mesh = Mesh(2, socket_buffer=64 << 10)  # --mesh-socket-buffer 65536 (below wmem_max: no privilege needed)
+    ends = dict(mesh.ends)
+    sock = ends[(0, 1)]
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == 2 * (64 << 10)  # Linux doubles what it is given
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) == 2 * (64 << 10)
+    local = LocalBus(0, {1: sock}, Reactor(lambda *_: None, lambda *_: None), max_datagram=256 << 10)
+    assert local.max_datagram == (64 << 10) - 64  # a datagram never exceeds what the socket can queue
+    for s in ends.values():
+        s.close()
+
+
+def configured_pair(**limits):
+    mesh = Mesh(2)
+    got: list[tuple[int, bytes]] = []
+    ends = dict(mesh.ends)
+    a = LocalBus(0, {1: ends[(0, 1)]}, Reactor(lambda *_: None, lambda *_: None), **limits)
+    b = LocalBus(1, {0: ends[(1, 0)]}, Reactor(lambda *_: None, lambda *_: None),
+                 on_record=lambda src, rec: got.append((src, bytes(rec))), **limits)
+    return a, b, got
+
+
+def test_the_configured_datagram_size_splits_batches_and_fragments_records():
+    a, b, got = configured_pair(max_datagram=2048)  # --mesh-max-datagram 2048
+    assert a.max_datagram == 2048
+    small = [os.urandom(1000) for _ in range(4)]  # two fit a datagram (2 x 1004 bytes), three do not
+    for record in small:
+        a.send(1, record)
+    a.flush()
+    assert a.datagrams_sent == 2
+    big = os.urandom(5000)
+    a.send(1, big)
+    a.flush()
+    assert a.datagrams_sent == 2 + 3  # 5004 bytes in fragments of at most 2048
+    b._receive(0)
+    assert got == [(0, r) for r in [*small, big]]
+
+
+def test_the_configured_datagrams_per_wake_bound_one_read_turn():
+    a, b, got = configured_pair(datagrams_per_wake=2)  # --mesh-datagrams-per-wake 2
+    for i in range(5):
+        a.send(1, b"%d" % i)
+        a.flush()  # one datagram each
+    assert a.datagrams_sent == 5
+    b._receive(0)
+    assert [r for _, r in got] == [b"0", b"1"]  # the rest waits for the next readiness (level-triggered)
+    b._receive(0)
+    b._receive(0)
+    assert [r for _, r in got] == [b"0", b"1", b"2", b"3", b"4"]

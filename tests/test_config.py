@@ -31,9 +31,14 @@ def test_flag_beats_environment_beats_default():
     assert config.from_argv([], environ={"MILLIONWS_PING_INTERVAL": "2.5"}).ping_interval == 2.5
 
 
+# "7" is out of range for a few options alone (the others' defaults constrain them): a value of their own.
+_IN_RANGE = {"port": "7007", "bus_backoff_min": "0.7", "mesh_socket_buffer": str(7 << 20),
+             "mesh_max_datagram": str(7 << 10), "timer_resolution": "0.7"}
+
+
 @pytest.mark.parametrize("option", [o for o in OPTIONS if o.type in (int, float)], ids=lambda o: o.name)
 def test_each_numeric_option_reads_its_environment_variable(option):
-    value = "7" if option.name != "port" else "7007"
+    value = _IN_RANGE.get(option.name, "7")
     cfg = config.from_argv([], environ={option.env: value})
     assert getattr(cfg, option.name) == option.type(value)
 
@@ -85,3 +90,91 @@ def test_config_defaults_are_the_option_defaults():
     for option in OPTIONS:
         if option.default is not None:
             assert fields[option.name].default == option.default, option.name
+
+
+# -- the limits that were module constants ---------------------------------------------------------------------------
+# (option, the value the constant had, another valid value, an invalid one)
+INTERNAL_LIMITS = [
+    ("bus_outbox_messages", 100_000, "10", "0"),  # broker.OUTBOX_MESSAGES
+    ("bus_publish_batch", 256, "16", "0"),  # broker.PUBLISH_BATCH
+    ("bus_fetch_batch", 256, "16", "0"),  # broker.FETCH_BATCH
+    ("bus_events_per_wake", 20_000, "100", "0"),  # broker.EVENTS_PER_WAKE
+    ("bus_backoff_min", 0.1, "0.05", "0"),  # broker.BACKOFF_MIN
+    ("bus_backoff_max", 5.0, "30", "0.05"),  # broker.BACKOFF_MAX; invalid: below --bus-backoff-min
+    ("bus_live_pending_messages", 1_000_000, "1000", "0"),  # NatsBackend.subscribe_live
+    ("bus_live_pending_bytes", 256 << 20, "65536", "-1"),  # NatsBackend.subscribe_live
+    ("bus_max_json_depth", 64, "128", "513"),  # broker.MAX_JSON_DEPTH
+    ("mesh_socket_buffer", 4 << 20, str(1 << 20), str((256 << 10) * 2 - 1)),  # bus.SOCKET_BUFFER; < 2 datagrams
+    ("mesh_max_datagram", 256 << 10, "65536", "512"),  # bus.MAX_DATAGRAM
+    ("mesh_max_outbox", 64 << 20, str(1 << 20), "0"),  # bus.MAX_OUTBOX
+    ("mesh_datagrams_per_wake", 64, "8", "0"),  # LocalBus._receive
+    ("receive_buffer", 256 << 10, "65536", "0"),  # ReceiveBuffer(size=256 * 1024)
+    ("buffer_pool_size", 256, "0", "-1"),  # BufferPool(max_free=256)
+    ("frame_pool_size", 1024, "0", "-1"),  # FramePool(max_free=1024)
+    ("accept_batch", 256, "1", "0"),  # Worker.accept_from
+    ("pipeline_budget", 32, "1", "0"),  # worker._PIPELINE_BUDGET
+    ("timer_resolution", 0.05, "0.01", "0.0001"),  # Reactor(timer_resolution=0.05)
+    ("stats_interval", 0.25, "1", "0"),  # Worker._flush_periodically
+    ("sweep_interval", 5.0, "60", "-5"),  # PubSub._sweep
+]
+_BY_NAME = {o.name: o for o in OPTIONS}
+
+
+@pytest.mark.parametrize(("name", "today"), [row[:2] for row in INTERNAL_LIMITS], ids=lambda v: str(v))
+def test_an_internal_limit_defaults_to_the_value_its_constant_had(name, today):
+    assert _BY_NAME[name].default == today
+    assert getattr(config.from_argv([], environ={}), name) == today
+    assert getattr(config.DEFAULTS, name) == today  # what constructors default to
+
+
+@pytest.mark.parametrize(("name", "value"), [(row[0], row[2]) for row in INTERNAL_LIMITS], ids=lambda v: str(v))
+def test_an_internal_limit_reads_its_flag_and_its_environment_variable(name, value):
+    option = _BY_NAME[name]
+    expected = option.type(value)
+    assert expected != option.default
+    assert getattr(config.from_argv([option.flag, value], environ={}), name) == expected
+    assert getattr(config.from_argv([], environ={option.env: value}), name) == expected
+    assert getattr(config.from_argv([option.flag, value], environ={option.env: str(option.default)}), name) == expected
+
+
+@pytest.mark.parametrize(("name", "value"), [(row[0], row[3]) for row in INTERNAL_LIMITS], ids=lambda v: str(v))
+def test_an_internal_limit_out_of_range_is_refused_at_start(name, value):
+    option = _BY_NAME[name]
+    with pytest.raises(ValueError, match=name):
+        config.from_argv([option.flag, value], environ={})
+    with pytest.raises(ValueError, match=name):
+        config.from_argv([], environ={option.env: value})
+
+
+@pytest.mark.parametrize("argv", [
+    ["--bus-backoff-min", "2", "--bus-backoff-max", "1"],
+    ["--mesh-socket-buffer", "65536", "--mesh-max-datagram", "65536"],  # a datagram must fit half the buffer
+    ["--mesh-socket-buffer", str(2 << 30)],  # setsockopt takes an int the kernel doubles
+    ["--timer-resolution", "2"],  # coarser than the loop's one-second wake-up
+    ["--bus", "nats://h:4222", "--max-json-depth", "100"],  # own messages would come back too deep
+    ["--bus", "nats://h:4222", "--bus-max-json-depth", "16"],
+])
+def test_internal_limits_that_contradict_each_other_are_refused(argv):
+    with pytest.raises(ValueError):
+        config.from_argv(argv, environ={})
+
+
+def test_internal_limits_that_fit_together_are_accepted():
+    cfg = config.from_argv(["--bus-backoff-min", "1", "--bus-backoff-max", "1", "--mesh-socket-buffer", "65536",
+                            "--mesh-max-datagram", "32768", "--timer-resolution", "1"], environ={})
+    assert (cfg.bus_backoff_min, cfg.bus_backoff_max, cfg.mesh_max_datagram) == (1.0, 1.0, 32768)
+    # Without --bus the broker's depth is unused: a deeper client limit alone is no contradiction.
+    assert config.from_argv(["--max-json-depth", "100"], environ={}).max_json_depth == 100
+    both = config.from_argv(["--bus", "nats://h:4222", "--max-json-depth", "100", "--bus-max-json-depth", "100"],
+                            environ={})
+    assert (both.max_json_depth, both.bus_max_json_depth) == (100, 100)
+
+
+def test_serve_with_a_limit_that_cannot_work_prints_one_line_and_exits_2(capsys, monkeypatch):
+    from millionws import cli
+
+    for option in OPTIONS:
+        monkeypatch.delenv(option.env, raising=False)
+    assert cli.main(["serve", "--pipeline-budget", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pipeline_budget" in err
