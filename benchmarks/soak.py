@@ -4,8 +4,8 @@
     python -m benchmarks.soak --hours 4 --connections 2000 --churn 50 --json-out /tmp/soak.json
     python -m benchmarks.soak --attach PID --port 8080   # a server that is already running (PID: supervisor)
 
-One process, one ``select.epoll`` loop over non-blocking sockets (client framing from
-``benchmarks.loadgen.wsframe``), so the client costs little and never blocks on one connection:
+One process, one ``select.epoll`` loop over non-blocking sockets (frames from ``benchmarks.wscodec``, the
+handshake from ``benchmarks.loadgen.wsframe``), so the client costs little and never blocks on one connection:
 
 * ``--connections`` echo WebSockets are kept open; every second ``--churn`` of them are closed with a
   clean closing handshake (Close 1000, the server's Close, the server's FIN) and as many new ones opened.
@@ -54,6 +54,7 @@ if str(REPO_ROOT) not in sys.path:
 
 import psutil  # noqa: E402
 
+from benchmarks import wscodec  # noqa: E402
 from benchmarks.loadgen import wsframe  # noqa: E402
 from benchmarks.memory import tree_memory  # noqa: E402
 from benchmarks.servers import start_server, stop_process  # noqa: E402
@@ -193,7 +194,7 @@ class Soak:
     def begin_close(self, conn: Conn) -> None:
         conn.state = CLOSING
         conn.since = time.monotonic()
-        self.send(conn, wsframe.close_frame(1000))
+        self.send(conn, wscodec.close_frame(1000))
 
     # -- input ----------------------------------------------------------------------------------------------
     def readable(self, conn: Conn) -> None:
@@ -228,43 +229,38 @@ class Soak:
             conn.since = time.monotonic()
             if conn.kind == "sub":
                 conn.state = SUBSCRIBING
-                self.send(conn, wsframe.encode(wsframe.OP_TEXT, json.dumps(
+                self.send(conn, wscodec.encode(wscodec.OP_TEXT, json.dumps(
                     {"op": "subscribe", "channels": [CHANNEL]}).encode()))
             else:
                 conn.state = OPEN
         self.frames(conn)
 
     def frames(self, conn: Conn) -> None:
-        buf = conn.buf
-        while len(buf) >= 2:
-            b0, b1 = buf[0], buf[1]
-            if b1 & 0x80 or b0 & 0x70 or not b0 & 0x80:
-                self.drop(conn, "protocol", f"frame header {b0:#x} {b1:#x}")
+        heads = bytearray()
+        payloads: list[bytearray] = []
+        try:
+            cut, error = wscodec.split_frames(conn.buf, heads, payloads), ""
+        except wscodec.ProtocolError as exc:  # a masked frame: the ones before it first
+            cut, error = 0, str(exc)
+        for b0, payload in zip(heads, payloads, strict=True):
+            if b0 & 0x70 or not b0 & 0x80:
+                self.drop(conn, "protocol", f"frame header {b0:#x}")
                 return
-            n, pos = b1 & 0x7F, 2
-            if n == 126:
-                if len(buf) < 4:
-                    return
-                n, pos = int.from_bytes(buf[2:4], "big"), 4
-            elif n == 127:
-                if len(buf) < 10:
-                    return
-                n, pos = int.from_bytes(buf[2:10], "big"), 10
-            if len(buf) < pos + n:
+            if not self.frame(conn, b0 & 0x0F, bytes(payload)) or conn.fd not in self.conns:
                 return
-            payload = bytes(buf[pos:pos + n])
-            del buf[:pos + n]
-            if not self.frame(conn, b0 & 0x0F, payload) or conn.fd not in self.conns:
-                return
+        if error:
+            self.drop(conn, "protocol", error)
+            return
+        del conn.buf[:cut]
 
     def frame(self, conn: Conn, opcode: int, payload: bytes) -> bool:
-        if opcode == wsframe.OP_PING:
-            self.send(conn, wsframe.encode(wsframe.OP_PONG, payload))
+        if opcode == wscodec.OP_PING:
+            self.send(conn, wscodec.encode(wscodec.OP_PONG, payload))
             return True
-        if opcode == wsframe.OP_PONG:
+        if opcode == wscodec.OP_PONG:
             return True
-        if opcode == wsframe.OP_CLOSE:
-            code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+        if opcode == wscodec.OP_CLOSE:
+            code = wscodec.close_code(payload)
             if conn.state == CLOSING and code == 1000:
                 conn.kind = "closed"  # the echo of our Close: now the server's FIN
                 return True
@@ -316,14 +312,14 @@ class Soak:
         conn = random.choice(ready)
         payload = os.urandom(self.args.size // 2).hex().encode()[: self.args.size]
         conn.expect.append((time.monotonic(), payload))
-        self.send(conn, wsframe.encode(wsframe.OP_TEXT, payload))
+        self.send(conn, wscodec.encode(wscodec.OP_TEXT, payload))
 
     def publish_one(self) -> None:
         if self.publisher is None or self.publisher.state != OPEN:
             return
         self.seq_published += 1
         doc = {"op": "publish", "channel": CHANNEL, "data": {"n": self.seq_published, "t": time.time()}}
-        self.send(self.publisher, wsframe.encode(wsframe.OP_TEXT, json.dumps(doc).encode()))
+        self.send(self.publisher, wscodec.encode(wscodec.OP_TEXT, json.dumps(doc).encode()))
         self.counts["publishes"] += 1
 
     def churn(self, kind: str, n: int, target: int) -> None:
@@ -393,7 +389,7 @@ class Soak:
                     head += data
                 ok = head.startswith(b"HTTP/1.1 101")
                 if ok:
-                    sock.sendall(wsframe.close_frame(1000))
+                    sock.sendall(wscodec.close_frame(1000))
                 return ok
         except OSError:
             return False

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from benchmarks.wscodec import server_frames
 from millionws import channels, metrics
 from millionws.channels import GAP_EXPIRED, GAP_NONE, GAP_UNKNOWN, ChannelError, Hub, ReplayBuffer
 
@@ -20,16 +21,9 @@ class Conn:
         self.docs: list[dict] = []
 
     def take(self, data: bytes) -> None:
-        pos = 0
-        while pos < len(data):
-            assert data[pos] == 0x81
-            n = data[pos + 1]
-            start = pos + 2
-            if n == 126:
-                n = int.from_bytes(data[pos + 2:pos + 4], "big")
-                start = pos + 4
-            self.docs.append(json.loads(data[start:start + n]))
-            pos = start + n
+        for opcode, fin, payload in server_frames(data, strict=True):  # strict: no RSV bit
+            assert opcode == 1 and fin
+            self.docs.append(json.loads(payload))
 
     def seqs(self, channel: str) -> list[int]:
         return [d["seq"] for d in self.docs if d.get("op") == "message" and d["channel"] == channel]

@@ -19,6 +19,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from benchmarks.wscodec import OP_TEXT, close_frame, encode
+
 ROOT = Path(__file__).resolve().parent.parent
 FUZZ = ROOT / "fuzz"
 sys.path.insert(0, str(FUZZ))
@@ -37,15 +39,18 @@ def test_seeds_are_current_and_pass() -> None:
 
 
 def test_invariants_catch_a_bad_frame() -> None:
-    """The checks can fail: a masked server frame, a Close with a code not allowed on the wire."""
+    """The checks can fail: a masked server frame, a Close with a code not allowed on the wire, a long header."""
     with pytest.raises(AssertionError, match="masked"):
-        fuzz_server.server_frames(b"\x81\x81abcdx")
+        fuzz_server.server_frames(encode(OP_TEXT, b"x", key=b"abcd"))
     with pytest.raises(AssertionError):
-        fuzz_server.server_frames(b"\x88\x02\x03\xed")  # 1005 must never be sent
+        fuzz_server.server_frames(close_frame(1005, mask=False))  # 1005 must never be sent
+    with pytest.raises(AssertionError, match="non-minimal"):
+        fuzz_server.server_frames(encode(OP_TEXT, b"x", mask=False, length_bytes=2))
     with pytest.raises(AssertionError, match="after our Close"):
         peer = fuzz_server.Peer(125, fuzz_server.websocket.FramePool())
         peer.closed = True
-        peer.sent(b"\x81\x01x", b"\x81\x01x")
+        text = encode(OP_TEXT, b"x", mask=False)
+        peer.sent(text, text)
 
 
 def test_app_layer_invariants_can_fail() -> None:

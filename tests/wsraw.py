@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import base64
-import os
 import socket
-import struct
 import time
+
+from benchmarks import wscodec
 
 KEY = base64.b64encode(b"0123456789abcdef").decode()
 
@@ -17,30 +17,10 @@ def upgrade_request(path: str = "/echo", host: str = "localhost", extra: str = "
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: {version}\r\n{extra}\r\n").encode()
 
 
-def frame(opcode: int, payload: bytes = b"", fin: bool = True, mask: bool = True, rsv: int = 0,
-          length: int | None = None, length_bytes: int | None = None) -> bytes:
-    """A client frame; ``length``/``length_bytes`` let a test lie about the length encoding."""
-    n = len(payload) if length is None else length
-    head = bytearray([(0x80 if fin else 0) | (rsv << 4) | opcode])
-    mbit = 0x80 if mask else 0
-    if length_bytes is None:
-        length_bytes = 0 if n < 126 else 2 if n < 65536 else 8
-    if length_bytes == 0:
-        head.append(mbit | n)
-    elif length_bytes == 2:
-        head.append(mbit | 126)
-        head += struct.pack("!H", n)
-    else:
-        head.append(mbit | 127)
-        head += struct.pack("!Q", n)
-    if not mask:
-        return bytes(head) + payload
-    key = os.urandom(4)
-    return bytes(head) + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
-
-
-def close_payload(code: int, reason: bytes = b"") -> bytes:
-    return struct.pack("!H", code) + reason
+# The frame codec the tests share with the benchmarks. frame(): a client frame, masked with a fresh key unless
+# ``mask=False``; ``rsv``, ``length`` and ``length_bytes`` let a test break it or lie about its length.
+frame = wscodec.encode
+close_payload = wscodec.close_payload
 
 
 class RawClient:
@@ -90,19 +70,12 @@ class RawClient:
     def read_frame(self) -> tuple[int, bool, bytes] | None:
         """(opcode, fin, payload) of the next server frame; None at EOF."""
         while True:
-            if len(self.buf) >= 2:
-                b0, b1 = self.buf[0], self.buf[1]
-                assert not b1 & 0x80, "server frames must not be masked"
-                n, pos = b1 & 0x7F, 2
-                if n == 126 and len(self.buf) >= 4:
-                    n, pos = struct.unpack("!H", self.buf[2:4])[0], 4
-                elif n == 127 and len(self.buf) >= 10:
-                    n, pos = struct.unpack("!Q", self.buf[2:10])[0], 10
-                if (b1 & 0x7F) < 126 or pos > 2:
-                    if len(self.buf) >= pos + n:
-                        payload = self.buf[pos:pos + n]
-                        self.buf = self.buf[pos + n:]
-                        return b0 & 0x0F, bool(b0 & 0x80), payload
+            heads = bytearray()
+            payloads: list[bytes] = []
+            end = wscodec.split_frames(self.buf, heads, payloads, limit=1)
+            if heads:
+                self.buf = self.buf[end:]
+                return heads[0] & 0x0F, bool(heads[0] & 0x80), payloads[0]
             if not self._fill():
                 return None
 
@@ -115,7 +88,7 @@ class RawClient:
                 return code, True
             opcode, _, payload = fr
             if opcode == 8:
-                code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+                code = wscodec.close_code(payload, 1005)
                 # RFC 6455: after the server's Close the server closes TCP; wait for it.
                 try:
                     eof = not self._drain_until_eof()

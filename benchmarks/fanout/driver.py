@@ -57,6 +57,7 @@ if str(REPO_ROOT) not in sys.path:
 
 import psutil  # noqa: E402
 
+from benchmarks import wscodec  # noqa: E402
 from benchmarks.fanout import subscriber  # noqa: E402
 from benchmarks.loadgen import wsframe  # noqa: E402
 
@@ -296,7 +297,7 @@ class Publisher:
         if self.mode == "ws":
             if self.millionws:
                 data = b'{"op":"publish","channel":"%s","data":%s}' % (CHANNEL.encode(), data)
-            out = wsframe.encode(wsframe.OP_TEXT, data)
+            out = wscodec.encode(wscodec.OP_TEXT, data)
         else:
             out = (b"POST /publish/%s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
                    b"Content-Length: %d\r\n\r\n%s" % (CHANNEL.encode(), self.host.encode(), self.port, len(data),
@@ -398,7 +399,7 @@ def run_one(server: Server, n: int, *, host: str = "127.0.0.1", duration: float 
         per = [n // procs + (1 if k < n % procs else 0) for k in range(procs)]
         sub_frame = b""
         if server.millionws:
-            sub_frame = wsframe.encode(wsframe.OP_TEXT, b'{"op":"subscribe","channels":["%s"]}' % CHANNEL.encode())
+            sub_frame = wscodec.encode(wscodec.OP_TEXT, b'{"op":"subscribe","channels":["%s"]}' % CHANNEL.encode())
         for k, count in enumerate(per):
             parent_end, child_end = ctx.Pipe()
             out = str(log_dir / f"sub{k}-{os.getpid()}.bin")

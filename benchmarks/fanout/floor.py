@@ -12,6 +12,7 @@ payload is broadcast). For each published message the server frame is built once
 That loop is the least a Python server can do per message: what a framework costs on top of it is the
 ratio the fan-out benchmark reports. A send the kernel refuses (EAGAIN) is counted, not retried (with
 200 ms between small messages it does not happen). Prints "listening" once ready; stops on SIGTERM/SIGINT.
+Frames are built and split by ``benchmarks.wscodec``, as in every client of the benchmarks.
 """
 
 from __future__ import annotations
@@ -23,17 +24,16 @@ import resource
 import select
 import signal
 import socket
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+if str(REPO_ROOT) not in sys.path:  # run as a script: benchmarks/fanout/floor.py
+    sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks import wscodec  # noqa: E402
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-
-def frame(payload: bytes) -> bytes:
-    n = len(payload)
-    if n < 126:
-        return bytes((0x81, n)) + payload
-    if n < 1 << 16:
-        return bytes((0x81, 126)) + n.to_bytes(2, "big") + payload
-    return bytes((0x81, 127)) + n.to_bytes(8, "big") + payload
 
 
 def main(host: str, port: int) -> None:
@@ -60,7 +60,7 @@ def main(host: str, port: int) -> None:
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
     print("listening", flush=True)
-    greeting = frame(b'{"op":"subscribed"}')
+    greeting = wscodec.encode(wscodec.OP_TEXT, b'{"op":"subscribed"}', mask=False)
     while not stop:
         try:
             events = ep.poll(0.5)
@@ -130,27 +130,13 @@ def main(host: str, port: int) -> None:
                 pub[0].close()
                 continue
             buf = pub[1] + data
-            while len(buf) >= 6:
-                length = buf[1] & 0x7F
-                head = 2
-                if length == 126:
-                    length = int.from_bytes(buf[2:4], "big")
-                    head = 4
-                elif length == 127:
-                    length = int.from_bytes(buf[2:10], "big")
-                    head = 10
-                if len(buf) < head + 4 + length:
-                    break
-                key = buf[head:head + 4]
-                masked = buf[head + 4:head + 4 + length]
-                opcode = buf[0] & 0x0F
-                buf = buf[head + 4 + length:]
-                stream = (key * (length // 4 + 1))[:length]
-                payload = (int.from_bytes(masked, "little") ^ int.from_bytes(stream, "little")).to_bytes(
-                    length, "little")
-                if opcode != 1:
+            heads = bytearray()
+            payloads: list[bytes] = []
+            cut = wscodec.split_frames(buf, heads, payloads, allow_masked=True)  # the publisher's: masked
+            for b0, payload in zip(heads, payloads, strict=True):
+                if b0 & 0x0F != wscodec.OP_TEXT:
                     continue
-                out = frame(payload)
+                out = wscodec.encode(wscodec.OP_TEXT, payload, mask=False)  # built once per message
                 # ---- the floor -------------------------------------------------------------------
                 for sock in subscribers:
                     try:
@@ -160,7 +146,7 @@ def main(host: str, port: int) -> None:
                     except OSError:
                         pass
                 # ------------------------------------------------------------------------------------
-            pub[1] = buf
+            pub[1] = buf[cut:]
     if eagain:
         print(f"eagain {eagain}", flush=True)
 

@@ -40,6 +40,7 @@ import time
 from array import array
 from multiprocessing.connection import Connection
 
+from benchmarks import wscodec
 from benchmarks.loadgen import wsframe
 
 IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
@@ -124,25 +125,13 @@ def run(ctrl: Connection, host: str, port: int, path: str, n: int, sources: list
         if s.buf:
             data = s.buf + data
             s.buf = b""
-        pos, end = 0, len(data)
-        while end - pos >= 2:
-            b0, b1 = data[pos], data[pos + 1]
-            length = b1 & 0x7F
-            head = 2
-            if length == 126:
-                if end - pos < 4:
-                    break
-                length = int.from_bytes(data[pos + 2:pos + 4], "big")
-                head = 4
-            elif length == 127:
-                if end - pos < 10:
-                    break
-                length = int.from_bytes(data[pos + 2:pos + 10], "big")
-                head = 10
-            if end - pos < head + length:
-                break
-            payload = data[pos + head:pos + head + length]
-            pos += head + length
+        heads = bytearray()
+        payloads: list[bytes] = []
+        try:
+            pos = wscodec.split_frames(data, heads, payloads)
+        except wscodec.ProtocolError:  # a masked frame: the server is broken, so is this connection
+            pos = -1
+        for b0, payload in zip(heads, payloads, strict=True):
             opcode = b0 & 0x0F
             if opcode == 1:
                 if s.state == WAIT_SUB:
@@ -175,13 +164,15 @@ def run(ctrl: Connection, host: str, port: int, path: str, n: int, sources: list
                 rx_last = now
             elif opcode == 9:  # ping -> pong
                 try:
-                    s.sock.send(wsframe.encode(wsframe.OP_PONG, payload))
+                    s.sock.send(wscodec.encode(wscodec.OP_PONG, payload))
                 except OSError:
                     pass
             elif opcode == 8:
                 lost(s)
                 return
-        if pos < end:
+        if pos < 0:
+            lost(s)
+        elif pos < len(data):
             s.buf = data[pos:]
 
     def on_readable(s: Sub) -> None:

@@ -8,8 +8,9 @@ than 19 000 sockets because the open-files hard limit here is 20 000 per process
 small ``__slots__`` object whose receive buffer is a shared empty ``bytes`` while nothing is pending, so an idle
 connection costs a socket object, that object and a dict entry (a few hundred bytes of user space).
 
-Client framing (``wsframe``) is written here rather than borrowed because every WebSocket library keeps
-per-connection protocol state that would make the client, not the server, the thing being measured.
+Client framing (``benchmarks.wscodec``, shared with the tests; the handshake in ``wsframe``) is written here
+rather than borrowed because every WebSocket library keeps per-connection protocol state that would make the
+client, not the server, the thing being measured.
 
 Workers talk to the parent over one pipe each: "ready" (all of this worker's connections are settled),
 "go" (start the measured window), "stop" (finish, verify, close and send the "result"). Every phase has a

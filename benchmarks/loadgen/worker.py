@@ -40,8 +40,10 @@ from multiprocessing.connection import Connection
 
 import psutil
 
+from benchmarks import wscodec
 from benchmarks.loadgen import wsframe
 from benchmarks.loadgen.stats import Histogram, errno_kind
+from benchmarks.wscodec import ProtocolError, split_frames
 
 CONNECTING, HANDSHAKE, OPEN, CLOSING, DEAD = range(5)
 OPENING, READY, RUNNING, DRAINING, VERIFY, CLOSE, DONE = range(7)
@@ -121,6 +123,10 @@ class Worker:
         self.hs_deadlines: collections.deque[tuple[float, Conn]] = collections.deque()
         self.close_deadlines: collections.deque[tuple[float, Conn]] = collections.deque()
         self.template = wsframe.MessageTemplate(plan.size, plan.text) if plan.mode == "echo" else None
+        # The first byte of what the fast path of on_frames takes: final frames of the template's opcode.
+        self.message_head = bytes((0x80 | (self.template.opcode if self.template else wscodec.OP_BINARY),))
+        self.max_size = plan.max_size
+        self.on_messages = self.on_echoes if self.template is not None else self.count_unexpected
         self.phase = OPENING
         self.phase_deadline = plan.hard_deadline
         self.src_i = plan.index
@@ -297,45 +303,49 @@ class Worker:
             self.on_frames(conn, data)
 
     def on_frames(self, conn: Conn, data: memoryview) -> None:
-        """Parse every complete server frame in conn.buf + data; keep the incomplete tail."""
+        """Handle every complete server frame in conn.buf + data; keep the incomplete tail."""
         if conn.buf:
             conn.buf += data  # type: ignore[operator]  # a bytearray whenever non-empty
             buf: bytearray | memoryview = conn.buf
         else:
             buf = data  # the shared receive buffer: nothing may keep a reference past this call
-        n = len(buf)
-        pos = 0
-        max_size = self.plan.max_size
+        heads = bytearray()
+        payloads: list[memoryview | bytearray] = []
+        try:
+            pos = split_frames(buf, heads, payloads, 0, self.max_size)
+        except ProtocolError:  # masked or over --max-size: the frames before it are answered all the same
+            self.sort_frames(conn, heads, payloads)
+            if conn.state != DEAD:
+                self.lost(conn, "protocol_error")
+            return
+        if heads.strip(self.message_head) or conn.frag is not None:
+            # Not only whole messages of our opcode (what strip leaves): control frames, fragments, other
+            # opcodes. Rare, so handled one by one.
+            payloads = self.sort_frames(conn, heads, payloads)
+            if conn.state == DEAD:
+                return
+        if payloads:
+            self.on_messages(conn, payloads)  # before the tail is kept: payloads view the shared buffer
+        if pos == len(buf):
+            conn.buf = _EMPTY
+        elif buf is conn.buf:
+            del conn.buf[:pos]  # type: ignore[union-attr]
+        else:
+            conn.buf = bytearray(buf[pos:])
+
+    def sort_frames(
+        self, conn: Conn, heads: bytearray, payloads: list[memoryview | bytearray]
+    ) -> list[memoryview | bytearray]:
+        """Answer the control frames and reassemble fragments, in order, until conn dies; return the data
+        messages for on_messages (none if they are not expected: counted here)."""
         echo = self.template is not None
         messages: list[memoryview | bytearray] = []
-        while n - pos >= 2:
-            b0 = buf[pos]
-            b1 = buf[pos + 1]
-            length = b1 & 0x7F
-            head = 2
-            if length == 126:
-                if n - pos < 4:
-                    break
-                length = int.from_bytes(buf[pos + 2 : pos + 4], "big")
-                head = 4
-            elif length == 127:
-                if n - pos < 10:
-                    break
-                length = int.from_bytes(buf[pos + 2 : pos + 10], "big")
-                head = 10
-            if b1 & 0x80 or length > max_size:
-                self.lost(conn, "protocol_error")
-                return
-            end = pos + head + length
-            if end > n:
-                break
-            payload = buf[pos + head : end]
-            pos = end
+        for b0, payload in zip(heads, payloads, strict=True):
             opcode = b0 & 0x0F
             if opcode & 0x8:
                 self.on_control(conn, opcode, payload)
                 if conn.state == DEAD:
-                    return
+                    break
                 continue
             if not b0 & 0x80 or conn.frag is not None:
                 # Fragmented message: rare (our own messages are single frames), so a copy is fine.
@@ -345,37 +355,34 @@ class Worker:
                 conn.frag[1].extend(payload)
                 if not b0 & 0x80:
                     continue
-                opcode, payload = conn.frag[0], memoryview(conn.frag[1])
+                payload = memoryview(conn.frag[1])
                 conn.frag = None
             if echo:
                 messages.append(payload)
             else:
                 self.unexpected_messages += 1
-        if messages:
-            self.on_echoes(conn, messages)  # before the tail is kept: payloads view the shared buffer
-        if pos == n:
-            conn.buf = _EMPTY
-        elif buf is conn.buf:
-            del conn.buf[:pos]  # type: ignore[union-attr]
-        else:
-            conn.buf = bytearray(buf[pos:])
+        return messages
+
+    def count_unexpected(self, conn: Conn, messages: list[memoryview | bytearray]) -> None:
+        """on_messages of idle and connect-rate: no data is expected."""
+        self.unexpected_messages += len(messages)
 
     def on_control(self, conn: Conn, opcode: int, payload: memoryview | bytearray) -> None:
-        if opcode == wsframe.OP_PING:
+        if opcode == wscodec.OP_PING:
             self.pings_answered += 1
             if self.phase < VERIFY:
                 self.pinged.add(conn)
-            self.send(conn, wsframe.encode(wsframe.OP_PONG, bytes(payload)))
-        elif opcode == wsframe.OP_PONG:
+            self.send(conn, wscodec.encode(wscodec.OP_PONG, bytes(payload)))
+        elif opcode == wscodec.OP_PONG:
             if conn.inflight and self.phase == VERIFY and payload == _VERIFY_PAYLOAD:
                 conn.inflight = 0
                 self.verify_pongs += 1
-        elif opcode == wsframe.OP_CLOSE:
+        elif opcode == wscodec.OP_CLOSE:
             if conn.state == OPEN:
                 # The server closes first: answer as RFC 6455 asks, then wait for it to drop TCP.
                 self.drops["server_close"] += 1
-                code = bytes(payload[:2]) if len(payload) >= 2 else b"\x03\xe8"
-                self.send(conn, wsframe.encode(wsframe.OP_CLOSE, code))
+                code = bytes(payload[:2]) if len(payload) >= 2 else wscodec.close_payload(1000)
+                self.send(conn, wscodec.encode(wscodec.OP_CLOSE, code))
                 self.to_closing(conn, counted=True)
             # CLOSING: the server acknowledged our close; its FIN follows.
         else:
@@ -421,7 +428,7 @@ class Worker:
         size = template.size
         ts_len = template.ts_len
         filler = template.filler
-        binary = template.opcode == wsframe.OP_BINARY
+        binary = template.opcode == wscodec.OP_BINARY
         hist = self.rtt_hist
         good = 0
         last = -1
@@ -495,7 +502,7 @@ class Worker:
     def close_conn(self, conn: Conn, how: str) -> None:
         """Close an OPEN connection we decided to end: "ws" = close handshake, "fin", or "rst"."""
         if how == "ws":
-            self.send(conn, wsframe.close_frame(1000))
+            self.send(conn, wscodec.close_frame(1000))
             if conn.state == OPEN:
                 self.to_closing(conn)
             return
@@ -570,7 +577,7 @@ class Worker:
             if conn.state == OPEN:
                 conn.inflight = 1
                 self.verify_sent += 1
-                self.send(conn, wsframe.encode(wsframe.OP_PING, ping))
+                self.send(conn, wscodec.encode(wscodec.OP_PING, ping))
             elif conn.state in (CONNECTING, HANDSHAKE):
                 self.fail(conn, "aborted")
 

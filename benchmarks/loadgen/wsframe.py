@@ -1,7 +1,7 @@
-"""Client-side WebSocket framing and opening handshake (RFC 6455), the minimum a load generator needs.
+"""The client's opening handshake (RFC 6455 section 4) and the echo messages of the load generator.
 
-Rules: client frames are always masked; server frames must not be. Nothing here touches a socket and
-nothing here keeps per-connection state: callers hold the bytes.
+Frames themselves are built and split by ``benchmarks.wscodec``, which the tests share. Nothing here touches
+a socket and nothing here keeps per-connection state: callers hold the bytes.
 """
 
 from __future__ import annotations
@@ -11,18 +11,9 @@ import hashlib
 import os
 import random
 
-OP_CONT = 0x0
-OP_TEXT = 0x1
-OP_BINARY = 0x2
-OP_CLOSE = 0x8
-OP_PING = 0x9
-OP_PONG = 0xA
+from benchmarks.wscodec import OP_BINARY, OP_TEXT, ProtocolError, header, mask_payload
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-
-
-class ProtocolError(Exception):
-    """The server broke RFC 6455 (masked frame, oversized frame, bad handshake)."""
 
 
 def handshake_request(host: str, port: int, path: str) -> tuple[bytes, bytes]:
@@ -68,34 +59,6 @@ def parse_handshake_response(head: bytes, expected_accept: bytes) -> int:
     raise ProtocolError("no Sec-WebSocket-Accept")
 
 
-def _header(first: int, length: int) -> bytes:
-    # 0x80 in the length byte: the MASK bit, mandatory on client frames.
-    if length < 126:
-        return bytes((first, 0x80 | length))
-    if length < 1 << 16:
-        return bytes((first, 0x80 | 126)) + length.to_bytes(2, "big")
-    return bytes((first, 0x80 | 127)) + length.to_bytes(8, "big")
-
-
-def mask(payload: bytes, key: bytes) -> bytes:
-    """XOR payload with the 4-byte key repeated (one big-int XOR: fast in CPython for any size)."""
-    n = len(payload)
-    if n == 0:
-        return b""
-    stream = (key * (n // 4 + 1))[:n]
-    return (int.from_bytes(payload, "little") ^ int.from_bytes(stream, "little")).to_bytes(n, "little")
-
-
-def encode(opcode: int, payload: bytes = b"", fin: bool = True) -> bytes:
-    """One masked client frame with a fresh random key."""
-    key = random.getrandbits(32).to_bytes(4, "little")
-    return _header((0x80 if fin else 0) | opcode, len(payload)) + key + mask(payload, key)
-
-
-def close_frame(code: int = 1000, reason: bytes = b"") -> bytes:
-    return encode(OP_CLOSE, code.to_bytes(2, "big") + reason)
-
-
 class MessageTemplate:
     """Echo messages of a fixed size whose first bytes carry the send time.
 
@@ -119,11 +82,11 @@ class MessageTemplate:
         self.size = size
         self.filler = b"x" * (size - self.ts_len)
         key = random.getrandbits(32).to_bytes(4, "little")
-        self._head = _header(0x80 | self.opcode, size) + key
+        self._head = header(0x80 | self.opcode, size) + key
         # The key as it lines up with the timestamp bytes (big-endian int of the first ts_len stream bytes).
         self._key_int = int.from_bytes((key * 4)[: self.ts_len], "big")
         # Filler starts at offset ts_len (a multiple of 4), so the key stream restarts aligned.
-        self._masked_filler = mask(self.filler, key)
+        self._masked_filler = mask_payload(self.filler, key)
 
     def frame(self, now_ns: int) -> bytes:
         if self.opcode == OP_BINARY:

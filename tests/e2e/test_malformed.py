@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 import pytest
 from websockets.sync.client import connect
 
+from benchmarks.wscodec import close_code, close_frame
 from tests.conftest import Server, wait_for
 from tests.wsraw import KEY, RawClient, close_payload, frame
 
@@ -192,10 +192,6 @@ class Closing:
     before: tuple[tuple[int, bytes], ...] = ()  # frames the server must send before its Close
 
 
-def close_frame(code: int, reason: bytes = b"") -> bytes:
-    return frame(8, close_payload(code, reason))
-
-
 def one(*frames: bytes, code: int | None, before: tuple[tuple[int, bytes], ...] = ()) -> Closing:
     return Closing(tuple(frames), code, before)
 
@@ -297,7 +293,7 @@ def run_closing(port: int, case: Closing) -> None:
             assert payload == b""
         else:
             assert len(payload) >= 2
-            assert struct.unpack("!H", payload[:2])[0] == case.code, payload
+            assert close_code(payload) == case.code, payload
             payload[2:].decode()  # our reason is valid UTF-8
         assert read_eof(client) == b"", "bytes after the Close frame"
     finally:

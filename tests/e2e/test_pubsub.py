@@ -12,6 +12,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
+from benchmarks.wscodec import close_code
 from millionws.channels import owner_of
 from tests.conftest import wait_for
 from tests.e2e.test_routes import metrics, total
@@ -374,7 +375,7 @@ def test_a_slow_consumer_delays_nobody_and_is_closed_1013(start_server):
         fr = slow.read_frame()
         assert fr is not None
         if fr[0] == 0x8:
-            assert int.from_bytes(fr[2][:2], "big") == 1013
+            assert close_code(fr[2]) == 1013
             break
         got.append(json.loads(fr[2])["seq"])
     assert got == list(range(1, len(got) + 1)) and len(got) < count

@@ -13,6 +13,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 
+from benchmarks.wscodec import close_code
 from tests.conftest import free_port, http_get, wait_for
 from tests.test_metrics_helpers import metric_total
 from tests.wsraw import RawClient, frame, upgrade_request
@@ -148,7 +149,7 @@ def test_message_rate_limit_closes_1008(start_server):
         fr = c.read_frame()
         assert fr is not None
         if fr[0] == 8:
-            assert int.from_bytes(fr[2][:2], "big") == 1008
+            assert close_code(fr[2]) == 1008
             break
         echoed += 1
     assert 15 <= echoed <= 25  # one second of burst, then the limit
