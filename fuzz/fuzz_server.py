@@ -41,7 +41,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import struct
 import sys
 from pathlib import Path
 
@@ -72,7 +71,8 @@ if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 import app_layer  # noqa: E402  (the harness of modes 4-7; not instrumented)
 
-from tests.test_websocket import Reference  # noqa: E402  (the oracle is not instrumented: its coverage is noise)
+from benchmarks import wscodec  # noqa: E402  (the frame codec of the tests and benchmarks; not instrumented)
+from tests.test_websocket import Reference, receive, start_close  # noqa: E402  (the oracle is not instrumented: its coverage is noise)
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 WIRE_CODES = {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, *range(3000, 5000)}
@@ -104,59 +104,37 @@ def build_frame(spec: int, flags: int, payload: bytes) -> bytes:
     """A client frame from the fuzzer: ``spec`` is the first byte (FIN, RSV, opcode); ``flags`` bit 0:
     unmasked, bits 1-2: length encoding (minimal, 16-bit, 64-bit, 64-bit with the MSB set)."""
     n = len(payload)
-    head = bytearray([spec])
-    mbit = 0 if flags & 1 else 0x80
     mode = (flags >> 1) & 3
-    if mode == 0:
-        mode = 1 if n < 126 else 2 if n < 65536 else 3
-    else:
-        mode += 1
-    if mode == 1:
-        head.append(mbit | n)
-    elif mode == 2:
-        head.append(mbit | 126)
-        head += struct.pack("!H", n & 0xFFFF)
-    else:
-        head.append(mbit | 127)
-        head += struct.pack("!Q", n | (1 << 63 if mode == 4 else 0))
-    if not mbit:
-        return bytes(head) + payload
-    key = bytes((flags, flags ^ 0x5A, n & 0xFF, 0xA5))
-    return bytes(head) + key + bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+    length = n & 0xFFFF if mode == 1 else n | 1 << 63 if mode == 3 else n
+    return wscodec.encode(spec & 0x0F, payload, fin=bool(spec & 0x80), mask=not flags & 1, rsv=(spec >> 4) & 7,
+                          length=length, length_bytes=(None, 2, 8, 8)[mode],
+                          key=bytes((flags, flags ^ 0x5A, n & 0xFF, 0xA5)))
 
 
 # -- checking what the server sends -----------------------------------------------------------------------
 
 def server_frames(data: bytes) -> list[tuple[int, bytes]]:
-    frames = []
-    pos = 0
-    while pos < len(data):
-        assert len(data) - pos >= 2, "truncated frame header"
-        b0, b1 = data[pos], data[pos + 1]
-        assert b0 & 0xF0 == 0x80, f"not a final frame without RSV bits: {b0:#x}"
-        assert not b1 & 0x80, "server frame masked"
-        opcode = b0 & 0x0F
-        assert opcode in (1, 2, 8, 9, 10), f"opcode {opcode}"
-        n, pos = b1 & 0x7F, pos + 2
-        if n == 126:
-            n, pos = struct.unpack("!H", data[pos:pos + 2])[0], pos + 2
-            assert n >= 126, "non-minimal 16-bit length"
-        elif n == 127:
-            n, pos = struct.unpack("!Q", data[pos:pos + 8])[0], pos + 8
-            assert 65536 <= n < 1 << 63, "non-minimal or invalid 64-bit length"
-        assert pos + n <= len(data), "truncated frame"
-        payload = data[pos:pos + n]
+    """What the server wrote: whole, unmasked, final frames with minimal lengths and valid payloads."""
+    try:
+        frames = wscodec.server_frames(data, strict=True)
+    except wscodec.ProtocolError as exc:  # masked, truncated, an RSV bit or an unknown opcode
+        raise AssertionError(str(exc)) from None
+    out = []
+    for opcode, fin, payload in frames:
+        assert fin, "not a final frame"
+        assert opcode != 0, "a continuation frame"
         if opcode >= 8:
-            assert n <= 125, "control frame over 125 bytes"
+            assert len(payload) <= 125, "control frame over 125 bytes"
         if opcode == 8 and payload:
-            assert n >= 2, "Close with a 1-byte payload"
-            assert struct.unpack("!H", payload[:2])[0] in WIRE_CODES, payload
+            assert len(payload) >= 2, "Close with a 1-byte payload"
+            assert wscodec.close_code(payload) in WIRE_CODES, payload
             payload[2:].decode("utf-8")
         if opcode == 1:
             payload.decode("utf-8")
-        frames.append((opcode, payload))
-        pos += n
-    return frames
+        out.append((opcode, payload))
+    # The same frames encoded minimally: any longer length field than needed shows as a difference.
+    assert b"".join(wscodec.encode(op, p, mask=False) for op, p in out) == data, "non-minimal length"
+    return out
 
 
 def parse_response(data: bytes, status: int) -> None:
@@ -214,7 +192,7 @@ class Peer:
     def feed(self, chunk: bytes) -> None:
         conn = self.conn
         before = conn.state
-        out = websocket.receive(conn, chunk, self.handler, self.max_size, self.pool)
+        out = receive(conn, chunk, self.handler, self.max_size, self.pool)
         assert conn.state in LEGAL[before], (before, conn.state)
         self.sent(out, self.ref.receive(chunk))
         self.check_record()
@@ -223,7 +201,7 @@ class Peer:
         conn = self.conn
         if conn.state != OPEN:
             return
-        out = websocket.start_close(conn, self.pool, code, "going away")
+        out = start_close(conn, self.pool, code, "going away")
         assert conn.state == CLOSING
         self.sent(out, self.ref.start_close(code, "going away"))
         self.check_record()
@@ -407,16 +385,16 @@ def seeds() -> dict[str, bytes]:
     upgrade = (b"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
     traffic = (client(1, b"hello") + client(2, bytes(range(40))) + client(1, b"frag", fin=False)
-               + client(9, b"ping") + client(0, b"ment") + client(8, struct.pack("!H", 1000) + b"bye"))
+               + client(9, b"ping") + client(0, b"ment") + client(8, wscodec.close_payload(1000, b"bye")))
     return {
         "ws-raw-echo": b"\x00\x02" + record(0, traffic[:7]) + record(1, traffic) + record(0, traffic[7:]),
         "ws-raw-bad": b"\x00\x00" + record(0, client(1, b"\xff\xfe")) + record(1, client(3, b"x")),
         "ws-raw-big": b"\x00\x01" + record(0, client(2, b"b" * 400)) + record(0x61, client(1, b"late")),
         "ws-structured": b"\x01\x82" + record(0, spec(1, b"hi")) + record(5, spec(2, b"\x00\x01"))
         + record(0, spec(1, b"a", fin=False)) + record(4, spec(0, b"b")) + record(12, spec(10, b"p"))
-        + record(0x14, spec(8, struct.pack("!H", 4000))) + record(1, spec(1, b"u", flags=1)),
+        + record(0x14, spec(8, wscodec.close_payload(4000))) + record(1, spec(1, b"u", flags=1)),
         "http-upgrade": b"\x02\x02" + record(0, upgrade[:30]) + record(0, upgrade[30:] + client(1, b"x"))
-        + record(0, client(8, struct.pack("!H", 1001))),
+        + record(0, client(8, wscodec.close_payload(1001))),
         "http-keepalive": b"\x03\x00" + record(0, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" + upgrade)
         + record(0, client(2, b"after")),
         "http-refused": b"\x02\x00" + record(0, upgrade.replace(b"13", b"8")),

@@ -13,6 +13,12 @@ the few things that are non-empty only while something is in flight:
 
 An idle WebSocket therefore costs this record, its dict entry and the kernel socket.
 
+Who writes what: ``state``, ``reason`` and ``flags`` are the server's, and ``state`` changes
+only through :func:`advance` and the one table below (``CLOSED`` is set by the worker's
+``close``, the only way out).  ``ws``, ``msg`` and ``msg_size`` are lent to the WebSocket
+protocol as its memory for the message in flight; it reports what happened (an event of
+``websocket``) and the server applies it here.
+
 States (``state``):
 
 ===========  =====================================================================
@@ -35,6 +41,65 @@ STATE_NAMES = ("HTTP", "OPEN", "CLOSING", "LINGER", "CLOSED")
 # Why a WebSocket ended: the index is stored in the record, the name labels the metric.
 REASONS = ("normal", "error", "timeout", "protocol", "too_big", "slow_consumer", "shutdown", "policy")
 R_NORMAL, R_ERROR, R_TIMEOUT, R_PROTOCOL, R_TOO_BIG, R_SLOW, R_SHUTDOWN, R_POLICY = range(len(REASONS))
+
+# Events of the lifecycle: what the protocol reported or the server decided.
+(UPGRADED,  # the 101 is sent: a WebSocket
+ LAST_ANSWER,  # an HTTP answer after which the connection ends (Connection: close, a refusal)
+ CLOSE_SENT,  # our Close frame is out; the peer's is awaited (close timeout)
+ GOODBYE,  # our Close frame is out and the peer is not waited for (slow, silent, or we failed)
+ PEER_CLOSED,  # the peer's Close came and was answered: a normal end
+ CLOSE_ANSWERED,  # the peer answered our Close
+ FAILED_PROTOCOL,  # the peer broke RFC 6455: our Close 1002/1007/... is out
+ FAILED_TOO_BIG,  # a message over the limit: our Close 1009 is out
+ ) = range(8)
+EVENT_NAMES = ("UPGRADED", "LAST_ANSWER", "CLOSE_SENT", "GOODBYE", "PEER_CLOSED", "CLOSE_ANSWERED",
+               "FAILED_PROTOCOL", "FAILED_TOO_BIG")
+
+# (state, event) -> (next state, reason to record or None to keep the one set when the closing began).
+# A pair that is not here is a bug, and raises (the exception boundary closes that connection).
+TRANSITIONS: dict[tuple[int, int], tuple[int, int | None]] = {
+    (HTTP, UPGRADED): (OPEN, R_NORMAL),
+    (HTTP, LAST_ANSWER): (LINGER, None),
+    (OPEN, CLOSE_SENT): (CLOSING, None),
+    (OPEN, GOODBYE): (LINGER, None),
+    (OPEN, PEER_CLOSED): (LINGER, R_NORMAL),
+    (OPEN, FAILED_PROTOCOL): (LINGER, R_PROTOCOL),
+    (OPEN, FAILED_TOO_BIG): (LINGER, R_TOO_BIG),
+    (CLOSING, GOODBYE): (LINGER, None),
+    (CLOSING, CLOSE_ANSWERED): (LINGER, None),
+    (CLOSING, FAILED_PROTOCOL): (LINGER, R_PROTOCOL),
+    (CLOSING, FAILED_TOO_BIG): (LINGER, R_TOO_BIG),
+}
+
+
+# How the WebSocket layer reports a receive (websocket.receive): one of the events above or NO_EVENT,
+# with PONG or-ed in when the peer answered our keepalive ping.
+NO_EVENT = 0xFF
+EVENT_MASK = 0xFF
+PONG = 0x100
+
+
+def apply(conn: Connection, reported: int) -> None:
+    """Apply what the WebSocket layer reported, unless the server already ended the connection
+    meanwhile (a failed write, a slow-consumer goodbye during the application's call)."""
+    if reported & PONG:
+        conn.flags &= ~F_PING_SENT
+    event = reported & EVENT_MASK
+    if event != NO_EVENT and (conn.state == OPEN or conn.state == CLOSING):
+        advance(conn, event)
+
+
+def advance(conn: Connection, event: int) -> int:
+    """Apply ``event`` to ``conn`` through :data:`TRANSITIONS`; return the new state."""
+    try:
+        state, reason = TRANSITIONS[conn.state, event]
+    except KeyError:
+        raise RuntimeError(f"{EVENT_NAMES[event]} in state {STATE_NAMES[conn.state]}") from None
+    conn.state = state
+    if reason is not None:
+        conn.reason = reason
+    return state
+
 
 # flags
 F_PAUSED = 1  # reading stopped: pending bytes over the limit

@@ -3,7 +3,12 @@
 Theory of operation (sans-IO: bytes in, events to the application, bytes out):
 
 * :func:`receive` takes the bytes read from one connection and returns the bytes to
-  send back (replies, pongs, close frames).  It never touches a socket.
+  send back (replies, pongs, close frames) and what happened to the connection: an
+  event of :mod:`connection` (``PEER_CLOSED``, ``CLOSE_ANSWERED``, ``FAILED_PROTOCOL``,
+  ``FAILED_TOO_BIG``) or ``NO_EVENT``, with ``PONG`` or-ed in when a pong came.  It never
+  touches a socket and never writes the record's state, reason or flags: the server
+  applies the event (``connection.advance``).  The record lends it ``ws``, ``msg`` and
+  ``msg_size`` as its memory for the message in flight.
 * Between messages a connection holds **no** protocol object (``conn.ws is None``).
   While that is so, complete frames that are final, unfragmented, masked, text or binary,
   have no RSV bit, a 7- or 16-bit length and fit the message limit are decoded right here
@@ -33,7 +38,17 @@ from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessag
 from wsproto.frame_protocol import CloseReason
 
 from .config import DEFAULTS
-from .connection import CLOSING, F_PING_SENT, LINGER, OPEN, R_NORMAL, R_PROTOCOL, R_TOO_BIG
+from .connection import (
+    CLOSE_ANSWERED,
+    EVENT_MASK,
+    FAILED_PROTOCOL,
+    FAILED_TOO_BIG,
+    LINGER,
+    NO_EVENT,
+    OPEN,
+    PEER_CLOSED,
+    PONG,
+)
 from .wsproto_internals import is_idle, partial_data_frame
 
 OP_TEXT = 0x1
@@ -117,20 +132,20 @@ def unmask(data: bytes, start: int, end: int) -> bytes:
 
 
 def start_close(conn: Any, pool: FramePool, code: int, reason: str = "") -> bytes:
-    """Begin the closing handshake from our side; the connection moves to CLOSING."""
+    """Our Close frame, from a wsproto object kept for the closing handshake (the server then
+    moves the connection with CLOSE_SENT or GOODBYE)."""
     ws = conn.ws
     if ws is None:
         conn.ws = ws = pool.take()
-    conn.state = CLOSING
     conn.msg = None
     return ws.send(CloseConnection(code=code, reason=reason or None))
 
 
-def receive(conn: Any, data: bytes, handler: Handler, max_size: int, pool: FramePool) -> bytes:
-    """Consume ``data`` read from ``conn``; return what to send back (possibly ``b""``)."""
+def receive(conn: Any, data: bytes, handler: Handler, max_size: int, pool: FramePool) -> tuple[bytes, int]:
+    """Consume ``data`` read from ``conn``: ``(bytes to send, event)`` (see the module docstring)."""
     state = conn.state
     if state == LINGER:
-        return b""
+        return b"", NO_EVENT
     out: list[bytes] = []
     pos = 0
     n = len(data)
@@ -165,15 +180,15 @@ def receive(conn: Any, data: bytes, handler: Handler, max_size: int, pool: Frame
             reply = handler(conn, b0 == 0x81, payload)
             if reply:
                 out.append(reply)
-            if conn.state != OPEN:
-                return b"".join(out)
+            if conn.state != OPEN:  # the server closed it meanwhile (a rate limit): the rest is not read
+                return b"".join(out), NO_EVENT
         if pos == n:
-            return b"".join(out)
+            return b"".join(out), NO_EVENT
         conn.ws = pool.take()
     ws = conn.ws
     ws.receive_data(data[pos:] if pos else data)
-    _drain_events(conn, ws, handler, max_size, out)
-    if conn.state == OPEN:
+    event = _drain_events(conn, ws, handler, max_size, out)
+    if event & EVENT_MASK == NO_EVENT and conn.state == OPEN:
         if conn.msg is None and is_idle(ws):
             conn.ws = None
             pool.give_back(ws)
@@ -181,24 +196,24 @@ def receive(conn: Any, data: bytes, handler: Handler, max_size: int, pool: Frame
             coming = partial_data_frame(ws)
             if coming >= 0 and conn.msg_size + coming > max_size:
                 # Refuse at the header: no need to receive megabytes we will reject.
-                _fail(conn, ws, CloseReason.MESSAGE_TOO_BIG, "message too big", out)
-    if conn.state == LINGER:
+                event = event & PONG | _fail(ws, CloseReason.MESSAGE_TOO_BIG, "message too big", out)
+    if event & EVENT_MASK != NO_EVENT:
         # The closing handshake is over: nothing more will be parsed, so do not keep ~1.7 KB
         # per closing connection alive while we wait for the peer's FIN.
         conn.ws = None
-    return b"".join(out)
+        conn.msg = None
+    return b"".join(out), event
 
 
-def _fail(conn: Any, ws: WSConnection, code: int, reason: str, out: list[bytes]) -> None:
-    """Fail the WebSocket connection (RFC 6455 §7.1.7): our Close frame, then linger."""
+def _fail(ws: WSConnection, code: int, reason: str, out: list[bytes]) -> int:
+    """Fail the WebSocket connection (RFC 6455 §7.1.7): our Close frame; the event to report."""
     if ws.state is _OPEN:
         out.append(ws.send(CloseConnection(code=code, reason=reason)))
-    conn.state = LINGER
-    conn.msg = None
-    conn.reason = R_TOO_BIG if code == CloseReason.MESSAGE_TOO_BIG else R_PROTOCOL
+    return FAILED_TOO_BIG if code == CloseReason.MESSAGE_TOO_BIG else FAILED_PROTOCOL
 
 
-def _drain_events(conn: Any, ws: WSConnection, handler: Handler, max_size: int, out: list[bytes]) -> None:
+def _drain_events(conn: Any, ws: WSConnection, handler: Handler, max_size: int, out: list[bytes]) -> int:
+    pong = 0
     for event in ws.events():
         kind = type(event)
         if kind is TextMessage or kind is BytesMessage:
@@ -207,8 +222,7 @@ def _drain_events(conn: Any, ws: WSConnection, handler: Handler, max_size: int, 
             chunk = event.data.encode() if kind is TextMessage else event.data
             size = conn.msg_size + len(chunk)
             if size > max_size:
-                _fail(conn, ws, CloseReason.MESSAGE_TOO_BIG, "message too big", out)
-                return
+                return pong | _fail(ws, CloseReason.MESSAGE_TOO_BIG, "message too big", out)
             if not event.message_finished:
                 if conn.msg is None:
                     conn.msg = []
@@ -227,16 +241,14 @@ def _drain_events(conn: Any, ws: WSConnection, handler: Handler, max_size: int, 
             if ws.state is _OPEN:
                 out.append(ws.send(event.response()))
         elif kind is Pong:
-            conn.flags &= ~F_PING_SENT
+            pong = PONG
         elif kind is CloseConnection:
             if ws.state is _REMOTE_CLOSING:
                 # The peer started the closing handshake: answer with its code.
                 out.append(ws.send(event.response()))
-                conn.reason = R_NORMAL
-            elif ws.state is not _CLOSED:
+                return pong | PEER_CLOSED
+            if ws.state is not _CLOSED:
                 # Not a close frame from the peer: wsproto reports a protocol error this way.
-                _fail(conn, ws, event.code, event.reason or "", out)
-                return
-            conn.state = LINGER
-            conn.msg = None
-            return
+                return pong | _fail(ws, event.code, event.reason or "", out)
+            return pong | CLOSE_ANSWERED
+    return pong | NO_EVENT

@@ -31,7 +31,6 @@ Theory of operation:
 from __future__ import annotations
 
 import errno
-import heapq
 import logging
 import os
 import signal
@@ -43,11 +42,13 @@ from typing import Any
 import h11
 
 from . import boundary, http, websocket
+from .admission import Admission
 from .app import App, Response
 from .buffers import BufferPool, ReceiveBuffer
 from .bus import LocalBus, Mesh
 from .config import Config
 from .connection import (
+    CLOSE_SENT,
     CLOSED,
     CLOSING,
     F_ADMIN,
@@ -56,19 +57,27 @@ from .connection import (
     F_PING_SENT,
     F_SHUT,
     F_WAITING,
+    GOODBYE,
     HTTP,
+    LAST_ANSWER,
     LINGER,
+    NO_EVENT,
     OPEN,
     R_ERROR,
     R_POLICY,
     R_SHUTDOWN,
     R_SLOW,
     R_TIMEOUT,
+    UPGRADED,
     Connection,
+    advance,
+    apply,
 )
+from .expiry import Expiries
 from .metrics import DISCONNECT0, HANDSHAKE0, F, SharedStats, WorkerStats
-from .ratelimit import KeyedBuckets, Rate
+from .ratelimit import Rate
 from .reactor import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Reactor, monotonic
+from .transport import PLAIN, Transport
 from .websocket import PING_FRAME, FramePool
 
 log = logging.getLogger("millionws.worker")
@@ -77,8 +86,6 @@ _CONNECTIONS, _ACCEPTED, _BYTES_IN, _BYTES_OUT = F["connections"], F["accepted"]
 _SLOW_CONSUMERS = F["slow_consumers"]
 _F_WAITED = 16  # our keepalive ping's deadline is pending (see on_timer)
 
-_readv = os.readv
-_write = os.write
 
 
 def listen_socket(host: str, port: int, backlog: int) -> socket.socket:
@@ -105,6 +112,10 @@ class Worker:
         self.c = self.stats.c
         self.reactor = Reactor(self.on_event, self.on_timer, config.timer_resolution)
         self.reactor.on_error = self.on_error
+        # Every byte of a client connection goes through these (transport.py); bound once, not per call.
+        self.transport: Transport = PLAIN
+        self._readv = PLAIN.readv
+        self._write = PLAIN.write
         self.reactor.observe_turn = self.stats.observe_turn
         self.rbuf = ReceiveBuffer(config.receive_buffer)
         self.pool = BufferPool(config.buffer_pool_size)
@@ -126,12 +137,8 @@ class Worker:
         # A message larger than one second of bytes must still fit in a full bucket.
         self.byte_rate = (Rate(cfg.rate_limit_bytes, max(cfg.rate_limit_bytes, cfg.max_message_size))
                           if cfg.rate_limit_bytes else None)
-        self.connect_rate = KeyedBuckets(Rate(cfg.max_connect_rate_per_ip)) if cfg.max_connect_rate_per_ip else None
-        self.per_ip: dict[str, int] | None = {} if cfg.max_connections_per_ip else None
-        self._peer_keys: dict[str, str] = {}  # one str object per address, shared by its connections
-        self.expiries: list[tuple[float, int, Connection]] = []  # (token exp, seq, conn): a heap
-        self._expiry_seq = 0
-        self._expiries_dead = 0  # entries of closed connections, compacted away once they are half the heap
+        self.admission = Admission(self.c, cfg.max_connect_rate_per_ip, cfg.max_connections_per_ip)
+        self.expiries = Expiries()
 
     # -- the application's view --------------------------------------------------------
     def websocket_count(self) -> int:
@@ -181,14 +188,14 @@ class Worker:
 
     def _sweep_admission(self) -> None:
         """Forget source addresses whose connect-rate bucket is full again (bounded table)."""
-        rate, per_ip = self.connect_rate, self.per_ip
-        if rate is None and per_ip is None:
+        admission = self.admission
+        if not admission.active:
             return
-        self.reactor.call_later(rate.idle if rate is not None else self.config.sweep_interval, self._sweep_admission)
-        if rate is not None:
-            rate.sweep(monotonic())
-        # per_ip needs no sweep: a closing connection takes its address out when it was the last.
-        self.c[F["admission_keys"]] = (len(rate) if rate is not None else 0) + (len(per_ip) if per_ip else 0)
+        if admission.rate is None:
+            self.reactor.call_later(self.config.sweep_interval, self._sweep_admission)
+        else:
+            self.reactor.call_later(admission.rate.idle, self._sweep_admission)
+        admission.sweep(monotonic())
 
     # -- accept ------------------------------------------------------------------------
     def accept_from(self, listener: socket.socket, flags: int) -> None:
@@ -198,7 +205,9 @@ class Worker:
         deadline = now + self.config.handshake_timeout
         max_head = self.config.max_request_head
         c = self.c
-        limited = self.connect_rate is not None or self.per_ip is not None
+        admission = self.admission
+        limited = admission.active
+        keep_peer = admission.counts is not None
         for _ in range(self._accept_batch):  # bounded: the connections we have get their turn too
             try:
                 fd, addr = accept()
@@ -209,29 +218,18 @@ class Worker:
                 return
             peer = None
             if limited:
-                peer = self._admit(addr[0], now)
+                peer = admission.admit(addr[0], now)
                 if peer is None:
                     os.close(fd)  # the cheapest answer to a flood: no parser, no response
                     continue
             os.set_blocking(fd, False)
             conn = Connection(fd, http.new_parser(max_head))
             conn.flags = flags
-            if peer is not None and self.per_ip is not None:
+            if keep_peer:
                 conn.peer = peer
-                self.per_ip[peer] = self.per_ip.get(peer, 0) + 1
             reactor.add_conn(fd, conn, EPOLLIN)
             reactor.wheel.schedule(conn, deadline)
             c[_ACCEPTED] += 1
-
-    def _admit(self, address: str, now: float) -> str | None:
-        """The shared key of ``address`` if its limits allow one more connection, else None."""
-        if self.connect_rate is not None and not self.connect_rate.take(address, now):
-            self.c[F["rate_limited_connect_rate"]] += 1
-            return None
-        if self.per_ip is not None and self.per_ip.get(address, 0) >= self.config.max_connections_per_ip:
-            self.c[F["rate_limited_connections_per_ip"]] += 1
-            return None
-        return self._peer_keys.setdefault(address, address)
 
     def _accept_failed(self, exc: OSError) -> None:
         if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
@@ -277,7 +275,7 @@ class Worker:
             elif conn.state == OPEN:
                 conn.reason = R_ERROR
                 conn.ws = None
-                conn.state = LINGER
+                advance(conn, GOODBYE)
                 self.write(conn, websocket.INTERNAL_ERROR_CLOSE)
                 self.state_changed(conn)
             else:
@@ -287,13 +285,13 @@ class Worker:
             self.reactor.conns.pop(conn.fd, None)
             conn.state = CLOSED
             try:
-                os.close(conn.fd)
+                self.transport.close(conn.fd)
             except OSError:
                 pass
 
     def on_readable(self, conn: Connection) -> None:
         try:
-            n = _readv(conn.fd, self.rbuf.iov)
+            n = self._readv(conn.fd, self.rbuf.iov)
         except BlockingIOError:
             return
         except OSError:
@@ -314,9 +312,11 @@ class Worker:
     def ws_in(self, conn: Connection, data: bytes) -> None:
         state = conn.state
         handler = conn.app.on_message if self.msg_rate is None and self.byte_rate is None else self.limited
-        out = websocket.receive(conn, data, handler, self.config.max_message_size, self.frames)
+        out, event = websocket.receive(conn, data, handler, self.config.max_message_size, self.frames)
         if out:
             self.write(conn, out)
+        if event != NO_EVENT:
+            apply(conn, event)
         if conn.state != state:
             self.state_changed(conn)
 
@@ -335,7 +335,9 @@ class Worker:
             return conn.app.on_message(conn, is_text, payload)
         self.c[F[kind]] += 1
         conn.reason = R_POLICY
-        return websocket.start_close(conn, self.frames, 1008, "rate limit exceeded")
+        out = websocket.start_close(conn, self.frames, 1008, "rate limit exceeded")
+        advance(conn, CLOSE_SENT)
+        return out
 
     def on_eof(self, conn: Connection) -> None:
         if conn.state == OPEN or conn.state == CLOSING:
@@ -356,7 +358,7 @@ class Worker:
         if conn.state == CLOSED:
             return
         try:
-            sent = _write(conn.fd, data)
+            sent = self._write(conn.fd, data)
         except BlockingIOError:
             sent = 0
         except OSError:
@@ -376,6 +378,7 @@ class Worker:
         """Write ``frame`` to each open connection of ``conns``; return how many got it."""
         limit = self.config.max_pending_bytes
         modify = self.reactor.modify
+        write = self._write
         n = len(frame)
         sent_total = delivered = 0
         trouble: list[tuple[Connection, bool]] | None = None
@@ -393,7 +396,7 @@ class Worker:
                 delivered += 1
                 continue
             try:
-                sent = _write(conn.fd, frame)
+                sent = write(conn.fd, frame)
             except BlockingIOError:
                 sent = 0
             except OSError:
@@ -425,7 +428,7 @@ class Worker:
         pending = conn.pending
         assert pending is not None
         try:
-            sent = _write(conn.fd, pending)
+            sent = self._write(conn.fd, pending)
         except BlockingIOError:
             return
         except OSError:
@@ -510,7 +513,7 @@ class Worker:
         self.stats.http_status(error.status)
         conn.msg = None
         conn.http = None
-        conn.state = LINGER
+        advance(conn, LAST_ANSWER)
         self.write(conn, http.render_error(error, head=head))
         self.state_changed(conn)
 
@@ -551,14 +554,12 @@ class Worker:
             self.upgraded(conn, response.data, response.websocket, trailing)
             expires = response.identity.expires if response.identity is not None else None
             if expires is not None and conn.state == OPEN:
-                self._expiry_seq += 1
-                conn.flags |= F_EXPIRES
-                heapq.heappush(self.expiries, (expires, self._expiry_seq, conn))
+                self.expiries.add(conn, expires)
             return
         self.write(conn, response.data)
         if not response.keep_alive:
             conn.http = None
-            conn.state = LINGER
+            advance(conn, LAST_ANSWER)
             self.state_changed(conn)
             return
         conn.http = parser = http.new_parser(self.config.max_request_head)
@@ -568,7 +569,7 @@ class Worker:
 
     def upgraded(self, conn: Connection, response: bytes, ws_app: Any, trailing: bytes) -> None:
         conn.http = None
-        conn.state = OPEN
+        advance(conn, UPGRADED)
         conn.app = ws_app
         self.c[_CONNECTIONS] += 1
         if self.config.ping_interval > 0:
@@ -585,14 +586,7 @@ class Worker:
     def _check_expiries(self) -> None:
         """Close 1008 the connections whose token expired (SECURITY.md: no silent extension)."""
         self.reactor.call_later(1.0, self._check_expiries)
-        now = time.time()
-        expiries = self.expiries
-        while expiries and expiries[0][0] <= now:
-            conn = heapq.heappop(expiries)[2]
-            if conn.state == CLOSED:
-                self._expiries_dead -= 1
-                continue
-            conn.flags &= ~F_EXPIRES
+        for conn in self.expiries.due(time.time()):
             if conn.state == OPEN:
                 self.close_with(conn, 1008, "token expired", R_POLICY, wait_for_peer=True)
 
@@ -600,8 +594,10 @@ class Worker:
         """Start the closing handshake from our side; without ``wait_for_peer``, linger at once."""
         conn.reason = reason
         out = websocket.start_close(conn, self.frames, code, text)
-        if not wait_for_peer:
-            conn.state = LINGER  # the peer is not listening: waiting for its Close would be waiting for nothing
+        if wait_for_peer:
+            advance(conn, CLOSE_SENT)
+        else:  # the peer is not listening: waiting for its Close would be waiting for nothing
+            advance(conn, GOODBYE)
             conn.ws = None
         self.write(conn, out)
         self.state_changed(conn)
@@ -622,13 +618,10 @@ class Worker:
         if conn.flags & F_SHUT or conn.state == CLOSED:
             return
         conn.flags |= F_SHUT
-        sock = socket.socket(fileno=conn.fd)
         try:
-            sock.shutdown(socket.SHUT_WR)
+            self.transport.shutdown(conn.fd)
         except OSError:
             self.close(conn)
-        finally:
-            sock.detach()
 
     def abort(self, conn: Connection, reason: int) -> None:
         """End ``conn`` now, without a closing handshake."""
@@ -642,25 +635,16 @@ class Worker:
             return
         conn.state = CLOSED
         self.reactor.remove_conn(conn.fd)
-        os.close(conn.fd)  # also removes it from the epoll set
+        self.transport.close(conn.fd)  # also removes it from the epoll set
         conn.deadline = 0
         if conn.pending is not None:
             self.pool.release(conn.pending)
             conn.pending = None
         conn.http = conn.ws = conn.msg = None
-        if conn.peer is not None and self.per_ip is not None:
-            left = self.per_ip.pop(conn.peer) - 1
-            if left:
-                self.per_ip[conn.peer] = left
-            else:
-                del self._peer_keys[conn.peer]
+        if conn.peer is not None:
+            self.admission.release(conn.peer)
         if conn.flags & F_EXPIRES:
-            self._expiries_dead += 1
-            if self._expiries_dead > 64 and self._expiries_dead * 2 > len(self.expiries):
-                # A long-lived token of a closed connection must not keep its record for hours.
-                self.expiries = [e for e in self.expiries if e[2].state != CLOSED]
-                heapq.heapify(self.expiries)
-                self._expiries_dead = 0
+            self.expiries.closed(conn)
         if conn.app is not None:
             c = self.c
             c[_CONNECTIONS] -= 1

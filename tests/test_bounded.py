@@ -108,29 +108,28 @@ def test_a_record_that_breaks_its_handler_is_dropped_and_counted():
 
 
 def test_token_expiry_entries_of_closed_connections_are_compacted_away():
-    import heapq
     import time
 
     from millionws.config import Config
-    from millionws.connection import F_EXPIRES, OPEN, Connection
+    from millionws.connection import OPEN, Connection
     from millionws.worker import Worker
 
     worker = Worker(Config(workers=1), 0, metrics.SharedStats(1))
     peers = []
     conns = []
-    for i in range(1000):
+    for _ in range(1000):
         a, b = socket.socketpair()
         peers.append(b)
         conn = Connection(a.detach(), None)
         conn.state = OPEN
         worker.reactor.add_conn(conn.fd, conn)
-        conn.flags |= F_EXPIRES  # as dispatch does for a token with a day to live
-        heapq.heappush(worker.expiries, (time.time() + 86_400, i, conn))
+        worker.expiries.add(conn, time.time() + 86_400)  # as dispatch does for a token with a day to live
         conns.append(conn)
     for conn in conns[:999]:
         worker.close(conn)
     assert len(worker.expiries) <= 130  # not 1000: closed connections' entries do not wait a day
-    assert conns[999] in [entry[2] for entry in worker.expiries]
+    assert conns[999] in [entry[2] for entry in worker.expiries.heap]
+    assert list(worker.expiries.due(time.time() + 90_000)) == [conns[999]]
     for peer in peers:
         peer.close()
     worker.close(conns[999])

@@ -14,12 +14,12 @@ PACKAGE = Path(__file__).resolve().parent.parent / "millionws"
 # Lowest first.  A module may import modules of its layer or of a layer above it in this list.
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("foundation", frozenset({"config", "jsonsafe", "ratelimit", "auth", "connection", "http", "wsproto_internals"})),
-    ("core", frozenset({"reactor", "buffers"})),
+    ("core", frozenset({"reactor", "buffers", "transport"})),
     ("observability", frozenset({"metrics", "boundary"})),
     ("protocol", frozenset({"websocket"})),
     ("pubsub", frozenset({"bus", "channels", "broker"})),
     ("apps", frozenset({"app"})),
-    ("server", frozenset({"worker", "supervisor"})),
+    ("server", frozenset({"worker", "supervisor", "admission", "expiry"})),
     ("entry", frozenset({"cli", "__main__", "__init__"})),
     ("clients", frozenset({"client"})),  # outside the server: imports none of it
 )

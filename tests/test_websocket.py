@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -23,8 +22,10 @@ from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
+from benchmarks.wscodec import close_code, close_payload, encode, header, mask_payload, server_frames
 from millionws import websocket
 from millionws.connection import (
+    CLOSE_SENT,
     CLOSING,
     F_PING_SENT,
     LINGER,
@@ -34,65 +35,47 @@ from millionws.connection import (
     R_PROTOCOL,
     R_TOO_BIG,
     Connection,
+    advance,
+    apply,
 )
 from millionws.websocket import FramePool, encode_frame, frame_header, unmask, unmask_python
 
 TOO_BIG_REASON = "message too big"  # the reason text websocket._fail sends with 1009
 
 
-# -- building client frames ---------------------------------------------------------------
+# -- building client frames and reading the server's (the codec is benchmarks.wscodec) ---------
 
-def mask_payload(payload: bytes, key: bytes) -> bytes:
-    return bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+LENGTH_BYTES = {"min": None, "7": 0, "16": 2, "64": 8, "msb": 8}
 
 
 def client_frame(opcode: int, payload: bytes = b"", fin: bool = True, rsv: int = 0, masked: bool = True,
                  key: bytes = b"\x11\x22\x33\x44", length_mode: str = "min") -> bytes:
     """A client frame.  ``length_mode``: min, 16, 64 (non-minimal encodings), msb (64-bit, MSB set)."""
     n = len(payload)
-    head = bytearray([(0x80 if fin else 0) | (rsv << 4) | opcode])
-    mbit = 0x80 if masked else 0
-    if length_mode == "min":
-        length_mode = "7" if n < 126 else "16" if n < 65536 else "64"
-    if length_mode == "7":
-        head.append(mbit | n)
-    elif length_mode == "16":
-        head.append(mbit | 126)
-        head += struct.pack("!H", n & 0xFFFF)
-    elif length_mode == "64":
-        head.append(mbit | 127)
-        head += struct.pack("!Q", n)
-    else:  # msb
-        head.append(mbit | 127)
-        head += struct.pack("!Q", n | 1 << 63)
-    if not masked:
-        return bytes(head) + payload
-    return bytes(head) + key + mask_payload(payload, key)
-
-
-# -- parsing server output ----------------------------------------------------------------
-
-def server_frames(data: bytes) -> list[tuple[int, bool, bytes]]:
-    """Split the server's output into (opcode, fin, payload); server frames are never masked."""
-    frames = []
-    pos = 0
-    while pos < len(data):
-        b0, b1 = data[pos], data[pos + 1]
-        assert not b1 & 0x80, "server frame is masked"
-        n, pos = b1 & 0x7F, pos + 2
-        if n == 126:
-            n, pos = struct.unpack("!H", data[pos:pos + 2])[0], pos + 2
-        elif n == 127:
-            n, pos = struct.unpack("!Q", data[pos:pos + 8])[0], pos + 8
-        frames.append((b0 & 0x0F, bool(b0 & 0x80), data[pos:pos + n]))
-        pos += n
-    assert pos == len(data), "truncated server frame"
-    return frames
+    length = n & 0xFFFF if length_mode == "16" else n | 1 << 63 if length_mode == "msb" else n
+    return encode(opcode, payload, fin=fin, mask=masked, rsv=rsv, length=length,
+                  length_bytes=LENGTH_BYTES[length_mode], key=key)
 
 
 def close_codes(data: bytes) -> list[int | None]:
     """Codes of the Close frames in ``data``; None for a Close without a code."""
-    return [struct.unpack("!H", p[:2])[0] if p else None for op, _, p in server_frames(data) if op == 8]
+    return [close_code(p) for op, _, p in server_frames(data) if op == 8]
+
+
+# -- the server's side of the protocol: apply what it reports, as the worker does ------------------
+
+def receive(conn: Connection, data: bytes, handler, max_size: int, pool: FramePool) -> bytes:
+    """``websocket.receive``, its event applied to the record with ``connection.apply``."""
+    out, reported = websocket.receive(conn, data, handler, max_size, pool)
+    apply(conn, reported)
+    return out
+
+
+def start_close(conn: Connection, pool: FramePool, code: int, reason: str) -> bytes:
+    """``websocket.start_close``, then CLOSE_SENT, as ``Worker.close_with`` does when it waits for the peer."""
+    out = websocket.start_close(conn, pool, code, reason)
+    advance(conn, CLOSE_SENT)
+    return out
 
 
 # -- the application and the reference ------------------------------------------------------
@@ -324,7 +307,7 @@ def close_frame(draw: st.DrawFn) -> bytes:
     payload = draw(st.one_of(
         st.just(b""),
         st.binary(min_size=1, max_size=1),
-        st.builds(lambda code, reason: struct.pack("!H", code) + reason,
+        st.builds(close_payload,
                   st.sampled_from(CLOSE_CODES),
                   st.sampled_from([b"", b"bye", "\u00e9t\u00e9".encode(), b"\xff\xfe", b"r" * 123, b"r" * 124])),
     ))
@@ -381,11 +364,11 @@ def test_pooled_fast_path_matches_a_dedicated_wsproto(streams: list[list[bytes]]
         for chunks, client, ref in zip(streams, clients, refs, strict=True):
             if step == server_close_at and client.conn.state == OPEN:
                 # Our side starts the closing handshake (drain, keepalive timeout) mid-stream.
-                got = websocket.start_close(client.conn, pool, 1001, "going away")
+                got = start_close(client.conn, pool, 1001, "going away")
                 assert got == ref.start_close(1001, "going away")
             if step >= len(chunks):
                 continue
-            got = websocket.receive(client.conn, chunks[step], client.handler, max_size, pool)
+            got = receive(client.conn, chunks[step], client.handler, max_size, pool)
             want = ref.receive(chunks[step])
             assert close_codes(got) == close_codes(want)
             assert got == want
@@ -404,7 +387,7 @@ def test_pooled_fast_path_matches_a_dedicated_wsproto(streams: list[list[bytes]]
 
 def feed(conn: Connection, data: bytes, pool: FramePool, max_size: int = 1 << 20,
          log: list | None = None) -> bytes:
-    return websocket.receive(conn, data, recording_handler([] if log is None else log), max_size, pool)
+    return receive(conn, data, recording_handler([] if log is None else log), max_size, pool)
 
 
 @pytest.mark.parametrize("n", [0, 1, 125, 126, 300, 65535])
@@ -496,7 +479,7 @@ def test_ping_is_answered_and_the_object_goes_back() -> None:
 def test_peer_close_answers_then_drops_the_object() -> None:
     pool = FramePool()
     conn = fresh_conn()
-    out = feed(conn, client_frame(8, struct.pack("!H", 1000) + b"bye"), pool)
+    out = feed(conn, client_frame(8, close_payload(1000, b"bye")), pool)
     assert close_codes(out) == [1000]
     assert out == b"\x88\x05\x03\xe8bye"
     assert conn.state == LINGER
@@ -509,7 +492,7 @@ def test_peer_close_answers_then_drops_the_object() -> None:
 def test_our_close_keeps_the_object_through_the_handshake() -> None:
     pool = FramePool()
     conn = fresh_conn()
-    out = websocket.start_close(conn, pool, 1001, "going away")
+    out = start_close(conn, pool, 1001, "going away")
     assert close_codes(out) == [1001]
     assert conn.state == CLOSING
     ws = conn.ws
@@ -519,7 +502,7 @@ def test_our_close_keeps_the_object_through_the_handshake() -> None:
     assert feed(conn, client_frame(1, b"late") + client_frame(9, b"p"), pool, log=log) == b""
     assert log == []
     assert conn.ws is ws
-    assert feed(conn, client_frame(8, struct.pack("!H", 1001)), pool) == b""  # the peer's answer
+    assert feed(conn, client_frame(8, close_payload(1001)), pool) == b""  # the peer's answer
     assert conn.state == LINGER
     assert conn.ws is None  # handshake over: dropped, not pooled
     assert ws.state is ConnectionState.CLOSED
@@ -561,18 +544,17 @@ def test_pool_keeps_at_most_max_free() -> None:
     if opcode < 8 or n <= 125  # control frames carry at most 125 bytes
 ])
 def test_frame_header_and_encode_frame(opcode: int, n: int) -> None:
-    if n < 126:
-        want = bytes([0x80 | opcode, n])
-    elif n < 65536:
-        want = bytes([0x80 | opcode, 126]) + struct.pack("!H", n)
-    else:
-        want = bytes([0x80 | opcode, 127]) + struct.pack("!Q", n)
+    """The server's encoder is the reference of the tests' and benchmarks' codec: both give the same bytes."""
+    want = header(0x80 | opcode, n, mask=False)
+    assert len(want) == (2 if n < 126 else 4 if n < 65536 else 10)
     assert frame_header(opcode, n) == want
     payload = (b"\x00\x01\x02\xff" * (n // 4 + 1))[:n] if opcode != 1 else b"t" * n
     if opcode == 8 and n:
-        payload = (struct.pack("!H", 1000) + b"r" * n)[:n]
+        payload = close_payload(1000, b"r" * n)[:n]
     frame_bytes = encode_frame(opcode, payload)
     assert frame_bytes == want + payload
+    assert frame_bytes == encode(opcode, payload, mask=False)
+    assert server_frames(frame_bytes) == [(opcode, True, payload)]
     # And a client-side wsproto reads back exactly what was framed.
     client = WSConnection(ConnectionType.CLIENT)
     client.receive_data(frame_bytes)
@@ -596,22 +578,20 @@ def test_frame_header_and_encode_frame(opcode: int, n: int) -> None:
         assert event.payload == payload
 
 
-def naive_unmask(data: bytes, start: int, end: int) -> bytes:
-    key = data[start - 4:start]
-    return bytes(b ^ key[i % 4] for i, b in enumerate(data[start:end]))
-
-
 @settings(max_examples=200, deadline=None)
 @given(prefix=st.binary(max_size=9), key=KEYS, payload=st.binary(max_size=300), suffix=st.binary(max_size=9))
-def test_unmask_matches_a_naive_xor(prefix: bytes, key: bytes, payload: bytes, suffix: bytes) -> None:
+def test_unmask_matches_the_codec(prefix: bytes, key: bytes, payload: bytes, suffix: bytes) -> None:
+    """The server's unmask and the codec's mask (itself checked against wsproto's) are the same XOR."""
     data = prefix + key + payload + suffix
     start = len(prefix) + 4
     end = start + len(payload)
     got = unmask(data, start, end)
-    assert got == naive_unmask(data, start, end)
+    assert got == mask_payload(payload, key)
     assert unmask_python(data, start, end) == got  # the C speedup and the pure-Python fallback agree
     assert len(got) == len(payload)
     assert unmask(data[:start] + mask_payload(payload, key), start, end) == payload  # an involution
+    masked = encode(2, payload, key=key)  # a whole client frame: the server unmasks what the codec masked
+    assert unmask(masked, len(masked) - len(payload), len(masked)) == payload
 
 
 @pytest.mark.parametrize("n", [0, 1, 3, 4, 5, 125, 126, 65535, 65536])

@@ -1,0 +1,55 @@
+"""How bytes move between a connection's descriptor and the worker: the transport seam.
+
+Theory of operation: the worker never calls ``os.readv``/``os.write`` on a client descriptor
+itself; it calls the four functions of its :class:`Transport`, each taking the descriptor:
+
+* ``readv(fd, buffers) -> int``: bytes of application data read into ``buffers`` (0: the peer
+  closed; ``BlockingIOError``: nothing yet);
+* ``write(fd, data) -> int``: bytes of ``data`` taken (the rest is the worker's to keep);
+* ``shutdown(fd)``: our end of the stream (FIN; with TLS, close_notify first);
+* ``close(fd)``: the descriptor and whatever the transport held for it.
+
+The plain transport *is* the C functions (``os.readv``, ``os.write``, ``os.close``), so the
+seam costs no Python call on the hot path.  A transport with per-connection state (TLS,
+issue 11) keeps it keyed by descriptor, created when the connection is accepted and dropped
+in ``close``, so the connection record gains no slot and an idle plain connection nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+from typing import Protocol
+
+
+class Transport(Protocol):
+    def readv(self, fd: int, buffers: Sequence[memoryview], /) -> int: ...
+
+    def write(self, fd: int, data: bytes | bytearray | memoryview, /) -> int: ...
+
+    def shutdown(self, fd: int, /) -> None: ...
+
+    def close(self, fd: int, /) -> None: ...
+
+
+def _shutdown(fd: int) -> None:
+    """Half-close: send our FIN, keep reading until the peer's."""
+    sock = socket.socket(fileno=fd)
+    try:
+        sock.shutdown(socket.SHUT_WR)
+    finally:
+        sock.detach()
+
+
+class PlainTransport:
+    """``ws://``: bytes straight on the descriptor."""
+
+    __slots__ = ()
+    readv = staticmethod(os.readv)
+    write = staticmethod(os.write)
+    shutdown = staticmethod(_shutdown)
+    close = staticmethod(os.close)
+
+
+PLAIN = PlainTransport()
