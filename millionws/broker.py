@@ -827,6 +827,22 @@ class Backend:
         self.log("bug:" + where, "", logging.ERROR, "bus %s: unexpected error in the %s (it ended; the bridge goes on)",
                  self.name, where, exc_info=(type(exc), exc, exc.__traceback__))
 
+    def _keep(self, entries: dict[int, tuple[int, float, bytes | None]], raw_seq: Any, raw_t: Any, data: Any,
+              first: int, last: int) -> bool:
+        """Add one stored record of a fetch to ``entries`` (by seq, first copy wins); False if malformed."""
+        entry = checked_entry(raw_seq, raw_t, data, self.max_depth)
+        if entry is None or not first <= entry[0] <= last:
+            return False
+        entries.setdefault(entry[0], entry)
+        return True
+
+    def _fetched(self, channel: str, entries: dict[int, tuple[int, float, bytes | None]],
+                 bad: int) -> list[tuple[int, float, bytes]]:
+        """A fetch's checked records in seq order; the malformed ones counted and logged."""
+        if bad:
+            self._malformed(bad, f"stored record(s) of {channel!r} without a valid sequence number")
+        return sorted(entries.values(), key=_seq_key)
+
     def _malformed(self, count: int, what: str) -> None:
         self.c[_MALFORMED] += count
         self.log("malformed", "", logging.WARNING, "bus %s: dropped %d malformed record(s) from the broker: %s",
@@ -1234,14 +1250,9 @@ class NatsBackend(Backend):
                 raw_t = headers.get("Mws-T0")
                 if raw_t is None and msg.time is not None:  # published by a backend: the store time
                     raw_t = msg.time.timestamp()
-                entry = checked_entry(msg.seq, raw_t, msg.data or b"", self.max_depth)
-                if entry is None or not first <= entry[0] <= last:
+                if not self._keep(entries, msg.seq, raw_t, msg.data or b"", first, last):
                     bad += 1
-                    continue
-                entries.setdefault(entry[0], entry)
-        if bad:
-            self._malformed(bad, f"stored record(s) of {channel!r} without a valid sequence number")
-        return sorted(entries.values(), key=_seq_key)
+        return self._fetched(channel, entries, bad)
 
     async def publish_batch(self, batch: list[Pending]) -> list[int | BaseException]:
         from nats.js.errors import NoStreamResponseError
@@ -1432,14 +1443,9 @@ class RedisBackend(Backend):
             t_wall = _time_of(raw_t)
             if t_wall is not None and t_wall < horizon:
                 continue  # expired: the stream is trimmed by count, age is checked here
-            entry = checked_entry(raw_seq, raw_t if raw_t is not None else b"", data, self.max_depth)
-            if entry is None or not first <= entry[0] <= last:
+            if not self._keep(entries, raw_seq, raw_t if raw_t is not None else b"", data, first, last):
                 bad += 1
-                continue
-            entries.setdefault(entry[0], entry)
-        if bad:
-            self._malformed(bad, f"stored record(s) of {channel!r} without a valid sequence number")
-        return sorted(entries.values(), key=_seq_key)
+        return self._fetched(channel, entries, bad)
 
     async def publish_batch(self, batch: list[Pending]) -> list[int | BaseException]:
         from redis.exceptions import ResponseError
