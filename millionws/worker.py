@@ -5,9 +5,10 @@ Theory of operation:
 * The worker binds its own listening socket with SO_REUSEPORT, so the kernel spreads
   new connections over the workers; it shares nothing with its siblings but the
   metrics region.
-* Reads go into the worker's one receive buffer (``os.readv``), and the filled bytes go
+* Bytes move through the worker's :mod:`transport` (plain: ``os.readv``/``os.write``
+  themselves).  Reads go into the worker's one receive buffer, and the filled bytes go
   to the protocol of the connection's state: h11 for HTTP, :mod:`websocket` after the
-  upgrade.  What the protocol returns is written at once with ``os.write``; only what
+  upgrade.  What the protocol returns is written at once; only what
   the kernel refuses is kept (``pending``), in a buffer borrowed from a pool, and only
   then is EPOLLOUT asked for.  Over ``max_pending_bytes`` the worker stops reading that
   peer until its backlog halves (backpressure), so one slow reader costs its own memory
@@ -15,6 +16,8 @@ Theory of operation:
 * Every deadline of a connection (handshake, ping, pong, closing handshake) is the one
   ``deadline`` slot of its record in the reactor's timer wheel; :meth:`on_timer` decides
   what the deadline meant from the connection's state and flags.
+* State changes only through ``connection.advance`` (the one transition table); what
+  the WebSocket layer reports is applied by ``connection.apply`` in :meth:`ws_in`.
 * Closing: a WebSocket that ends (handshake finished, protocol failure, drain) moves to
   LINGER: pending bytes are flushed, our FIN is sent (``shutdown(SHUT_WR)``), and input
   is discarded until the peer's FIN or the close timeout.  Closing a socket with unread
