@@ -359,9 +359,11 @@ class Hub:
 
     def _expire_tick(self) -> None:
         self._expiry_scheduled = False
-        self.expire(monotonic())
-        if self._ack_deadlines or self._hold_deadlines:
-            self._expire_soon()
+        try:
+            self.expire(monotonic())
+        finally:  # even if an answer raised: the others must still get theirs
+            if self._ack_deadlines or self._hold_deadlines:
+                self._expire_soon()
 
     def expire(self, now: float) -> None:
         """Answer the publishes and replays whose answer did not come in time."""

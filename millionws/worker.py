@@ -530,9 +530,10 @@ class Worker:
             return
         if response is None:
             # Deferred (a publish waiting for its seq): stop reading; answer() resumes.  The app
-            # guarantees an answer within --publish-timeout, so the request deadline is lifted.
+            # answers within --publish-timeout; the deadline a second later is the backstop, so a
+            # bug on the way back can never leave the client waiting on a descriptor forever.
             conn.flags |= F_WAITING
-            self.reactor.wheel.cancel(conn)
+            self.reactor.wheel.schedule(conn, monotonic() + self.config.publish_timeout + 1.0)
             self.reactor.modify(conn.fd, EPOLLOUT if conn.pending is not None else 0)
             return
         self._respond(conn, response)
@@ -662,6 +663,11 @@ class Worker:
         if state == OPEN:
             self._keepalive(conn)
         elif state == HTTP:
+            if conn.flags & F_WAITING:  # the deferred answer never came (see dispatch)
+                conn.flags &= ~F_WAITING
+                self.refuse(conn, http.HttpError(503, "the publish was not confirmed in time", http.HS_UNAVAILABLE,
+                                                 (("Retry-After", "1"),), "publish_timeout"))
+                return
             parser = conn.http
             if parser.their_state is h11.IDLE and not parser.trailing_data[0]:
                 self.close(conn)  # an idle keep-alive connection: nothing to report

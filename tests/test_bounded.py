@@ -273,3 +273,29 @@ def test_connections_are_accepted_at_most_the_batch_per_readiness():
         client.close()
     listener.close()
     worker.reactor.close()
+
+
+def test_an_answer_that_raises_does_not_stop_the_others_from_timing_out(monkeypatch):
+    import pytest
+
+    from millionws import channels
+
+    scheduled = []
+    node = Node(2, publish_timeout=5.0, call_later=lambda delay, fn: scheduled.append(fn))
+    hub = node.hubs[0]
+    channel = node.channel_owned_by(1)
+    answers = []
+
+    def broken(*_a):
+        raise RuntimeError("a bug in one answer")
+
+    hub.publish(channel, b"1", 0.0, broken)
+    hub.publish(channel, b"2", 0.0, lambda *a: answers.append(a))
+    node.queue.clear()
+    monkeypatch.setattr(channels, "monotonic", lambda: 10.0 ** 9)
+    scheduled.clear()
+    with pytest.raises(RuntimeError):
+        hub._expire_tick()  # the reactor's boundary counts this one (tests/test_reactor.py)
+    assert scheduled, "the tick must come again"
+    scheduled.pop()()
+    assert answers == [(0, "publish_timeout", -1)] and hub.acks == {}

@@ -113,3 +113,27 @@ def test_a_record_that_breaks_the_owner_is_dropped_and_the_publisher_still_gets_
     conn = http.client.HTTPConnection("127.0.0.1", faulty.port, timeout=10)
     conn.request("POST", f"/publish/{channel_owned_by(1, 'fine')}", b"2")
     assert conn.getresponse().status == 200
+
+
+LOST_ANSWERS = '''
+from millionws import channels
+
+channels.Hub._acked = lambda self, req, seq, error, reach: None  # a PUBACK that is lost on the way back
+channels.Hub.expire = lambda self, now: None  # ... and a hub that forgets to time it out
+'''
+
+
+def test_a_deferred_answer_that_never_comes_is_answered_by_the_backstop(start_server, tmp_path: Path):
+    (tmp_path / "sitecustomize.py").write_text(LOST_ANSWERS)
+    server = start_server("--publish-timeout", "0.3", env={"PYTHONPATH": f"{tmp_path}:{ROOT}"})
+    channel = channel_owned_by(1, "lost")
+    statuses = set()
+    for _ in range(16):  # some land on worker 0, whose publish to the owner waits for a PUBACK that never comes
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.request("POST", f"/publish/{channel}", b"1")
+        response = conn.getresponse()
+        statuses.add(response.status)
+        if response.status == 503:
+            assert json.loads(response.read())["code"] == "publish_timeout"
+        conn.close()
+    assert statuses <= {200, 503} and 503 in statuses
