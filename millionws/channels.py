@@ -49,22 +49,19 @@ Theory of operation (everything that decides a ``seq`` or a recipient lives here
   away: ``unavailable`` at once (nothing was published).  The table of waiting answers is
   swept by the same deadline, as are replay requests whose answer never comes (a hold
   past ``replay_timeout`` gets ``gap`` ``unknown`` and becomes a plain subscriber).
-* Records are input like any other: :meth:`Hub.on_record` checks sizes, ranges and names
-  before anything reaches the tables, and drops (and counts) what does not fit.  The
+* Records are input like any other: :meth:`Hub.on_record` has :func:`records.decode` check
+  sizes, ranges and names, then checks what only it can (the sender, the channel's owner),
+  before anything reaches the tables; what does not fit is dropped and counted.  The
   message data inside is carried as opaque bytes: it was checked where it entered the
   node (:mod:`jsonsafe`), and the frame it goes into cannot be broken by it.
 
-Records between workers (first byte = type; numbers big-endian):
-PUB ``t0 req chan data`` · PUBACK ``req seq reach`` · MSG ``t0 seq chan data`` ·
-INTEREST/UNINTEREST ``chan`` · REPLAY_REQ ``req since chan`` ·
-REPLAY ``req reason first last chan n (seq t0 len data)*`` · HELLO.
+Records between workers (PUB, PUBACK, MSG, INTEREST/UNINTEREST, REPLAY_REQ, REPLAY, HELLO): their
+layout, and the check of every one received, are :mod:`records`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import re
 import struct
 import time
 import zlib
@@ -72,34 +69,35 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .jsonsafe import MAX_SAFE_INTEGER
+from . import records
 from .metrics import F, WorkerStats
+from .records import (  # re-exported: the names of a channel and of a gap belong to this module's callers too
+    CHANNEL_RE,
+    GAP_EXPIRED,
+    GAP_NONE,
+    GAP_REASONS,
+    GAP_UNKNOWN,
+    REFUSED_CHANNEL_LIMIT,
+    T_HELLO,
+    T_INTEREST,
+    T_MSG,
+    T_PUB,
+    T_PUBACK,
+    T_REPLAY,
+    T_REPLAY_REQ,
+    T_UNINTEREST,
+    USER_PREFIX,
+    USER_RE,
+)
 from .websocket import encode_frame
 
 log = logging.getLogger("millionws.channels")
 
-CHANNEL_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
 # User ids (token ``sub``, ``/users/{id}``, ``?user=``): the channel charset plus what common
 # identity providers put in a subject (``auth0|5f7c...``, ``alice@example.com``, ``a+b``, base64 ``=``).
-# Nothing in it needs escaping in JSON, a NATS subject or a Redis key.
-USER_RE = re.compile(r"[A-Za-z0-9._:@+=|-]{1,128}\Z")
-USER_PREFIX = "@user:"
+# Nothing in it needs escaping in JSON, a NATS subject or a Redis key.  Both patterns live in records.py,
+# where names arriving from other workers are checked against them.
 MAX_NAME = 128
-
-T_PUB, T_MSG, T_INTEREST, T_UNINTEREST, T_REPLAY_REQ, T_REPLAY, T_HELLO, T_PUBACK = range(1, 9)
-_PUB = struct.Struct("!BdIH")
-_PUBACK = struct.Struct("!BIQB")
-_REFUSED_CHANNEL_LIMIT = 255  # PUBACK's reach byte when the owner could not take the channel
-_MSG = struct.Struct("!BdQH")
-_CHAN = struct.Struct("!BH")
-_REQ = struct.Struct("!BIQH")
-_REPLAY = struct.Struct("!BIBQQHI")
-_ENTRY = struct.Struct("!QdI")
-_HELLO = bytes((T_HELLO,))
-
-# Why a replay could not be exact: index sent between workers, name sent to the client.
-GAP_NONE, GAP_EXPIRED, GAP_UNKNOWN = 0, 1, 2
-GAP_REASONS = ("", "expired", "unknown")
 
 _C_CHANNELS, _C_SUBS = F["channels"], F["subscriptions"]
 _C_PUBLISHES, _C_DELIVERIES, _C_MSG_OUT = F["publishes"], F["deliveries"], F["messages_out"]
@@ -125,13 +123,6 @@ def valid_channel(name: object) -> bool:
 def valid_user(user: object) -> bool:
     """A user id: a string of 1 to 128 of ``A-Z a-z 0-9 . _ : - @ + = |``."""
     return isinstance(user, str) and USER_RE.match(user) is not None
-
-
-def valid_internal(name: str) -> bool:
-    """A channel name as it may travel between workers: a client's, or a user's reserved one."""
-    if name.startswith(USER_PREFIX):
-        return USER_RE.match(name, len(USER_PREFIX)) is not None
-    return CHANNEL_RE.match(name) is not None
 
 
 def user_channel(user: str) -> str:
@@ -344,8 +335,7 @@ class Hub:
             return
         owner = self.owner(channel)
         if owner != self.index:
-            name = channel.encode()
-            self.send(owner, _CHAN.pack(T_INTEREST if on else T_UNINTEREST, len(name)) + name)
+            self.send(owner, records.interest(channel, on))
 
     def _new_req(self) -> int:
         req = self._next_req
@@ -413,8 +403,7 @@ class Hub:
         if done is not None:
             req = self._new_req()
             self._track(req, done)
-        name = channel.encode()
-        self.send(owner, _PUB.pack(T_PUB, t0, req, len(name)) + name + data)
+        self.send(owner, records.pub(t0, req, channel, data))
 
     def _track(self, req: int, done: Done) -> None:
         self.acks[req] = done
@@ -510,8 +499,7 @@ class Hub:
         owned.touched = monotonic()
         owned.replay.append(seq, monotonic(), data)
         if owned.interest:
-            name = channel.encode()
-            record = _MSG.pack(T_MSG, t0, seq, len(name)) + name + data  # one record for every worker
+            record = records.msg(t0, seq, channel, data)  # one record for every worker
             for worker in owned.interest:
                 self.send(worker, record)
         reach = 1 if owned.interest or channel in self.subs or channel in self.holds else 0
@@ -559,15 +547,14 @@ class Hub:
         if self.remote is not None:
             self.remote.replay(req, hold.channel, hold.since)
             return
-        name = hold.channel.encode()
-        self.send(hold.owner, _REQ.pack(T_REPLAY_REQ, req, hold.since, len(name)) + name)
+        self.send(hold.owner, records.replay_req(req, hold.since, hold.channel))
 
     # -- records from the other workers ----------------------------------------------------
     def hello(self) -> None:
         """Announce this (possibly restarted) worker to its peers."""
         for worker in range(self.workers):
             if worker != self.index:
-                self.send(worker, _HELLO)
+                self.send(worker, records.HELLO)
 
     def on_record(self, src: int, record: memoryview) -> None:
         """One record from worker ``src``.  Malformed: dropped and counted, nothing changed."""
@@ -581,88 +568,52 @@ class Hub:
     def _on_record(self, src: int, record: memoryview) -> None:
         if not 0 <= src < self.workers or src == self.index:
             raise ValueError(f"no such peer {src}")
-        kind = record[0]
+        fields = records.decode(record)  # every field checked before anything changes here
+        kind = fields[0]
         if kind == T_MSG:
-            _, t0, seq, n = _MSG.unpack_from(record)
-            end = _MSG.size + n
-            channel = _name(record, _MSG.size, end)
-            _check_seq(seq, t0)
-            self._deliver(channel, seq, bytes(record[end:]), t0)
+            _, channel, seq, data, t0 = fields
+            self._deliver(channel, seq, data, t0)
         elif kind == T_PUB:
-            _, t0, req, n = _PUB.unpack_from(record)
-            end = _PUB.size + n
-            channel = _name(record, _PUB.size, end)
-            _check_seq(1, t0)
+            _, channel, req, data, t0 = fields
             self._mine(channel)
             try:
-                seq, reach = self._sequence(channel, bytes(record[end:]), t0)
+                seq, reach = self._sequence(channel, data, t0)
             except ChannelError:
-                seq, reach = 0, _REFUSED_CHANNEL_LIMIT
+                seq, reach = 0, REFUSED_CHANNEL_LIMIT
             if req:
-                self.send(src, _PUBACK.pack(T_PUBACK, req, seq, reach))
+                self.send(src, records.puback(req, seq, reach))
         elif kind == T_PUBACK:
-            _, req, seq, reach = _PUBACK.unpack(record)
-            if reach == _REFUSED_CHANNEL_LIMIT:
+            _, req, seq, reach = fields
+            if reach == REFUSED_CHANNEL_LIMIT:
                 self._acked(req, 0, "channel_limit", -1)
-                return
-            _check_seq(seq, 0.0)
-            self._acked(req, seq, "", 1 if reach else 0)
-        elif kind == T_INTEREST or kind == T_UNINTEREST:
-            n = _CHAN.unpack_from(record)[1]
-            channel = self._mine(_name(record, _CHAN.size, _CHAN.size + n, exact=True))
-            if kind == T_INTEREST:
-                try:
-                    owned = self._owned(channel)
-                except ChannelError:  # full: that worker's subscribers get what publishes can reach, nothing
-                    return
-                owned.interest.add(src)
-                owned.touched = monotonic()
             else:
-                owned = self.owned.get(channel)
-                if owned is not None:
-                    owned.interest.discard(src)
+                self._acked(req, seq, "", 1 if reach else 0)
+        elif kind == T_INTEREST:
+            channel = self._mine(fields[1])
+            try:
+                owned = self._owned(channel)
+            except ChannelError:  # full: that worker's subscribers get what publishes can reach, nothing
+                return
+            owned.interest.add(src)
+            owned.touched = monotonic()
+        elif kind == T_UNINTEREST:
+            owned = self.owned.get(self._mine(fields[1]))
+            if owned is not None:
+                owned.interest.discard(src)
         elif kind == T_REPLAY_REQ:
-            _, req, since, n = _REQ.unpack_from(record)
-            channel = self._mine(_name(record, _REQ.size, _REQ.size + n, exact=True))
-            _check_range("since", since, 0, MAX_SAFE_INTEGER)
-            self._answer_replay(src, req, since, channel)
+            _, req, since, channel = fields
+            self._answer_replay(src, req, since, self._mine(channel))
         elif kind == T_REPLAY:
-            self._on_replay(record)
-        elif kind == T_HELLO and len(record) == 1:
+            self._on_replay(*fields[1:])
+        elif kind == T_HELLO:
             self._on_hello(src)
-        else:
-            raise ValueError(f"unknown record type {kind} or size {len(record)}")
 
     def _answer_replay(self, src: int, req: int, since: int, channel: str) -> None:
         last, reason, first, entries = self._replay_of(channel, since)
-        name = channel.encode()
-        parts = [_REPLAY.pack(T_REPLAY, req, reason, first, last, len(name), len(entries)), name]
-        for seq, t, data in entries:
-            parts.append(_ENTRY.pack(seq, t, len(data)))
-            parts.append(data)
-        self.send(src, b"".join(parts))
+        self.send(src, records.replay(req, reason, first, last, channel, entries))
 
-    def _on_replay(self, record: memoryview) -> None:
-        _, req, reason, first, last, n, count = _REPLAY.unpack_from(record)
-        pos = _REPLAY.size + n
-        channel = _name(record, _REPLAY.size, pos)
-        if reason >= len(GAP_REASONS) or count > (len(record) - pos) // _ENTRY.size:
-            raise ValueError(f"replay record: reason {reason}, {count} entries")
-        _check_range("first", first, 1, MAX_SAFE_INTEGER)
-        _check_range("last", last, 0, MAX_SAFE_INTEGER)
-        entries = []
-        previous = 0
-        for _ in range(count):
-            seq, t, size = _ENTRY.unpack_from(record, pos)
-            pos += _ENTRY.size
-            _check_seq(seq, t)
-            if seq <= previous or pos + size > len(record):
-                raise ValueError("replay entries out of order or cut short")
-            previous = seq
-            entries.append((seq, t, bytes(record[pos:pos + size])))
-            pos += size
-        if pos != len(record):
-            raise ValueError("replay record longer than its entries")
+    def _on_replay(self, req: int, reason: int, first: int, last: int, channel: str,
+                   entries: list[tuple[int, float, bytes]]) -> None:
         hold = self.requests.get(req)
         if hold is None:
             return  # timed out, or asked of this worker's previous incarnation
@@ -697,8 +648,7 @@ class Hub:
             owned.interest.discard(src)  # its subscribers died with it
         for channel in self.subs.keys() | self.holds.keys():
             if self.owner(channel) == src:
-                name = channel.encode()
-                self.send(src, _CHAN.pack(T_INTEREST, len(name)) + name)
+                self.send(src, records.interest(channel, True))
         for req, hold in list(self.requests.items()):
             if hold.owner == src:
                 del self.requests[req]
@@ -741,23 +691,3 @@ class Hub:
             if subs:
                 self.fanout(tuple(subs), gap_frame(channel, last, first, reason))
 
-
-def _name(record: memoryview, start: int, end: int, exact: bool = False) -> str:
-    """The channel name at ``record[start:end]``, checked: ASCII, a valid internal name."""
-    if end > len(record) or (exact and end != len(record)):
-        raise ValueError("a name runs past the record")
-    name = str(record[start:end], "ascii")
-    if not valid_internal(name):
-        raise ValueError(f"invalid channel name {name[:40]!r}")
-    return name
-
-
-def _check_seq(seq: int, t: float) -> None:
-    """A seq and a monotonic time from another worker (the same clock: CLOCK_MONOTONIC is system-wide)."""
-    if not 1 <= seq <= MAX_SAFE_INTEGER or not (math.isfinite(t) and -1.0 <= t <= monotonic() + 60.0):
-        raise ValueError(f"seq {seq} or time {t} out of range")
-
-
-def _check_range(name: str, value: int, low: int, high: int) -> None:
-    if not low <= value <= high:
-        raise ValueError(f"{name} {value} out of range")

@@ -17,7 +17,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     ("core", frozenset({"reactor", "buffers", "transport"})),
     ("observability", frozenset({"metrics", "boundary"})),
     ("protocol", frozenset({"websocket"})),
-    ("pubsub", frozenset({"bus", "channels", "broker"})),
+    ("pubsub", frozenset({"bus", "records", "channels", "broker"})),
     ("apps", frozenset({"app"})),
     ("server", frozenset({"worker", "supervisor", "admission", "expiry"})),
     ("entry", frozenset({"cli", "__main__", "__init__"})),
