@@ -58,9 +58,8 @@ class Admission:
         else:
             del self._keys[key]
 
-    def sweep(self, now: float) -> float:
-        """Forget addresses whose bucket is full again; the seconds until the next sweep is useful."""
+    def sweep(self, now: float) -> None:
+        """Forget addresses whose bucket is full again; publish the size of the tables."""
         if self.rate is not None:
             self.rate.sweep(now)
         self.c[_KEYS] = (len(self.rate) if self.rate is not None else 0) + (len(self.counts) if self.counts else 0)
-        return self.rate.idle if self.rate is not None else 5.0

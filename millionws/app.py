@@ -344,12 +344,12 @@ class App:
         self.pubsub.start()
 
     def handle(self, request: h11.Request, body: bytes, admin: bool = False, conn: Any = None) -> Response | None:
-        """Answer one complete request.  Raises HttpError for refusals.
+        """Answer one complete request (its framing already checked at its head: ``http.check_framing``,
+        in the worker).  Raises HttpError for refusals.
 
         None: the answer is deferred (a publish waits for its seq) and will be given through
         ``worker.answer(conn, ...)``, within --publish-timeout.
         """
-        http.check_framing(request)
         target = request.target
         path = http.request_path(target)
         query = target.partition(b"?")[2]
