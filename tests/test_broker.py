@@ -686,7 +686,9 @@ def test_a_frozen_broker_is_noticed_and_its_in_flight_publishes_are_stored_once(
         outbox = h.bridge.backend.outbox
         h.run_until(lambda: outbox and outbox[0].sent, what="the batch sent")
         h.run_until(lambda: not h.up(), timeout=4 * broker_module_heartbeat(), what="the frozen broker noticed")
-        assert [r.getMessage() for r in caplog.records if "connection lost" in r.getMessage()]
+        # The thread reports the state before it writes the log line: poll for the line too.
+        h.run_until(lambda: any("connection lost" in r.getMessage() for r in caplog.records),
+                    what="the loss logged with its reason")
         assert not h.acks() and h.bridge.detail()["outbox"] == 10  # sent, maybe stored: kept
     finally:
         broker.proc.send_signal(signal.SIGCONT)  # it reads and stores what the old connection sent
