@@ -1,6 +1,6 @@
 """The WebSocket frame codec (RFC 6455 section 5) of the tests, the benchmarks and the fuzz target.
 
-The server's own encoder (``millionws.websocket.encode_frame``, ``unmask``) stays in the server and is the
+The server's own encoder (``millionws.protocol.websocket.encode_frame``, ``unmask``) stays in the server and is the
 reference this module is checked against (tests/test_websocket.py; wsproto in tests/test_wscodec.py). This is
 the other side, a client's and a test's: it builds masked client frames and unmasked server frames, well-formed
 or deliberately not (RSV bits, unknown opcodes, unmasked client frames, non-minimal or lying length fields),
@@ -66,7 +66,7 @@ def mask_payload(payload: bytes | bytearray | memoryview, key: bytes) -> bytes:
 def encode(opcode: int, payload: bytes = b"", fin: bool = True, mask: bool = True, rsv: int = 0,
            length: int | None = None, length_bytes: int | None = None, key: bytes | None = None) -> bytes:
     """One frame: masked as a client must (``mask=True``, with ``key`` or a fresh random one), or unmasked as a
-    server sends (``mask=False``: with the defaults, the bytes of ``millionws.websocket.encode_frame``).
+    server sends (``mask=False``: with the defaults, the bytes of ``millionws.protocol.websocket.encode_frame``).
 
     ``rsv`` is the three RSV bits (4: RSV1); ``length`` the value written in the length field (default: the
     payload's; a different one lies about it); ``length_bytes``: see :func:`header`.

@@ -44,11 +44,12 @@ from typing import Any
 
 import h11
 
-from millionws import auth, http, metrics
-from millionws.app import App, Response, Session
-from millionws.channels import owner_of
+from millionws import auth, metrics
+from millionws.apps.app import App, Response, Session
 from millionws.config import Config
-from millionws.reactor import monotonic
+from millionws.core.reactor import monotonic
+from millionws.protocol import http
+from millionws.pubsub.channels import owner_of
 
 MAX_SAFE = (1 << 53) - 1
 SECRET = "fuzz-secret-0123456789abcdef-0123456789"

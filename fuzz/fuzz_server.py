@@ -7,9 +7,9 @@ two fake workers wired by an in-memory mesh (``Hub.on_record``), 6 raw HTTP into
 
 Modes 0-3 drive what a worker does with the bytes it reads from one or two clients:
 
-* HTTP (modes 2, 3): chunks into an h11 parser made by ``millionws.http.new_parser``, events handled as
+* HTTP (modes 2, 3): chunks into an h11 parser made by ``millionws.protocol.http.new_parser``, events handled as
   ``Worker.http_in`` handles them (head and body limits, keep-alive with pipelining, the upgrade through
-  ``http.check_upgrade``), and after a 101 the bytes that follow into ``millionws.websocket.receive``.
+  ``http.check_upgrade``), and after a 101 the bytes that follow into ``millionws.protocol.websocket.receive``.
 * WebSocket (modes 0, 1): chunks from two connections that share one ``FramePool`` (as in a worker) into
   ``websocket.receive``, sometimes with ``websocket.start_close`` (drain, keepalive) between them; mode 1
   builds frames from the input (opcode, RSV bits, mask, length encoding) so that the fuzzer gets past the
@@ -60,12 +60,13 @@ with _instrument:
     import h11
     import wsproto  # noqa: F401  (instrumented here: it parses every frame the fast path hands over)
 
-    from millionws import app as _app  # noqa: F401  (instrumented: the layers of modes 4-7)
     from millionws import auth as _auth  # noqa: F401
-    from millionws import channels as _channels  # noqa: F401
-    from millionws import http, websocket
     from millionws import jsonsafe as _jsonsafe  # noqa: F401
-    from millionws.connection import CLOSING, HTTP, LINGER, OPEN, Connection
+    from millionws.apps import app as _app  # noqa: F401  (instrumented: the layers of modes 4-7)
+    from millionws.protocol import http, websocket
+    from millionws.protocol.lifecycle import CLOSING, HTTP, LINGER, OPEN
+    from millionws.pubsub import channels as _channels  # noqa: F401
+    from millionws.server.connection import Connection
 
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as exc:
         print(f"millionws: {exc}", file=sys.stderr)
         return 2
-    from .supervisor import StartupError, serve
+    from .server.supervisor import StartupError, serve
 
     try:
         return serve(settings)

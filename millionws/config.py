@@ -95,7 +95,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("rate_limit_publishes", float, 0.0, "publishes per second per channel (0: off)"),
     Option("max_connect_rate_per_ip", float, 0.0, "new connections per second per source address (0: off)"),
     Option("max_connections_per_ip", int, 0, "concurrent connections per source address (0: off)"),
-    # -- across nodes (millionws/broker.py) ----------------------------------------------------
+    # -- across nodes (millionws/pubsub/broker.py) ----------------------------------------------------
     Option("bus", str, "", "broker shared by the nodes: nats://host:port or redis://host:port (empty: this node only)"),
     Option("bus_outbox_messages", int, 100_000,
            "publishes a worker keeps waiting for the broker's answer; past it a publish gets unavailable: outbox full"),
@@ -114,7 +114,7 @@ OPTIONS: tuple[Option, ...] = (
            "NATS: live message bytes a subscription may buffer; past it the client drops them (then caught up)"),
     Option("bus_max_json_depth", int, 64,
            "deepest JSON accepted from the broker (<= 512; with --bus >= --max-json-depth); deeper: malformed, gap"),
-    # -- between the workers of one node (millionws/bus.py) ----------------------------------------
+    # -- between the workers of one node (millionws/pubsub/mesh.py) ----------------------------------------
     Option("mesh_socket_buffer", int, 4 << 20,
            "bytes in flight per direction on each worker-to-worker socket; past it records wait in an outbox"),
     Option("mesh_max_datagram", int, 256 << 10,
@@ -123,7 +123,7 @@ OPTIONS: tuple[Option, ...] = (
            "bytes queued for a worker that is not reading; past it records to it are dropped (counted, logged)"),
     Option("mesh_datagrams_per_wake", int, 64,
            "datagrams read from one worker per readiness; the rest wait for the next loop turn"),
-    # -- the loop of each worker (millionws/worker.py, reactor.py) -----------------------------------
+    # -- the loop of each worker (millionws/server/worker.py, reactor.py) -----------------------------------
     Option("receive_buffer", int, 256 << 10,
            "bytes one read takes from a socket (one buffer per worker); more input waits for the next read"),
     Option("buffer_pool_size", int, 256,

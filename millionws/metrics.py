@@ -35,8 +35,8 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from .auth import AUTH_REASONS
-from .connection import REASONS
-from .http import HANDSHAKE_REASONS
+from .protocol.http import HANDSHAKE_REASONS
+from .protocol.lifecycle import REASONS
 
 HTTP_STATUSES = (101, 200, 202, 400, 401, 403, 404, 405, 408, 413, 426, 429, 431, 500, 501, 503, 0)  # 0: any other
 ACCEPT_ERRORS = ("emfile", "other")

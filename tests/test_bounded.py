@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import socket
 
-from millionws import bus, metrics
-from millionws.channels import GAP_REASONS, GAP_UNKNOWN
+from millionws import metrics
+from millionws.core.reactor import Reactor
 from millionws.metrics import F
+from millionws.pubsub import mesh as bus
+from millionws.pubsub.channels import GAP_REASONS, GAP_UNKNOWN
 from millionws.ratelimit import KeyedBuckets, Rate
-from millionws.reactor import Reactor
 from tests.test_channels import Conn, Node
 
 
@@ -111,8 +112,9 @@ def test_token_expiry_entries_of_closed_connections_are_compacted_away():
     import time
 
     from millionws.config import Config
-    from millionws.connection import OPEN, Connection
-    from millionws.worker import Worker
+    from millionws.protocol.lifecycle import OPEN
+    from millionws.server.connection import Connection
+    from millionws.server.worker import Worker
 
     worker = Worker(Config(workers=1), 0, metrics.SharedStats(1))
     peers = []
@@ -137,7 +139,7 @@ def test_token_expiry_entries_of_closed_connections_are_compacted_away():
 
 
 def test_the_replay_buffer_holds_at_most_its_bytes():
-    from millionws.channels import ReplayBuffer
+    from millionws.pubsub.channels import ReplayBuffer
 
     buffer = ReplayBuffer(120.0, 1000, max_bytes=10_000)
     for seq in range(1, 101):
@@ -170,14 +172,14 @@ def test_channels_a_worker_sequences_are_bounded_and_a_refusal_is_answered():
 
 def _worker(**limits):
     from millionws.config import Config
-    from millionws.worker import Worker
+    from millionws.server.worker import Worker
 
     return Worker(Config(workers=1, **limits), 0, metrics.SharedStats(1))
 
 
 def _http_conn(worker):
-    from millionws import http
-    from millionws.connection import Connection
+    from millionws.protocol import http
+    from millionws.server.connection import Connection
 
     a, b = socket.socketpair()
     conn = Connection(a.detach(), http.new_parser(worker.config.max_request_head))
@@ -257,7 +259,7 @@ def test_pipelined_requests_are_answered_at_most_the_budget_per_turn():
 
 
 def test_connections_are_accepted_at_most_the_batch_per_readiness():
-    from millionws.worker import listen_socket
+    from millionws.server.worker import listen_socket
 
     worker = _worker(accept_batch=2)  # --accept-batch 2
     listener = listen_socket("127.0.0.1", 0, 16)
@@ -278,7 +280,7 @@ def test_connections_are_accepted_at_most_the_batch_per_readiness():
 def test_an_answer_that_raises_does_not_stop_the_others_from_timing_out(monkeypatch):
     import pytest
 
-    from millionws import channels
+    from millionws.pubsub import channels
 
     scheduled = []
     node = Node(2, publish_timeout=5.0, call_later=lambda delay, fn: scheduled.append(fn))

@@ -13,8 +13,11 @@ from collections.abc import Callable
 
 import pytest
 
-from millionws import broker, metrics
-from millionws.broker import (
+from millionws import metrics
+from millionws.config import DEFAULTS
+from millionws.core.reactor import EPOLLIN, Reactor
+from millionws.pubsub import broker
+from millionws.pubsub.broker import (
     E_ACK,
     E_GAP,
     E_MSG,
@@ -32,8 +35,6 @@ from millionws.broker import (
     redact,
     subject_token,
 )
-from millionws.config import DEFAULTS
-from millionws.reactor import EPOLLIN, Reactor
 from tests.conftest import free_port
 
 F = metrics.F
@@ -76,7 +77,7 @@ def test_records_read_from_the_broker_are_checked():
 
 
 def test_failure_lines_are_rate_limited_per_reason(monkeypatch, caplog):
-    caplog.set_level(logging.WARNING, "millionws.broker")
+    caplog.set_level(logging.WARNING, "millionws.pubsub.broker")
     now = [1000.0]
     monkeypatch.setattr(broker, "time", types.SimpleNamespace(monotonic=lambda: now[0], time=time.time))
     limit = broker._Limiter()
@@ -541,7 +542,7 @@ def test_acks_arrive_in_publish_order_with_consecutive_seqs(broker, harness):
 
 @pytest.mark.parametrize("scheme", ["nats", "redis"])
 def test_a_publish_while_the_broker_is_down_is_refused_at_once(scheme, harness, caplog):
-    caplog.set_level(logging.WARNING, "millionws.broker")
+    caplog.set_level(logging.WARNING, "millionws.pubsub.broker")
     url = f"{scheme}://127.0.0.1:{free_port()}"  # nobody listens
     h = harness(url).start()
     h.run_until(lambda: h.bridge.error, what="a failed connect")
@@ -559,7 +560,7 @@ def test_a_publish_while_the_broker_is_down_is_refused_at_once(scheme, harness, 
 
 
 def test_a_broker_killed_with_publishes_in_flight_answers_each_once_and_stores_each_once(broker, harness, caplog):
-    caplog.set_level(logging.INFO, "millionws.broker")
+    caplog.set_level(logging.INFO, "millionws.pubsub.broker")
     h = harness(broker.url, replay_max_messages=100_000).start()
     h.run_until(h.up, what="bus up")
     first = [h.publish("kill", {"i": i}) for i in range(200)]
@@ -677,7 +678,7 @@ def test_preflight_rejects_an_unknown_scheme():
 
 
 def test_a_frozen_broker_is_noticed_and_its_in_flight_publishes_are_stored_once(broker, harness, caplog):
-    caplog.set_level(logging.WARNING, "millionws.broker")
+    caplog.set_level(logging.WARNING, "millionws.pubsub.broker")
     h = harness(broker.url).start()
     h.run_until(h.up, what="bus up")
     broker.proc.send_signal(signal.SIGSTOP)  # no RST, no answer: only pings / heartbeats can tell

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 
 from millionws import metrics
-from millionws.broker import (
+from millionws.pubsub.broker import (
     E_ACK,
     E_GAP,
     E_REPLAY,
@@ -153,7 +153,7 @@ def nats_without_jetstream(tmp_path) -> Iterator[str]:
 
 
 def test_nats_without_jetstream_is_refused_at_preflight_and_never_up(nats_without_jetstream, harness, caplog):  # noqa: F811
-    caplog.set_level(logging.WARNING, "millionws.broker")
+    caplog.set_level(logging.WARNING, "millionws.pubsub.broker")
     url = nats_without_jetstream
     with pytest.raises(BusConfigError) as info:
         preflight(url)

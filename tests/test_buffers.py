@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from millionws.buffers import BufferPool, ReceiveBuffer
+from millionws.core.buffers import BufferPool, ReceiveBuffer
 
 
 def test_pool_reuses_and_empties_buffers():

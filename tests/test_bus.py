@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from millionws.bus import LocalBus, Mesh
-from millionws.reactor import EPOLLOUT, Reactor
+from millionws.core.reactor import EPOLLOUT, Reactor
+from millionws.pubsub.mesh import LocalBus, Mesh
 
 
 def pair():

@@ -9,8 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from benchmarks.wscodec import server_frames
-from millionws import channels, metrics
-from millionws.channels import GAP_EXPIRED, GAP_NONE, GAP_UNKNOWN, ChannelError, Hub, ReplayBuffer
+from millionws import metrics
+from millionws.pubsub import channels
+from millionws.pubsub.channels import GAP_EXPIRED, GAP_NONE, GAP_UNKNOWN, ChannelError, Hub, ReplayBuffer
 
 
 class Conn:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from millionws import connection as c
-from millionws import websocket
-from millionws.connection import TRANSITIONS, Connection, advance
+from millionws.protocol import lifecycle as c
+from millionws.protocol import websocket
+from millionws.protocol.lifecycle import TRANSITIONS, advance
+from millionws.server.connection import F_PING_SENT, Connection
 
 
 def record(state: int) -> Connection:
@@ -40,12 +41,12 @@ def test_every_way_out_of_a_websocket_goes_through_linger():
 def test_the_protocol_reports_and_never_writes_the_lifecycle():
     pool = websocket.FramePool()
     conn = record(c.OPEN)
-    conn.flags = c.F_PING_SENT
+    conn.flags = F_PING_SENT
     masked_close = b"\x88\x82\x00\x00\x00\x00\x03\xe8"  # Close 1000, masked with a zero key
     out, event = websocket.receive(conn, b"\x8a\x80\x00\x00\x00\x00" + masked_close, lambda *a: None, 1 << 20,
                                    pool)
     assert event == websocket.PONG | c.PEER_CLOSED and out.startswith(b"\x88")  # the Close answered
-    assert (conn.state, conn.reason, conn.flags) == (c.OPEN, c.R_NORMAL, c.F_PING_SENT)  # untouched
+    assert (conn.state, conn.reason, conn.flags) == (c.OPEN, c.R_NORMAL, F_PING_SENT)  # untouched
     conn = record(c.OPEN)
     out, event = websocket.receive(conn, b"\x81\x05hello", lambda *a: None, 1 << 20, pool)  # unmasked: 1002
     assert event == c.FAILED_PROTOCOL and conn.state == c.OPEN and out.startswith(b"\x88")

@@ -3,7 +3,7 @@ from __future__ import annotations
 import h11
 import pytest
 
-from millionws import http
+from millionws.protocol import http
 
 
 def request(headers, method=b"GET", target=b"/echo", version=b"1.1"):

@@ -5,7 +5,7 @@ import socket
 import threading
 import time
 
-from millionws.reactor import EPOLLIN, Reactor, TimerWheel
+from millionws.core.reactor import EPOLLIN, Reactor, TimerWheel
 
 
 class Rec:

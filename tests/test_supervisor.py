@@ -7,7 +7,7 @@ import sys
 def test_soft_fd_limit_is_raised_to_the_hard_limit():
     code = (
         "import resource\n"
-        "from millionws.supervisor import Supervisor\n"
+        "from millionws.server.supervisor import Supervisor\n"
         "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
         "resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))\n"
         "print(Supervisor.raise_fd_limit() == (hard, hard) == resource.getrlimit(resource.RLIMIT_NOFILE))\n"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
-from millionws.transport import PLAIN, Transport
+from millionws.core.transport import PLAIN, Transport
 
 
 def test_plain_is_the_c_functions_so_the_seam_costs_no_call():

@@ -1,4 +1,4 @@
-"""millionws.websocket: the fast path and the pooled wsproto behave like one dedicated wsproto per client.
+"""millionws.protocol.websocket: the fast path and the pooled wsproto behave like one dedicated wsproto per client.
 
 The reference below feeds every byte of a client to its own ``wsproto`` connection and applies
 the rules the module documents (reassemble up to ``max_size``, refuse an oversized frame at its
@@ -23,22 +23,24 @@ from wsproto.connection import ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 
 from benchmarks.wscodec import close_code, close_payload, encode, header, mask_payload, server_frames
-from millionws import websocket
-from millionws.connection import (
+from millionws.protocol import websocket
+from millionws.protocol.lifecycle import (
     CLOSE_SENT,
     CLOSING,
-    F_PING_SENT,
     LINGER,
     OPEN,
     R_ERROR,
     R_NORMAL,
     R_PROTOCOL,
     R_TOO_BIG,
-    Connection,
     advance,
+)
+from millionws.protocol.websocket import FramePool, encode_frame, frame_header, unmask, unmask_python
+from millionws.server.connection import (
+    F_PING_SENT,
+    Connection,
     apply,
 )
-from millionws.websocket import FramePool, encode_frame, frame_header, unmask, unmask_python
 
 TOO_BIG_REASON = "message too big"  # the reason text websocket._fail sends with 1009
 

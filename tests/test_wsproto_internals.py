@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from wsproto.connection import Connection, ConnectionType
 
-from millionws import wsproto_internals
+from millionws.protocol import wsproto_internals
 
 
 def test_idle_and_partial_frames_are_seen():

@@ -18,7 +18,8 @@ from tests.e2e.test_pubsub import channel_owned_by
 from tests.e2e.test_routes import metrics, total
 
 FAULTS = '''
-from millionws import app, channels
+from millionws.apps import app
+from millionws.pubsub import channels
 
 _on_message = app.Echo.on_message
 def on_message(self, conn, is_text, payload):
@@ -116,7 +117,7 @@ def test_a_record_that_breaks_the_owner_is_dropped_and_the_publisher_still_gets_
 
 
 LOST_ANSWERS = '''
-from millionws import channels
+from millionws.pubsub import channels
 
 channels.Hub._acked = lambda self, req, seq, error, reach: None  # a PUBACK that is lost on the way back
 channels.Hub.expire = lambda self, now: None  # ... and a hub that forgets to time it out

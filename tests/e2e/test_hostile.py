@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from millionws.channels import owner_of
+from millionws.pubsub.channels import owner_of
 from tests.conftest import Server, free_port, wait_for
 from tests.test_metrics_helpers import metric_samples
 from tests.wsraw import RawClient, frame, upgrade_request

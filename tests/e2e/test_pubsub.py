@@ -13,7 +13,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from benchmarks.wscodec import close_code
-from millionws.channels import owner_of
+from millionws.pubsub.channels import owner_of
 from tests.conftest import wait_for
 from tests.e2e.test_routes import metrics, total
 from tests.wsraw import RawClient, frame

@@ -42,7 +42,7 @@ from websockets.sync.client import connect as sync_connect
 
 from benchmarks import wscodec
 from benchmarks.wscodec import server_frames
-from millionws.connection import OPEN
+from millionws.protocol.lifecycle import OPEN
 from tests.conftest import Server, free_port, http_get, wait_for
 from tests.test_metrics_helpers import metric_total
 from tests.test_websocket import ENDINGS, VALID, Reference

@@ -1,25 +1,15 @@
-"""The per-connection record.
+"""The lifecycle of one connection: its states, the events that move it, and the one table of moves.
 
-Theory of operation: a connection is one small ``__slots__`` object and nothing else.
-It names its file descriptor (an ``int``: no socket object is kept), its state, and
-the few things that are non-empty only while something is in flight:
+Theory of operation: a connection starts in ``HTTP`` and ends in ``CLOSED``; in between, the RFC 6455
+closing handshake (section 7) decides whether it passes through ``CLOSING`` (we spoke first and wait
+for the peer's Close) before ``LINGER`` (flush, FIN, wait for the peer's FIN).  Two parties report
+events: the WebSocket layer (:func:`websocket.receive` returns ``PEER_CLOSED``, ``CLOSE_ANSWERED``,
+``FAILED_PROTOCOL`` or ``FAILED_TOO_BIG``) and the server (``UPGRADED``, ``LAST_ANSWER``, ``CLOSE_SENT``,
+``GOODBYE``).  Neither writes a state: the server calls :func:`advance`, which looks the pair up in
+:data:`TRANSITIONS`.  This module is the protocol's vocabulary, so it sits below both the WebSocket
+layer that reports and the server that applies (``server/connection.py`` holds the record).
 
-* ``http``: the h11 parser, only until the request is answered or upgraded;
-* ``ws``: wsproto's frame-level connection, only while a frame or fragmented message is
-  incomplete or the closing handshake runs (between messages it goes back to a pool);
-* ``pending``: bytes the kernel refused, only until they drain;
-* ``msg``: fragments of a message being reassembled;
-* ``bucket``, ``peer``: rate-limit state and source address, only when those limits are on.
-
-An idle WebSocket therefore costs this record, its dict entry and the kernel socket.
-
-Who writes what: ``state``, ``reason`` and ``flags`` are the server's, and ``state`` changes
-only through :func:`advance` and the one table below (``CLOSED`` is set by the worker's
-``close``, the only way out).  ``ws``, ``msg`` and ``msg_size`` are lent to the WebSocket
-protocol as its memory for the message in flight; it reports what happened (an event of
-``websocket``) and the server applies it here.
-
-States (``state``):
+States:
 
 ===========  =====================================================================
 HTTP         reading HTTP requests (h11); plain HTTP and the upgrade request
@@ -79,17 +69,7 @@ EVENT_MASK = 0xFF
 PONG = 0x100
 
 
-def apply(conn: Connection, reported: int) -> None:
-    """Apply what the WebSocket layer reported, unless the server already ended the connection
-    meanwhile (a failed write, a slow-consumer goodbye during the application's call)."""
-    if reported & PONG:
-        conn.flags &= ~F_PING_SENT
-    event = reported & EVENT_MASK
-    if event != NO_EVENT and (conn.state == OPEN or conn.state == CLOSING):
-        advance(conn, event)
-
-
-def advance(conn: Connection, event: int) -> int:
+def advance(conn: Any, event: int) -> int:
     """Apply ``event`` to ``conn`` through :data:`TRANSITIONS`; return the new state."""
     try:
         state, reason = TRANSITIONS[conn.state, event]
@@ -99,37 +79,3 @@ def advance(conn: Connection, event: int) -> int:
     if reason is not None:
         conn.reason = reason
     return state
-
-
-# flags
-F_PAUSED = 1  # reading stopped: pending bytes over the limit
-F_PING_SENT = 2  # a keepalive ping is unanswered
-F_SHUT = 4  # our FIN is sent
-F_ADMIN = 32  # accepted on the admin port: only /health, /metrics, /stats
-F_WAITING = 64  # an HTTP answer is deferred (a publish waits for its seq): not reading meanwhile
-F_EXPIRES = 128  # an entry of the token-expiry heap names this connection
-
-
-class Connection:
-    """One client connection; see the module docstring for what each slot holds."""
-
-    __slots__ = ("fd", "state", "flags", "deadline", "http", "ws", "pending", "msg", "msg_size",
-                 "app", "reason", "bucket", "peer")
-
-    def __init__(self, fd: int, http: Any) -> None:
-        self.fd = fd
-        self.state = HTTP
-        self.flags = 0
-        self.deadline = 0
-        self.http = http
-        self.ws: Any = None
-        self.pending: bytearray | None = None
-        self.msg: list[bytes] | None = None
-        self.msg_size = 0
-        self.app: Any = None
-        self.reason = R_NORMAL
-        self.bucket: list[float] | None = None  # rate-limit state, created on first use when limits are on
-        self.peer: str | None = None  # source address, kept only when per-address limits are on
-
-    def __repr__(self) -> str:
-        return f"<Connection fd={self.fd} {STATE_NAMES[self.state]} flags={self.flags}>"

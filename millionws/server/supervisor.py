@@ -9,10 +9,10 @@ next scheduled restart.
   that doubles with each quick death (0.1 s up to 5 s; reset once a worker lived 10 s),
   counted in ``millionws_worker_restarts_total``.
 * SIGTERM or SIGINT: the signal is passed on to every worker, which drains (see
-  :mod:`millionws.worker`); the supervisor exits 0 when all have exited, and kills what
+  :mod:`millionws.server.worker`); the supervisor exits 0 when all have exited, and kills what
   is left at ``grace`` seconds.  A second signal kills the workers at once and exits 1.
 * Before forking it makes the mesh of socketpairs the workers talk through
-  (:mod:`millionws.bus`) and keeps every end, so a restarted worker gets its links back.
+  (:mod:`millionws.pubsub.mesh`) and keeps every end, so a restarted worker gets its links back.
 * Workers ask the kernel for SIGTERM when the supervisor dies (PR_SET_PDEATHSIG), so a
   killed supervisor never leaves orphans holding the port.
 * Fail fast (:meth:`Supervisor.preflight`): before the first fork, whatever cannot work
@@ -37,13 +37,13 @@ import socket
 import sys
 import time
 
-from .auth import Verifier
-from .bus import Mesh
-from .config import Config
-from .metrics import SharedStats
+from ..auth import Verifier
+from ..config import Config
+from ..metrics import SharedStats
+from ..pubsub.mesh import Mesh
 from .worker import run_worker
 
-log = logging.getLogger("millionws.supervisor")
+log = logging.getLogger("millionws.server.supervisor")
 
 _PR_SET_PDEATHSIG = 1
 
@@ -78,7 +78,7 @@ class Supervisor:
             if port:
                 self._lock_port(port)
         if cfg.bus:
-            from .broker import BusConfigError, preflight
+            from ..pubsub.broker import BusConfigError, preflight
 
             try:
                 warning = preflight(cfg.bus)

@@ -69,8 +69,9 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ..metrics import F, WorkerStats
+from ..protocol.websocket import encode_frame
 from . import records
-from .metrics import F, WorkerStats
 from .records import (  # re-exported: the names of a channel and of a gap belong to this module's callers too
     CHANNEL_RE,
     GAP_EXPIRED,
@@ -89,9 +90,8 @@ from .records import (  # re-exported: the names of a channel and of a gap belon
     USER_PREFIX,
     USER_RE,
 )
-from .websocket import encode_frame
 
-log = logging.getLogger("millionws.channels")
+log = logging.getLogger("millionws.pubsub.channels")
 
 # User ids (token ``sub``, ``/users/{id}``, ``?user=``): the channel charset plus what common
 # identity providers put in a subject (``auth0|5f7c...``, ``alice@example.com``, ``a+b``, base64 ``=``).

@@ -14,7 +14,8 @@ import heapq
 from collections.abc import Iterator
 from typing import Any
 
-from .connection import CLOSED, F_EXPIRES
+from ..protocol.lifecycle import CLOSED
+from .connection import F_EXPIRES
 
 _COMPACT_AFTER = 64  # stale entries tolerated before compaction is considered
 

@@ -40,15 +40,16 @@ from urllib.parse import parse_qs, unquote_to_bytes
 import h11
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from . import http, jsonsafe, metrics
-from .auth import AuthError, Identity, Verifier, bearer, extract_token
-from .channels import ChannelError, Hub, user_channel, valid_channel, valid_user
-from .config import Config
-from .http import HttpError
-from .jsonsafe import JsonError
-from .ratelimit import KeyedBuckets, Rate
-from .reactor import monotonic
-from .websocket import encode_frame
+from .. import jsonsafe, metrics
+from ..auth import AuthError, Identity, Verifier, bearer, extract_token
+from ..config import Config
+from ..core.reactor import monotonic
+from ..jsonsafe import JsonError
+from ..protocol import http
+from ..protocol.http import HttpError
+from ..protocol.websocket import encode_frame
+from ..pubsub.channels import ChannelError, Hub, user_channel, valid_channel, valid_user
+from ..ratelimit import KeyedBuckets, Rate
 
 F = metrics.F
 _MSG_IN, _MSG_OUT = F["messages_in"], F["messages_out"]
@@ -132,7 +133,7 @@ class PubSub:
                        cfg.max_subscribers_per_worker, cfg.publish_timeout, cfg.replay_timeout,
                        worker.reactor.call_later, cfg.replay_max_bytes, cfg.max_channels_per_worker)
         worker.bus.on_record = self.hub.on_record
-        if cfg.bus:  # across nodes: millionws/broker.py
+        if cfg.bus:  # across nodes: millionws/pubsub/broker.py
             self.hub.connect_bus(cfg.bus, worker.reactor, outbox_messages=cfg.bus_outbox_messages,
                                  publish_batch=cfg.bus_publish_batch, fetch_batch=cfg.bus_fetch_batch,
                                  events_per_wake=cfg.bus_events_per_wake, backoff_min=cfg.bus_backoff_min,

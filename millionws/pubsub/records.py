@@ -23,7 +23,7 @@ import struct
 import time
 from typing import Any
 
-from .jsonsafe import MAX_SAFE_INTEGER
+from ..jsonsafe import MAX_SAFE_INTEGER
 
 T_PUB, T_MSG, T_INTEREST, T_UNINTEREST, T_REPLAY_REQ, T_REPLAY, T_HELLO, T_PUBACK = range(1, 9)
 _PUB = struct.Struct("!BdIH")

@@ -36,12 +36,12 @@ import socket
 import struct
 from collections.abc import Callable
 
-from . import boundary
-from .config import DEFAULTS
-from .metrics import F
-from .reactor import EPOLLIN, EPOLLOUT, Reactor
+from .. import boundary
+from ..config import DEFAULTS
+from ..core.reactor import EPOLLIN, EPOLLOUT, Reactor
+from ..metrics import F
 
-log = logging.getLogger("millionws.bus")
+log = logging.getLogger("millionws.pubsub.mesh")
 
 START = 1
 _LEN = struct.Struct("!I")

@@ -11,8 +11,8 @@ closes the descriptor at once (the cheapest answer to a flood).  No I/O here.
 
 from __future__ import annotations
 
-from .metrics import F
-from .ratelimit import KeyedBuckets, Rate
+from ..metrics import F
+from ..ratelimit import KeyedBuckets, Rate
 
 _REFUSED_RATE, _REFUSED_COUNT = F["rate_limited_connect_rate"], F["rate_limited_connections_per_ip"]
 _KEYS = F["admission_keys"]

@@ -37,8 +37,8 @@ from wsproto.connection import ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
 from wsproto.frame_protocol import CloseReason
 
-from .config import DEFAULTS
-from .connection import (
+from ..config import DEFAULTS
+from .lifecycle import (
     CLOSE_ANSWERED,
     EVENT_MASK,
     FAILED_PROTOCOL,

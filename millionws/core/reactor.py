@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from .config import DEFAULTS
+from ..config import DEFAULTS
 
 EPOLLIN = select.EPOLLIN
 EPOLLOUT = select.EPOLLOUT

@@ -10,7 +10,7 @@ drained does not pin 1 MiB.
 
 from __future__ import annotations
 
-from .config import DEFAULTS
+from ..config import DEFAULTS
 
 
 class BufferPool:

@@ -144,14 +144,14 @@ from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
-from . import boundary
-from .config import DEFAULTS
-from .jsonsafe import MAX_SAFE_INTEGER, JsonError
-from .jsonsafe import parse as parse_json
-from .metrics import F
-from .reactor import EPOLLIN, Reactor
+from .. import boundary
+from ..config import DEFAULTS
+from ..core.reactor import EPOLLIN, Reactor
+from ..jsonsafe import MAX_SAFE_INTEGER, JsonError
+from ..jsonsafe import parse as parse_json
+from ..metrics import F
 
-log = logging.getLogger("millionws.broker")
+log = logging.getLogger("millionws.pubsub.broker")
 
 CONNECT_TIMEOUT = 2.0
 HEARTBEAT = 5.0

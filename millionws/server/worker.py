@@ -44,22 +44,18 @@ from typing import Any
 
 import h11
 
-from . import boundary, http, websocket
-from .admission import Admission
-from .app import App, Response
-from .buffers import BufferPool, ReceiveBuffer
-from .bus import LocalBus, Mesh
-from .config import Config
-from .connection import (
+from .. import boundary
+from ..apps.app import App, Response
+from ..config import Config
+from ..core.buffers import BufferPool, ReceiveBuffer
+from ..core.reactor import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Reactor, monotonic
+from ..core.transport import PLAIN, Transport
+from ..metrics import DISCONNECT0, HANDSHAKE0, F, SharedStats, WorkerStats
+from ..protocol import http, websocket
+from ..protocol.lifecycle import (
     CLOSE_SENT,
     CLOSED,
     CLOSING,
-    F_ADMIN,
-    F_EXPIRES,
-    F_PAUSED,
-    F_PING_SENT,
-    F_SHUT,
-    F_WAITING,
     GOODBYE,
     HTTP,
     LAST_ANSWER,
@@ -72,18 +68,25 @@ from .connection import (
     R_SLOW,
     R_TIMEOUT,
     UPGRADED,
-    Connection,
     advance,
+)
+from ..protocol.websocket import PING_FRAME, FramePool
+from ..pubsub.mesh import LocalBus, Mesh
+from ..ratelimit import Rate
+from .admission import Admission
+from .connection import (
+    F_ADMIN,
+    F_EXPIRES,
+    F_PAUSED,
+    F_PING_SENT,
+    F_SHUT,
+    F_WAITING,
+    Connection,
     apply,
 )
 from .expiry import Expiries
-from .metrics import DISCONNECT0, HANDSHAKE0, F, SharedStats, WorkerStats
-from .ratelimit import Rate
-from .reactor import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Reactor, monotonic
-from .transport import PLAIN, Transport
-from .websocket import PING_FRAME, FramePool
 
-log = logging.getLogger("millionws.worker")
+log = logging.getLogger("millionws.server.worker")
 
 _CONNECTIONS, _ACCEPTED, _BYTES_IN, _BYTES_OUT = F["connections"], F["accepted"], F["bytes_in"], F["bytes_out"]
 _SLOW_CONSUMERS = F["slow_consumers"]
