@@ -29,7 +29,7 @@ Invariants (any other exception, or a failed ``assert``, is a finding; in a work
   fragments; the application sees only whole messages within the limit, text in valid UTF-8.
 * The pool holds only idle wsproto objects, never one that a connection still uses.
 * Differential: each connection's output and messages equal those of one dedicated wsproto connection fed
-  the same chunks (``tests.test_websocket.Reference``, itself checked against the RFC cases).
+  the same chunks (``tests.protocol.test_websocket.Reference``, itself checked against the RFC cases).
 
 Run: ``python fuzz/fuzz_server.py [libFuzzer flags] CORPUS_DIR fuzz/seeds`` (see fuzz/README.md);
 ``python fuzz/fuzz_server.py --write-seeds fuzz/seeds`` rewrites the seed inputs.  Without atheris the
@@ -73,7 +73,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:
 import app_layer  # noqa: E402  (the harness of modes 4-7; not instrumented)
 
 from benchmarks import wscodec  # noqa: E402  (the frame codec of the tests and benchmarks; not instrumented)
-from tests.test_websocket import Reference, receive, start_close  # noqa: E402  (the oracle is not instrumented: its coverage is noise)
+from tests.protocol.test_websocket import Reference, receive, start_close  # noqa: E402  (the oracle is not instrumented: its coverage is noise)
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 WIRE_CODES = {1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, *range(3000, 5000)}

@@ -12,7 +12,7 @@ from millionws.metrics import F
 from millionws.pubsub import mesh as bus
 from millionws.pubsub.channels import GAP_REASONS, GAP_UNKNOWN
 from millionws.ratelimit import KeyedBuckets, Rate
-from tests.test_channels import Conn, Node
+from tests.pubsub.test_channels import Conn, Node
 
 
 def test_a_publish_is_answered_with_its_seq_once_the_owner_sequenced_it():
@@ -297,7 +297,7 @@ def test_an_answer_that_raises_does_not_stop_the_others_from_timing_out(monkeypa
     monkeypatch.setattr(channels, "monotonic", lambda: 10.0 ** 9)
     scheduled.clear()
     with pytest.raises(RuntimeError):
-        hub._expire_tick()  # the reactor's boundary counts this one (tests/test_reactor.py)
+        hub._expire_tick()  # the reactor's boundary counts this one (tests/core/test_reactor.py)
     assert scheduled, "the tick must come again"
     scheduled.pop()()
     assert answers == [(0, "publish_timeout", -1)] and hub.acks == {}

@@ -20,7 +20,7 @@ Theory of operation (sans-IO: bytes in, events to the application, bytes out):
   with nothing buffered (:func:`wsproto_internals.is_idle`: the one module that reads wsproto's
   private state), the object goes back to the pool.  A pooled
   object in that state is indistinguishable from a fresh one, so the behaviour is that
-  of a dedicated wsproto connection per client (``tests/test_websocket.py`` proves it
+  of a dedicated wsproto connection per client (``tests/protocol/test_websocket.py`` proves it
   against one on random splits of random frame streams).
 * The closing handshake keeps its wsproto object until the descriptor is closed.
 * Messages reach the application whole (fragments are reassembled up to

@@ -44,8 +44,8 @@ from benchmarks import wscodec
 from benchmarks.wscodec import server_frames
 from millionws.protocol.lifecycle import OPEN
 from tests.conftest import Server, free_port, http_get, wait_for
+from tests.protocol.test_websocket import ENDINGS, VALID, Reference
 from tests.test_metrics_helpers import metric_total
-from tests.test_websocket import ENDINGS, VALID, Reference
 from tests.wsraw import RawClient, close_payload, frame, upgrade_request
 
 pytestmark = pytest.mark.e2e
@@ -310,7 +310,7 @@ def check_outcome(script: Script, result: Outcome) -> str:
 
     Allowed: HTTP responses with a status (keep-alive ones 200 with ``Connection: keep-alive``, a refusal
     last with ``Connection: close``); after a 101, exactly what one dedicated wsproto connection would send
-    for the same bytes (echoes, pongs, a Close with the code it picks: ``tests.test_websocket.Reference``),
+    for the same bytes (echoes, pongs, a Close with the code it picks: ``tests.protocol.test_websocket.Reference``),
     give or take keepalive pings, a 1011 from the keepalive when the peer stayed silent long enough, and
     which of 1002/1007/1009 a failure is detected as.  Then the server closes TCP: an orderly FIN, never a
     reset, unless we reset first (then what we read must be a prefix of the above).

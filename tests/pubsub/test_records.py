@@ -1,6 +1,6 @@
 """Records between workers are input like any other: ``Hub.on_record`` drops what is malformed.
 
-A hub is built directly with fakes (as in tests/test_channels.py) and given a state that every table
+A hub is built directly with fakes (as in tests/pubsub/test_channels.py) and given a state that every table
 shows: owned channels with a replay buffer and a peer's interest, local subscribers of channels owned
 here and elsewhere, a connection held for its replay (a request waiting), a publish waiting for its
 ``PUBACK``, a user's channel.  Each malformed record (unknown type, truncated, wrong lengths, a name

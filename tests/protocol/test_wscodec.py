@@ -1,6 +1,6 @@
 """benchmarks.wscodec, the frame codec of the tests and the benchmarks, checked on its own and against wsproto.
 
-Against the server: tests/test_websocket.py (encoding and unmasking) checks that its unmasked frames are the
+Against the server: tests/protocol/test_websocket.py (encoding and unmasking) checks that its unmasked frames are the
 bytes of ``millionws.protocol.websocket.encode_frame`` and that ``unmask`` undoes its masking.
 """
 

@@ -28,7 +28,7 @@ from millionws.pubsub.broker import (
     preflight,
 )
 from tests.conftest import free_port, wait_for
-from tests.test_broker import Harness, harness  # noqa: F401  (the fixture)
+from tests.pubsub.test_broker import Harness, harness  # noqa: F401  (the fixture)
 
 F = metrics.F
 CHANNEL = "hostile"
