@@ -1,14 +1,13 @@
 """The WebSocket frame codec (RFC 6455 section 5) of the tests, the benchmarks and the fuzz target.
 
-The server's own encoder (``millionws.protocol.websocket.encode_frame``, ``unmask``) stays in the server
-and is the reference this module is checked against (tests/protocol/test_websocket.py; wsproto in
-tests/protocol/test_wscodec.py). This is the other side, a client's and a test's: it builds masked client
-frames and unmasked server frames, well-formed or deliberately not (RSV bits, unknown opcodes, unmasked client frames, non-minimal or lying length fields),
-and splits what a server sends back into frames.
+The server's own encoder (``millionws.protocol.websocket.encode_frame``, ``unmask``) stays in the server and is the
+reference this module is checked against (tests/protocol/test_websocket.py; wsproto in
+tests/protocol/test_wscodec.py). This is the other side, a client's and a test's: it builds masked client frames and
+unmasked server frames, well-formed or deliberately not (RSV bits, unknown opcodes, unmasked client frames,
+non-minimal or lying length fields), and splits what a server sends back into frames.
 
-Nothing here touches a socket or keeps per-connection state: callers hold the bytes. ``split_frames`` is the
-load generator's inner loop, so it allocates nothing per frame but the payload slice it hands back.
-"""
+Nothing here touches a socket or keeps per-connection state: callers hold the bytes. ``split_frames`` is the load
+generator's inner loop, so it allocates nothing per frame but the payload slice it hands back."""
 
 from __future__ import annotations
 

@@ -1,11 +1,10 @@
 """The fuzz target fuzz/fuzz_server.py: its seeds, a hypothesis run in process, a bounded atheris run.
 
-The target drives millionws.protocol.http (with h11) and millionws.protocol.websocket in process, and
-above them the /pubsub JSON handling (PubSub, Hub and the records between two fake workers) and App.handle
-(fuzz/app_layer.py), and asserts their invariants (see the docstrings).  ``just fuzz`` runs it for as long as one likes; here it
-runs for about 20 seconds under atheris (coverage-guided), and for a few hundred hypothesis examples in any
-case, so that the suite exercises the same target when atheris is not installed.
-"""
+The target drives millionws.protocol.http (with h11) and millionws.protocol.websocket in process, and above them the
+/pubsub JSON handling (PubSub, Hub and the records between two fake workers) and App.handle (fuzz/app_layer.py), and
+asserts their invariants (see the docstrings).  ``just fuzz`` runs it for as long as one likes; here it runs for
+about 20 seconds under atheris (coverage-guided), and for a few hundred hypothesis examples in any case, so that the
+suite exercises the same target when atheris is not installed."""
 
 from __future__ import annotations
 
