@@ -45,7 +45,9 @@ from typing import Any
 import h11
 
 from millionws import auth, metrics
-from millionws.apps.app import App, Response, Session
+from millionws.apps.host import Host, Response
+from millionws.apps.pubsub import Session
+from millionws.apps.routes import App
 from millionws.config import Config
 from millionws.core.reactor import monotonic
 from millionws.protocol import http
@@ -134,7 +136,8 @@ class Node:
         self.shared = metrics.SharedStats(2)
         self.queue: list[tuple[int, int, bytes]] = []
         self.workers = [FakeWorker(self, i, config) for i in range(2)]
-        self.apps = [App(worker, 1000) for worker in self.workers]
+        self.apps = [App(Host(w.index, w.config, w.stats, w.reactor, w.bus, w.write, w.fanout, w.answer,
+                              w.websocket_count, lambda w=w: w.draining), 1000) for w in self.workers]
         for app in self.apps:
             app.start()  # HELLO to the peer; the sweep goes to the fake reactor
         self.pump()
@@ -334,7 +337,9 @@ def fuzz_pubsub(data: bytes, structured: bool, server_frames: Callable[[bytes], 
             else:
                 is_text, payload, silent = True, chunk, True
             before = len(conn.out)
-            app.on_message(conn, is_text, payload)
+            reply = app.on_message(conn, is_text, payload)
+            if reply is not None:  # the reply convention (millionws/apps/__init__.py): returned, the server sends it
+                conn.out.append(reply)
             now = answers_in(conn.out[before:], server_frames)
             assert len(now) <= 1, f"one request, {len(now)} answers at once: {now}"
             if not is_text:

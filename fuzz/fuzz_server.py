@@ -62,7 +62,9 @@ with _instrument:
 
     from millionws import auth as _auth  # noqa: F401
     from millionws import jsonsafe as _jsonsafe  # noqa: F401
-    from millionws.apps import app as _app  # noqa: F401  (instrumented: the layers of modes 4-7)
+    from millionws.apps import backend as _backend  # noqa: F401  (instrumented: the layers of modes 4-7)
+    from millionws.apps import pubsub as _pubsub  # noqa: F401
+    from millionws.apps import routes as _routes  # noqa: F401
     from millionws.protocol import http, websocket
     from millionws.protocol.lifecycle import CLOSING, HTTP, LINGER, OPEN
     from millionws.pubsub import channels as _channels  # noqa: F401

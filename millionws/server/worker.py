@@ -45,7 +45,8 @@ from typing import Any
 import h11
 
 from .. import boundary
-from ..apps.app import App, Response
+from ..apps.host import Host, Response
+from ..apps.routes import App
 from ..config import Config
 from ..core.buffers import BufferPool, ReceiveBuffer
 from ..core.reactor import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Reactor, monotonic
@@ -131,8 +132,9 @@ class Worker:
                             datagrams_per_wake=config.mesh_datagrams_per_wake)
         self._accept_batch = config.accept_batch  # connections accepted per listener readiness
         self._pipeline_budget = config.pipeline_budget  # pipelined HTTP requests per connection per loop turn
-        self.app = App(self, config.max_connections)
         self.draining = False
+        self.app = App(Host(index, config, self.stats, self.reactor, self.bus, self.write, self.fanout, self.answer,
+                            self.websocket_count, self._is_draining), config.max_connections)
         self.listener: socket.socket | None = None
         self.listeners: list[tuple[socket.socket, int]] = []
         self._signal_r = -1
@@ -147,6 +149,9 @@ class Worker:
         self.expiries = Expiries()
 
     # -- the application's view --------------------------------------------------------
+    def _is_draining(self) -> bool:
+        return self.draining
+
     def websocket_count(self) -> int:
         return self.c[_CONNECTIONS]
 

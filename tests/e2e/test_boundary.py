@@ -18,22 +18,22 @@ from tests.e2e.test_pubsub import channel_owned_by
 from tests.e2e.test_routes import metrics, total
 
 FAULTS = '''
-from millionws.apps import app
+from millionws.apps import echo, routes
 from millionws.pubsub import channels
 
-_on_message = app.Echo.on_message
+_on_message = echo.Echo.on_message
 def on_message(self, conn, is_text, payload):
     if payload == b"boom":
         raise RuntimeError("injected fault in a message handler")
     return _on_message(self, conn, is_text, payload)
-app.Echo.on_message = on_message
+echo.Echo.on_message = on_message
 
-_health = app.App.health
+_health = routes.App.health
 def health(self, head, keep_alive, query=b""):
     if b"boom" in query:
         raise RuntimeError("injected fault in an HTTP handler")
     return _health(self, head, keep_alive, query)
-app.App.health = health
+routes.App.health = health
 
 _sequence = channels.Hub._sequence
 def sequence(self, channel, data, t0):

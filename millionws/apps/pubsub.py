@@ -1,0 +1,229 @@
+"""``/pubsub``: the JSON operations of docs/protocol.md, on top of :class:`pubsub.channels.Hub`.
+
+Theory of operation: every byte a client sends is checked here, once, before the hub sees it: JSON through
+:mod:`jsonsafe` (depth, numbers, Unicode), ids and ``since`` values within 0 … 2^53-1, names against their
+alphabets, the token's grants.  A refusal is an error reply with a code, counted in
+``millionws_input_refused_total{code}``.
+
+Replies follow the convention of ``apps/__init__.py``: an error or an unsubscribe acknowledgement is
+returned; a subscription's acknowledgement is handed to the hub, which sends it before the replay it
+causes; a publish is acknowledged only once its channel's sequencer numbered it (``seq`` in the answer),
+so acknowledged publishes keep their order, and a publish the sequencer cannot take gets ``unavailable``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import jsonsafe
+from ..auth import Identity
+from ..core.reactor import monotonic
+from ..jsonsafe import JsonError
+from ..metrics import REFUSED, F
+from ..protocol.websocket import encode_frame
+from ..pubsub.channels import ChannelError, Hub, user_channel, valid_channel
+from ..ratelimit import KeyedBuckets, Rate
+from .host import Host
+
+_MSG_IN, _MSG_OUT = F["messages_in"], F["messages_out"]
+_RATE_PUBLISHES = F["rate_limited_publishes"]
+_REFUSED = REFUSED
+
+_ID_HELP = "id is an integer 0..2^53-1 or a string of at most 128 characters"
+PUBLISH_ERRORS = {
+    "unavailable": "the channel's sequencer cannot be reached now (broker away): not published, retry later",
+    "publish_timeout": "the channel's sequencer did not confirm in time: the message may or may not be published",
+    "channel_limit": "this server sequences as many channels as it may (--max-channels-per-worker): not published",
+}
+
+
+def _valid_id(value: object) -> bool:
+    return jsonsafe.safe_int(value) or (type(value) is str and len(value) <= 128)
+
+
+class PubSub:
+    """``/pubsub``: the JSON operations of docs/protocol.md.  Every refusal is an error reply."""
+
+    __slots__ = ("c", "call_later", "hub", "max_depth", "publish_rate", "send", "sweep_interval")
+
+    def __init__(self, host: Host) -> None:
+        cfg = host.config
+        self.c = host.stats.c
+        self.call_later = host.call_later
+        self.send = host.send
+        self.max_depth = cfg.max_json_depth
+        self.sweep_interval = cfg.sweep_interval
+        self.publish_rate = KeyedBuckets(Rate(cfg.rate_limit_publishes)) if cfg.rate_limit_publishes else None
+        self.hub = Hub(host.index, cfg.workers, host.mesh.send, host.send, host.fanout, host.stats,
+                       cfg.replay_seconds, cfg.replay_max_messages, cfg.max_channels_per_connection,
+                       cfg.max_subscribers_per_worker, cfg.publish_timeout, cfg.replay_timeout,
+                       host.call_later, cfg.replay_max_bytes, cfg.max_channels_per_worker)
+        host.mesh.on_record = self.hub.on_record
+        if cfg.bus:  # across nodes: millionws/pubsub/broker.py
+            self.hub.connect_bus(cfg.bus, host.reactor, outbox_messages=cfg.bus_outbox_messages,
+                                 publish_batch=cfg.bus_publish_batch, fetch_batch=cfg.bus_fetch_batch,
+                                 events_per_wake=cfg.bus_events_per_wake, backoff_min=cfg.bus_backoff_min,
+                                 backoff_max=cfg.bus_backoff_max, live_pending_messages=cfg.bus_live_pending_messages,
+                                 live_pending_bytes=cfg.bus_live_pending_bytes, max_json_depth=cfg.bus_max_json_depth)
+
+    def start(self) -> None:
+        self.hub.hello()
+        self.hub.start_bus()
+        self._sweep()
+
+    def _sweep(self) -> None:
+        self.call_later(self.sweep_interval, self._sweep)  # first: one that raises is skipped once, not forever
+        now = monotonic()
+        self.hub.sweep(now)
+        if self.publish_rate is not None:
+            self.publish_rate.sweep(now)
+
+    def _reply(self, document: dict[str, Any], request_id: Any = None) -> bytes:
+        if request_id is not None:
+            document["id"] = request_id
+        self.c[_MSG_OUT] += 1
+        return encode_frame(1, jsonsafe.dump(document))
+
+    def _error(self, code: str, message: str, request_id: Any = None, channel: Any = None) -> bytes:
+        """The error reply (a refusal, counted by its code)."""
+        self.c[_REFUSED[code]] += 1
+        document: dict[str, Any] = {"op": "error", "code": code, "message": message}
+        if type(channel) is str:  # checked Unicode (jsonsafe); cut so an error is never larger than its cause
+            document["channel"] = channel[:128]
+        return self._reply(document, request_id)
+
+    def on_message(self, conn: Any, is_text: bool, payload: bytes, session: Session | None = None) -> bytes | None:
+        """The reply, or None when it is sent with what the request causes (a subscription's
+        acknowledgement before its replay; a publish's once the sequencer numbered it)."""
+        self.c[_MSG_IN] += 1
+        if not is_text:
+            return self._error("binary_not_supported", "binary frames are not accepted: send JSON text frames")
+        try:
+            msg = jsonsafe.parse(payload, self.max_depth)
+        except JsonError as exc:
+            return self._error(exc.code, exc.message)
+        if type(msg) is not dict:
+            return self._error("bad_request", "a request is a JSON object with an \"op\"")
+        request_id = msg.get("id")
+        if request_id is not None and not _valid_id(request_id):
+            return self._error("bad_id", _ID_HELP)
+        identity = session.identity if session is not None else None
+        user = user_channel(session.user) if session is not None and session.user is not None else None
+        try:
+            op = msg.get("op")
+            if op == "subscribe":
+                channels = _channel_list(msg, user, self.hub.max_channels)
+                if identity is not None:
+                    for channel in channels:
+                        if channel != user:
+                            _authorize(identity, channel)
+                self.subscribe(conn, channels, msg.get("since"), request_id, user)
+            elif op == "unsubscribe":
+                channels = _channel_list(msg, user, self.hub.max_channels)
+                self.hub.unsubscribe(conn, channels)
+                return self._reply({"op": "unsubscribed", "channels": channels}, request_id)
+            elif op == "publish":
+                channel = msg.get("channel")
+                if not valid_channel(channel):
+                    raise ChannelError("bad_channel", BAD_NAME, channel)
+                if "data" not in msg:
+                    raise ChannelError("bad_request", "publish needs \"data\"")
+                if identity is not None:
+                    _authorize(identity, channel)
+                now = monotonic()
+                if not self.allow_publish(channel, now):
+                    raise ChannelError("rate_limited", "too many publishes on this channel, retry later", channel)
+                self.hub.publish(channel, jsonsafe.dump(msg["data"]), now, self._publish_answer(conn, channel,
+                                                                                                request_id))
+            else:
+                raise ChannelError("unknown_op", "op must be subscribe, unsubscribe or publish")
+        except ChannelError as exc:
+            return self._error(exc.code, exc.message, request_id, exc.channel)
+        return None
+
+    def _publish_answer(self, conn: Any, channel: str, request_id: Any) -> Any:
+        def done(seq: int, error: str, _reach: int) -> None:
+            if error:
+                self.send(conn, self._error(error, PUBLISH_ERRORS[error], request_id, channel))
+            elif request_id is not None:  # acknowledged only when the client can match the answer
+                self.send(conn, self._reply({"op": "published", "channel": channel, "seq": seq or None}, request_id))
+        return done
+
+    def subscribe(self, conn: Any, channels: list[str], since: Any, request_id: Any, user: str | None) -> None:
+        if since is not None:
+            if type(since) is not dict:
+                raise ChannelError("bad_since", "since is an object: {channel: last seq seen}")
+            names = set(channels)
+            for channel, seq in since.items():
+                if channel not in names:
+                    raise ChannelError("bad_since", "since names a channel that is not subscribed here", channel)
+                if not jsonsafe.safe_int(seq):
+                    raise ChannelError("bad_since", "a since value is an integer 0..2^53-1", channel)
+        ack = self._reply({"op": "subscribed", "channels": channels}, request_id)
+        if user is None or since is None or user not in since:
+            self.hub.subscribe(conn, channels, since, ack=ack)
+            return
+        # Resuming the user's own channel, subscribed since the upgrade: the others first (they may be
+        # refused, and then nothing has changed), then the user channel again, with since.
+        others = [channel for channel in channels if channel != user]
+        if others:
+            self.hub.subscribe(conn, others, since, ack=ack)
+            ack = b""
+        self.hub.unsubscribe(conn, [user])
+        self.hub.subscribe(conn, [user], {user: since[user]}, internal=True, ack=ack)
+
+    def on_close(self, conn: Any) -> None:
+        self.hub.drop(conn)
+
+    def allow_publish(self, channel: str, now: float) -> bool:
+        """Per-channel publish rate (--rate-limit-publishes), per worker."""
+        if self.publish_rate is None or self.publish_rate.take(channel, now):
+            return True
+        self.c[_RATE_PUBLISHES] += 1
+        return False
+
+
+def _authorize(identity: Identity, channel: str) -> None:
+    if not identity.may_use(channel):
+        raise ChannelError("forbidden", "the token does not grant this channel", channel)
+
+
+BAD_NAME = "a channel name is 1 to 128 characters of A-Z a-z 0-9 . _ : -"
+BAD_USER = "a user id is 1 to 128 characters of A-Z a-z 0-9 . _ : - @ + = |"
+
+
+def _channel_list(msg: dict[str, Any], user: str | None, most: int) -> list[str]:
+    channels = msg.get("channels")
+    if type(channels) is not list or not channels:
+        raise ChannelError("bad_request", "channels must be a non-empty list of channel names")
+    if len(channels) > most + 1:  # + 1: the user's own channel; the hub counts exactly
+        raise ChannelError("too_many_channels", f"at most {most} channels per connection")
+    for channel in channels:
+        if not valid_channel(channel) and (user is None or channel != user):
+            raise ChannelError("bad_channel", BAD_NAME, channel)
+    return channels
+
+
+class Session:
+    """The ``/pubsub`` application of a connection with a user id or a token's identity."""
+
+    __slots__ = ("identity", "pubsub", "user")
+
+    def __init__(self, pubsub: PubSub, user: str | None, identity: Identity | None = None) -> None:
+        self.pubsub = pubsub
+        self.user = user
+        self.identity = identity
+
+    def on_open(self, conn: Any) -> None:
+        if self.user is None:
+            return
+        try:
+            self.pubsub.hub.subscribe(conn, [user_channel(self.user)], internal=True)
+        except ChannelError as exc:
+            self.pubsub.send(conn, self.pubsub._error(exc.code, exc.message))
+
+    def on_message(self, conn: Any, is_text: bool, payload: bytes) -> bytes | None:
+        return self.pubsub.on_message(conn, is_text, payload, self)
+
+    def on_close(self, conn: Any) -> None:
+        self.pubsub.on_close(conn)
