@@ -24,7 +24,8 @@ and their median reported. Servers are interleaved within a run, so drift on a s
 Server specs: ``millionws:W`` (W workers), ``websockets``, ``aiohttp``, ``picows``, ``floor``
 (``benchmarks/fanout/floor.py``, a bare ``sock.send`` loop), ``millionws-nats:K`` (K one-worker nodes sharing
 a fresh ``nats-server -js``, unpinned; subscriber processes alternate over the nodes, so the subscribers split
-evenly, and the publisher is on the first node); ``SPEC@N1/N2`` restricts a spec to some N.
+evenly, and the publisher is on the first node); ``SPEC@N1/N2`` restricts a spec to some N;
+``millionws:W=LABEL:DIR`` runs the checkout in DIR under the name ``millionws:W LABEL`` (before/after runs).
 A single-process server is skipped above 19 000 subscribers (open-files limit 20 000 per process), a
 multi-worker millionws above 15 000 per worker (SO_REUSEPORT does not split exactly).
 """
@@ -80,12 +81,22 @@ class Server:
     only_n: set[int] = field(default_factory=set)
     millionws: bool = False
     nodes: int = 1  # > 1: that many server processes joined by a NATS bus (argv has {bus})
+    cwd: Path | None = None  # another checkout of millionws to run (``python -m`` imports from the CWD)
 
     def max_n(self) -> int:
         return PER_PROCESS_MAX * self.nodes if self.workers == 1 else PER_WORKER_MAX * self.workers
 
 
 def make_server(spec: str, python: str) -> Server:
+    spec, _, tree = spec.partition("=")  # millionws:1=LABEL:/path/to/checkout, for before/after runs
+    if tree:
+        label, _, directory = tree.partition(":")
+        server = make_server(spec, python)
+        if not server.millionws or not directory:
+            raise SystemExit(f"{spec}={tree}: a checkout is given to a millionws spec as =LABEL:DIR")
+        server.name = f"{server.name} {label}"
+        server.cwd = Path(directory)
+        return server
     spec, _, only = spec.partition("@")
     only_n = {int(x) for x in only.split("/") if x}
     name, _, workers_s = spec.partition(":")
@@ -142,7 +153,7 @@ def start_server(server: Server, host: str, port: int, pin: str, log_path: Path,
         argv = ["taskset", "-c", pin, *argv]
     log = open(log_path, "ab")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            start_new_session=True, cwd=REPO_ROOT)
+                            start_new_session=True, cwd=server.cwd or REPO_ROOT)
     log.close()
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
