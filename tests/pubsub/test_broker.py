@@ -16,8 +16,9 @@ import pytest
 from millionws import metrics
 from millionws.config import DEFAULTS
 from millionws.core.reactor import EPOLLIN, Reactor
-from millionws.pubsub import broker
-from millionws.pubsub.broker import (
+from millionws.pubsub.brokers import base
+from millionws.pubsub.brokers.backend import Backend
+from millionws.pubsub.brokers.base import (
     E_ACK,
     E_GAP,
     E_MSG,
@@ -26,15 +27,13 @@ from millionws.pubsub.broker import (
     GAP_EXPIRED,
     GAP_NONE,
     GAP_UNKNOWN,
-    Backend,
-    Bridge,
     BusConfigError,
     checked_entry,
-    nats_names,
-    preflight,
     redact,
-    subject_token,
 )
+from millionws.pubsub.brokers.bridge import Bridge
+from millionws.pubsub.brokers.nats import NatsBackend, nats_names, subject_token
+from millionws.pubsub.brokers.schemes import preflight
 from tests.conftest import free_port
 
 F = metrics.F
@@ -77,14 +76,14 @@ def test_records_read_from_the_broker_are_checked():
 
 
 def test_failure_lines_are_rate_limited_per_reason(monkeypatch, caplog):
-    caplog.set_level(logging.WARNING, "millionws.pubsub.broker")
+    caplog.set_level(logging.WARNING, "millionws.pubsub.brokers")
     now = [1000.0]
-    monkeypatch.setattr(broker, "time", types.SimpleNamespace(monotonic=lambda: now[0], time=time.time))
-    limit = broker._Limiter()
+    monkeypatch.setattr(base, "time", types.SimpleNamespace(monotonic=lambda: now[0], time=time.time))
+    limit = base.Limiter()
     for _ in range(5):
         limit("connection", "refused", logging.WARNING, "down: %s", "refused")
     limit("connection", "timeout", logging.WARNING, "down: %s", "timeout")  # another reason: at once
-    now[0] += broker.LOG_INTERVAL
+    now[0] += base.LOG_INTERVAL
     limit("connection", "timeout", logging.WARNING, "down: %s", "timeout")
     assert [r.getMessage() for r in caplog.records] == ["down: refused",
                                                         "down: timeout (4 more like the previous line suppressed)",
@@ -120,8 +119,23 @@ class Fake(Backend):
         self.poison = poison
         self.connected = True
 
+    async def connect(self):
+        pass
+
+    async def wait_closed(self):
+        return await asyncio.get_running_loop().create_future()  # never lost
+
+    async def close(self):
+        pass
+
     async def subscribe_live(self, channel):
         return object()
+
+    async def unsubscribe_live(self, channel, sub):
+        pass
+
+    async def publish_batch(self, batch):
+        raise AssertionError("no test publishes through this fake")
 
     async def last_seq(self, channel):
         return max(self.stored[channel], default=0)
@@ -137,7 +151,7 @@ def delivered(fake: Fake) -> list[int]:
 def test_live_path_losses_are_read_back_from_the_stream_in_order():
     async def main():
         fake = Fake({"c": [1, 2, 3]})
-        fake.channels["c"] = broker.Channel()
+        fake.channels["c"] = base.Channel()
         await fake.sync("c")  # cursor = 3: starts with the next message
         fake.stored["c"] += [4, 5, 6]
         fake.on_live("c", 6, 0.0, b"6")  # 4 and 5 were lost on the live path
@@ -169,7 +183,7 @@ def test_live_path_losses_are_read_back_from_the_stream_in_order():
 def test_malformed_records_become_one_seq_gaps_and_forged_ones_are_dropped():
     async def main():
         fake = Fake({"c": [1, 2]}, poison={4})
-        fake.channels["c"] = broker.Channel()
+        fake.channels["c"] = base.Channel()
         await fake.sync("c")
         malformed = F["dropped_broker_malformed"]
 
@@ -212,7 +226,7 @@ def test_malformed_records_become_one_seq_gaps_and_forged_ones_are_dropped():
 def test_the_broker_losing_its_data_is_an_unknown_gap():
     async def main():
         fake = Fake({"c": [1, 2, 3]})
-        fake.channels["c"] = broker.Channel()
+        fake.channels["c"] = base.Channel()
         await fake.sync("c")
         fake.stored["c"] = [1]  # the broker came back without its data
         fake.channels["c"].catchup = True  # as after a reconnect
@@ -232,13 +246,13 @@ class Refusing(Fake):
 
 def test_acks_follow_outbox_order_and_refusals_end_after_a_few_tries():
     fake = Refusing({})
-    pending = [broker.Pending("c", b"1", 0.0, n, req=10 + n) for n in range(4)]
+    pending = [base.Pending("c", b"1", 0.0, n, req=10 + n) for n in range(4)]
     fake.outbox.extend(pending)
     # 0 stored; 1 refused; 2 stored (will be sent again: stored once, same seq); 3 no answer
     assert not fake._settle(pending, [5, ValueError("no"), 6, TimeoutError()])
     assert fake.events == [(E_ACK, 10, 5, "")]
     assert list(fake.outbox) == pending[1:]
-    for _ in range(broker.REFUSALS - 2):
+    for _ in range(base.REFUSALS - 2):
         assert not fake._settle(pending[1:], [ValueError("no"), 6, 7])
     assert len(fake.events) == 1
     assert not fake._settle(pending[1:], [ValueError("no"), 6, TimeoutError()])
@@ -286,7 +300,7 @@ def test_publishes_leave_in_batches_of_the_configured_size():
     async def main():
         fake = Batches(publish_batch=2)  # --bus-publish-batch 2
         fake._outbox_ready = asyncio.Event()
-        fake.outbox.extend(broker.Pending("c", b"1", 0.0, n, req=n) for n in range(1, 6))
+        fake.outbox.extend(base.Pending("c", b"1", 0.0, n, req=n) for n in range(1, 6))
         fake._outbox_ready.set()
         task = asyncio.get_running_loop().create_task(fake._publisher())
         while fake.outbox:
@@ -302,15 +316,15 @@ def test_publishes_leave_in_batches_of_the_configured_size():
 def test_reconnects_wait_within_the_configured_backoff(monkeypatch):
     import itertools
 
-    assert all(d <= 0.004 for d in itertools.islice(broker.backoff_delays(0.001, 0.004), 200))
+    assert all(d <= 0.004 for d in itertools.islice(base.backoff_delays(0.001, 0.004), 200))
     bounds: list[tuple[float, float]] = []
-    real = broker.backoff_delays
+    real = base.backoff_delays
 
     def recorded(minimum, maximum):
         bounds.append((minimum, maximum))
         return real(minimum, maximum)
 
-    monkeypatch.setattr(broker, "backoff_delays", recorded)
+    monkeypatch.setattr(base, "backoff_delays", recorded)
 
     class Unreachable(Fake):
         attempts = 0
@@ -356,7 +370,7 @@ def test_a_live_nats_subscription_buffers_at_most_the_configured_pending_limits(
             subscribed.update(kwargs, subject=subject)
             return "sub"
 
-    backend = broker.NatsBackend(fake_bridge(live_pending_messages=10, live_pending_bytes=4096))  # type: ignore[arg-type]
+    backend = NatsBackend(fake_bridge(live_pending_messages=10, live_pending_bytes=4096))  # type: ignore[arg-type]
     backend.nc = Client()
 
     async def no_stream(channel):
@@ -369,7 +383,7 @@ def test_a_live_nats_subscription_buffers_at_most_the_configured_pending_limits(
 
 
 def test_a_nats_catch_up_asks_for_at_most_the_configured_batch_at_once():
-    backend = broker.NatsBackend(fake_bridge(fetch_batch=3))  # type: ignore[arg-type]  # --bus-fetch-batch 3
+    backend = NatsBackend(fake_bridge(fetch_batch=3))  # type: ignore[arg-type]  # --bus-fetch-batch 3
     rounds: list[list[int]] = []
     in_flight: list[int] = []
 
@@ -400,7 +414,7 @@ def test_records_from_the_broker_deeper_than_the_configured_depth_are_malformed(
 
     async def main():
         fake = Fake({"c": [1, 2]}, max_json_depth=2)  # --bus-max-json-depth 2
-        fake.channels["c"] = broker.Channel()
+        fake.channels["c"] = base.Channel()
         await fake.sync("c")
         fake.on_live("c", 3, 1.0, b"[[3]]")
         fake.on_live("c", 4, 1.0, b"[[[4]]]")  # too deep: not handed over; the stream decides
@@ -542,7 +556,7 @@ def test_acks_arrive_in_publish_order_with_consecutive_seqs(broker, harness):
 
 @pytest.mark.parametrize("scheme", ["nats", "redis"])
 def test_a_publish_while_the_broker_is_down_is_refused_at_once(scheme, harness, caplog):
-    caplog.set_level(logging.WARNING, "millionws.pubsub.broker")
+    caplog.set_level(logging.WARNING, "millionws.pubsub.brokers")
     url = f"{scheme}://127.0.0.1:{free_port()}"  # nobody listens
     h = harness(url).start()
     h.run_until(lambda: h.bridge.error, what="a failed connect")
@@ -560,7 +574,7 @@ def test_a_publish_while_the_broker_is_down_is_refused_at_once(scheme, harness, 
 
 
 def test_a_broker_killed_with_publishes_in_flight_answers_each_once_and_stores_each_once(broker, harness, caplog):
-    caplog.set_level(logging.INFO, "millionws.pubsub.broker")
+    caplog.set_level(logging.INFO, "millionws.pubsub.brokers")
     h = harness(broker.url, replay_max_messages=100_000).start()
     h.run_until(h.up, what="bus up")
     first = [h.publish("kill", {"i": i}) for i in range(200)]
@@ -678,7 +692,7 @@ def test_preflight_rejects_an_unknown_scheme():
 
 
 def test_a_frozen_broker_is_noticed_and_its_in_flight_publishes_are_stored_once(broker, harness, caplog):
-    caplog.set_level(logging.WARNING, "millionws.pubsub.broker")
+    caplog.set_level(logging.WARNING, "millionws.pubsub.brokers")
     h = harness(broker.url).start()
     h.run_until(h.up, what="bus up")
     broker.proc.send_signal(signal.SIGSTOP)  # no RST, no answer: only pings / heartbeats can tell
@@ -699,4 +713,4 @@ def test_a_frozen_broker_is_noticed_and_its_in_flight_publishes_are_stored_once(
 
 
 def broker_module_heartbeat() -> float:
-    return broker.HEARTBEAT
+    return base.HEARTBEAT

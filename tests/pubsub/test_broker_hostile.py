@@ -16,17 +16,10 @@ from collections.abc import Iterator
 import pytest
 
 from millionws import metrics
-from millionws.pubsub.broker import (
-    E_ACK,
-    E_GAP,
-    E_REPLAY,
-    E_STATE,
-    GAP_UNKNOWN,
-    NO_JETSTREAM,
-    REDIS_TOO_OLD,
-    BusConfigError,
-    preflight,
-)
+from millionws.pubsub.brokers.base import E_ACK, E_GAP, E_REPLAY, E_STATE, GAP_UNKNOWN, BusConfigError
+from millionws.pubsub.brokers.nats import NO_JETSTREAM
+from millionws.pubsub.brokers.redis import REDIS_TOO_OLD
+from millionws.pubsub.brokers.schemes import preflight
 from tests.conftest import free_port, wait_for
 from tests.pubsub.test_broker import Harness, harness  # noqa: F401  (the fixture)
 
@@ -153,7 +146,7 @@ def nats_without_jetstream(tmp_path) -> Iterator[str]:
 
 
 def test_nats_without_jetstream_is_refused_at_preflight_and_never_up(nats_without_jetstream, harness, caplog):  # noqa: F811
-    caplog.set_level(logging.WARNING, "millionws.pubsub.broker")
+    caplog.set_level(logging.WARNING, "millionws.pubsub.brokers")
     url = nats_without_jetstream
     with pytest.raises(BusConfigError) as info:
         preflight(url)
