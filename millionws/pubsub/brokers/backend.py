@@ -54,7 +54,9 @@ _DROPPED, _OUTBOX = F["bus_dropped"], F["bus_outbox"]
 
 
 class Backend(Delivery, Outbox):
-    """The broker-independent part of the thread: channels, cursors, outbox, reconnection."""
+    """The broker-independent part of the thread, whole: delivery and the outbox (the mixins), and here
+    the loop and the commands.  A broker subclasses it and implements :class:`base.BackendBase`'s
+    abstract methods."""
 
     # -- the loop ----------------------------------------------------------------------------
     async def main(self) -> None:
