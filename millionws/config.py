@@ -95,7 +95,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("rate_limit_publishes", float, 0.0, "publishes per second per channel (0: off)"),
     Option("max_connect_rate_per_ip", float, 0.0, "new connections per second per source address (0: off)"),
     Option("max_connections_per_ip", int, 0, "concurrent connections per source address (0: off)"),
-    # -- across nodes (millionws/pubsub/broker.py) ----------------------------------------------------
+    # -- across nodes (millionws/pubsub/brokers/) -----------------------------------------------------
     Option("bus", str, "", "broker shared by the nodes: nats://host:port or redis://host:port (empty: this node only)"),
     Option("bus_outbox_messages", int, 100_000,
            "publishes a worker keeps waiting for the broker's answer; past it a publish gets unavailable: outbox full"),

@@ -59,7 +59,7 @@ class PubSub:
                        cfg.max_subscribers_per_worker, cfg.publish_timeout, cfg.replay_timeout,
                        host.call_later, cfg.replay_max_bytes, cfg.max_channels_per_worker)
         host.mesh.on_record = self.hub.on_record
-        if cfg.bus:  # across nodes: millionws/pubsub/broker.py
+        if cfg.bus:  # across nodes: millionws/pubsub/brokers/
             self.hub.connect_bus(cfg.bus, host.reactor, outbox_messages=cfg.bus_outbox_messages,
                                  publish_batch=cfg.bus_publish_batch, fetch_batch=cfg.bus_fetch_batch,
                                  events_per_wake=cfg.bus_events_per_wake, backoff_min=cfg.bus_backoff_min,

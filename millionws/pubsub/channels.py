@@ -284,7 +284,7 @@ class Hub:
     def connect_bus(self, url: str, reactor: Any, **limits: Any) -> None:
         """Number and carry messages through a broker shared by the nodes (see :mod:`broker`);
         ``limits`` are the ``--bus-*`` bounds, as :class:`broker.Bridge` names them."""
-        from .broker import Bridge
+        from .brokers import Bridge
 
         self.remote = Bridge(url, reactor, self.c, self.on_bus_event, self.replay_seconds, self.replay_max_messages,
                              **limits)
@@ -670,7 +670,7 @@ class Hub:
 
     # -- events of the broker bridge (--bus) ------------------------------------------------
     def on_bus_event(self, event: tuple) -> None:
-        from .broker import E_ACK, E_GAP, E_MSG, E_REPLAY
+        from .brokers import E_ACK, E_GAP, E_MSG, E_REPLAY
 
         kind = event[0]
         if kind == E_ACK:

@@ -78,7 +78,7 @@ class Supervisor:
             if port:
                 self._lock_port(port)
         if cfg.bus:
-            from ..pubsub.broker import BusConfigError, preflight
+            from ..pubsub.brokers import BusConfigError, preflight
 
             try:
                 warning = preflight(cfg.bus)

@@ -7,7 +7,7 @@ import json
 import signal
 
 from millionws.client import Client, Message
-from millionws.pubsub.broker import nats_names
+from millionws.pubsub.brokers.nats import nats_names
 from tests.conftest import Server, free_port, wait_for
 
 
@@ -69,7 +69,7 @@ def test_client_sees_every_message_once_in_order_across_a_drain_and_restart(nats
 
 
 def test_full_jitter_backoff_stays_within_its_bounds():
-    from millionws.pubsub.broker import backoff_delays
+    from millionws.pubsub.brokers.base import backoff_delays
 
     delays = backoff_delays(0.1, 2.0)
     caps = [min(2.0, 0.1 * 2 ** n) for n in range(12)]

@@ -1,0 +1,208 @@
+"""The worker's side of the bus: a bridge thread per worker, and the hand-off between it and
+the reactor.  Nothing here knows NATS or Redis (:mod:`schemes` picks the broker).
+
+Theory of operation.
+
+**Not blocking the reactor: a bridge thread per worker.**  Each worker runs one thread
+with an asyncio loop and the maintained client library (``nats-py``, ``redis``).  The
+reactor hands it commands (interest, publish, replay) through a deque and one
+``call_soon_threadsafe`` per loop turn; the thread hands back events (messages, gaps,
+replay answers, publish acks, bus state) through a deque and an ``eventfd`` registered
+in the reactor, written only when the deque goes from empty to non-empty.  Chosen over a
+sans-IO parser driven by the reactor because JetStream (stream management, direct get,
+de-duplication) and Redis (RESP3, functions, reconnection) are large protocols whose
+maintained clients are worth more than the GIL contention of one mostly idle thread; the
+reactor never waits on the broker, and one eventfd read per batch of events costs less
+than a message.
+
+**Bounded turns.**  The reactor handles at most ``--bus-events-per-wake`` events per wake
+and writes the eventfd again for the rest, so a burst from the broker cannot starve the
+clients.  Each event runs inside an exception boundary (:mod:`boundary`): one that raises
+is counted and logged, the next one runs.
+
+**Who writes what.**  Commands and events cross only through the two deques (``append``
+and ``popleft`` are atomic) and the eventfd with its ``_wake_pending`` flag.  Besides those
+the thread writes only the ``bus_*`` counters, ``dropped_broker_malformed`` and the
+bridge's ``loop``, ``error``, ``reconnects`` and ``stopped``, which the reactor only reads
+(``detail``, for ``/health``).  Should the thread stop (a bug), the bridge answers
+publishes itself (``unavailable``) and the node goes on serving local traffic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ... import boundary
+from ...config import DEFAULTS
+from ...core.reactor import EPOLLIN, Reactor
+from ...metrics import F
+from .backend import Backend
+from .base import E_ACK, E_STATE, log, redact
+from .schemes import backend_for
+
+_UP = F["bus_up"]
+
+
+class Bridge:
+    """The worker's side of the bus: commands out, events in.  See the module docstring.
+
+    ``on_event(event)`` runs on the reactor with ``(E_MSG, channel, seq, data, t0)``,
+    ``(E_GAP, channel, last, first, reason)``, ``(E_REPLAY, req, reason, first, entries)``,
+    ``(E_STATE, up)`` or ``(E_ACK, req, seq, error)``.
+
+    The keyword arguments are the ``--bus-*`` bounds of the same names (``config.OPTIONS``);
+    the thread reads them from here.
+    """
+
+    def __init__(self, url: str, reactor: Reactor, counters: list[int], on_event: Callable[[tuple], None],
+                 replay_seconds: float = 120.0, replay_max_messages: int = 1000, *,
+                 outbox_messages: int = DEFAULTS.bus_outbox_messages, publish_batch: int = DEFAULTS.bus_publish_batch,
+                 fetch_batch: int = DEFAULTS.bus_fetch_batch, events_per_wake: int = DEFAULTS.bus_events_per_wake,
+                 backoff_min: float = DEFAULTS.bus_backoff_min, backoff_max: float = DEFAULTS.bus_backoff_max,
+                 live_pending_messages: int = DEFAULTS.bus_live_pending_messages,
+                 live_pending_bytes: int = DEFAULTS.bus_live_pending_bytes,
+                 max_json_depth: int = DEFAULTS.bus_max_json_depth) -> None:
+        self.url = url
+        self.name = redact(url)
+        self.reactor = reactor
+        self.c = counters  # the thread writes only the bus_* fields and dropped_broker_malformed
+        self.on_event = on_event
+        self.replay_seconds = replay_seconds
+        self.replay_max_messages = replay_max_messages
+        self.outbox_messages = outbox_messages
+        self.publish_batch = publish_batch
+        self.fetch_batch = fetch_batch
+        self.events_per_wake = events_per_wake
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self.live_pending_messages = live_pending_messages
+        self.live_pending_bytes = live_pending_bytes
+        self.max_json_depth = max_json_depth
+        self.backend: Backend = backend_for(self)
+        self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._events: deque[tuple] = deque()
+        self._wake_pending = False
+        self._cmds: deque[tuple] = deque()
+        self._kick_scheduled = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread: threading.Thread | None = None
+        self.up = False
+        self.reconnects = 0
+        self.error = ""
+        self.stopped = False  # the thread is gone: publishes are answered here
+        self.closing = False
+
+    # -- reactor side ----------------------------------------------------------------------
+    def start(self) -> None:
+        self.reactor.add_handler(self.efd, EPOLLIN, self._on_wake)
+        self.thread = threading.Thread(target=self._thread_main, name="millionws-bus", daemon=True)
+        self.thread.start()
+
+    def interest(self, channel: str, on: bool) -> None:
+        self._command(("interest", channel, on))
+
+    def publish(self, channel: str, data: bytes, t0: float, req: int) -> None:
+        """Publish; answered once with ``(E_ACK, req, seq, error)``.  ``req`` >= 1, unique per worker."""
+        if self.stopped:
+            self.emit((E_ACK, req, 0, "unavailable: broker thread stopped"))
+            return
+        self._command(("publish", channel, data, time.time() - (time.monotonic() - t0), req))
+
+    def replay(self, req: int, channel: str, since: int) -> None:
+        self._command(("replay", channel, req, since))
+
+    def detail(self) -> dict[str, Any]:
+        """For /health."""
+        scheme = self.url.split("://", 1)[0]
+        return {"kind": scheme, "up": self.up, "reconnects": self.reconnects, "outbox": len(self.backend.outbox),
+                **({"error": self.error} if self.error and not self.up else {})}
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the thread and close the broker connection (tests; a worker that exits)."""
+        self.closing = True
+        loop = self.loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self.backend.stop)
+            except RuntimeError:  # the loop is already closed
+                pass
+        if self.thread is not None:
+            self.thread.join(timeout)
+        self.reactor.remove_handler(self.efd)
+        if self.thread is None or not self.thread.is_alive():  # else it may still write the eventfd
+            os.close(self.efd)
+
+    def _command(self, cmd: tuple) -> None:
+        self._cmds.append(cmd)
+        if not self._kick_scheduled:
+            self._kick_scheduled = True
+            self.reactor.call_later(0, self._kick)  # one thread wake-up per loop turn
+
+    def _kick(self) -> None:
+        self._kick_scheduled = False
+        loop = self.loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(self.backend.commands_ready)
+            except RuntimeError:  # the loop is closed: the worker is exiting
+                pass
+
+    def _on_wake(self, _events: int) -> None:
+        try:
+            os.eventfd_read(self.efd)
+        except BlockingIOError:
+            pass
+        self._wake_pending = False
+        events = self._events
+        on_event = self.on_event
+        for _ in range(self.events_per_wake):
+            if not events:
+                return
+            event = events.popleft()
+            if event[0] == E_STATE:
+                self.up = event[1]
+            try:
+                on_event(event)
+            except Exception as exc:  # one bad event must not cost the ones queued behind it
+                boundary.report(self.c, "broker", exc, "bus event")
+        if events:  # the clients get a turn too; come back for the rest
+            self._wake_pending = True
+            os.eventfd_write(self.efd, 1)
+
+    # -- thread side -----------------------------------------------------------------------
+    def emit(self, event: tuple) -> None:
+        self._events.append(event)
+        if not self._wake_pending:
+            self._wake_pending = True
+            os.eventfd_write(self.efd, 1)
+
+    def take_commands(self) -> list[tuple]:
+        cmds = []
+        pop = self._cmds.popleft
+        while self._cmds:
+            cmds.append(pop())
+        return cmds
+
+    def _thread_main(self) -> None:
+        try:
+            asyncio.run(self.backend.main())
+        except asyncio.CancelledError:  # close()
+            pass
+        except Exception:  # never expected; the node keeps serving local traffic
+            log.exception("bus %s: thread stopped", self.name)
+        finally:
+            self.c[_UP] = 0
+            self.stopped = True
+            for cmd in self.take_commands():  # nobody will send these
+                if cmd[0] == "publish":
+                    self.emit((E_ACK, cmd[4], 0, "unavailable: broker thread stopped"))
+            # Sent ones may be stored: no answer is honest (the worker's publish timeout tells the client).
+            self.backend._refuse_unsent("unavailable: broker thread stopped")
+            if self.up:
+                self.emit((E_STATE, False))

@@ -1,0 +1,276 @@
+"""The NATS broker (``--bus nats://host:port``): JetStream numbers, core pub/sub carries.
+
+This module is named ``nats`` inside the package; the client library is imported by its
+absolute name (``import nats``, always the top-level ``nats-py`` package in Python 3), lazily,
+so that the server runs without the ``nats`` extra until a ``nats://`` bus is configured.
+
+Theory of operation.
+
+**Who numbers the messages.**  One JetStream stream per channel (name ``MWS_<blake2b of the
+channel>``) captures the subject ``mws.in.<channel>``.  The stream sequence *is* the
+channel's ``seq``.  The stream republishes every stored message on the core subject
+``mws.live.<channel>`` with a ``Nats-Sequence`` header (JetStream RePublish): live traffic
+is plain core pub/sub, sequenced by the broker, with no consumer state.  File storage,
+``max_age`` = ``--replay-seconds``, ``max_msgs`` = ``--replay-max-messages``,
+``allow_direct`` for replay reads: the replay window survives a restart of any node and
+of the broker.  Publishes carry ``Nats-Msg-Id`` (publisher id and message number) so a
+retry after an outage is stored once (JetStream de-duplication, window: the replay window
+capped at 120 s); the PubAck of a duplicate carries the original's sequence.  A stream that
+exists with another configuration (another node's flags) is used as it is.
+
+**Backends publish without a WebSocket.**  Publish the JSON document on
+``mws.in.<channel>`` (``nats pub mws.in.news '{"x":1}'``; JetStream publish to get an ack).
+Channel names with an empty subject token (``a..b``, ``.a``) are spelt ``~<hex of the
+name>`` in subjects (:func:`subject_token`).  Only the broker may publish on ``mws.live.>``
+(NATS permissions): a well-formed message forged there is indistinguishable from a real one.
+
+**Liveness.**  The client pings every ``HEARTBEAT`` seconds and gives up after two
+unanswered pings, so a black-holed server is noticed; it never reconnects by itself (the
+thread's own loop does, :mod:`backend`, then resubscribes and catches up).  A server
+without JetStream is a configuration error (:data:`NO_JETSTREAM`), not an outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from typing import Any
+
+from .backend import Backend
+from .base import (
+    CONNECT_TIMEOUT,
+    HEARTBEAT,
+    BridgeSide,
+    BrokerDataError,
+    BusConfigError,
+    Entry,
+    Pending,
+    describe,
+    int_of,
+    quietly,
+    require_libraries,
+)
+
+EXTRA = "nats"  # pip install 'millionws[nats]'
+LIBRARIES = ("nats", "nats.js")
+NO_JETSTREAM = "JetStream is not enabled on this NATS server (start nats-server with -js)"
+
+
+def subject_token(channel: str) -> str:
+    """The channel as (possibly several) NATS subject tokens."""
+    if "" in channel.split("."):
+        return "~" + channel.encode().hex()
+    return channel
+
+
+def nats_names(channel: str) -> tuple[str, str, str]:
+    """``(stream, input subject, live subject)`` of a channel."""
+    token = subject_token(channel)
+    stream = "MWS_" + hashlib.blake2b(channel.encode(), digest_size=16).hexdigest()
+    return stream, f"mws.in.{token}", f"mws.live.{token}"
+
+
+async def nats_connect(url: str, timeout: float, **options: Any) -> Any:
+    """A connected nats-py client whose server has JetStream, or an exception."""
+    require_libraries(url, EXTRA, LIBRARIES)
+    import nats
+    from nats.errors import NoServersError
+    from nats.js.errors import ServiceUnavailableError
+
+    failures: list[BaseException] = []
+    forward = options.pop("error_cb", None)
+
+    async def on_error(exc: Exception) -> None:
+        failures.append(exc)
+        if forward is not None:
+            await forward(exc)
+
+    # nats-py retries a refused server forever unless max_reconnect_attempts > 0; the
+    # caller has its own backoff, so one quick retry is enough.
+    try:
+        nc = await nats.connect(url, allow_reconnect=False, connect_timeout=timeout, max_reconnect_attempts=1,
+                                reconnect_time_wait=0, error_cb=on_error, **options)
+    except NoServersError:
+        raise ConnectionError(describe(failures[-1]) if failures else "no NATS server answered") from None
+    try:
+        try:
+            await nc.jetstream(timeout=timeout).account_info()
+        except ServiceUnavailableError as exc:
+            # No responders (JetStream off) or 10039 "jetstream not enabled for account";
+            # other 503s (a cluster electing a leader) pass.
+            if exc.err_code in (None, 10039):
+                raise BusConfigError(NO_JETSTREAM) from None
+            raise
+    except BaseException:
+        await quietly(nc.close())
+        raise
+    return nc
+
+
+async def probe(url: str, timeout: float) -> None:
+    """What :func:`schemes.preflight` checks of a NATS server: it answers and has JetStream."""
+    nc = await nats_connect(url, timeout, error_cb=_ignore)
+    await quietly(nc.close())
+
+
+async def _ignore(_exc: Exception) -> None:
+    pass  # nats-py logs every connect error with a traceback unless given a callback
+
+
+class NatsBackend(Backend):
+    """JetStream streams per channel, core subscriptions to their republished subjects."""
+
+    def __init__(self, bridge: BridgeSide) -> None:
+        super().__init__(bridge)
+        self.nc: Any = None
+        self.js: Any = None
+        self.streams: set[str] = set()
+        self._closed: asyncio.Event | None = None
+
+    async def connect(self) -> None:
+        self._closed = closed = asyncio.Event()
+
+        async def on_closed() -> None:
+            closed.set()
+
+        async def on_error(exc: Exception) -> None:
+            self.bridge.error = describe(exc)
+
+        self.nc = await nats_connect(self.bridge.url, CONNECT_TIMEOUT, closed_cb=on_closed,
+                                     disconnected_cb=on_closed, error_cb=on_error, max_outstanding_pings=2,
+                                     ping_interval=HEARTBEAT)
+        self.js = self.nc.jetstream(timeout=5)
+        self.streams.clear()
+
+    async def wait_closed(self) -> str:
+        assert self._closed is not None
+        await self._closed.wait()
+        err = self.nc.last_error if self.nc is not None else None
+        return describe(err) if err is not None else "the connection closed"
+
+    async def close(self) -> None:
+        if self.nc is not None and not self.nc.is_closed:
+            await self.nc.close()
+
+    def refused(self, exc: BaseException) -> bool:
+        from nats.errors import MaxPayloadError, NoRespondersError
+        from nats.js.errors import APIError, NoStreamResponseError
+
+        return isinstance(exc, APIError | NoStreamResponseError | NoRespondersError | MaxPayloadError)
+
+    def _config(self, channel: str) -> Any:
+        from nats.js.api import RePublish, StorageType, StreamConfig
+
+        stream, subject, live = nats_names(channel)
+        bridge = self.bridge
+        age = max(1.0, bridge.replay_seconds)
+        return StreamConfig(name=stream, subjects=[subject], storage=StorageType.FILE,
+                            max_msgs=max(1, bridge.replay_max_messages), max_age=age,
+                            duplicate_window=min(age, 120.0), allow_direct=True,
+                            republish=RePublish(src=subject, dest=live), description=f"millionws {channel}")
+
+    async def ensure_stream(self, channel: str) -> Any:
+        from nats.js.errors import BadRequestError
+
+        config = self._config(channel)
+        try:
+            info = await self.js.add_stream(config)
+        except BadRequestError:  # exists with another configuration (another node's flags)
+            info = await self.js.stream_info(config.name)
+        self.streams.add(config.name)
+        return info
+
+    async def subscribe_live(self, channel: str) -> Any:
+        await self.ensure_stream(channel)
+        on_live = self.on_live
+
+        async def cb(msg: Any) -> None:
+            try:
+                headers = msg.headers or {}
+                on_live(channel, headers.get("Nats-Sequence"), headers.get("Mws-T0"), msg.data)
+            except Exception as exc:
+                self._bug("live message handler", exc)
+
+        # Past these the client drops live messages (slow consumer); the next one read shows the gap: caught up.
+        return await self.nc.subscribe(nats_names(channel)[2], cb=cb,
+                                       pending_msgs_limit=self.bridge.live_pending_messages,
+                                       pending_bytes_limit=self.bridge.live_pending_bytes)
+
+    async def unsubscribe_live(self, channel: str, sub: Any) -> None:
+        await sub.unsubscribe()
+
+    async def last_seq(self, channel: str) -> int:
+        info = await self.ensure_stream(channel)
+        last = int_of(getattr(getattr(info, "state", None), "last_seq", None), 0)
+        if last is None:
+            raise BrokerDataError(f"stream info of {channel!r} has no valid last_seq")
+        return last
+
+    async def fetch(self, channel: str, first: int, last: int) -> list[Entry]:
+        from nats.js.errors import NotFoundError
+
+        stream = nats_names(channel)[0]
+        info = await self.js.stream_info(stream)
+        start = max(first, int_of(getattr(getattr(info, "state", None), "first_seq", None), 0) or 0)
+        entries: dict[int, Entry] = {}
+        bad = 0
+
+        async def get(seq: int) -> Any:
+            try:
+                return await self.js.get_msg(stream, seq=seq, direct=True)
+            except NotFoundError:
+                return None
+            except (KeyError, ValueError, TypeError, AttributeError) as exc:  # an answer nats-py cannot read
+                return BrokerDataError(describe(exc))
+
+        batch = self.bridge.fetch_batch
+        for lo in range(start, last + 1, batch):
+            got = await asyncio.gather(*(get(s) for s in range(lo, min(last, lo + batch - 1) + 1)),
+                                       return_exceptions=True)
+            for msg in got:
+                if msg is None:
+                    continue
+                if isinstance(msg, BrokerDataError):
+                    bad += 1
+                    continue
+                if isinstance(msg, BaseException):
+                    raise msg
+                headers = msg.headers or {}
+                raw_t = headers.get("Mws-T0")
+                if raw_t is None and msg.time is not None:  # published by a backend: the store time
+                    raw_t = msg.time.timestamp()
+                if not self._keep(entries, msg.seq, raw_t, msg.data or b"", first, last):
+                    bad += 1
+        return self._fetched(channel, entries, bad)
+
+    async def publish_batch(self, batch: list[Pending]) -> list[int | BaseException]:
+        from nats.js.errors import NoStreamResponseError
+
+        failed: dict[str, BaseException] = {}
+        for channel in {pending.channel for pending in batch}:
+            if nats_names(channel)[0] not in self.streams:
+                try:
+                    await self.ensure_stream(channel)
+                except Exception as exc:  # this channel's messages fail; the others go out
+                    failed[channel] = exc
+        js = self.js
+        pid = self.publisher_id
+
+        async def fail(exc: BaseException) -> Any:
+            raise exc
+
+        # Same connection, issued in order: the server stores them in this order.
+        acks = await asyncio.gather(*(
+            fail(failed[p.channel]) if p.channel in failed else
+            js.publish(nats_names(p.channel)[1], p.data,
+                       headers={"Nats-Msg-Id": f"{pid}-{p.n}", "Mws-T0": repr(p.t_wall)})
+            for p in batch), return_exceptions=True)
+        results: list[int | BaseException] = []
+        for pending, ack in zip(batch, acks, strict=True):
+            if isinstance(ack, BaseException):
+                if isinstance(ack, NoStreamResponseError):  # the stream was deleted: create it again
+                    self.streams.discard(nats_names(pending.channel)[0])
+                results.append(ack)
+            else:
+                results.append(int_of(getattr(ack, "seq", None), 0) or 0)
+        return results

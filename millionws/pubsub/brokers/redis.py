@@ -1,0 +1,280 @@
+"""The Redis broker (``--bus redis://host:port``, Redis >= 7): a function numbers, pub/sub carries.
+
+This module is named ``redis`` inside the package; the client library is imported by its
+absolute name (``import redis.asyncio``, always the top-level ``redis`` package in Python 3:
+imports are never implicitly relative), lazily, so that the server runs without the
+``redis`` extra until a ``redis://`` bus is configured.
+
+Theory of operation.
+
+**Who numbers the messages.**  A function ``mws_publish`` (:data:`REDIS_FUNCTION`,
+``FUNCTION LOAD``, Redis >= 7) runs atomically: ``INCR mws:{C}:seq``, ``XADD mws:{C}:log``
+with the explicit id ``0-<seq>`` (trimmed to ``MAXLEN`` and expired after the replay
+window), and ``PUBLISH mws:live:C "<seq> <unix time> <data>"``; it returns the seq.  A
+per-publisher sorted set ``mws:{C}:acks:<publisher>`` (score: the publisher's message
+number, member: the seq) makes a retried publish a no-op that returns the original seq.
+The publisher passes the number of its oldest unacknowledged message, and the function
+forgets everything older, so the set holds at most the messages in flight and expires
+with the window.  Replay reads the stream with ``XRANGE`` (age checked here: the stream is
+trimmed by count only).  The ``{C}`` hash tag keeps a channel's keys in one cluster slot,
+the slot of the key ``C`` the function declares.  The function is loaded at every connect
+(``REPLACE``) and again when a publish finds it gone (``FUNCTION FLUSH``).
+
+**Backends publish without a WebSocket.**  ``FCALL mws_publish 1 news '{"x":1}'``.  Only
+the broker may publish on ``mws:live:*`` (Redis ACLs): a well-formed message forged there
+is indistinguishable from a real one.
+
+**Liveness.**  The client does not retry or reconnect by itself (the thread's own loop
+does, :mod:`backend`).  A black-holed Redis is noticed by a heartbeat: every ``HEARTBEAT``
+seconds the thread publishes on its own channel ``mws:hello:<publisher>`` and expects
+something back on its pub/sub connection within three heartbeats.  A Redis older than 7
+(no functions; before 6 not even ``HELLO``) is a configuration error (:data:`REDIS_TOO_OLD`),
+not an outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from .backend import Backend
+from .base import (
+    CONNECT_TIMEOUT,
+    HEARTBEAT,
+    BridgeSide,
+    BrokerDataError,
+    BusConfigError,
+    Entry,
+    Pending,
+    describe,
+    int_of,
+    quietly,
+    require_libraries,
+    time_of,
+)
+
+EXTRA = "redis"  # pip install 'millionws[redis]'
+LIBRARIES = ("redis", "redis.asyncio")
+REDIS_TOO_OLD = "Redis >= 7 is needed (millionws sequences with a Redis function, FUNCTION LOAD)"
+
+
+async def redis_connect(url: str, timeout: float) -> Any:
+    """A redis-py client that answered PING from a Redis >= 7 (when INFO tells), or an exception."""
+    require_libraries(url, EXTRA, LIBRARIES)
+    import redis.asyncio as aioredis
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+    from redis.exceptions import ResponseError
+
+    # No retry inside the library: a lost connection must reach Backend.main, which
+    # resubscribes and catches up.
+    r = aioredis.Redis.from_url(url, socket_connect_timeout=timeout, socket_keepalive=True,
+                                retry=Retry(NoBackoff(), 0), health_check_interval=HEARTBEAT)
+    try:
+        try:
+            await r.ping()
+        except ResponseError as exc:  # redis-py speaks RESP3: HELLO is unknown before Redis 6
+            if "unknown command" in str(exc).lower():
+                raise BusConfigError(f"{REDIS_TOO_OLD}; this server does not even know HELLO (Redis < 6)") from None
+            raise
+        try:
+            info = await r.info("server")
+        except ResponseError:  # INFO renamed away (managed Redis): FUNCTION LOAD will tell
+            info = {}
+        version = str(info.get("redis_version", ""))
+        major = version.split(".", 1)[0]
+        if major.isdigit() and int(major) < 7:
+            raise BusConfigError(f"{REDIS_TOO_OLD}; this server is Redis {version}")
+    except BaseException:
+        await quietly(r.aclose())
+        raise
+    return r
+
+
+async def probe(url: str, timeout: float) -> None:
+    """What :func:`schemes.preflight` checks of a Redis: it answers, is >= 7 and knows FUNCTION."""
+    from redis.exceptions import ResponseError
+
+    r = await redis_connect(url, timeout)
+    try:
+        await r.execute_command("FUNCTION", "LIST", "LIBRARYNAME", "millionws")
+    except ResponseError as exc:
+        if "unknown command" in str(exc).lower():
+            raise BusConfigError(REDIS_TOO_OLD) from None
+    finally:
+        await quietly(r.aclose())
+
+
+REDIS_FUNCTION = """#!lua name=millionws
+local function publish(keys, args)
+  local ch = keys[1]
+  local base = 'mws:{' .. ch .. '}:'
+  local t = args[2]
+  local tn = t and tonumber(t)
+  if tn == nil or tn ~= tn or tn == math.huge or tn == -math.huge then
+    local now = redis.call('TIME')
+    t = now[1] .. '.' .. string.format('%%06d', now[2])
+  else
+    t = string.format('%%.6f', tn)
+  end
+  local acks = nil
+  if args[3] ~= nil and args[4] ~= nil then
+    acks = base .. 'acks:' .. args[3]
+    local seen = redis.call('ZRANGEBYSCORE', acks, args[4], args[4])
+    if seen[1] ~= nil then return tonumber(seen[1]) end
+    if args[5] ~= nil then redis.call('ZREMRANGEBYSCORE', acks, '-inf', '(' .. args[5]) end
+  end
+  local seq = redis.call('INCR', base .. 'seq')
+  redis.call('XADD', base .. 'log', 'MAXLEN', %(maxlen)d, '0-' .. seq, 'd', args[1], 't', t)
+  redis.call('EXPIRE', base .. 'log', %(ttl)d)
+  redis.call('PUBLISH', 'mws:live:' .. ch, seq .. ' ' .. t .. ' ' .. args[1])
+  if acks ~= nil then
+    redis.call('ZADD', acks, args[4], seq)
+    redis.call('EXPIRE', acks, %(ttl)d)
+  end
+  return seq
+end
+redis.register_function('mws_publish', publish)
+"""
+
+
+class RedisBackend(Backend):
+    """Redis: a function sequences (INCR + XADD + PUBLISH), pub/sub carries live traffic."""
+
+    def __init__(self, bridge: BridgeSide) -> None:
+        super().__init__(bridge)
+        self.r: Any = None
+        self.ps: Any = None
+        self._reader: asyncio.Task | None = None
+        self._heard = 0.0  # monotonic time of the last thing read on the pub/sub connection
+        self._hello = f"mws:hello:{self.publisher_id}"
+
+    async def _load_function(self, r: Any) -> None:
+        from redis.exceptions import ResponseError
+
+        code = REDIS_FUNCTION % {"ttl": max(1, int(self.bridge.replay_seconds + 1)),
+                                 "maxlen": self.bridge.replay_max_messages}
+        try:
+            await r.function_load(code, replace=True)
+        except ResponseError as exc:
+            if "unknown command" in str(exc).lower():
+                raise BusConfigError(REDIS_TOO_OLD) from None
+            raise
+
+    async def connect(self) -> None:
+        r = await redis_connect(self.bridge.url, CONNECT_TIMEOUT)
+        try:
+            await self._load_function(r)
+            ps = r.pubsub()
+            await ps.subscribe(self._hello)  # opens the pub/sub connection; the heartbeat comes back on it
+        except BaseException:
+            await quietly(r.aclose())
+            raise
+        self.r, self.ps = r, ps
+        self._heard = time.monotonic()
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        on_live = self.on_live
+        async for msg in self.ps.listen():
+            self._heard = time.monotonic()
+            try:
+                if msg.get("type") != "message":
+                    continue
+                name = msg.get("channel")
+                if not isinstance(name, bytes) or not name.startswith(b"mws:live:"):
+                    continue  # the heartbeat
+                try:
+                    channel = name[9:].decode()
+                except UnicodeDecodeError:
+                    continue  # not a channel this worker subscribed to
+                data = msg.get("data")
+                parts = data.split(b" ", 2) if isinstance(data, bytes) else []
+                if len(parts) == 3:
+                    on_live(channel, parts[0], parts[1], parts[2])
+                else:
+                    on_live(channel, None, None, None)  # counted as malformed if the channel is ours
+            except Exception as exc:
+                self._bug("live message handler", exc)
+
+    async def wait_closed(self) -> str:
+        reader = self._reader
+        assert reader is not None
+        while True:
+            done, _ = await asyncio.wait((reader,), timeout=HEARTBEAT)
+            if done:
+                if reader.cancelled():
+                    return "the pub/sub reader stopped"
+                exc = reader.exception()
+                return describe(exc) if exc is not None else "the pub/sub connection closed"
+            silent = time.monotonic() - self._heard
+            if silent > 3 * HEARTBEAT:
+                return f"no answer from Redis for {silent:.0f} s"
+            try:
+                await asyncio.wait_for(self.r.publish(self._hello, b"."), HEARTBEAT)
+            except TimeoutError:
+                return f"no answer from Redis within {HEARTBEAT:g} s"
+            except Exception as exc:
+                return describe(exc)
+
+    async def close(self) -> None:
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
+        for thing in (self.ps, self.r):
+            if thing is not None:
+                await quietly(thing.aclose())
+
+    def refused(self, exc: BaseException) -> bool:
+        from redis.exceptions import ResponseError
+
+        return isinstance(exc, ResponseError)
+
+    async def subscribe_live(self, channel: str) -> Any:
+        await self.ps.subscribe("mws:live:" + channel)
+        return True
+
+    async def unsubscribe_live(self, channel: str, sub: Any) -> None:
+        await self.ps.unsubscribe("mws:live:" + channel)
+
+    async def last_seq(self, channel: str) -> int:
+        raw = await self.r.get(f"mws:{{{channel}}}:seq")
+        if raw is None:
+            return 0
+        last = int_of(raw, 0)
+        if last is None:
+            raise BrokerDataError(f"mws:{{{channel}}}:seq holds {raw[:40]!r}, not a sequence number")
+        return last
+
+    async def fetch(self, channel: str, first: int, last: int) -> list[Entry]:
+        rows = await self.r.xrange(f"mws:{{{channel}}}:log", f"0-{first}", f"0-{last}")
+        horizon = time.time() - self.bridge.replay_seconds
+        entries: dict[int, Entry] = {}
+        bad = 0
+        for row in rows:
+            try:
+                entry_id, fields = row
+                raw_seq = entry_id[2:] if isinstance(entry_id, bytes) and entry_id.startswith(b"0-") else None
+                raw_t, data = fields.get(b"t"), fields.get(b"d")
+            except (TypeError, ValueError, AttributeError):
+                bad += 1
+                continue
+            t_wall = time_of(raw_t)
+            if t_wall is not None and t_wall < horizon:
+                continue  # expired: the stream is trimmed by count, age is checked here
+            if not self._keep(entries, raw_seq, raw_t if raw_t is not None else b"", data, first, last):
+                bad += 1
+        return self._fetched(channel, entries, bad)
+
+    async def publish_batch(self, batch: list[Pending]) -> list[int | BaseException]:
+        from redis.exceptions import ResponseError
+
+        pipe = self.r.pipeline(transaction=False)
+        pid = self.publisher_id
+        floor = batch[0].n  # everything older is answered: the function may forget it
+        for p in batch:
+            pipe.fcall("mws_publish", 1, p.channel, p.data, repr(p.t_wall), pid, p.n, floor)
+        replies = await pipe.execute(raise_on_error=False)
+        if any(isinstance(reply, ResponseError) and "function not found" in str(reply).lower() for reply in replies):
+            await self._load_function(self.r)  # flushed by someone: the retry will find it
+        return [reply if isinstance(reply, BaseException) else (int_of(reply, 0) or 0) for reply in replies]

@@ -1,0 +1,125 @@
+"""redis: the sequencing function, junk on its channels, a server older than Redis 7."""
+
+from __future__ import annotations
+
+import asyncio
+import socketserver
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from millionws.pubsub.brokers.base import E_GAP, GAP_UNKNOWN, BusConfigError
+from millionws.pubsub.brokers.redis import REDIS_TOO_OLD, redis_connect
+from millionws.pubsub.brokers.schemes import preflight
+from tests.conftest import free_port
+from tests.pubsub.brokers.harness import CHANNEL, gaps, malformed, subscribed
+
+
+def test_the_module_named_redis_drives_the_client_library_not_itself():
+    import redis.exceptions
+
+    with pytest.raises(redis.exceptions.ConnectionError):  # a self-import would fail before connecting
+        asyncio.run(redis_connect(f"redis://127.0.0.1:{free_port()}", 1.0))
+
+
+def test_redis_function_remembers_recent_seqs_per_publisher(redis_broker, harness):
+    h = harness(redis_broker.url).start()
+    h.run_until(h.up, what="bus up (function loaded)")
+
+    async def main():
+        import redis.asyncio as aioredis
+
+        r = aioredis.Redis.from_url(redis_broker.url)
+        call = lambda n, floor: r.fcall("mws_publish", 1, "d", b"{}", "", "p", n, floor)  # noqa: E731
+        assert [await call(5, 5), await call(6, 5), await call(5, 5), await call(6, 5)] == [1, 2, 1, 2]
+        assert await r.zcard("mws:{d}:acks:p") == 2
+        assert await call(7, 6) == 3
+        assert await r.zrange("mws:{d}:acks:p", 0, -1) == [b"2", b"3"]  # 5 was answered (below the floor)
+        assert await r.fcall("mws_publish", 1, "d", b"{}") == 4  # a backend: no publisher id
+        assert await r.fcall("mws_publish", 1, "d", b"{}", "nan") == 5  # a bad time is replaced
+        rows = await r.xrange("mws:{d}:log")
+        assert [row[0] for row in rows] == [b"0-1", b"0-2", b"0-3", b"0-4", b"0-5"]
+        assert float(rows[4][1][b"t"]) == pytest.approx(time.time(), abs=60)
+        await r.aclose()
+
+    asyncio.run(main())
+
+
+def test_redis_junk_is_dropped_counted_and_the_channel_goes_on(redis_broker, harness):
+    import redis.asyncio as aioredis
+
+    h = harness(redis_broker.url).start()
+    subscribed(h)
+
+    async def send(*publishes: bytes, fcall: bool = False) -> None:
+        r = aioredis.Redis.from_url(redis_broker.url)
+        for data in publishes:
+            if fcall:
+                await r.fcall("mws_publish", 1, CHANNEL, data)
+            else:
+                await r.publish(f"mws:live:{CHANNEL}", data)
+        await r.aclose()
+
+    asyncio.run(send(b"junk", b"abc 1.0 {}", b"0 1.0 {}", b"-1 1.0 {}", b"9007199254740992 1.0 {}"))
+    h.run_until(lambda: malformed(h) == 5, what="5 live messages without a valid seq dropped")
+    asyncio.run(send(b"1 nan {}"))
+    h.run_until(lambda: malformed(h) == 6, what="a forged seq dropped")
+    assert not h.messages(CHANNEL) and not gaps(h)
+
+    asyncio.run(send(b'{"ok":1}', b"not json", b"[" * 100 + b"]" * 100, b'{"ok":2}', fcall=True))
+    h.run_until(lambda: len(h.messages(CHANNEL)) == 2, what="the valid messages")
+    assert h.messages(CHANNEL) == [(1, {"ok": 1}), (4, {"ok": 2})]
+    assert gaps(h) == [(E_GAP, CHANNEL, 1, 3, GAP_UNKNOWN), (E_GAP, CHANNEL, 2, 4, GAP_UNKNOWN)]
+    assert malformed(h) == 8
+
+
+class OldRedis(socketserver.StreamRequestHandler):
+    """HELLO (Redis 6) or not (Redis 5), PING, CLIENT, INFO (Redis 6.2, or renamed away), no FUNCTION."""
+
+    hello = True
+    info = True
+
+    def handle(self) -> None:
+        while True:
+            line = self.rfile.readline()
+            if not line.startswith(b"*"):
+                return
+            args = []
+            for _ in range(int(line[1:])):
+                size = int(self.rfile.readline()[1:])
+                args.append(self.rfile.read(size + 2)[:-2])
+            command = args[0].upper()
+            if command == b"HELLO" and self.hello:
+                self.wfile.write(b"%1\r\n+proto\r\n:3\r\n")
+            elif command == b"PING":
+                self.wfile.write(b"+PONG\r\n")
+            elif command == b"CLIENT":
+                self.wfile.write(b"+OK\r\n")
+            elif command == b"INFO" and self.info:
+                body = b"# Server\r\nredis_version:6.2.14\r\n"
+                self.wfile.write(b"$%d\r\n%s\r\n" % (len(body), body))
+            else:
+                self.wfile.write(b"-ERR unknown command '%s', with args beginning with: \r\n" % command.lower())
+
+
+@pytest.fixture(params=[(True, True), (True, False), (False, False)], ids=["6.2", "6.2-without-info", "5"])
+def old_redis(request) -> Iterator[str]:
+    handler = type("Handler", (OldRedis,), {"hello": request.param[0], "info": request.param[1]})
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"redis://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_redis_older_than_7_is_refused(old_redis, harness):
+    with pytest.raises(BusConfigError) as info:
+        preflight(old_redis)
+    assert str(info.value).startswith(REDIS_TOO_OLD)
+    h = harness(old_redis).start()
+    h.run_until(lambda: h.bridge.error.startswith(REDIS_TOO_OLD), what="the reason")
+    assert not h.up()
