@@ -108,6 +108,10 @@ OPTIONS: tuple[Option, ...] = (
            "seconds: first bound of the reconnect and publish-retry backoff (full jitter, doubling per failure)"),
     Option("bus_backoff_max", float, 5.0,
            "seconds: largest reconnect and publish-retry delay (at least --bus-backoff-min)"),
+    Option("bus_connect_timeout", float, 2.0,
+           "seconds a connection to the broker may take (the whole setup: 4x this); then a reconnect, with backoff"),
+    Option("bus_heartbeat", float, 5.0,
+           "seconds between liveness probes of the broker; a silent broker is declared down after 2-3 of them"),
     Option("bus_live_pending_messages", int, 1_000_000,
            "NATS: live messages a subscription may buffer; past it the client drops them (then caught up)"),
     Option("bus_live_pending_bytes", int, 256 << 20,
@@ -192,6 +196,8 @@ class Config:
     bus_events_per_wake: int = 20_000
     bus_backoff_min: float = 0.1
     bus_backoff_max: float = 5.0
+    bus_connect_timeout: float = 2.0
+    bus_heartbeat: float = 5.0
     bus_live_pending_messages: int = 1_000_000
     bus_live_pending_bytes: int = 256 << 20
     bus_max_json_depth: int = 64
@@ -214,7 +220,8 @@ class Config:
                     "max_channels_per_connection", "max_subscribers_per_worker", "max_json_depth",
                     "publish_timeout", "replay_timeout", "replay_max_bytes", "max_channels_per_worker",
                     "bus_outbox_messages", "bus_publish_batch", "bus_fetch_batch", "bus_events_per_wake",
-                    "bus_backoff_min", "bus_backoff_max", "bus_live_pending_messages", "bus_live_pending_bytes",
+                    "bus_backoff_min", "bus_backoff_max", "bus_connect_timeout", "bus_heartbeat",
+                    "bus_live_pending_messages", "bus_live_pending_bytes",
                     "bus_max_json_depth", "mesh_socket_buffer", "mesh_max_datagram", "mesh_max_outbox",
                     "mesh_datagrams_per_wake", "receive_buffer", "accept_batch", "pipeline_budget",
                     "timer_resolution", "stats_interval", "sweep_interval")

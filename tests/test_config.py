@@ -101,6 +101,8 @@ INTERNAL_LIMITS = [
     ("bus_events_per_wake", 20_000, "100", "0"),  # broker.EVENTS_PER_WAKE
     ("bus_backoff_min", 0.1, "0.05", "0"),  # broker.BACKOFF_MIN
     ("bus_backoff_max", 5.0, "30", "0.05"),  # broker.BACKOFF_MAX; invalid: below --bus-backoff-min
+    ("bus_connect_timeout", 2.0, "0.5", "0"),  # broker.CONNECT_TIMEOUT
+    ("bus_heartbeat", 5.0, "1", "-1"),  # broker.HEARTBEAT
     ("bus_live_pending_messages", 1_000_000, "1000", "0"),  # NatsBackend.subscribe_live
     ("bus_live_pending_bytes", 256 << 20, "65536", "-1"),  # NatsBackend.subscribe_live
     ("bus_max_json_depth", 64, "128", "513"),  # broker.MAX_JSON_DEPTH

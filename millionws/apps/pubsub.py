@@ -63,7 +63,8 @@ class PubSub:
             self.hub.connect_bus(cfg.bus, host.reactor, outbox_messages=cfg.bus_outbox_messages,
                                  publish_batch=cfg.bus_publish_batch, fetch_batch=cfg.bus_fetch_batch,
                                  events_per_wake=cfg.bus_events_per_wake, backoff_min=cfg.bus_backoff_min,
-                                 backoff_max=cfg.bus_backoff_max, live_pending_messages=cfg.bus_live_pending_messages,
+                                 backoff_max=cfg.bus_backoff_max, connect_timeout=cfg.bus_connect_timeout,
+                                 heartbeat=cfg.bus_heartbeat, live_pending_messages=cfg.bus_live_pending_messages,
                                  live_pending_bytes=cfg.bus_live_pending_bytes, max_json_depth=cfg.bus_max_json_depth)
 
     def start(self) -> None:

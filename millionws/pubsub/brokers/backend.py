@@ -34,7 +34,6 @@ import time
 
 from ...metrics import F
 from .base import (
-    CONNECT_TIMEOUT,
     E_ACK,
     E_REPLAY,
     E_STATE,
@@ -87,10 +86,10 @@ class Backend(Delivery, Outbox):
         failures = 0
         while True:
             try:
-                await asyncio.wait_for(self.connect(), CONNECT_TIMEOUT * 4)
+                await asyncio.wait_for(self.connect(), self.bridge.connect_timeout * 4)
             except TimeoutError:
                 failures += 1
-                self._down(f"no answer within {CONNECT_TIMEOUT * 4:g} s", "cannot connect")
+                self._down(f"no answer within {self.bridge.connect_timeout * 4:g} s", "cannot connect")
                 await asyncio.sleep(next(delays))
                 continue
             except Exception as exc:

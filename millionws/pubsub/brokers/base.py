@@ -57,8 +57,6 @@ from ...metrics import F
 
 log = logging.getLogger("millionws.pubsub.brokers")
 
-CONNECT_TIMEOUT = 2.0
-HEARTBEAT = 5.0
 STABLE = 10.0  # a connection up this long resets the reconnect backoff
 LOG_INTERVAL = 30.0
 REFUSALS = 3
@@ -242,6 +240,8 @@ class BridgeSide(Protocol):
     fetch_batch: int
     backoff_min: float
     backoff_max: float
+    connect_timeout: float
+    heartbeat: float
     live_pending_messages: int
     live_pending_bytes: int
     max_json_depth: int

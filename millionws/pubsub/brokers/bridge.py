@@ -65,6 +65,7 @@ class Bridge:
                  outbox_messages: int = DEFAULTS.bus_outbox_messages, publish_batch: int = DEFAULTS.bus_publish_batch,
                  fetch_batch: int = DEFAULTS.bus_fetch_batch, events_per_wake: int = DEFAULTS.bus_events_per_wake,
                  backoff_min: float = DEFAULTS.bus_backoff_min, backoff_max: float = DEFAULTS.bus_backoff_max,
+                 connect_timeout: float = DEFAULTS.bus_connect_timeout, heartbeat: float = DEFAULTS.bus_heartbeat,
                  live_pending_messages: int = DEFAULTS.bus_live_pending_messages,
                  live_pending_bytes: int = DEFAULTS.bus_live_pending_bytes,
                  max_json_depth: int = DEFAULTS.bus_max_json_depth) -> None:
@@ -81,6 +82,8 @@ class Bridge:
         self.events_per_wake = events_per_wake
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
+        self.connect_timeout = connect_timeout
+        self.heartbeat = heartbeat
         self.live_pending_messages = live_pending_messages
         self.live_pending_bytes = live_pending_bytes
         self.max_json_depth = max_json_depth

@@ -24,7 +24,7 @@ Channel names with an empty subject token (``a..b``, ``.a``) are spelt ``~<hex o
 name>`` in subjects (:func:`subject_token`).  Only the broker may publish on ``mws.live.>``
 (NATS permissions): a well-formed message forged there is indistinguishable from a real one.
 
-**Liveness.**  The client pings every ``HEARTBEAT`` seconds and gives up after two
+**Liveness.**  The client pings every ``--bus-heartbeat`` seconds and gives up after two
 unanswered pings, so a black-holed server is noticed; it never reconnects by itself (the
 thread's own loop does, :mod:`backend`, then resubscribes and catches up).  A server
 without JetStream is a configuration error (:data:`NO_JETSTREAM`), not an outage.
@@ -38,8 +38,6 @@ from typing import Any
 
 from .backend import Backend
 from .base import (
-    CONNECT_TIMEOUT,
-    HEARTBEAT,
     BridgeSide,
     BrokerDataError,
     BusConfigError,
@@ -136,9 +134,9 @@ class NatsBackend(Backend):
         async def on_error(exc: Exception) -> None:
             self.bridge.error = describe(exc)
 
-        self.nc = await nats_connect(self.bridge.url, CONNECT_TIMEOUT, closed_cb=on_closed,
+        self.nc = await nats_connect(self.bridge.url, self.bridge.connect_timeout, closed_cb=on_closed,
                                      disconnected_cb=on_closed, error_cb=on_error, max_outstanding_pings=2,
-                                     ping_interval=HEARTBEAT)
+                                     ping_interval=self.bridge.heartbeat)
         self.js = self.nc.jetstream(timeout=5)
         self.streams.clear()
 

@@ -25,7 +25,7 @@ the broker may publish on ``mws:live:*`` (Redis ACLs): a well-formed message for
 is indistinguishable from a real one.
 
 **Liveness.**  The client does not retry or reconnect by itself (the thread's own loop
-does, :mod:`backend`).  A black-holed Redis is noticed by a heartbeat: every ``HEARTBEAT``
+does, :mod:`backend`).  A black-holed Redis is noticed by a heartbeat: every ``--bus-heartbeat``
 seconds the thread publishes on its own channel ``mws:hello:<publisher>`` and expects
 something back on its pub/sub connection within three heartbeats.  A Redis older than 7
 (no functions; before 6 not even ``HELLO``) is a configuration error (:data:`REDIS_TOO_OLD`),
@@ -38,10 +38,9 @@ import asyncio
 import time
 from typing import Any
 
+from ...config import DEFAULTS
 from .backend import Backend
 from .base import (
-    CONNECT_TIMEOUT,
-    HEARTBEAT,
     BridgeSide,
     BrokerDataError,
     BusConfigError,
@@ -59,7 +58,7 @@ LIBRARIES = ("redis", "redis.asyncio")
 REDIS_TOO_OLD = "Redis >= 7 is needed (millionws sequences with a Redis function, FUNCTION LOAD)"
 
 
-async def redis_connect(url: str, timeout: float) -> Any:
+async def redis_connect(url: str, timeout: float, heartbeat: float = DEFAULTS.bus_heartbeat) -> Any:
     """A redis-py client that answered PING from a Redis >= 7 (when INFO tells), or an exception."""
     require_libraries(url, EXTRA, LIBRARIES)
     import redis.asyncio as aioredis
@@ -70,7 +69,7 @@ async def redis_connect(url: str, timeout: float) -> Any:
     # No retry inside the library: a lost connection must reach Backend.main, which
     # resubscribes and catches up.
     r = aioredis.Redis.from_url(url, socket_connect_timeout=timeout, socket_keepalive=True,
-                                retry=Retry(NoBackoff(), 0), health_check_interval=HEARTBEAT)
+                                retry=Retry(NoBackoff(), 0), health_check_interval=heartbeat)
     try:
         try:
             await r.ping()
@@ -163,7 +162,7 @@ class RedisBackend(Backend):
             raise
 
     async def connect(self) -> None:
-        r = await redis_connect(self.bridge.url, CONNECT_TIMEOUT)
+        r = await redis_connect(self.bridge.url, self.bridge.connect_timeout, self.bridge.heartbeat)
         try:
             await self._load_function(r)
             ps = r.pubsub()
@@ -202,19 +201,19 @@ class RedisBackend(Backend):
         reader = self._reader
         assert reader is not None
         while True:
-            done, _ = await asyncio.wait((reader,), timeout=HEARTBEAT)
+            done, _ = await asyncio.wait((reader,), timeout=self.bridge.heartbeat)
             if done:
                 if reader.cancelled():
                     return "the pub/sub reader stopped"
                 exc = reader.exception()
                 return describe(exc) if exc is not None else "the pub/sub connection closed"
             silent = time.monotonic() - self._heard
-            if silent > 3 * HEARTBEAT:
+            if silent > 3 * self.bridge.heartbeat:
                 return f"no answer from Redis for {silent:.0f} s"
             try:
-                await asyncio.wait_for(self.r.publish(self._hello, b"."), HEARTBEAT)
+                await asyncio.wait_for(self.r.publish(self._hello, b"."), self.bridge.heartbeat)
             except TimeoutError:
-                return f"no answer from Redis within {HEARTBEAT:g} s"
+                return f"no answer from Redis within {self.bridge.heartbeat:g} s"
             except Exception as exc:
                 return describe(exc)
 

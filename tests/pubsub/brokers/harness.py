@@ -27,6 +27,7 @@ def fake_bridge(url: str = "nats://x", **limits) -> types.SimpleNamespace:
     bounds = {"outbox_messages": DEFAULTS.bus_outbox_messages, "publish_batch": DEFAULTS.bus_publish_batch,
               "fetch_batch": DEFAULTS.bus_fetch_batch, "events_per_wake": DEFAULTS.bus_events_per_wake,
               "backoff_min": DEFAULTS.bus_backoff_min, "backoff_max": DEFAULTS.bus_backoff_max,
+              "connect_timeout": DEFAULTS.bus_connect_timeout, "heartbeat": DEFAULTS.bus_heartbeat,
               "live_pending_messages": DEFAULTS.bus_live_pending_messages,
               "live_pending_bytes": DEFAULTS.bus_live_pending_bytes, "max_json_depth": DEFAULTS.bus_max_json_depth}
     assert limits.keys() <= bounds.keys(), limits

@@ -11,7 +11,6 @@ import pytest
 
 from millionws import metrics
 from millionws.core.reactor import EPOLLIN, Reactor
-from millionws.pubsub.brokers import base
 from millionws.pubsub.brokers.base import E_ACK
 from millionws.pubsub.brokers.bridge import Bridge
 from tests.conftest import free_port
@@ -146,14 +145,14 @@ def test_a_retry_after_a_lost_answer_gets_the_original_seq(broker, harness):
 
 def test_a_frozen_broker_is_noticed_and_its_in_flight_publishes_are_stored_once(broker, harness, caplog):
     caplog.set_level(logging.WARNING, "millionws.pubsub.brokers")
-    h = harness(broker.url).start()
+    h = harness(broker.url, heartbeat=1.0).start()  # --bus-heartbeat: how soon silence is noticed
     h.run_until(h.up, what="bus up")
     broker.proc.send_signal(signal.SIGSTOP)  # no RST, no answer: only pings / heartbeats can tell
     try:
         reqs = [h.publish("frozen", {"i": i}) for i in range(10)]
         outbox = h.bridge.backend.outbox
         h.run_until(lambda: outbox and outbox[0].sent, what="the batch sent")
-        h.run_until(lambda: not h.up(), timeout=4 * base.HEARTBEAT, what="the frozen broker noticed")
+        h.run_until(lambda: not h.up(), timeout=4.0, what="the frozen broker noticed within a few heartbeats")
         # The thread reports the state before it writes the log line: poll for the line too.
         h.run_until(lambda: any("connection lost" in r.getMessage() for r in caplog.records),
                     what="the loss logged with its reason")
