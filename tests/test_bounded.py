@@ -259,14 +259,14 @@ def test_pipelined_requests_are_answered_at_most_the_budget_per_turn():
 
 
 def test_connections_are_accepted_at_most_the_batch_per_readiness():
-    from millionws.server.worker import listen_socket
+    from millionws.server.acceptor import listen_socket
 
     worker = _worker(accept_batch=2)  # --accept-batch 2
     listener = listen_socket("127.0.0.1", 0, 16)
     clients = [socket.create_connection(listener.getsockname()) for _ in range(5)]  # queued by the kernel
     counts = []
     for _ in range(3):
-        worker.accept_from(listener, 0)
+        worker.acceptor.accept_from(listener, 0)
         counts.append(worker.c[F["accepted"]])
     assert counts == [2, 4, 5]
     for conn in list(worker.reactor.conns.values()):

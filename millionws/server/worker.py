@@ -2,9 +2,8 @@
 
 Theory of operation:
 
-* The worker binds its own listening socket with SO_REUSEPORT, so the kernel spreads
-  new connections over the workers; it shares nothing with its siblings but the
-  metrics region.
+* New connections come from the :mod:`acceptor` (listening sockets, admission, EMFILE);
+  the worker shares nothing with its siblings but the metrics region.
 * Bytes move through the worker's :mod:`transport` (plain: ``os.readv``/``os.write``
   themselves).  Reads go into the worker's one receive buffer, and the filled bytes go
   to the protocol of the connection's state: h11 for HTTP, :mod:`websocket` after the
@@ -33,11 +32,9 @@ Theory of operation:
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import signal
-import socket
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -73,6 +70,7 @@ from ..protocol.lifecycle import (
 from ..protocol.websocket import PING_FRAME, FramePool
 from ..pubsub.mesh import LocalBus, Mesh
 from ..ratelimit import Rate
+from .acceptor import Acceptor
 from .admission import Admission
 from .connection import (
     F_ADMIN,
@@ -88,24 +86,10 @@ from .expiry import Expiries
 
 log = logging.getLogger("millionws.server.worker")
 
-_CONNECTIONS, _ACCEPTED, _BYTES_IN, _BYTES_OUT = F["connections"], F["accepted"], F["bytes_in"], F["bytes_out"]
+_CONNECTIONS, _BYTES_IN, _BYTES_OUT = F["connections"], F["bytes_in"], F["bytes_out"]
 _SLOW_CONSUMERS = F["slow_consumers"]
 _F_WAITED = 16  # our keepalive ping's deadline is pending (see on_timer)
 
-
-
-def listen_socket(host: str, port: int, backlog: int) -> socket.socket:
-    """A non-blocking listening socket that shares ``port`` with the sibling workers."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    # Accepted sockets inherit TCP_NODELAY from the listener on Linux: one setsockopt, not one per client.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
-    sock.listen(backlog)
-    sock.setblocking(False)
-    return sock
 
 
 class Worker:
@@ -129,14 +113,10 @@ class Worker:
         self.bus = LocalBus(index, mesh.take(index) if mesh is not None else {}, self.reactor, self.c,
                             max_datagram=config.mesh_max_datagram, max_outbox=config.mesh_max_outbox,
                             datagrams_per_wake=config.mesh_datagrams_per_wake)
-        self._accept_batch = config.accept_batch  # connections accepted per listener readiness
         self._pipeline_budget = config.pipeline_budget  # pipelined HTTP requests per connection per loop turn
         self.app = App(self, config.max_connections)
         self.draining = False
-        self.listener: socket.socket | None = None
-        self.listeners: list[tuple[socket.socket, int]] = []
         self._signal_r = -1
-        self._accept_paused = False
         # Abuse limits (SECURITY.md); each is None when off, so an unused limit costs nothing.
         cfg = config
         self.msg_rate = Rate(cfg.rate_limit_messages) if cfg.rate_limit_messages else None
@@ -145,25 +125,14 @@ class Worker:
                           if cfg.rate_limit_bytes else None)
         self.admission = Admission(self.c, cfg.max_connect_rate_per_ip, cfg.max_connections_per_ip)
         self.expiries = Expiries()
+        self.acceptor = Acceptor(self.reactor, self.c, self.admission, cfg.accept_batch, cfg.handshake_timeout,
+                                 cfg.max_request_head)
 
     # -- the application's view --------------------------------------------------------
     def websocket_count(self) -> int:
         return self.c[_CONNECTIONS]
 
     # -- setup -------------------------------------------------------------------------
-    def start_listening(self) -> None:
-        cfg = self.config
-        self.listener = listen_socket(cfg.host, cfg.port, cfg.backlog)
-        self.listeners = [(self.listener, 0)]
-        if cfg.admin_port:
-            self.listeners.append((listen_socket(cfg.host, cfg.admin_port, cfg.backlog), F_ADMIN))
-        self._watch_listeners()
-
-    def _watch_listeners(self) -> None:
-        for sock, flags in self.listeners:
-            self.reactor.add_handler(sock.fileno(), EPOLLIN,
-                                     lambda _ev, sock=sock, flags=flags: self.accept_from(sock, flags))
-
     def install_signals(self) -> None:
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._signal_r = r
@@ -173,10 +142,11 @@ class Worker:
         self.reactor.add_handler(r, EPOLLIN, self.on_signal)
 
     def run(self) -> int:
-        self.start_listening()
+        cfg = self.config
+        self.acceptor.listen(cfg.host, cfg.port, cfg.backlog, cfg.admin_port)
         self.install_signals()
         self._flush_periodically()
-        self._sweep_admission()
+        self.acceptor.sweep(cfg.sweep_interval)
         self._check_expiries()
         self.app.start()
         log.info("worker %d (pid %d) listening on %s:%d", self.index, os.getpid(), self.config.host,
@@ -191,69 +161,6 @@ class Worker:
     def _flush_periodically(self) -> None:
         self.reactor.call_later(self.config.stats_interval, self._flush_periodically)
         self.stats.flush()
-
-    def _sweep_admission(self) -> None:
-        """Forget source addresses whose connect-rate bucket is full again (bounded table)."""
-        admission = self.admission
-        if not admission.active:
-            return
-        if admission.rate is None:
-            self.reactor.call_later(self.config.sweep_interval, self._sweep_admission)
-        else:
-            self.reactor.call_later(admission.rate.idle, self._sweep_admission)
-        admission.sweep(monotonic())
-
-    # -- accept ------------------------------------------------------------------------
-    def accept_from(self, listener: socket.socket, flags: int) -> None:
-        accept = listener._accept  # (fd, addr): no socket object is made
-        reactor = self.reactor
-        now = monotonic()
-        deadline = now + self.config.handshake_timeout
-        max_head = self.config.max_request_head
-        c = self.c
-        admission = self.admission
-        limited = admission.active
-        keep_peer = admission.counts is not None
-        for _ in range(self._accept_batch):  # bounded: the connections we have get their turn too
-            try:
-                fd, addr = accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                self._accept_failed(exc)
-                return
-            peer = None
-            if limited:
-                peer = admission.admit(addr[0], now)
-                if peer is None:
-                    os.close(fd)  # the cheapest answer to a flood: no parser, no response
-                    continue
-            os.set_blocking(fd, False)
-            conn = Connection(fd, http.new_parser(max_head))
-            conn.flags = flags
-            if keep_peer:
-                conn.peer = peer
-            reactor.add_conn(fd, conn, EPOLLIN)
-            reactor.wheel.schedule(conn, deadline)
-            c[_ACCEPTED] += 1
-
-    def _accept_failed(self, exc: OSError) -> None:
-        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-            self.c[F["accept_error_emfile"]] += 1
-            # Out of descriptors: stop asking for 100 ms (level-triggered epoll would spin),
-            # keep serving the connections we have, and try again.
-            if not self._accept_paused:
-                self._accept_paused = True
-                for sock, _ in self.listeners:
-                    self.reactor.remove_handler(sock.fileno())
-                self.reactor.call_later(0.1, self._resume_accept)
-        elif exc.errno not in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
-            self.c[F["accept_error_other"]] += 1
-            log.warning("accept failed: %s", exc)
-
-    def _resume_accept(self) -> None:
-        self._accept_paused = False
-        self._watch_listeners()
 
     # -- readiness ---------------------------------------------------------------------
     def on_event(self, conn: Connection, events: int) -> None:
@@ -729,8 +636,7 @@ class Worker:
             if conn.state in (OPEN, CLOSING):
                 conn.reason = R_SHUTDOWN
             self.close(conn)
-        if self.listener is not None:
-            self.listener.close()
+        self.acceptor.close()
         self.stats.flush()
 
 
