@@ -7,27 +7,17 @@ Theory of operation:
 * Bytes move through the worker's :mod:`transport` (plain: ``os.readv``/``os.write``
   themselves).  Reads go into the worker's one receive buffer, and the filled bytes go
   to the protocol of the connection's state: h11 for HTTP, :mod:`websocket` after the
-  upgrade.  What the protocol returns is written at once; only what
-  the kernel refuses is kept (``pending``), in a buffer borrowed from a pool, and only
-  then is EPOLLOUT asked for.  Over ``max_pending_bytes`` the worker stops reading that
-  peer until its backlog halves (backpressure), so one slow reader costs its own memory
-  and never anyone else's time.
+  upgrade.  What the protocol returns goes to the :mod:`output` (written at once, only
+  the refused rest kept; backpressure; fan-out and slow consumers).
 * Every deadline of a connection (handshake, ping, pong, closing handshake) is the one
   ``deadline`` slot of its record in the reactor's timer wheel; :meth:`on_timer` decides
   what the deadline meant from the connection's state and flags.
 * State changes only through ``connection.advance`` (the one transition table); what
   the WebSocket layer reports is applied by ``connection.apply`` in :meth:`ws_in`.
-* Closing: a WebSocket that ends (handshake finished, protocol failure, drain) moves to
-  LINGER: pending bytes are flushed, our FIN is sent (``shutdown(SHUT_WR)``), and input
-  is discarded until the peer's FIN or the close timeout.  Closing a socket with unread
-  input would send RST and could destroy our own Close frame in flight.
+* Closing (linger, FIN, the one way to CLOSED) is :mod:`closing`.
 * Drain (SIGTERM/SIGINT): keep accepting so probes see 503 ``draining``, refuse upgrades,
   send 1001 to every WebSocket, exit once none is left or the grace period is over.
   A second signal exits at once.
-* Channel fan-out (:meth:`fanout`): one frame, the same bytes written to every subscriber.
-  A subscriber whose pending output would pass ``max_pending_bytes`` is a slow consumer:
-  it gets Close 1013 queued behind what it has not read, leaves the fan-out at once and
-  is closed by the close timeout if it never catches up.  Nobody else waits for it.
 """
 
 from __future__ import annotations
@@ -36,7 +26,6 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterable
 from typing import Any
 
 import h11
@@ -47,10 +36,9 @@ from ..config import Config
 from ..core.buffers import BufferPool, ReceiveBuffer
 from ..core.reactor import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Reactor, monotonic
 from ..core.transport import PLAIN, Transport
-from ..metrics import DISCONNECT0, HANDSHAKE0, F, SharedStats, WorkerStats
+from ..metrics import HANDSHAKE0, F, SharedStats, WorkerStats
 from ..protocol import http, websocket
 from ..protocol.lifecycle import (
-    CLOSE_SENT,
     CLOSED,
     CLOSING,
     GOODBYE,
@@ -62,7 +50,6 @@ from ..protocol.lifecycle import (
     R_ERROR,
     R_POLICY,
     R_SHUTDOWN,
-    R_SLOW,
     R_TIMEOUT,
     UPGRADED,
     advance,
@@ -72,22 +59,21 @@ from ..pubsub.mesh import LocalBus, Mesh
 from ..ratelimit import Rate
 from .acceptor import Acceptor
 from .admission import Admission
+from .closing import Closer
 from .connection import (
     F_ADMIN,
-    F_EXPIRES,
     F_PAUSED,
     F_PING_SENT,
-    F_SHUT,
     F_WAITING,
     Connection,
     apply,
 )
 from .expiry import Expiries
+from .output import Output
 
 log = logging.getLogger("millionws.server.worker")
 
-_CONNECTIONS, _BYTES_IN, _BYTES_OUT = F["connections"], F["bytes_in"], F["bytes_out"]
-_SLOW_CONSUMERS = F["slow_consumers"]
+_CONNECTIONS, _BYTES_IN = F["connections"], F["bytes_in"]
 _F_WAITED = 16  # our keepalive ping's deadline is pending (see on_timer)
 
 
@@ -102,10 +88,10 @@ class Worker:
         self.c = self.stats.c
         self.reactor = Reactor(self.on_event, self.on_timer, config.timer_resolution)
         self.reactor.on_error = self.on_error
-        # Every byte of a client connection goes through these (transport.py); bound once, not per call.
+        # Every byte of a client connection goes through the transport (core/transport.py): reads here,
+        # writes in the output, FIN and close in the closing part.
         self.transport: Transport = PLAIN
-        self._readv = PLAIN.readv
-        self._write = PLAIN.write
+        self._readv = PLAIN.readv  # bound once, not per read
         self.reactor.observe_turn = self.stats.observe_turn
         self.rbuf = ReceiveBuffer(config.receive_buffer)
         self.pool = BufferPool(config.buffer_pool_size)
@@ -114,7 +100,6 @@ class Worker:
                             max_datagram=config.mesh_max_datagram, max_outbox=config.mesh_max_outbox,
                             datagrams_per_wake=config.mesh_datagrams_per_wake)
         self._pipeline_budget = config.pipeline_budget  # pipelined HTTP requests per connection per loop turn
-        self.app = App(self, config.max_connections)
         self.draining = False
         self._signal_r = -1
         # Abuse limits (SECURITY.md); each is None when off, so an unused limit costs nothing.
@@ -125,6 +110,14 @@ class Worker:
                           if cfg.rate_limit_bytes else None)
         self.admission = Admission(self.c, cfg.max_connect_rate_per_ip, cfg.max_connections_per_ip)
         self.expiries = Expiries()
+        self.closer = closer = Closer(self.reactor, self.transport, self.pool, self.frames, self.admission,
+                                      self.expiries, self.c, cfg.close_timeout)
+        self.output = output = Output(self.transport, self.reactor, self.pool, self.c, cfg.max_pending_bytes, closer)
+        # The application's view (apps.app.WorkerView): the output's bound methods, assigned before the
+        # application is made because it hands write and fanout on at construction.
+        self.write = output.write
+        self.fanout = output.fanout
+        self.app = App(self, cfg.max_connections)
         self.acceptor = Acceptor(self.reactor, self.c, self.admission, cfg.accept_batch, cfg.handshake_timeout,
                                  cfg.max_request_head)
 
@@ -164,11 +157,11 @@ class Worker:
 
     # -- readiness ---------------------------------------------------------------------
     def on_event(self, conn: Connection, events: int) -> None:
-        if events & EPOLLOUT and conn.pending is not None:
-            self.flush(conn)
+        if events & EPOLLOUT and conn.pending is not None and self.output.flush(conn):
+            self._http_resume(conn)  # the backlog halved: requests read before the pause
         if events & (EPOLLIN | EPOLLERR | EPOLLHUP) and conn.state != CLOSED and not conn.flags & F_PAUSED:
             if conn.flags & F_WAITING:  # not reading while an answer is deferred: only a hang-up gets here
-                self.abort(conn, R_ERROR)
+                self.closer.abort(conn, R_ERROR)
                 return
             self.on_readable(conn)
 
@@ -189,10 +182,10 @@ class Worker:
                 conn.reason = R_ERROR
                 conn.ws = None
                 advance(conn, GOODBYE)
-                self.write(conn, websocket.INTERNAL_ERROR_CLOSE)
-                self.state_changed(conn)
+                self.output.write(conn, websocket.INTERNAL_ERROR_CLOSE)
+                self.closer.state_changed(conn)
             else:
-                self.abort(conn, R_ERROR)
+                self.closer.abort(conn, R_ERROR)
         except Exception:  # the record itself is broken: drop the descriptor without ceremony
             log.exception("worker %d: could not close %r after an internal error", self.index, conn)
             self.reactor.conns.pop(conn.fd, None)
@@ -208,7 +201,7 @@ class Worker:
         except BlockingIOError:
             return
         except OSError:
-            self.abort(conn, R_ERROR)
+            self.closer.abort(conn, R_ERROR)
             return
         if n == 0:
             self.on_eof(conn)
@@ -227,11 +220,11 @@ class Worker:
         handler = conn.app.on_message if self.msg_rate is None and self.byte_rate is None else self.limited
         out, event = websocket.receive(conn, data, handler, self.config.max_message_size, self.frames)
         if out:
-            self.write(conn, out)
+            self.output.write(conn, out)
         if event != NO_EVENT:
             apply(conn, event)
         if conn.state != state:
-            self.state_changed(conn)
+            self.closer.state_changed(conn)
 
     def limited(self, conn: Connection, is_text: bool, payload: bytes) -> bytes | None:
         """The message handler when per-connection rate limits are on: over a limit, close 1008."""
@@ -247,124 +240,13 @@ class Worker:
         else:
             return conn.app.on_message(conn, is_text, payload)
         self.c[F[kind]] += 1
-        conn.reason = R_POLICY
-        out = websocket.start_close(conn, self.frames, 1008, "rate limit exceeded")
-        advance(conn, CLOSE_SENT)
-        return out
+        return self.closer.begin_close(conn, 1008, "rate limit exceeded", R_POLICY, wait_for_peer=True)
 
     def on_eof(self, conn: Connection) -> None:
         if conn.state == OPEN or conn.state == CLOSING:
-            self.abort(conn, R_ERROR)  # TCP closed without a closing handshake (1006)
+            self.closer.abort(conn, R_ERROR)  # TCP closed without a closing handshake (1006)
         else:
-            self.close(conn)
-
-    # -- output ------------------------------------------------------------------------
-    def write(self, conn: Connection, data: bytes) -> None:
-        """Send now; keep only what the kernel refused."""
-        pending = conn.pending
-        if pending is not None:
-            pending += data
-            if len(pending) > self.config.max_pending_bytes and not conn.flags & F_PAUSED:
-                conn.flags |= F_PAUSED
-                self.reactor.modify(conn.fd, EPOLLOUT)
-            return
-        if conn.state == CLOSED:
-            return
-        try:
-            sent = self._write(conn.fd, data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self.abort(conn, R_ERROR)
-            return
-        self.c[_BYTES_OUT] += sent
-        if sent < len(data):
-            conn.pending = pending = self.pool.acquire()
-            pending += memoryview(data)[sent:]
-            if len(pending) > self.config.max_pending_bytes:
-                conn.flags |= F_PAUSED
-                self.reactor.modify(conn.fd, EPOLLOUT)
-            else:
-                self.reactor.modify(conn.fd, EPOLLIN | EPOLLOUT)
-
-    def fanout(self, conns: Iterable[Connection], frame: bytes) -> int:
-        """Write ``frame`` to each open connection of ``conns``; return how many got it."""
-        limit = self.config.max_pending_bytes
-        modify = self.reactor.modify
-        write = self._write
-        n = len(frame)
-        sent_total = delivered = 0
-        trouble: list[tuple[Connection, bool]] | None = None
-        for conn in conns:
-            if conn.state != OPEN:
-                continue
-            pending = conn.pending
-            if pending is not None:  # EPOLLOUT is already asked for
-                if len(pending) + n > limit:
-                    if trouble is None:
-                        trouble = []
-                    trouble.append((conn, True))
-                    continue
-                pending += frame
-                delivered += 1
-                continue
-            try:
-                sent = write(conn.fd, frame)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                if trouble is None:
-                    trouble = []
-                trouble.append((conn, False))
-                continue
-            sent_total += sent
-            delivered += 1
-            if sent < n:
-                conn.pending = pending = self.pool.acquire()
-                pending += memoryview(frame)[sent:]
-                modify(conn.fd, EPOLLIN | EPOLLOUT)
-        self.c[_BYTES_OUT] += sent_total
-        if trouble is not None:  # after the loop: closing changes the subscriber sets
-            for conn, slow in trouble:
-                if slow:
-                    self.slow_consumer(conn)
-                else:
-                    self.abort(conn, R_ERROR)
-        return delivered
-
-    def slow_consumer(self, conn: Connection) -> None:
-        """Close 1013 behind the unread backlog; the close timeout ends it if it never reads."""
-        self.c[_SLOW_CONSUMERS] += 1
-        self.close_with(conn, 1013, "slow consumer", R_SLOW, wait_for_peer=False)
-
-    def flush(self, conn: Connection) -> None:
-        pending = conn.pending
-        assert pending is not None
-        try:
-            sent = self._write(conn.fd, pending)
-        except BlockingIOError:
-            return
-        except OSError:
-            self.abort(conn, R_ERROR)
-            return
-        self.c[_BYTES_OUT] += sent
-        del pending[:sent]
-        paused = conn.flags & F_PAUSED
-        if pending:
-            if paused and len(pending) <= self.config.max_pending_bytes // 2:
-                conn.flags &= ~F_PAUSED
-                self.reactor.modify(conn.fd, EPOLLIN | EPOLLOUT)
-                if conn.state == HTTP:
-                    self._http_resume(conn)  # pipelined requests read before the pause
-            return
-        conn.pending = None
-        self.pool.release(pending)
-        conn.flags &= ~F_PAUSED
-        self.reactor.modify(conn.fd, EPOLLIN)
-        if conn.state == LINGER:
-            self.shutdown(conn)
-        elif paused and conn.state == HTTP:
-            self._http_resume(conn)
+            self.closer.close(conn)
 
     # -- HTTP --------------------------------------------------------------------------
     def http_in(self, conn: Connection, data: bytes | None) -> None:
@@ -413,7 +295,7 @@ class Worker:
             elif event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             elif kind is h11.ConnectionClosed:
-                self.close(conn)
+                self.closer.close(conn)
                 return
 
     def _http_resume(self, conn: Connection) -> None:
@@ -427,8 +309,8 @@ class Worker:
         conn.msg = None
         conn.http = None
         advance(conn, LAST_ANSWER)
-        self.write(conn, http.render_error(error, head=head))
-        self.state_changed(conn)
+        self.output.write(conn, http.render_error(error, head=head))
+        self.closer.state_changed(conn)
 
     def dispatch(self, conn: Connection) -> None:
         request, *body = conn.msg
@@ -470,11 +352,11 @@ class Worker:
             if expires is not None and conn.state == OPEN:
                 self.expiries.add(conn, expires)
             return
-        self.write(conn, response.data)
+        self.output.write(conn, response.data)
         if not response.keep_alive:
             conn.http = None
             advance(conn, LAST_ANSWER)
-            self.state_changed(conn)
+            self.closer.state_changed(conn)
             return
         conn.http = parser = http.new_parser(self.config.max_request_head)
         if trailing:
@@ -490,7 +372,7 @@ class Worker:
             self.reactor.wheel.schedule(conn, monotonic() + self.config.ping_interval)
         else:
             self.reactor.wheel.cancel(conn)
-        self.write(conn, response)
+        self.output.write(conn, response)
         on_open = getattr(ws_app, "on_open", None)
         if on_open is not None and conn.state == OPEN:
             on_open(conn)
@@ -506,66 +388,8 @@ class Worker:
 
     def close_with(self, conn: Connection, code: int, text: str, reason: int, wait_for_peer: bool) -> None:
         """Start the closing handshake from our side; without ``wait_for_peer``, linger at once."""
-        conn.reason = reason
-        out = websocket.start_close(conn, self.frames, code, text)
-        if wait_for_peer:
-            advance(conn, CLOSE_SENT)
-        else:  # the peer is not listening: waiting for its Close would be waiting for nothing
-            advance(conn, GOODBYE)
-            conn.ws = None
-        self.write(conn, out)
-        self.state_changed(conn)
-
-    # -- closing -----------------------------------------------------------------------
-    def state_changed(self, conn: Connection) -> None:
-        """The protocol moved ``conn`` to CLOSING or LINGER: arm the close timeout."""
-        state = conn.state
-        if state == CLOSED:
-            return
-        if state == LINGER and conn.pending is None:
-            self.shutdown(conn)
-        if conn.state in (CLOSING, LINGER):
-            self.reactor.wheel.schedule(conn, monotonic() + self.config.close_timeout)
-
-    def shutdown(self, conn: Connection) -> None:
-        """Send our FIN; the descriptor closes when the peer's FIN arrives (or on timeout)."""
-        if conn.flags & F_SHUT or conn.state == CLOSED:
-            return
-        conn.flags |= F_SHUT
-        try:
-            self.transport.shutdown(conn.fd)
-        except OSError:
-            self.close(conn)
-
-    def abort(self, conn: Connection, reason: int) -> None:
-        """End ``conn`` now, without a closing handshake."""
-        if conn.state == OPEN or conn.state == CLOSING:
-            conn.reason = reason
-        self.close(conn)
-
-    def close(self, conn: Connection) -> None:
-        """Close the descriptor and account for it; idempotent."""
-        if conn.state == CLOSED:
-            return
-        conn.state = CLOSED
-        self.reactor.remove_conn(conn.fd)
-        self.transport.close(conn.fd)  # also removes it from the epoll set
-        conn.deadline = 0
-        if conn.pending is not None:
-            self.pool.release(conn.pending)
-            conn.pending = None
-        conn.http = conn.ws = conn.msg = None
-        if conn.peer is not None:
-            self.admission.release(conn.peer)
-        if conn.flags & F_EXPIRES:
-            self.expiries.closed(conn)
-        if conn.app is not None:
-            c = self.c
-            c[_CONNECTIONS] -= 1
-            c[DISCONNECT0 + conn.reason] += 1
-            conn.app.on_close(conn)
-            if self.draining and c[_CONNECTIONS] == 0:
-                self.reactor.call_later(0, self.finish)
+        self.output.write(conn, self.closer.begin_close(conn, code, text, reason, wait_for_peer))
+        self.closer.state_changed(conn)
 
     # -- deadlines ---------------------------------------------------------------------
     def on_timer(self, conn: Connection) -> None:
@@ -580,11 +404,11 @@ class Worker:
                 return
             parser = conn.http
             if parser.their_state is h11.IDLE and not parser.trailing_data[0]:
-                self.close(conn)  # an idle keep-alive connection: nothing to report
+                self.closer.close(conn)  # an idle keep-alive connection: nothing to report
             else:
                 self.refuse(conn, http.HttpError(408, "request not completed in time", http.HS_TIMEOUT))
         elif state == CLOSING or state == LINGER:
-            self.close(conn)  # the reason was set when the closing began
+            self.closer.close(conn)  # the reason was set when the closing began
 
     def _keepalive(self, conn: Connection) -> None:
         cfg = self.config
@@ -597,7 +421,7 @@ class Worker:
             self.reactor.wheel.schedule(conn, now + max(0.0, cfg.ping_interval - cfg.ping_timeout))
         else:
             conn.flags = flags | F_PING_SENT | _F_WAITED
-            self.write(conn, PING_FRAME)
+            self.output.write(conn, PING_FRAME)
             if conn.state == OPEN:
                 self.reactor.wheel.schedule(conn, now + cfg.ping_timeout)
 
@@ -620,6 +444,7 @@ class Worker:
         self.c[F["draining"]] = 1
         self.stats.flush()
         log.info("worker %d draining: %d WebSockets", self.index, self.c[_CONNECTIONS])
+        self.closer.when_no_websocket_is_left(self.finish)
         for conn in list(self.reactor.conns.values()):
             if conn.state == OPEN:
                 self.close_with(conn, 1001, "server going away", R_SHUTDOWN, wait_for_peer=True)
@@ -635,7 +460,7 @@ class Worker:
         for conn in list(self.reactor.conns.values()):
             if conn.state in (OPEN, CLOSING):
                 conn.reason = R_SHUTDOWN
-            self.close(conn)
+            self.closer.close(conn)
         self.acceptor.close()
         self.stats.flush()
 
