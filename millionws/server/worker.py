@@ -11,10 +11,11 @@ Theory of operation:
   the refused rest kept; backpressure; fan-out and slow consumers).
 * Every deadline of a connection (handshake, ping, pong, closing handshake) is the one
   ``deadline`` slot of its record in the reactor's timer wheel; :meth:`on_timer` decides
-  what the deadline meant from the connection's state and flags.
+  what the deadline meant from the connection's state (an open WebSocket's: :mod:`keepalive`).
 * State changes only through ``connection.advance`` (the one transition table); what
   the WebSocket layer reports is applied by ``connection.apply`` in :meth:`ws_in`.
-* Closing (linger, FIN, the one way to CLOSED) is :mod:`closing`.
+* Closing (linger, FIN, the one way to CLOSED) is :mod:`closing`; pings, token expiry and the
+  1001 of a drain are :mod:`keepalive`; per-connection message limits are :mod:`limits`.
 * Drain (SIGTERM/SIGINT): keep accepting so probes see 503 ``draining``, refuse upgrades,
   send 1001 to every WebSocket, exit once none is left or the grace period is over.
   A second signal exits at once.
@@ -48,33 +49,30 @@ from ..protocol.lifecycle import (
     NO_EVENT,
     OPEN,
     R_ERROR,
-    R_POLICY,
     R_SHUTDOWN,
-    R_TIMEOUT,
     UPGRADED,
     advance,
 )
-from ..protocol.websocket import PING_FRAME, FramePool
+from ..protocol.websocket import FramePool
 from ..pubsub.mesh import LocalBus, Mesh
-from ..ratelimit import Rate
 from .acceptor import Acceptor
 from .admission import Admission
 from .closing import Closer
 from .connection import (
     F_ADMIN,
     F_PAUSED,
-    F_PING_SENT,
     F_WAITING,
     Connection,
     apply,
 )
 from .expiry import Expiries
+from .keepalive import Keepalive
+from .limits import MessageLimits
 from .output import Output
 
 log = logging.getLogger("millionws.server.worker")
 
 _CONNECTIONS, _BYTES_IN = F["connections"], F["bytes_in"]
-_F_WAITED = 16  # our keepalive ping's deadline is pending (see on_timer)
 
 
 
@@ -104,10 +102,6 @@ class Worker:
         self._signal_r = -1
         # Abuse limits (SECURITY.md); each is None when off, so an unused limit costs nothing.
         cfg = config
-        self.msg_rate = Rate(cfg.rate_limit_messages) if cfg.rate_limit_messages else None
-        # A message larger than one second of bytes must still fit in a full bucket.
-        self.byte_rate = (Rate(cfg.rate_limit_bytes, max(cfg.rate_limit_bytes, cfg.max_message_size))
-                          if cfg.rate_limit_bytes else None)
         self.admission = Admission(self.c, cfg.max_connect_rate_per_ip, cfg.max_connections_per_ip)
         self.expiries = Expiries()
         self.closer = closer = Closer(self.reactor, self.transport, self.pool, self.frames, self.admission,
@@ -117,6 +111,11 @@ class Worker:
         # application is made because it hands write and fanout on at construction.
         self.write = output.write
         self.fanout = output.fanout
+        self.keepalive = Keepalive(self.reactor, closer, output.write, self.expiries, self.c, cfg.ping_interval,
+                                   cfg.ping_timeout)
+        self.limits = (MessageLimits(cfg.rate_limit_messages, cfg.rate_limit_bytes, cfg.max_message_size, self.c,
+                                     closer) if cfg.rate_limit_messages or cfg.rate_limit_bytes else None)
+        self._limited = self.limits.on_message if self.limits is not None else None
         self.app = App(self, cfg.max_connections)
         self.acceptor = Acceptor(self.reactor, self.c, self.admission, cfg.accept_batch, cfg.handshake_timeout,
                                  cfg.max_request_head)
@@ -140,7 +139,7 @@ class Worker:
         self.install_signals()
         self._flush_periodically()
         self.acceptor.sweep(cfg.sweep_interval)
-        self._check_expiries()
+        self.keepalive.check_expiries()
         self.app.start()
         log.info("worker %d (pid %d) listening on %s:%d", self.index, os.getpid(), self.config.host,
                  self.config.port)
@@ -217,7 +216,8 @@ class Worker:
 
     def ws_in(self, conn: Connection, data: bytes) -> None:
         state = conn.state
-        handler = conn.app.on_message if self.msg_rate is None and self.byte_rate is None else self.limited
+        limited = self._limited
+        handler = conn.app.on_message if limited is None else limited
         out, event = websocket.receive(conn, data, handler, self.config.max_message_size, self.frames)
         if out:
             self.output.write(conn, out)
@@ -225,22 +225,6 @@ class Worker:
             apply(conn, event)
         if conn.state != state:
             self.closer.state_changed(conn)
-
-    def limited(self, conn: Connection, is_text: bool, payload: bytes) -> bytes | None:
-        """The message handler when per-connection rate limits are on: over a limit, close 1008."""
-        now = monotonic()
-        bucket = conn.bucket
-        if bucket is None:  # [message tokens, last refill, byte tokens, last refill]
-            conn.bucket = bucket = [self.msg_rate.burst if self.msg_rate else 0.0, now,
-                                    self.byte_rate.burst if self.byte_rate else 0.0, now]
-        if self.msg_rate is not None and not self.msg_rate.take(bucket, now, 1.0, 0):
-            kind = "rate_limited_messages"
-        elif self.byte_rate is not None and not self.byte_rate.take(bucket, now, len(payload), 2):
-            kind = "rate_limited_bytes"
-        else:
-            return conn.app.on_message(conn, is_text, payload)
-        self.c[F[kind]] += 1
-        return self.closer.begin_close(conn, 1008, "rate limit exceeded", R_POLICY, wait_for_peer=True)
 
     def on_eof(self, conn: Connection) -> None:
         if conn.state == OPEN or conn.state == CLOSING:
@@ -379,23 +363,11 @@ class Worker:
         if trailing and conn.state == OPEN:
             self.ws_in(conn, trailing)
 
-    def _check_expiries(self) -> None:
-        """Close 1008 the connections whose token expired (SECURITY.md: no silent extension)."""
-        self.reactor.call_later(1.0, self._check_expiries)
-        for conn in self.expiries.due(time.time()):
-            if conn.state == OPEN:
-                self.close_with(conn, 1008, "token expired", R_POLICY, wait_for_peer=True)
-
-    def close_with(self, conn: Connection, code: int, text: str, reason: int, wait_for_peer: bool) -> None:
-        """Start the closing handshake from our side; without ``wait_for_peer``, linger at once."""
-        self.output.write(conn, self.closer.begin_close(conn, code, text, reason, wait_for_peer))
-        self.closer.state_changed(conn)
-
     # -- deadlines ---------------------------------------------------------------------
     def on_timer(self, conn: Connection) -> None:
         state = conn.state
         if state == OPEN:
-            self._keepalive(conn)
+            self.keepalive.on_timer(conn)
         elif state == HTTP:
             if conn.flags & F_WAITING:  # the deferred answer never came (see dispatch)
                 conn.flags &= ~F_WAITING
@@ -409,21 +381,6 @@ class Worker:
                 self.refuse(conn, http.HttpError(408, "request not completed in time", http.HS_TIMEOUT))
         elif state == CLOSING or state == LINGER:
             self.closer.close(conn)  # the reason was set when the closing began
-
-    def _keepalive(self, conn: Connection) -> None:
-        cfg = self.config
-        now = monotonic()
-        flags = conn.flags
-        if flags & F_PING_SENT:
-            self.close_with(conn, 1011, "keepalive ping timeout", R_TIMEOUT, wait_for_peer=False)
-        elif flags & _F_WAITED:
-            conn.flags = flags & ~_F_WAITED
-            self.reactor.wheel.schedule(conn, now + max(0.0, cfg.ping_interval - cfg.ping_timeout))
-        else:
-            conn.flags = flags | F_PING_SENT | _F_WAITED
-            self.output.write(conn, PING_FRAME)
-            if conn.state == OPEN:
-                self.reactor.wheel.schedule(conn, now + cfg.ping_timeout)
 
     # -- signals and drain ---------------------------------------------------------------
     def on_signal(self, _events: int) -> None:
@@ -444,14 +401,7 @@ class Worker:
         self.c[F["draining"]] = 1
         self.stats.flush()
         log.info("worker %d draining: %d WebSockets", self.index, self.c[_CONNECTIONS])
-        self.closer.when_no_websocket_is_left(self.finish)
-        for conn in list(self.reactor.conns.values()):
-            if conn.state == OPEN:
-                self.close_with(conn, 1001, "server going away", R_SHUTDOWN, wait_for_peer=True)
-        # Leave the supervisor a margin to see us exit before it kills.
-        self.reactor.call_later(max(0.1, self.config.grace - 0.5), self.finish)
-        if self.c[_CONNECTIONS] == 0:
-            self.reactor.call_later(0, self.finish)
+        self.keepalive.drain(self.finish, self.config.grace)
 
     def finish(self) -> None:
         self.reactor.stop()
