@@ -240,7 +240,7 @@ def test_pipelined_requests_are_answered_at_most_the_budget_per_turn():
     worker = _worker(pipeline_budget=2)  # --pipeline-budget 2
     conn, peer = _http_conn(worker)
     peer.setblocking(False)
-    worker.http_in(conn, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 5)
+    worker.pipeline.http_in(conn, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 5)
 
     def answers() -> int:
         try:
