@@ -25,8 +25,8 @@ Theory of operation:
   application reads ``draining``), send 1001 to every WebSocket, exit once none is left or the grace
   period is over.  A second signal exits at once.
 * The application sees the worker through ``apps.app.WorkerView``: ``config``, ``stats``, ``reactor``,
-  ``index``, ``bus``, ``draining``, :meth:`websocket_count`, and ``write``/``fanout``/``answer``, which
-  are the parts' own bound methods (no call through the worker).
+  ``index``, ``bus``, ``draining``, :meth:`websocket_count`, ``write`` and ``fanout`` (the output's own
+  bound methods: no call through the worker) and :meth:`answer`.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import signal
 import time
 
 from .. import boundary
-from ..apps.app import App
+from ..apps.app import App, Response
 from ..config import Config
 from ..core.buffers import BufferPool, ReceiveBuffer
 from ..core.reactor import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Reactor
@@ -107,13 +107,22 @@ class Worker:
         self.app = App(self, cfg.max_connections)
         self.pipeline = HttpPipeline(cfg, self.stats, reactor, self.app.handle, output.write, closer,
                                      self.expiries, self.ws_in)
-        self.answer = self.pipeline.answer  # looked up by the application when a deferred answer is ready
         self.acceptor = Acceptor(reactor, c, self.admission, cfg.accept_batch, cfg.handshake_timeout,
                                  cfg.max_request_head)
 
     # -- the application's view --------------------------------------------------------
     def websocket_count(self) -> int:
         return self.c[_CONNECTIONS]
+
+    def answer(self, conn: Connection, response: Response | http.HttpError) -> None:
+        """The deferred answer of an HTTP request, to the pipeline.
+
+        A method, not the pipeline's bound method: the pipeline hands requests to the application and the
+        application hands deferred answers back, so one of the two has to find the other at call time.
+        This is the rare side (a publish whose sequencer is on another worker), and the one call it adds
+        lets the application be given ``answer`` before the pipeline exists.
+        """
+        self.pipeline.answer(conn, response)
 
     # -- running -----------------------------------------------------------------------
     def run(self) -> int:
