@@ -74,7 +74,7 @@ def receive(conn: Connection, data: bytes, handler, max_size: int, pool: FramePo
 
 
 def start_close(conn: Connection, pool: FramePool, code: int, reason: str) -> bytes:
-    """``websocket.start_close``, then CLOSE_SENT, as ``Worker.close_with`` does when it waits for the peer."""
+    """``websocket.start_close``, then CLOSE_SENT, as ``Closer.begin_close`` does when it waits for the peer."""
     out = websocket.start_close(conn, pool, code, reason)
     advance(conn, CLOSE_SENT)
     return out
