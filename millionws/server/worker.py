@@ -5,11 +5,14 @@ Theory of operation:
 * The parts and the order they are built in (each one gets only what is built before it, as
   callables or the few objects it uses, never the worker): the reactor; the closing part (how a
   connection ends, :mod:`closing`); the output (every byte out, backpressure, fan-out, :mod:`output`);
-  keepalive, token expiry and drain (:mod:`keepalive`); the application; the HTTP pipeline and the
-  upgrade (:mod:`http_pipeline`); the acceptor (:mod:`acceptor`).  Calls therefore run one way, from
-  the dispatch here down to output and closing; the two places where a lower part has news for a higher
-  one are return values (``Output.flush`` says a pause ended; ``Closer.begin_close`` returns our Close
-  frame for the caller to write), so no part needs a part built after it.
+  keepalive, token expiry and drain (:mod:`keepalive`); the message limits (:mod:`limits`, only when
+  on); the application; the HTTP pipeline and the upgrade (:mod:`http_pipeline`); the acceptor
+  (:mod:`acceptor`).  Calls therefore run one way, from the dispatch here down to output and closing;
+  the two places where a lower part has news for a higher one are return values (``Output.flush`` says
+  a pause ended; ``Closer.begin_close`` returns our Close frame for the caller to write), so no part
+  needs a part built after it (the pipeline gets :meth:`ws_in`, the worker's own, for the frames that
+  come with an upgrade request).  The one exception is the application's deferred answer: see
+  :meth:`Worker.answer`.
 * The dispatch stays here because the reactor needs its callbacks before any part exists, and because
   it is the hot path: one echo message is ``Reactor.run`` -> :meth:`Worker.on_event` ->
   :meth:`on_readable` (the transport's ``readv`` into the worker's one receive buffer) -> :meth:`ws_in`
