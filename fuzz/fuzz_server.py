@@ -8,7 +8,7 @@ two fake workers wired by an in-memory mesh (``Hub.on_record``), 6 raw HTTP into
 Modes 0-3 drive what a worker does with the bytes it reads from one or two clients:
 
 * HTTP (modes 2, 3): chunks into an h11 parser made by ``millionws.protocol.http.new_parser``, events handled as
-  ``Worker.http_in`` handles them (head and body limits, keep-alive with pipelining, the upgrade through
+  ``HttpPipeline.http_in`` handles them (head and body limits, keep-alive with pipelining, the upgrade through
   ``http.check_upgrade``), and after a 101 the bytes that follow into ``millionws.protocol.websocket.receive``.
 * WebSocket (modes 0, 1): chunks from two connections that share one ``FramePool`` (as in a worker) into
   ``websocket.receive``, sometimes with ``websocket.start_close`` (drain, keepalive) between them; mode 1
@@ -277,7 +277,7 @@ def refuse(error: http.HttpError, allowed: set[int]) -> None:
 
 
 def fuzz_http(data: bytes) -> None:
-    """Mirror of ``Worker.http_in`` / ``dispatch`` / ``upgraded`` without sockets."""
+    """Mirror of ``HttpPipeline.http_in`` / ``dispatch`` / ``upgraded`` (server/http_pipeline.py) without sockets."""
     head = data[1] if len(data) > 1 else 0
     pool = websocket.FramePool()
     peer: Peer | None = None

@@ -128,13 +128,13 @@ def test_token_expiry_entries_of_closed_connections_are_compacted_away():
         worker.expiries.add(conn, time.time() + 86_400)  # as dispatch does for a token with a day to live
         conns.append(conn)
     for conn in conns[:999]:
-        worker.close(conn)
+        worker.closer.close(conn)
     assert len(worker.expiries) <= 130  # not 1000: closed connections' entries do not wait a day
     assert conns[999] in [entry[2] for entry in worker.expiries.heap]
     assert list(worker.expiries.due(time.time() + 90_000)) == [conns[999]]
     for peer in peers:
         peer.close()
-    worker.close(conns[999])
+    worker.closer.close(conns[999])
     worker.reactor.close()
 
 
@@ -231,7 +231,7 @@ def test_the_receive_buffer_bounds_one_read():
     assert worker.c[F["bytes_in"]] == 1024
     worker.on_readable(conn)
     assert worker.c[F["bytes_in"]] == 2048
-    worker.close(conn)
+    worker.closer.close(conn)
     peer.close()
     worker.reactor.close()
 
@@ -240,7 +240,7 @@ def test_pipelined_requests_are_answered_at_most_the_budget_per_turn():
     worker = _worker(pipeline_budget=2)  # --pipeline-budget 2
     conn, peer = _http_conn(worker)
     peer.setblocking(False)
-    worker.http_in(conn, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 5)
+    worker.pipeline.http_in(conn, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 5)
 
     def answers() -> int:
         try:
@@ -253,24 +253,24 @@ def test_pipelined_requests_are_answered_at_most_the_budget_per_turn():
     assert answers() == 2
     _run_calls_due(worker)
     assert answers() == 1
-    worker.close(conn)
+    worker.closer.close(conn)
     peer.close()
     worker.reactor.close()
 
 
 def test_connections_are_accepted_at_most_the_batch_per_readiness():
-    from millionws.server.worker import listen_socket
+    from millionws.server.acceptor import listen_socket
 
     worker = _worker(accept_batch=2)  # --accept-batch 2
     listener = listen_socket("127.0.0.1", 0, 16)
     clients = [socket.create_connection(listener.getsockname()) for _ in range(5)]  # queued by the kernel
     counts = []
     for _ in range(3):
-        worker.accept_from(listener, 0)
+        worker.acceptor.accept_from(listener, 0)
         counts.append(worker.c[F["accepted"]])
     assert counts == [2, 4, 5]
     for conn in list(worker.reactor.conns.values()):
-        worker.close(conn)
+        worker.closer.close(conn)
     for client in clients:
         client.close()
     listener.close()

@@ -113,7 +113,7 @@ INTERNAL_LIMITS = [
     ("receive_buffer", 256 << 10, "65536", "0"),  # ReceiveBuffer(size=256 * 1024)
     ("buffer_pool_size", 256, "0", "-1"),  # BufferPool(max_free=256)
     ("frame_pool_size", 1024, "0", "-1"),  # FramePool(max_free=1024)
-    ("accept_batch", 256, "1", "0"),  # Worker.accept_from
+    ("accept_batch", 256, "1", "0"),  # Acceptor.accept_from
     ("pipeline_budget", 32, "1", "0"),  # worker._PIPELINE_BUDGET
     ("timer_resolution", 0.05, "0.01", "0.0001"),  # Reactor(timer_resolution=0.05)
     ("stats_interval", 0.25, "1", "0"),  # Worker._flush_periodically

@@ -2,12 +2,12 @@
 
 Theory of operation (sans-IO: bytes in, events to the application, bytes out):
 
-* :func:`receive` takes the bytes read from one connection and returns the bytes to
-  send back (replies, pongs, close frames) and what happened to the connection: an
-  event of :mod:`connection` (``PEER_CLOSED``, ``CLOSE_ANSWERED``, ``FAILED_PROTOCOL``,
+* :func:`receive` takes the bytes read from one connection, appends the bytes to send back
+  (replies, pongs, close frames) to the caller's list, and returns what happened to the connection: an
+  event of :mod:`lifecycle` (``PEER_CLOSED``, ``CLOSE_ANSWERED``, ``FAILED_PROTOCOL``,
   ``FAILED_TOO_BIG``) or ``NO_EVENT``, with ``PONG`` or-ed in when a pong came.  It never
   touches a socket and never writes the record's state, reason or flags: the server
-  applies the event (``connection.advance``).  The record lends it ``ws``, ``msg`` and
+  applies the event (``lifecycle.advance``).  The record lends it ``ws``, ``msg`` and
   ``msg_size`` as its memory for the message in flight.
 * Between messages a connection holds **no** protocol object (``conn.ws is None``).
   While that is so, complete frames that are final, unfragmented, masked, text or binary,
@@ -141,12 +141,13 @@ def start_close(conn: Any, pool: FramePool, code: int, reason: str = "") -> byte
     return ws.send(CloseConnection(code=code, reason=reason or None))
 
 
-def receive(conn: Any, data: bytes, handler: Handler, max_size: int, pool: FramePool) -> tuple[bytes, int]:
-    """Consume ``data`` read from ``conn``: ``(bytes to send, event)`` (see the module docstring)."""
+def receive(conn: Any, data: bytes, handler: Handler, max_size: int, pool: FramePool, out: list[bytes]) -> int:
+    """Consume ``data`` read from ``conn``; append the bytes to send to ``out``; return the event (see the
+    module docstring).  ``out`` is the caller's: the server gathers there what the application sends to
+    this connection meanwhile, so every byte to it leaves in the order it was produced, in one write."""
     state = conn.state
     if state == LINGER:
-        return b"", NO_EVENT
-    out: list[bytes] = []
+        return NO_EVENT
     pos = 0
     n = len(data)
     if conn.ws is None and state == OPEN:
@@ -181,9 +182,9 @@ def receive(conn: Any, data: bytes, handler: Handler, max_size: int, pool: Frame
             if reply:
                 out.append(reply)
             if conn.state != OPEN:  # the server closed it meanwhile (a rate limit): the rest is not read
-                return b"".join(out), NO_EVENT
+                return NO_EVENT
         if pos == n:
-            return b"".join(out), NO_EVENT
+            return NO_EVENT
         conn.ws = pool.take()
     ws = conn.ws
     ws.receive_data(data[pos:] if pos else data)
@@ -202,7 +203,7 @@ def receive(conn: Any, data: bytes, handler: Handler, max_size: int, pool: Frame
         # per closing connection alive while we wait for the peer's FIN.
         conn.ws = None
         conn.msg = None
-    return b"".join(out), event
+    return event
 
 
 def _fail(ws: WSConnection, code: int, reason: str, out: list[bytes]) -> int:

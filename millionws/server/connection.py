@@ -14,8 +14,8 @@ the few things that are non-empty only while something is in flight:
 An idle WebSocket therefore costs this record, its dict entry and the kernel socket.
 
 Who writes what: ``state``, ``reason`` and ``flags`` are the server's, and ``state`` changes
-only through :func:`advance` and the one table below (``CLOSED`` is set by the worker's
-``close``, the only way out).  ``ws``, ``msg`` and ``msg_size`` are lent to the WebSocket
+only through :func:`advance` and the one table below (``CLOSED`` is set by
+``closing.Closer.close``, the only way out).  ``ws``, ``msg`` and ``msg_size`` are lent to the WebSocket
 protocol as its memory for the message in flight; it reports what happened (an event of
 ``websocket``) and the server applies it here.
 
@@ -42,6 +42,7 @@ from ..protocol.lifecycle import (
 F_PAUSED = 1  # reading stopped: pending bytes over the limit
 F_PING_SENT = 2  # a keepalive ping is unanswered
 F_SHUT = 4  # our FIN is sent
+F_PONG_DUE = 16  # the armed deadline is the pong deadline of our keepalive ping (keepalive.py)
 F_ADMIN = 32  # accepted on the admin port: only /health, /metrics, /stats
 F_WAITING = 64  # an HTTP answer is deferred (a publish waits for its seq): not reading meanwhile
 F_EXPIRES = 128  # an entry of the token-expiry heap names this connection

@@ -1,191 +1,168 @@
-"""One worker process: a listening socket, a reactor, and the life of every connection.
+"""One worker process: builds its parts, hands each ready connection to them, and owns the signals.
 
 Theory of operation:
 
-* The worker binds its own listening socket with SO_REUSEPORT, so the kernel spreads
-  new connections over the workers; it shares nothing with its siblings but the
-  metrics region.
-* Bytes move through the worker's :mod:`transport` (plain: ``os.readv``/``os.write``
-  themselves).  Reads go into the worker's one receive buffer, and the filled bytes go
-  to the protocol of the connection's state: h11 for HTTP, :mod:`websocket` after the
-  upgrade.  What the protocol returns is written at once; only what
-  the kernel refuses is kept (``pending``), in a buffer borrowed from a pool, and only
-  then is EPOLLOUT asked for.  Over ``max_pending_bytes`` the worker stops reading that
-  peer until its backlog halves (backpressure), so one slow reader costs its own memory
-  and never anyone else's time.
-* Every deadline of a connection (handshake, ping, pong, closing handshake) is the one
-  ``deadline`` slot of its record in the reactor's timer wheel; :meth:`on_timer` decides
-  what the deadline meant from the connection's state and flags.
-* State changes only through ``connection.advance`` (the one transition table); what
-  the WebSocket layer reports is applied by ``connection.apply`` in :meth:`ws_in`.
-* Closing: a WebSocket that ends (handshake finished, protocol failure, drain) moves to
-  LINGER: pending bytes are flushed, our FIN is sent (``shutdown(SHUT_WR)``), and input
-  is discarded until the peer's FIN or the close timeout.  Closing a socket with unread
-  input would send RST and could destroy our own Close frame in flight.
-* Drain (SIGTERM/SIGINT): keep accepting so probes see 503 ``draining``, refuse upgrades,
-  send 1001 to every WebSocket, exit once none is left or the grace period is over.
-  A second signal exits at once.
-* Channel fan-out (:meth:`fanout`): one frame, the same bytes written to every subscriber.
-  A subscriber whose pending output would pass ``max_pending_bytes`` is a slow consumer:
-  it gets Close 1013 queued behind what it has not read, leaves the fan-out at once and
-  is closed by the close timeout if it never catches up.  Nobody else waits for it.
+* The parts and the order they are built in (each one gets only what is built before it, as
+  callables or the few objects it uses, never the worker): the reactor; the closing part (how a
+  connection ends, :mod:`closing`); the output (every byte out, backpressure, fan-out, :mod:`output`);
+  keepalive, token expiry and drain (:mod:`keepalive`); the message limits (:mod:`limits`, only when
+  on); the application; the HTTP pipeline and the upgrade (:mod:`http_pipeline`); the acceptor
+  (:mod:`acceptor`).  Calls therefore run one way, from the dispatch here down to output and closing;
+  the two places where a lower part has news for a higher one are return values (``Output.flush`` says
+  a pause ended; ``Closer.begin_close`` returns our Close frame for the caller to write), so no part
+  needs a part built after it (the pipeline gets :meth:`ws_in`, the worker's own, for the frames that
+  come with an upgrade request).  The one exception is the application's deferred answer: see
+  :meth:`Worker.answer`.
+* The dispatch stays here because the reactor needs its callbacks before any part exists, and because
+  it is the hot path: one echo message is ``Reactor.run`` -> :meth:`Worker.on_event` ->
+  :meth:`on_readable` (the transport's ``readv`` into the worker's one receive buffer) -> :meth:`ws_in`
+  -> ``websocket.receive`` -> the application's handler -> ``Output.write``: the same calls as before
+  the parts existed, and no object made per message but the payload and the reply.
+* State changes only through ``advance`` (``protocol/lifecycle``, the one transition table); what the
+  WebSocket layer reports is applied by ``connection.apply`` in :meth:`ws_in`, and a move toward the
+  end arms the close timeout (``Closer.state_changed``).
+* Every deadline of a connection is the one ``deadline`` slot of its record in the reactor's timer
+  wheel; :meth:`on_timer` hands it to the part that armed it, by the connection's state.
+* The exception boundary (:meth:`on_error`) ends the unit of work that raised and keeps the worker.
+* Drain (SIGTERM/SIGINT): keep accepting so probes see 503 ``draining``, refuse upgrades (the
+  application reads ``draining``), send 1001 to every WebSocket, exit once none is left or the grace
+  period is over.  A second signal exits at once.
+* The application never sees the worker: it gets a ``Host`` (apps/host.py) holding :meth:`send`,
+  :meth:`fanout`, :meth:`answer`, :meth:`websocket_count`, whether the worker drains, and the few
+  objects it needs (config, stats, reactor, mesh).  While a connection's input is handled, what the
+  application sends to it joins that read's output (``_out``, which ``websocket.receive`` fills with
+  the replies and pongs): every byte to a connection leaves in the order it was produced, and the
+  eight replies to a read of eight messages leave in one write.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import signal
-import socket
 import time
 from collections.abc import Iterable
-from typing import Any
-
-import h11
 
 from .. import boundary
 from ..apps.host import Host, Response
 from ..apps.routes import App
 from ..config import Config
 from ..core.buffers import BufferPool, ReceiveBuffer
-from ..core.reactor import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Reactor, monotonic
+from ..core.reactor import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Reactor
 from ..core.transport import PLAIN, Transport
-from ..metrics import DISCONNECT0, HANDSHAKE0, F, SharedStats, WorkerStats
+from ..metrics import F, SharedStats, WorkerStats
 from ..protocol import http, websocket
-from ..protocol.lifecycle import (
-    CLOSE_SENT,
-    CLOSED,
-    CLOSING,
-    GOODBYE,
-    HTTP,
-    LAST_ANSWER,
-    LINGER,
-    NO_EVENT,
-    OPEN,
-    R_ERROR,
-    R_POLICY,
-    R_SHUTDOWN,
-    R_SLOW,
-    R_TIMEOUT,
-    UPGRADED,
-    advance,
-)
-from ..protocol.websocket import PING_FRAME, FramePool
+from ..protocol.lifecycle import CLOSED, CLOSING, GOODBYE, HTTP, LINGER, NO_EVENT, OPEN, R_ERROR, R_SHUTDOWN, advance
+from ..protocol.websocket import FramePool
 from ..pubsub.mesh import LocalBus, Mesh
-from ..ratelimit import Rate
+from .acceptor import Acceptor
 from .admission import Admission
-from .connection import (
-    F_ADMIN,
-    F_EXPIRES,
-    F_PAUSED,
-    F_PING_SENT,
-    F_SHUT,
-    F_WAITING,
-    Connection,
-    apply,
-)
+from .closing import Closer
+from .connection import F_PAUSED, F_WAITING, Connection, apply
 from .expiry import Expiries
+from .http_pipeline import HttpPipeline
+from .keepalive import Keepalive
+from .limits import MessageLimits
+from .output import Output
 
 log = logging.getLogger("millionws.server.worker")
 
-_CONNECTIONS, _ACCEPTED, _BYTES_IN, _BYTES_OUT = F["connections"], F["accepted"], F["bytes_in"], F["bytes_out"]
-_SLOW_CONSUMERS = F["slow_consumers"]
-_F_WAITED = 16  # our keepalive ping's deadline is pending (see on_timer)
-
-
-
-def listen_socket(host: str, port: int, backlog: int) -> socket.socket:
-    """A non-blocking listening socket that shares ``port`` with the sibling workers."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    # Accepted sockets inherit TCP_NODELAY from the listener on Linux: one setsockopt, not one per client.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
-    sock.listen(backlog)
-    sock.setblocking(False)
-    return sock
+_CONNECTIONS, _BYTES_IN = F["connections"], F["bytes_in"]
 
 
 class Worker:
     """See the module docstring.  ``run()`` returns the process exit status."""
 
     def __init__(self, config: Config, index: int, shared: SharedStats, mesh: Mesh | None = None) -> None:
+        cfg = config
         self.config = config
         self.index = index
         self.stats = WorkerStats(shared, index)
-        self.c = self.stats.c
-        self.reactor = Reactor(self.on_event, self.on_timer, config.timer_resolution)
-        self.reactor.on_error = self.on_error
-        # Every byte of a client connection goes through these (transport.py); bound once, not per call.
-        self.transport: Transport = PLAIN
-        self._readv = PLAIN.readv
-        self._write = PLAIN.write
-        self.reactor.observe_turn = self.stats.observe_turn
-        self.rbuf = ReceiveBuffer(config.receive_buffer)
-        self.pool = BufferPool(config.buffer_pool_size)
-        self.frames = FramePool(config.frame_pool_size)
-        self.bus = LocalBus(index, mesh.take(index) if mesh is not None else {}, self.reactor, self.c,
-                            max_datagram=config.mesh_max_datagram, max_outbox=config.mesh_max_outbox,
-                            datagrams_per_wake=config.mesh_datagrams_per_wake)
-        self._accept_batch = config.accept_batch  # connections accepted per listener readiness
-        self._pipeline_budget = config.pipeline_budget  # pipelined HTTP requests per connection per loop turn
+        self.c = c = self.stats.c
         self.draining = False
-        self.app = App(Host(index, config, self.stats, self.reactor, self.bus, self.write, self.fanout, self.answer,
-                            self.websocket_count, self._is_draining), config.max_connections)
-        self.listener: socket.socket | None = None
-        self.listeners: list[tuple[socket.socket, int]] = []
         self._signal_r = -1
-        self._accept_paused = False
-        # Abuse limits (SECURITY.md); each is None when off, so an unused limit costs nothing.
-        cfg = config
-        self.msg_rate = Rate(cfg.rate_limit_messages) if cfg.rate_limit_messages else None
-        # A message larger than one second of bytes must still fit in a full bucket.
-        self.byte_rate = (Rate(cfg.rate_limit_bytes, max(cfg.rate_limit_bytes, cfg.max_message_size))
-                          if cfg.rate_limit_bytes else None)
-        self.admission = Admission(self.c, cfg.max_connect_rate_per_ip, cfg.max_connections_per_ip)
+        self.reactor = reactor = Reactor(self.on_event, self.on_timer, cfg.timer_resolution)
+        reactor.on_error = self.on_error
+        reactor.observe_turn = self.stats.observe_turn
+        # Every byte of a client connection goes through the transport (core/transport.py): reads here,
+        # writes in the output, FIN and close in the closing part.
+        self.transport: Transport = PLAIN
+        self._readv = PLAIN.readv  # bound once, not per read
+        self.rbuf = ReceiveBuffer(cfg.receive_buffer)
+        self._iov, self._view = self.rbuf.iov, self.rbuf.view
+        self.pool = BufferPool(cfg.buffer_pool_size)
+        self.frames = FramePool(cfg.frame_pool_size)
+        self._max_message = cfg.max_message_size
+        self.bus = LocalBus(index, mesh.take(index) if mesh is not None else {}, reactor, c,
+                            max_datagram=cfg.mesh_max_datagram, max_outbox=cfg.mesh_max_outbox,
+                            datagrams_per_wake=cfg.mesh_datagrams_per_wake)
+        # Abuse limits (SECURITY.md); each is off unless configured, so an unused limit costs nothing.
+        self.admission = Admission(c, cfg.max_connect_rate_per_ip, cfg.max_connections_per_ip)
         self.expiries = Expiries()
 
-    # -- the application's view --------------------------------------------------------
+        self.closer = closer = Closer(reactor, self.transport, self.pool, self.frames, self.admission,
+                                      self.expiries, c, cfg.close_timeout)
+        self.output = output = Output(self.transport, reactor, self.pool, c, cfg.max_pending_bytes, closer)
+        self.keepalive = Keepalive(reactor, closer, output.write, self.expiries, c, cfg.ping_interval,
+                                   cfg.ping_timeout)
+        self.limits = (MessageLimits(cfg.rate_limit_messages, cfg.rate_limit_bytes, cfg.max_message_size, c, closer)
+                       if cfg.rate_limit_messages or cfg.rate_limit_bytes else None)
+        self._limited = self.limits.on_message if self.limits is not None else None
+        # What the application may use of the server (apps/host.py): the bytes it sends to the connection
+        # being read join that read's output (self._out), so they leave in order and in one write.
+        self._out: list[bytes] = []
+        self._reading: Connection | None = None
+        self.app = App(Host(index, cfg, self.stats, reactor, self.bus, self.send, self.fanout, self.answer,
+                            self.websocket_count, self._is_draining), cfg.max_connections)
+        self.pipeline = HttpPipeline(cfg, self.stats, reactor, self.app.handle, output.write, closer,
+                                     self.expiries, self.ws_in)
+        self.acceptor = Acceptor(reactor, c, self.admission, cfg.accept_batch, cfg.handshake_timeout,
+                                 cfg.max_request_head)
+
+    # -- what the application may use (apps/host.py) -------------------------------------
+    def send(self, conn: Connection, data: bytes) -> None:
+        """Bytes from the application to one connection: into the read's output while that connection's
+        input is being handled (after the replies and pongs before them), else to the output now."""
+        if conn is self._reading:
+            self._out.append(data)
+        else:
+            self.output.write(conn, data)
+
+    def fanout(self, conns: Iterable[Connection], frame: bytes) -> int:
+        """One frame to many connections; what the read's output holds leaves first, so a client that
+        publishes to its own channel gets its earlier replies before the message."""
+        out = self._out
+        if out:
+            self.output.write(self._reading, b"".join(out))
+            out.clear()
+        return self.output.fanout(conns, frame)
+
     def _is_draining(self) -> bool:
         return self.draining
 
     def websocket_count(self) -> int:
         return self.c[_CONNECTIONS]
 
-    # -- setup -------------------------------------------------------------------------
-    def start_listening(self) -> None:
-        cfg = self.config
-        self.listener = listen_socket(cfg.host, cfg.port, cfg.backlog)
-        self.listeners = [(self.listener, 0)]
-        if cfg.admin_port:
-            self.listeners.append((listen_socket(cfg.host, cfg.admin_port, cfg.backlog), F_ADMIN))
-        self._watch_listeners()
+    def answer(self, conn: Connection, response: Response | http.HttpError) -> None:
+        """The deferred answer of an HTTP request, to the pipeline.
 
-    def _watch_listeners(self) -> None:
-        for sock, flags in self.listeners:
-            self.reactor.add_handler(sock.fileno(), EPOLLIN,
-                                     lambda _ev, sock=sock, flags=flags: self.accept_from(sock, flags))
+        A method, not the pipeline's bound method: the pipeline hands requests to the application and the
+        application hands deferred answers back, so one of the two has to find the other at call time.
+        This is the rare side (a publish whose sequencer is on another worker), and the one call it adds
+        lets the application be given ``answer`` before the pipeline exists.
+        """
+        self.pipeline.answer(conn, response)
 
-    def install_signals(self) -> None:
-        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._signal_r = r
-        signal.set_wakeup_fd(w)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: None)  # the wakeup fd carries the news
-        self.reactor.add_handler(r, EPOLLIN, self.on_signal)
-
+    # -- running -----------------------------------------------------------------------
     def run(self) -> int:
-        self.start_listening()
+        cfg = self.config
+        self.acceptor.listen(cfg.host, cfg.port, cfg.backlog, cfg.admin_port)
         self.install_signals()
         self._flush_periodically()
-        self._sweep_admission()
-        self._check_expiries()
+        self.acceptor.sweep(cfg.sweep_interval)
+        self.keepalive.check_expiries()
         self.app.start()
-        log.info("worker %d (pid %d) listening on %s:%d", self.index, os.getpid(), self.config.host,
-                 self.config.port)
+        log.info("worker %d (pid %d) listening on %s:%d", self.index, os.getpid(), cfg.host, cfg.port)
         try:
             self.reactor.run()
         finally:
@@ -197,78 +174,83 @@ class Worker:
         self.reactor.call_later(self.config.stats_interval, self._flush_periodically)
         self.stats.flush()
 
-    def _sweep_admission(self) -> None:
-        """Forget source addresses whose connect-rate bucket is full again (bounded table)."""
-        admission = self.admission
-        if not admission.active:
-            return
-        if admission.rate is None:
-            self.reactor.call_later(self.config.sweep_interval, self._sweep_admission)
-        else:
-            self.reactor.call_later(admission.rate.idle, self._sweep_admission)
-        admission.sweep(monotonic())
+    def close_all(self) -> None:
+        """The loop ended: close every connection (a WebSocket still open counts as shut down)."""
+        close = self.closer.close
+        for conn in list(self.reactor.conns.values()):
+            if conn.state in (OPEN, CLOSING):
+                conn.reason = R_SHUTDOWN
+            close(conn)
+        self.acceptor.close()
+        self.stats.flush()
 
-    # -- accept ------------------------------------------------------------------------
-    def accept_from(self, listener: socket.socket, flags: int) -> None:
-        accept = listener._accept  # (fd, addr): no socket object is made
-        reactor = self.reactor
-        now = monotonic()
-        deadline = now + self.config.handshake_timeout
-        max_head = self.config.max_request_head
-        c = self.c
-        admission = self.admission
-        limited = admission.active
-        keep_peer = admission.counts is not None
-        for _ in range(self._accept_batch):  # bounded: the connections we have get their turn too
-            try:
-                fd, addr = accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                self._accept_failed(exc)
-                return
-            peer = None
-            if limited:
-                peer = admission.admit(addr[0], now)
-                if peer is None:
-                    os.close(fd)  # the cheapest answer to a flood: no parser, no response
-                    continue
-            os.set_blocking(fd, False)
-            conn = Connection(fd, http.new_parser(max_head))
-            conn.flags = flags
-            if keep_peer:
-                conn.peer = peer
-            reactor.add_conn(fd, conn, EPOLLIN)
-            reactor.wheel.schedule(conn, deadline)
-            c[_ACCEPTED] += 1
-
-    def _accept_failed(self, exc: OSError) -> None:
-        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-            self.c[F["accept_error_emfile"]] += 1
-            # Out of descriptors: stop asking for 100 ms (level-triggered epoll would spin),
-            # keep serving the connections we have, and try again.
-            if not self._accept_paused:
-                self._accept_paused = True
-                for sock, _ in self.listeners:
-                    self.reactor.remove_handler(sock.fileno())
-                self.reactor.call_later(0.1, self._resume_accept)
-        elif exc.errno not in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
-            self.c[F["accept_error_other"]] += 1
-            log.warning("accept failed: %s", exc)
-
-    def _resume_accept(self) -> None:
-        self._accept_paused = False
-        self._watch_listeners()
-
-    # -- readiness ---------------------------------------------------------------------
+    # -- readiness: the hot path ---------------------------------------------------------
     def on_event(self, conn: Connection, events: int) -> None:
-        if events & EPOLLOUT and conn.pending is not None:
-            self.flush(conn)
+        """The reactor's one callback for every ready connection."""
+        if events & EPOLLOUT and conn.pending is not None and self.output.flush(conn):
+            self.pipeline.resume(conn)  # the backlog halved: requests read before the pause
         if events & (EPOLLIN | EPOLLERR | EPOLLHUP) and conn.state != CLOSED and not conn.flags & F_PAUSED:
             if conn.flags & F_WAITING:  # not reading while an answer is deferred: only a hang-up gets here
-                self.abort(conn, R_ERROR)
+                self.closer.abort(conn, R_ERROR)
                 return
             self.on_readable(conn)
+
+    def on_readable(self, conn: Connection) -> None:
+        try:
+            n = self._readv(conn.fd, self._iov)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.closer.abort(conn, R_ERROR)
+            return
+        if n == 0:
+            self.on_eof(conn)
+            return
+        self.c[_BYTES_IN] += n
+        data = bytes(self._view[:n])
+        state = conn.state
+        if state == OPEN or state == CLOSING:
+            self.ws_in(conn, data)
+        elif state == HTTP:
+            self.pipeline.http_in(conn, data)
+        # LINGER: input after our goodbye is read and dropped.
+
+    def ws_in(self, conn: Connection, data: bytes) -> None:
+        """WebSocket bytes of ``conn``: to the protocol, its answer to the output, its event applied."""
+        state = conn.state
+        limited = self._limited
+        out = self._out
+        self._reading = conn
+        try:
+            event = websocket.receive(conn, data, conn.app.on_message if limited is None else limited,
+                                      self._max_message, self.frames, out)
+            if out:
+                # self.output.write, not a bound method kept on the worker: CPython 3.11 specializes a
+                # method call only for a method found on the type, and the second attribute load is cheaper.
+                self.output.write(conn, b"".join(out))
+        finally:  # also when the application raised: nothing of this read may reach another connection
+            self._reading = None
+            out.clear()
+        if event != NO_EVENT:
+            apply(conn, event)
+        if conn.state != state:
+            self.closer.state_changed(conn)
+
+    def on_eof(self, conn: Connection) -> None:
+        if conn.state == OPEN or conn.state == CLOSING:
+            self.closer.abort(conn, R_ERROR)  # TCP closed without a closing handshake (1006)
+        else:
+            self.closer.close(conn)
+
+    def on_timer(self, conn: Connection) -> None:
+        """A connection's deadline fired: to the part that armed it."""
+        state = conn.state
+        if state == OPEN:
+            self.keepalive.on_timer(conn)
+        elif state == HTTP:
+            self.pipeline.on_timer(conn)
+        elif state == CLOSING or state == LINGER:
+            self.closer.close(conn)  # the reason was set when the closing began
 
     def on_error(self, where: str, conn: Connection | None, exc: Exception) -> None:
         """The reactor's exception boundary: end the unit of work that raised, keep the worker.
@@ -282,15 +264,15 @@ class Worker:
         boundary.report(self.c, "http" if conn.state == HTTP else where, exc, repr(conn))
         try:
             if conn.state == HTTP and not conn.flags & F_WAITING:
-                self.refuse(conn, http.HttpError(500, "internal error", http.HS_INTERNAL))
+                self.pipeline.refuse(conn, http.HttpError(500, "internal error", http.HS_INTERNAL))
             elif conn.state == OPEN:
                 conn.reason = R_ERROR
                 conn.ws = None
                 advance(conn, GOODBYE)
-                self.write(conn, websocket.INTERNAL_ERROR_CLOSE)
-                self.state_changed(conn)
+                self.output.write(conn, websocket.INTERNAL_ERROR_CLOSE)
+                self.closer.state_changed(conn)
             else:
-                self.abort(conn, R_ERROR)
+                self.closer.abort(conn, R_ERROR)
         except Exception:  # the record itself is broken: drop the descriptor without ceremony
             log.exception("worker %d: could not close %r after an internal error", self.index, conn)
             self.reactor.conns.pop(conn.fd, None)
@@ -300,406 +282,15 @@ class Worker:
             except OSError:
                 pass
 
-    def on_readable(self, conn: Connection) -> None:
-        try:
-            n = self._readv(conn.fd, self.rbuf.iov)
-        except BlockingIOError:
-            return
-        except OSError:
-            self.abort(conn, R_ERROR)
-            return
-        if n == 0:
-            self.on_eof(conn)
-            return
-        self.c[_BYTES_IN] += n
-        data = bytes(self.rbuf.view[:n])
-        state = conn.state
-        if state == OPEN or state == CLOSING:
-            self.ws_in(conn, data)
-        elif state == HTTP:
-            self.http_in(conn, data)
-        # LINGER: input after our goodbye is read and dropped.
-
-    def ws_in(self, conn: Connection, data: bytes) -> None:
-        state = conn.state
-        handler = conn.app.on_message if self.msg_rate is None and self.byte_rate is None else self.limited
-        out, event = websocket.receive(conn, data, handler, self.config.max_message_size, self.frames)
-        if out:
-            self.write(conn, out)
-        if event != NO_EVENT:
-            apply(conn, event)
-        if conn.state != state:
-            self.state_changed(conn)
-
-    def limited(self, conn: Connection, is_text: bool, payload: bytes) -> bytes | None:
-        """The message handler when per-connection rate limits are on: over a limit, close 1008."""
-        now = monotonic()
-        bucket = conn.bucket
-        if bucket is None:  # [message tokens, last refill, byte tokens, last refill]
-            conn.bucket = bucket = [self.msg_rate.burst if self.msg_rate else 0.0, now,
-                                    self.byte_rate.burst if self.byte_rate else 0.0, now]
-        if self.msg_rate is not None and not self.msg_rate.take(bucket, now, 1.0, 0):
-            kind = "rate_limited_messages"
-        elif self.byte_rate is not None and not self.byte_rate.take(bucket, now, len(payload), 2):
-            kind = "rate_limited_bytes"
-        else:
-            return conn.app.on_message(conn, is_text, payload)
-        self.c[F[kind]] += 1
-        conn.reason = R_POLICY
-        out = websocket.start_close(conn, self.frames, 1008, "rate limit exceeded")
-        advance(conn, CLOSE_SENT)
-        return out
-
-    def on_eof(self, conn: Connection) -> None:
-        if conn.state == OPEN or conn.state == CLOSING:
-            self.abort(conn, R_ERROR)  # TCP closed without a closing handshake (1006)
-        else:
-            self.close(conn)
-
-    # -- output ------------------------------------------------------------------------
-    def write(self, conn: Connection, data: bytes) -> None:
-        """Send now; keep only what the kernel refused."""
-        pending = conn.pending
-        if pending is not None:
-            pending += data
-            if len(pending) > self.config.max_pending_bytes and not conn.flags & F_PAUSED:
-                conn.flags |= F_PAUSED
-                self.reactor.modify(conn.fd, EPOLLOUT)
-            return
-        if conn.state == CLOSED:
-            return
-        try:
-            sent = self._write(conn.fd, data)
-        except BlockingIOError:
-            sent = 0
-        except OSError:
-            self.abort(conn, R_ERROR)
-            return
-        self.c[_BYTES_OUT] += sent
-        if sent < len(data):
-            conn.pending = pending = self.pool.acquire()
-            pending += memoryview(data)[sent:]
-            if len(pending) > self.config.max_pending_bytes:
-                conn.flags |= F_PAUSED
-                self.reactor.modify(conn.fd, EPOLLOUT)
-            else:
-                self.reactor.modify(conn.fd, EPOLLIN | EPOLLOUT)
-
-    def fanout(self, conns: Iterable[Connection], frame: bytes) -> int:
-        """Write ``frame`` to each open connection of ``conns``; return how many got it."""
-        limit = self.config.max_pending_bytes
-        modify = self.reactor.modify
-        write = self._write
-        n = len(frame)
-        sent_total = delivered = 0
-        trouble: list[tuple[Connection, bool]] | None = None
-        for conn in conns:
-            if conn.state != OPEN:
-                continue
-            pending = conn.pending
-            if pending is not None:  # EPOLLOUT is already asked for
-                if len(pending) + n > limit:
-                    if trouble is None:
-                        trouble = []
-                    trouble.append((conn, True))
-                    continue
-                pending += frame
-                delivered += 1
-                continue
-            try:
-                sent = write(conn.fd, frame)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                if trouble is None:
-                    trouble = []
-                trouble.append((conn, False))
-                continue
-            sent_total += sent
-            delivered += 1
-            if sent < n:
-                conn.pending = pending = self.pool.acquire()
-                pending += memoryview(frame)[sent:]
-                modify(conn.fd, EPOLLIN | EPOLLOUT)
-        self.c[_BYTES_OUT] += sent_total
-        if trouble is not None:  # after the loop: closing changes the subscriber sets
-            for conn, slow in trouble:
-                if slow:
-                    self.slow_consumer(conn)
-                else:
-                    self.abort(conn, R_ERROR)
-        return delivered
-
-    def slow_consumer(self, conn: Connection) -> None:
-        """Close 1013 behind the unread backlog; the close timeout ends it if it never reads."""
-        self.c[_SLOW_CONSUMERS] += 1
-        self.close_with(conn, 1013, "slow consumer", R_SLOW, wait_for_peer=False)
-
-    def flush(self, conn: Connection) -> None:
-        pending = conn.pending
-        assert pending is not None
-        try:
-            sent = self._write(conn.fd, pending)
-        except BlockingIOError:
-            return
-        except OSError:
-            self.abort(conn, R_ERROR)
-            return
-        self.c[_BYTES_OUT] += sent
-        del pending[:sent]
-        paused = conn.flags & F_PAUSED
-        if pending:
-            if paused and len(pending) <= self.config.max_pending_bytes // 2:
-                conn.flags &= ~F_PAUSED
-                self.reactor.modify(conn.fd, EPOLLIN | EPOLLOUT)
-                if conn.state == HTTP:
-                    self._http_resume(conn)  # pipelined requests read before the pause
-            return
-        conn.pending = None
-        self.pool.release(pending)
-        conn.flags &= ~F_PAUSED
-        self.reactor.modify(conn.fd, EPOLLIN)
-        if conn.state == LINGER:
-            self.shutdown(conn)
-        elif paused and conn.state == HTTP:
-            self._http_resume(conn)
-
-    # -- HTTP --------------------------------------------------------------------------
-    def http_in(self, conn: Connection, data: bytes | None) -> None:
-        """Parse and answer requests; ``data`` None resumes what the parser already holds."""
-        parser = conn.http
-        if data is not None:
-            parser.receive_data(data)
-        budget = self._pipeline_budget
-        while conn.state == HTTP:
-            if conn.flags & (F_PAUSED | F_WAITING):
-                return  # answers are piling up unread, or one is deferred: resumed when that ends
-            try:
-                event = parser.next_event()
-            except h11.RemoteProtocolError as exc:
-                status = exc.error_status_hint
-                reason = http.HS_TOO_LARGE if status == 431 else http.HS_BAD_REQUEST
-                self.refuse(conn, http.HttpError(status, str(exc) or "malformed request", reason))
-                return
-            kind = type(event)
-            if kind is h11.Request:
-                # h11 bounds a head that is still incomplete; one that arrived whole is measured here.
-                if http.head_size(event) > self.config.max_request_head:
-                    self.refuse(conn, http.HttpError(431, "request head too large", http.HS_TOO_LARGE))
-                    return
-                try:  # before the body: h11 would otherwise wait for a chunked body the client never meant
-                    http.check_framing(event)
-                except http.HttpError as error:
-                    self.refuse(conn, error, event.method == b"HEAD")
-                    return
-                conn.msg = [event]
-                conn.msg_size = 0
-            elif kind is h11.Data:
-                conn.msg.append(event.data)
-                conn.msg_size += len(event.data)
-                if conn.msg_size > self.config.max_request_body:
-                    self.refuse(conn, http.HttpError(413, "request body too large"))
-                    return
-            elif kind is h11.EndOfMessage:
-                self.dispatch(conn)
-                parser = conn.http
-                budget -= 1
-                if budget == 0 and conn.state == HTTP:
-                    # A deep pipeline: give the other connections this turn, continue in the next.
-                    self.reactor.call_later(0, lambda: self._http_resume(conn))
-                    return
-            elif event is h11.NEED_DATA or event is h11.PAUSED:
-                return
-            elif kind is h11.ConnectionClosed:
-                self.close(conn)
-                return
-
-    def _http_resume(self, conn: Connection) -> None:
-        if conn.state == HTTP and conn.http is not None and not conn.flags & F_WAITING:
-            self.http_in(conn, None)
-
-    def refuse(self, conn: Connection, error: http.HttpError, head: bool = False) -> None:
-        """Answer an error (no body to a HEAD request) and end the connection."""
-        self.c[HANDSHAKE0 + error.reason] += 1
-        self.stats.http_status(error.status)
-        conn.msg = None
-        conn.http = None
-        advance(conn, LAST_ANSWER)
-        self.write(conn, http.render_error(error, head=head))
-        self.state_changed(conn)
-
-    def dispatch(self, conn: Connection) -> None:
-        request, *body = conn.msg
-        conn.msg = None
-        try:
-            response = self.app.handle(request, b"".join(body), bool(conn.flags & F_ADMIN), conn)
-        except http.HttpError as error:
-            self.refuse(conn, error, request.method == b"HEAD")
-            return
-        if response is None:
-            # Deferred (a publish waiting for its seq): stop reading; answer() resumes.  The app
-            # answers within --publish-timeout; the deadline a second later is the backstop, so a
-            # bug on the way back can never leave the client waiting on a descriptor forever.
-            conn.flags |= F_WAITING
-            self.reactor.wheel.schedule(conn, monotonic() + self.config.publish_timeout + 1.0)
-            self.reactor.modify(conn.fd, EPOLLOUT if conn.pending is not None else 0)
-            return
-        self._respond(conn, response)
-
-    def answer(self, conn: Connection, response: Response | http.HttpError) -> None:
-        """The deferred answer of ``conn``'s request; ignored if the connection ended meanwhile."""
-        if conn.state != HTTP or not conn.flags & F_WAITING:
-            return
-        conn.flags &= ~F_WAITING
-        self.reactor.modify(conn.fd, EPOLLIN | EPOLLOUT if conn.pending is not None else EPOLLIN)
-        if isinstance(response, http.HttpError):
-            self.refuse(conn, response)
-            return
-        self._respond(conn, response)
-        if conn.state == HTTP:
-            self._http_resume(conn)  # requests pipelined behind it
-
-    def _respond(self, conn: Connection, response: Response) -> None:
-        self.stats.http_status(response.status)
-        trailing = conn.http.trailing_data[0]
-        if response.websocket is not None:
-            self.upgraded(conn, response.data, response.websocket, trailing)
-            expires = response.identity.expires if response.identity is not None else None
-            if expires is not None and conn.state == OPEN:
-                self.expiries.add(conn, expires)
-            return
-        self.write(conn, response.data)
-        if not response.keep_alive:
-            conn.http = None
-            advance(conn, LAST_ANSWER)
-            self.state_changed(conn)
-            return
-        conn.http = parser = http.new_parser(self.config.max_request_head)
-        if trailing:
-            parser.receive_data(trailing)
-        self.reactor.wheel.schedule(conn, monotonic() + self.config.handshake_timeout)
-
-    def upgraded(self, conn: Connection, response: bytes, ws_app: Any, trailing: bytes) -> None:
-        conn.http = None
-        advance(conn, UPGRADED)
-        conn.app = ws_app
-        self.c[_CONNECTIONS] += 1
-        if self.config.ping_interval > 0:
-            self.reactor.wheel.schedule(conn, monotonic() + self.config.ping_interval)
-        else:
-            self.reactor.wheel.cancel(conn)
-        self.write(conn, response)
-        on_open = getattr(ws_app, "on_open", None)
-        if on_open is not None and conn.state == OPEN:
-            on_open(conn)
-        if trailing and conn.state == OPEN:
-            self.ws_in(conn, trailing)
-
-    def _check_expiries(self) -> None:
-        """Close 1008 the connections whose token expired (SECURITY.md: no silent extension)."""
-        self.reactor.call_later(1.0, self._check_expiries)
-        for conn in self.expiries.due(time.time()):
-            if conn.state == OPEN:
-                self.close_with(conn, 1008, "token expired", R_POLICY, wait_for_peer=True)
-
-    def close_with(self, conn: Connection, code: int, text: str, reason: int, wait_for_peer: bool) -> None:
-        """Start the closing handshake from our side; without ``wait_for_peer``, linger at once."""
-        conn.reason = reason
-        out = websocket.start_close(conn, self.frames, code, text)
-        if wait_for_peer:
-            advance(conn, CLOSE_SENT)
-        else:  # the peer is not listening: waiting for its Close would be waiting for nothing
-            advance(conn, GOODBYE)
-            conn.ws = None
-        self.write(conn, out)
-        self.state_changed(conn)
-
-    # -- closing -----------------------------------------------------------------------
-    def state_changed(self, conn: Connection) -> None:
-        """The protocol moved ``conn`` to CLOSING or LINGER: arm the close timeout."""
-        state = conn.state
-        if state == CLOSED:
-            return
-        if state == LINGER and conn.pending is None:
-            self.shutdown(conn)
-        if conn.state in (CLOSING, LINGER):
-            self.reactor.wheel.schedule(conn, monotonic() + self.config.close_timeout)
-
-    def shutdown(self, conn: Connection) -> None:
-        """Send our FIN; the descriptor closes when the peer's FIN arrives (or on timeout)."""
-        if conn.flags & F_SHUT or conn.state == CLOSED:
-            return
-        conn.flags |= F_SHUT
-        try:
-            self.transport.shutdown(conn.fd)
-        except OSError:
-            self.close(conn)
-
-    def abort(self, conn: Connection, reason: int) -> None:
-        """End ``conn`` now, without a closing handshake."""
-        if conn.state == OPEN or conn.state == CLOSING:
-            conn.reason = reason
-        self.close(conn)
-
-    def close(self, conn: Connection) -> None:
-        """Close the descriptor and account for it; idempotent."""
-        if conn.state == CLOSED:
-            return
-        conn.state = CLOSED
-        self.reactor.remove_conn(conn.fd)
-        self.transport.close(conn.fd)  # also removes it from the epoll set
-        conn.deadline = 0
-        if conn.pending is not None:
-            self.pool.release(conn.pending)
-            conn.pending = None
-        conn.http = conn.ws = conn.msg = None
-        if conn.peer is not None:
-            self.admission.release(conn.peer)
-        if conn.flags & F_EXPIRES:
-            self.expiries.closed(conn)
-        if conn.app is not None:
-            c = self.c
-            c[_CONNECTIONS] -= 1
-            c[DISCONNECT0 + conn.reason] += 1
-            conn.app.on_close(conn)
-            if self.draining and c[_CONNECTIONS] == 0:
-                self.reactor.call_later(0, self.finish)
-
-    # -- deadlines ---------------------------------------------------------------------
-    def on_timer(self, conn: Connection) -> None:
-        state = conn.state
-        if state == OPEN:
-            self._keepalive(conn)
-        elif state == HTTP:
-            if conn.flags & F_WAITING:  # the deferred answer never came (see dispatch)
-                conn.flags &= ~F_WAITING
-                self.refuse(conn, http.HttpError(503, "the publish was not confirmed in time", http.HS_UNAVAILABLE,
-                                                 (("Retry-After", "1"),), "publish_timeout"))
-                return
-            parser = conn.http
-            if parser.their_state is h11.IDLE and not parser.trailing_data[0]:
-                self.close(conn)  # an idle keep-alive connection: nothing to report
-            else:
-                self.refuse(conn, http.HttpError(408, "request not completed in time", http.HS_TIMEOUT))
-        elif state == CLOSING or state == LINGER:
-            self.close(conn)  # the reason was set when the closing began
-
-    def _keepalive(self, conn: Connection) -> None:
-        cfg = self.config
-        now = monotonic()
-        flags = conn.flags
-        if flags & F_PING_SENT:
-            self.close_with(conn, 1011, "keepalive ping timeout", R_TIMEOUT, wait_for_peer=False)
-        elif flags & _F_WAITED:
-            conn.flags = flags & ~_F_WAITED
-            self.reactor.wheel.schedule(conn, now + max(0.0, cfg.ping_interval - cfg.ping_timeout))
-        else:
-            conn.flags = flags | F_PING_SENT | _F_WAITED
-            self.write(conn, PING_FRAME)
-            if conn.state == OPEN:
-                self.reactor.wheel.schedule(conn, now + cfg.ping_timeout)
-
     # -- signals and drain ---------------------------------------------------------------
+    def install_signals(self) -> None:
+        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._signal_r = r
+        signal.set_wakeup_fd(w)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)  # the wakeup fd carries the news
+        self.reactor.add_handler(r, EPOLLIN, self.on_signal)
+
     def on_signal(self, _events: int) -> None:
         try:
             signals = os.read(self._signal_r, 64)
@@ -718,25 +309,10 @@ class Worker:
         self.c[F["draining"]] = 1
         self.stats.flush()
         log.info("worker %d draining: %d WebSockets", self.index, self.c[_CONNECTIONS])
-        for conn in list(self.reactor.conns.values()):
-            if conn.state == OPEN:
-                self.close_with(conn, 1001, "server going away", R_SHUTDOWN, wait_for_peer=True)
-        # Leave the supervisor a margin to see us exit before it kills.
-        self.reactor.call_later(max(0.1, self.config.grace - 0.5), self.finish)
-        if self.c[_CONNECTIONS] == 0:
-            self.reactor.call_later(0, self.finish)
+        self.keepalive.drain(self.finish, self.config.grace)
 
     def finish(self) -> None:
         self.reactor.stop()
-
-    def close_all(self) -> None:
-        for conn in list(self.reactor.conns.values()):
-            if conn.state in (OPEN, CLOSING):
-                conn.reason = R_SHUTDOWN
-            self.close(conn)
-        if self.listener is not None:
-            self.listener.close()
-        self.stats.flush()
 
 
 def run_worker(config: Config, index: int, shared: SharedStats, mesh: Mesh | None = None) -> int:

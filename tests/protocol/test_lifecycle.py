@@ -38,18 +38,23 @@ def test_every_way_out_of_a_websocket_goes_through_linger():
             assert new_state in (c.CLOSING, c.LINGER)
 
 
+def receive(conn: Connection, data: bytes, max_size: int, pool: websocket.FramePool) -> tuple[bytes, int]:
+    out: list[bytes] = []
+    event = websocket.receive(conn, data, lambda *a: None, max_size, pool, out)
+    return b"".join(out), event
+
+
 def test_the_protocol_reports_and_never_writes_the_lifecycle():
     pool = websocket.FramePool()
     conn = record(c.OPEN)
     conn.flags = F_PING_SENT
     masked_close = b"\x88\x82\x00\x00\x00\x00\x03\xe8"  # Close 1000, masked with a zero key
-    out, event = websocket.receive(conn, b"\x8a\x80\x00\x00\x00\x00" + masked_close, lambda *a: None, 1 << 20,
-                                   pool)
+    out, event = receive(conn, b"\x8a\x80\x00\x00\x00\x00" + masked_close, 1 << 20, pool)
     assert event == websocket.PONG | c.PEER_CLOSED and out.startswith(b"\x88")  # the Close answered
     assert (conn.state, conn.reason, conn.flags) == (c.OPEN, c.R_NORMAL, F_PING_SENT)  # untouched
     conn = record(c.OPEN)
-    out, event = websocket.receive(conn, b"\x81\x05hello", lambda *a: None, 1 << 20, pool)  # unmasked: 1002
+    out, event = receive(conn, b"\x81\x05hello", 1 << 20, pool)  # unmasked: 1002
     assert event == c.FAILED_PROTOCOL and conn.state == c.OPEN and out.startswith(b"\x88")
     conn = record(c.OPEN)
-    out, event = websocket.receive(conn, b"\x82\xfe\xff\xff\x00\x00\x00\x00", lambda *a: None, 1000, pool)
+    out, event = receive(conn, b"\x82\xfe\xff\xff\x00\x00\x00\x00", 1000, pool)
     assert event == c.FAILED_TOO_BIG and conn.ws is None  # refused at the header, memory given up

@@ -68,13 +68,14 @@ def close_codes(data: bytes) -> list[int | None]:
 
 def receive(conn: Connection, data: bytes, handler, max_size: int, pool: FramePool) -> bytes:
     """``websocket.receive``, its event applied to the record with ``connection.apply``."""
-    out, reported = websocket.receive(conn, data, handler, max_size, pool)
+    out: list[bytes] = []
+    reported = websocket.receive(conn, data, handler, max_size, pool, out)
     apply(conn, reported)
-    return out
+    return b"".join(out)
 
 
 def start_close(conn: Connection, pool: FramePool, code: int, reason: str) -> bytes:
-    """``websocket.start_close``, then CLOSE_SENT, as ``Worker.close_with`` does when it waits for the peer."""
+    """``websocket.start_close``, then CLOSE_SENT, as ``Closer.begin_close`` does when it waits for the peer."""
     out = websocket.start_close(conn, pool, code, reason)
     advance(conn, CLOSE_SENT)
     return out

@@ -1,0 +1,198 @@
+"""The HTTP pipeline of one connection with a fake transport, reactor and application: limits, keep-alive,
+pipelining, deferred answers, deadlines and the upgrade."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from millionws import metrics
+from millionws.apps.host import Response
+from millionws.auth import Identity
+from millionws.config import Config
+from millionws.core.reactor import EPOLLIN, EPOLLOUT
+from millionws.metrics import HANDSHAKE0, F
+from millionws.protocol import http
+from millionws.protocol.lifecycle import CLOSED, HTTP, LINGER, OPEN
+from millionws.server.connection import F_EXPIRES, F_PAUSED, F_WAITING, Connection
+from millionws.server.http_pipeline import HttpPipeline
+from millionws.server.output import Output
+
+from .fakes import FakeReactor, FakeTransport, closer
+
+GET = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+class Ws:
+    def __init__(self) -> None:
+        self.opened: list[Connection] = []
+
+    def on_open(self, conn: Connection) -> None:
+        self.opened.append(conn)
+
+    def on_close(self, conn: Connection) -> None:
+        pass
+
+
+class Rig:
+    """A pipeline wired as the worker wires it, around one connection on descriptor 3."""
+
+    def __init__(self, **config) -> None:
+        self.transport, self.reactor = FakeTransport(), FakeReactor()
+        self.stats = metrics.WorkerStats(metrics.SharedStats(1), 0)
+        self.closer = closer(self.transport, self.reactor, self.stats.c)
+        output = Output(self.transport, self.reactor, self.closer.pool, self.stats.c, 1 << 20, self.closer)
+        self.requests: list[tuple[bytes, bytes]] = []
+        self.answers: list[Response | http.HttpError | None] = []  # what handle() returns, in turn
+        self.ws_bytes: list[bytes] = []
+        self.config = Config(workers=1, **config)
+        self.pipeline = HttpPipeline(self.config, self.stats, self.reactor, self.handle, output.write, self.closer,
+                                     self.closer.expiries, lambda conn, data: self.ws_bytes.append(data))
+        self.conn = Connection(3, http.new_parser(self.config.max_request_head))
+        self.reactor.conns[3] = self.conn
+
+    def handle(self, request, body: bytes, admin: bool, conn: Connection) -> Response | None:
+        self.requests.append((request.target, body))
+        answer = self.answers.pop(0) if self.answers else Response(http.render(200, b"ok"), 200, True)
+        if isinstance(answer, http.HttpError):
+            raise answer
+        return answer
+
+    def sent(self) -> bytes:
+        out = bytes(self.transport.sent.get(3, b""))
+        self.transport.sent.pop(3, None)
+        return out
+
+    def refused(self, reason: int) -> int:
+        return self.stats.c[HANDSHAKE0 + reason]
+
+
+def test_keep_alive_answers_each_pipelined_request_and_rearms_the_handshake_deadline():
+    rig = Rig()
+    rig.pipeline.http_in(rig.conn, GET + GET[:10])
+    assert [t for t, _ in rig.requests] == [b"/health"] and rig.sent().count(b"200 OK") == 1
+    assert rig.conn.state == HTTP and rig.conn.deadline != 0
+    rig.pipeline.http_in(rig.conn, GET[10:])
+    assert len(rig.requests) == 2 and rig.sent().count(b"200 OK") == 1
+
+
+def test_a_deep_pipeline_yields_the_loop_after_its_budget():
+    rig = Rig(pipeline_budget=2)
+    rig.pipeline.http_in(rig.conn, GET * 5)
+    assert len(rig.requests) == 2 and [delay for delay, _ in rig.reactor.calls] == [0]
+    rig.reactor.calls.pop()[1]()
+    assert len(rig.requests) == 4
+    rig.reactor.calls.pop()[1]()
+    assert len(rig.requests) == 5 and rig.reactor.calls == []
+
+
+@pytest.mark.parametrize(("data", "status", "reason"), [
+    (b"GET / HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 600 + b"\r\n\r\n", 431, http.HS_TOO_LARGE),  # whole, too big
+    (b"POST /publish/c HTTP/1.1\r\nHost: x\r\nContent-Length: 2000\r\n\r\n" + b"x" * 2000, 413, http.HS_BAD_REQUEST),
+    (b"NOT HTTP\r\n\r\n", 400, http.HS_BAD_REQUEST),
+    (b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n", 400,
+     http.HS_BAD_REQUEST),
+])
+def test_a_request_over_a_limit_is_refused_and_ends_the_connection(data, status, reason):
+    rig = Rig(max_request_head=512, max_request_body=1000)
+    rig.pipeline.http_in(rig.conn, data)
+    assert rig.sent().startswith(f"HTTP/1.1 {status} ".encode()) and rig.requests == []
+    assert rig.conn.state == LINGER and rig.conn.http is None and rig.refused(reason) == 1
+    assert rig.transport.shut == [3]  # answered, then our FIN
+
+
+def test_a_refusal_by_the_application_of_a_head_request_has_no_body():
+    rig = Rig()
+    rig.answers.append(http.HttpError(404, "no such route", http.HS_NOT_FOUND))
+    rig.pipeline.http_in(rig.conn, b"HEAD /nope HTTP/1.1\r\nHost: x\r\n\r\n")
+    answer = rig.sent()
+    assert answer.startswith(b"HTTP/1.1 404 ") and answer.endswith(b"\r\n\r\n") and rig.conn.state == LINGER
+
+
+def test_connection_close_ends_the_connection_after_the_answer():
+    rig = Rig()
+    rig.answers.append(Response(http.render(200, b"bye", keep_alive=False), 200, False))
+    rig.pipeline.http_in(rig.conn, GET + GET)
+    assert len(rig.requests) == 1 and rig.conn.state == LINGER
+
+
+def test_nothing_is_parsed_while_paused_and_resume_goes_on_where_it_stopped():
+    rig = Rig()
+    rig.conn.flags |= F_PAUSED
+    rig.pipeline.http_in(rig.conn, GET * 2)
+    assert rig.requests == []
+    rig.conn.flags &= ~F_PAUSED
+    rig.pipeline.resume(rig.conn)
+    assert len(rig.requests) == 2
+
+
+def test_a_deferred_answer_stops_reading_until_it_comes_then_the_pipeline_goes_on():
+    rig = Rig(publish_timeout=2.0)
+    rig.answers.append(None)
+    rig.pipeline.http_in(rig.conn, GET + GET)
+    conn = rig.conn
+    assert conn.flags & F_WAITING and len(rig.requests) == 1 and rig.reactor.events[3] == 0
+    assert 2.8 < conn.deadline * rig.reactor.wheel.resolution - time.monotonic() < 3.3  # the backstop
+    rig.pipeline.http_in(conn, None)
+    assert len(rig.requests) == 1  # still waiting
+    rig.pipeline.answer(conn, Response(http.render(200, b"seq"), 200, True))
+    assert not conn.flags & F_WAITING and rig.reactor.events[3] == EPOLLIN
+    assert rig.sent().count(b"200 OK") == 2 and len(rig.requests) == 2  # and the one behind it
+
+
+def test_a_deferred_answer_keeps_asking_for_output_it_still_owes():
+    rig = Rig()
+    rig.answers.append(None)
+    rig.conn.pending = bytearray(b"earlier answer")
+    rig.pipeline.http_in(rig.conn, GET)
+    assert rig.reactor.events[3] == EPOLLOUT
+    rig.pipeline.answer(rig.conn, http.HttpError(503, "unavailable", http.HS_UNAVAILABLE))
+    assert rig.conn.state == LINGER and rig.refused(http.HS_UNAVAILABLE) == 1
+
+
+def test_an_answer_for_a_connection_that_ended_meanwhile_is_dropped():
+    rig = Rig()
+    rig.answers.append(None)
+    rig.pipeline.http_in(rig.conn, GET)
+    rig.closer.close(rig.conn)
+    rig.pipeline.answer(rig.conn, Response(b"late", 200, True))
+    assert rig.sent() == b"" and rig.conn.state == CLOSED
+
+
+def test_the_deadline_of_a_deferred_answer_is_a_503_to_retry():
+    rig = Rig()
+    rig.answers.append(None)
+    rig.pipeline.http_in(rig.conn, GET)
+    rig.pipeline.on_timer(rig.conn)
+    answer = rig.sent()
+    assert answer.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1" in answer and b"publish_timeout" in answer
+    assert not rig.conn.flags & F_WAITING and rig.conn.state == LINGER
+
+
+def test_the_handshake_deadline_closes_an_idle_keep_alive_silently_and_a_slow_request_with_408():
+    idle = Rig()
+    idle.pipeline.http_in(idle.conn, GET)
+    idle.sent()
+    idle.pipeline.on_timer(idle.conn)
+    assert idle.conn.state == CLOSED and idle.sent() == b""
+    slow = Rig()
+    slow.pipeline.http_in(slow.conn, GET[:12])
+    slow.pipeline.on_timer(slow.conn)
+    assert slow.sent().startswith(b"HTTP/1.1 408 ") and slow.refused(http.HS_TIMEOUT) == 1
+
+
+@pytest.mark.parametrize("ping_interval", [0.0, 30.0])
+def test_the_upgrade_opens_the_websocket_then_hands_on_the_frames_that_came_with_it(ping_interval):
+    rig = Rig(ping_interval=ping_interval)
+    app = Ws()
+    expires = time.time() + 60
+    rig.answers.append(Response(b"HTTP/1.1 101 Switching Protocols\r\n\r\n", 101, True, app,
+                                Identity("u", ("*",), expires)))
+    frame = b"\x81\x80\0\0\0\0"
+    rig.pipeline.http_in(rig.conn, b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n" + frame)
+    conn = rig.conn
+    assert rig.sent().startswith(b"HTTP/1.1 101") and conn.state == OPEN and conn.http is None
+    assert app.opened == [conn] and rig.ws_bytes == [frame] and rig.stats.c[F["connections"]] == 1
+    assert (conn.deadline != 0) == (ping_interval > 0)  # the first ping, or no deadline at all
+    assert conn.flags & F_EXPIRES and rig.closer.expiries.heap[0][0] == expires
