@@ -139,7 +139,7 @@ def test_token_expiry_entries_of_closed_connections_are_compacted_away():
 
 
 def test_the_replay_buffer_holds_at_most_its_bytes():
-    from millionws.pubsub.channels import ReplayBuffer
+    from millionws.pubsub.sequencer import ReplayBuffer
 
     buffer = ReplayBuffer(120.0, 1000, max_bytes=10_000)
     for seq in range(1, 101):
@@ -159,7 +159,7 @@ def test_channels_a_worker_sequences_are_bounded_and_a_refusal_is_answered():
     for channel in local:  # published on the owner itself
         node.hubs[1].publish(channel, b"1", 0.0, lambda *a: answers.append(a))
     assert [a[1] for a in answers] == ["", "", "", "channel_limit", "channel_limit"]
-    assert len(node.hubs[1].owned) == 3
+    assert len(node.hubs[1].sequencer.owned) == 3
     answers.clear()
     node.hubs[0].publish(local[4], b"1", 0.0, lambda *a: answers.append(a))  # through the mesh
     node.pump()

@@ -4,7 +4,7 @@ Theory of operation (everything that decides a ``seq`` or a recipient lives here
 
 * **One sequencer per channel.**  The owner of a channel is worker
   ``crc32(name) % workers``.  Only the owner assigns ``seq`` (1, 2, 3, ... with no gap)
-  and keeps the replay buffer (:class:`ReplayBuffer`: the last ``replay_seconds`` and at
+  and keeps the replay buffer (:class:`sequencer.ReplayBuffer`: the last ``replay_seconds`` and at
   most ``replay_max_messages``).  A publish accepted by another worker is forwarded to
   the owner (``PUB``) with the time it was accepted.
 * **Interest-based fan-out.**  A worker tells a channel's owner when it gets its first
@@ -74,7 +74,6 @@ from ..protocol.websocket import encode_frame
 from . import records
 from .records import (  # re-exported: the names of a channel and of a gap belong to this module's callers too
     CHANNEL_RE,
-    GAP_EXPIRED,
     GAP_NONE,
     GAP_REASONS,
     GAP_UNKNOWN,
@@ -90,6 +89,7 @@ from .records import (  # re-exported: the names of a channel and of a gap belon
     USER_PREFIX,
     USER_RE,
 )
+from .sequencer import Entry, Sequencer
 
 log = logging.getLogger("millionws.pubsub.channels")
 
@@ -145,69 +145,6 @@ class ChannelError(Exception):
         self.channel = channel
 
 
-class ReplayBuffer:
-    """The recent messages of one channel: at most ``max_messages`` and ``max_bytes`` of data, none
-    older than ``seconds``.
-
-    Entries are ``(seq, t, data)`` with consecutive ``seq``, so the entry after ``since`` is
-    found by arithmetic, not by search.  The byte bound keeps one channel of large messages
-    from holding ``max_messages`` of them (a gigabyte at 1 MiB each), and a replay answer
-    between workers within what the mesh carries.
-    """
-
-    __slots__ = ("seconds", "entries", "max_messages", "max_bytes", "size")
-
-    def __init__(self, seconds: float, max_messages: int, max_bytes: int = 4 << 20) -> None:
-        self.seconds = seconds
-        self.max_messages = max_messages
-        self.max_bytes = max_bytes
-        self.size = 0
-        self.entries: deque[tuple[int, float, bytes]] = deque()
-
-    def append(self, seq: int, t: float, data: bytes) -> None:
-        if self.max_messages <= 0:
-            return
-        entries = self.entries
-        entries.append((seq, t, data))
-        self.size += len(data)
-        while len(entries) > self.max_messages or (self.size > self.max_bytes and len(entries) > 1):
-            self.size -= len(entries.popleft()[2])
-        self.trim(t)
-
-    def trim(self, now: float) -> None:
-        entries = self.entries
-        horizon = now - self.seconds
-        while entries and entries[0][1] < horizon:
-            self.size -= len(entries.popleft()[2])
-
-    def after(self, since: int, last: int, now: float) -> tuple[int, int, list[tuple[int, float, bytes]]]:
-        """``(gap_reason, first, entries)``: what a subscriber who saw ``since`` gets.
-
-        ``first`` is the first ``seq`` it will see (``last + 1`` when nothing is buffered).
-        """
-        self.trim(now)
-        entries = self.entries
-        if since > last:
-            return GAP_UNKNOWN, last + 1, []  # a sequence from before a restart
-        oldest = entries[0][0] if entries else last + 1
-        if since + 1 < oldest:
-            return GAP_EXPIRED, oldest, list(entries)
-        skip = since + 1 - oldest
-        return GAP_NONE, since + 1, [entries[i] for i in range(skip, len(entries))]
-
-
-class Owned:
-    """A channel this worker sequences."""
-
-    __slots__ = ("seq", "replay", "interest", "touched")
-
-    def __init__(self, seconds: float, max_messages: int, max_bytes: int = 4 << 20) -> None:
-        self.seq = 0
-        self.touched = monotonic()  # last publish or interest: for eviction
-        self.replay = ReplayBuffer(seconds, max_messages, max_bytes)
-        self.interest: set[int] = set()  # other workers with subscribers
-
-
 class Hold:
     """A connection waiting for its replay from another worker, and the live messages meanwhile."""
 
@@ -218,7 +155,7 @@ class Hold:
         self.channel = channel
         self.since = since
         self.owner = owner
-        self.held: list[tuple[int, float, bytes]] = []
+        self.held: list[Entry] = []
 
 
 def message_frame(channel: str, seq: int, data: bytes) -> bytes:
@@ -262,14 +199,12 @@ class Hub:
         self.replay_max_messages = replay_max_messages
         self.max_channels = max_channels_per_connection
         self.max_subscribers = max_subscribers
-        self.owned: dict[str, Owned] = {}
+        self.sequencer = Sequencer(replay_seconds, replay_max_messages, replay_max_bytes, max_owned)
         self.subs: dict[str, dict[Any, None]] = {}  # channel -> local subscribers (an ordered set)
         self.holds: dict[str, dict[Any, Hold]] = {}  # channel -> connections waiting for a replay
         self.of_conn: dict[Any, set[str]] = {}  # connection -> its channels (subscribed or held)
         self.requests: dict[int, Hold] = {}
         self._next_req = 1
-        self.replay_max_bytes = replay_max_bytes
-        self.max_owned = max_owned
         self.publish_timeout = publish_timeout
         self.replay_timeout = replay_timeout
         self.acks: dict[int, Done] = {}  # publish request -> its answer, until sequenced or timed out
@@ -297,29 +232,11 @@ class Hub:
     def owner(self, channel: str) -> int:
         return owner_of(channel, self.workers)
 
-    def _owned(self, channel: str) -> Owned:
-        """The state of a channel this worker sequences; ChannelError("channel_limit") when a new one
-        would pass ``max_owned`` (a flood of one-message channels must not grow it without bound)."""
-        owned = self.owned.get(channel)
-        if owned is None:
-            if len(self.owned) >= self.max_owned:
-                raise ChannelError("channel_limit", "this server sequences as many channels as it may; retry later",
-                                   channel)
-            self.owned[channel] = owned = Owned(self.replay_seconds, self.replay_max_messages, self.replay_max_bytes)
-        return owned
-
     def _mine(self, channel: str) -> str:
         """``channel`` if this worker sequences it: a record about another's channel is malformed."""
         if self.owner(channel) != self.index:
             raise ValueError(f"{channel!r} belongs to worker {self.owner(channel)}")
         return channel
-
-    def _replay_of(self, channel: str, since: int) -> tuple[int, int, int, list[tuple[int, float, bytes]]]:
-        """``(last, gap_reason, first, entries)`` for a subscriber that saw ``since``; creates nothing."""
-        owned = self.owned.get(channel)
-        if owned is None:
-            return 0, (GAP_UNKNOWN if since > 0 else GAP_NONE), 1, []
-        return owned.seq, *owned.replay.after(since, owned.seq, monotonic())
 
     def _gauges(self) -> None:
         c = self.c
@@ -494,10 +411,11 @@ class Hub:
     # -- sequencing and delivery ---------------------------------------------------------
     def _sequence(self, channel: str, data: bytes, t0: float) -> tuple[int, int]:
         """Number a message and send it on; ``(seq, reach)``."""
-        owned = self._owned(channel)
-        owned.seq = seq = owned.seq + 1
-        owned.touched = monotonic()
-        owned.replay.append(seq, monotonic(), data)
+        owned = self.sequencer.number(channel, data)
+        if owned is None:
+            raise ChannelError("channel_limit", "this server sequences as many channels as it may; retry later",
+                               channel)
+        seq = owned.seq
         if owned.interest:
             record = records.msg(t0, seq, channel, data)  # one record for every worker
             for worker in owned.interest:
@@ -523,11 +441,11 @@ class Hub:
         self.stats.observe_fanout(monotonic() - t0)
 
     def _replay_local(self, conn: Any, channel: str, since: int) -> None:
-        _, reason, first, entries = self._replay_of(channel, since)
+        _, reason, first, entries = self.sequencer.after(channel, since)
         self._write_replay(conn, channel, since, reason, first, entries)
 
     def _write_replay(self, conn: Any, channel: str, since: int, reason: int, first: int,
-                      entries: list[tuple[int, float, bytes]]) -> None:
+                      entries: list[Entry]) -> None:
         c = self.c
         if reason != GAP_NONE:
             c[_C_REPLAY_MISSES] += 1
@@ -589,17 +507,9 @@ class Hub:
             else:
                 self._acked(req, seq, "", 1 if reach else 0)
         elif kind == T_INTEREST:
-            channel = self._mine(fields[1])
-            try:
-                owned = self._owned(channel)
-            except ChannelError:  # full: that worker's subscribers get what publishes can reach, nothing
-                return
-            owned.interest.add(src)
-            owned.touched = monotonic()
+            self.sequencer.interest(self._mine(fields[1]), src, True)
         elif kind == T_UNINTEREST:
-            owned = self.owned.get(self._mine(fields[1]))
-            if owned is not None:
-                owned.interest.discard(src)
+            self.sequencer.interest(self._mine(fields[1]), src, False)
         elif kind == T_REPLAY_REQ:
             _, req, since, channel = fields
             self._answer_replay(src, req, since, self._mine(channel))
@@ -609,11 +519,11 @@ class Hub:
             self._on_hello(src)
 
     def _answer_replay(self, src: int, req: int, since: int, channel: str) -> None:
-        last, reason, first, entries = self._replay_of(channel, since)
+        last, reason, first, entries = self.sequencer.after(channel, since)
         self.send(src, records.replay(req, reason, first, last, channel, entries))
 
     def _on_replay(self, req: int, reason: int, first: int, last: int, channel: str,
-                   entries: list[tuple[int, float, bytes]]) -> None:
+                   entries: list[Entry]) -> None:
         hold = self.requests.get(req)
         if hold is None:
             return  # timed out, or asked of this worker's previous incarnation
@@ -627,7 +537,7 @@ class Hub:
         entries.extend(m for m in hold.held if m[0] > newest)
         self._resolve(hold, reason, first, entries)
 
-    def _resolve(self, hold: Hold, reason: int, first: int, entries: list[tuple[int, float, bytes]]) -> None:
+    def _resolve(self, hold: Hold, reason: int, first: int, entries: list[Entry]) -> None:
         """Write the replay of a held connection, then make it a subscriber."""
         conn, channel = hold.conn, hold.channel
         self._write_replay(conn, channel, hold.since, reason, first, entries)
@@ -644,8 +554,7 @@ class Hub:
     def _on_hello(self, src: int) -> None:
         if self.remote is not None:
             return  # with a bus, workers do not depend on each other for channels
-        for owned in self.owned.values():
-            owned.interest.discard(src)  # its subscribers died with it
+        self.sequencer.forget(src)
         for channel in self.subs.keys() | self.holds.keys():
             if self.owner(channel) == src:
                 self.send(src, records.interest(channel, True))
@@ -657,16 +566,7 @@ class Hub:
 
     def sweep(self, now: float) -> None:
         """Let time expire buffered messages; forget channels idle past the replay window."""
-        idle: list[str] = []
-        horizon = now - self.replay_seconds
-        for channel, owned in self.owned.items():
-            owned.replay.trim(now)
-            if (not owned.replay.entries and not owned.interest and owned.touched < horizon
-                    and channel not in self.subs and channel not in self.holds):
-                idle.append(channel)
-        for channel in idle:
-            del self.owned[channel]
-        self.c[_C_EVICTED] += len(idle)
+        self.c[_C_EVICTED] += self.sequencer.sweep(now, self._interested)
 
     # -- events of the broker bridge (--bus) ------------------------------------------------
     def on_bus_event(self, event: tuple) -> None:

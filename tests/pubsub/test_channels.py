@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from benchmarks.wscodec import server_frames
 from millionws import metrics
 from millionws.pubsub import channels
-from millionws.pubsub.channels import GAP_EXPIRED, GAP_NONE, GAP_UNKNOWN, ChannelError, Hub, ReplayBuffer
+from millionws.pubsub.channels import ChannelError, Hub
 
 
 class Conn:
@@ -84,45 +82,6 @@ def test_owner_is_stable_and_spread():
     assert set(owners) == {0, 1, 2, 3}
 
 
-def test_replay_buffer_bounded_by_count():
-    buf = ReplayBuffer(seconds=100, max_messages=3)
-    for seq in range(1, 6):
-        buf.append(seq, 10.0, b"%d" % seq)
-    assert [e[0] for e in buf.entries] == [3, 4, 5]
-    assert buf.after(2, 5, 10.0) == (GAP_NONE, 3, list(buf.entries))
-    reason, first, entries = buf.after(0, 5, 10.0)
-    assert (reason, first, [e[0] for e in entries]) == (GAP_EXPIRED, 3, [3, 4, 5])
-    assert buf.after(5, 5, 10.0) == (GAP_NONE, 6, [])
-    assert buf.after(9, 5, 10.0) == (GAP_UNKNOWN, 6, [])
-
-
-def test_replay_buffer_bounded_by_time():
-    buf = ReplayBuffer(seconds=2, max_messages=100)
-    for seq in range(1, 5):
-        buf.append(seq, float(seq), b"x")  # seq 1 at t=1 ... seq 4 at t=4
-    assert [e[0] for e in buf.entries] == [2, 3, 4]  # t=1 is older than 4 - 2
-    reason, first, entries = buf.after(1, 4, 5.5)  # at 5.5 only t >= 3.5 remains: seq 4
-    assert (reason, first, [e[0] for e in entries]) == (GAP_EXPIRED, 4, [4])
-    reason, first, entries = buf.after(3, 4, 100.0)
-    assert (reason, first, entries) == (GAP_EXPIRED, 5, [])
-
-
-@given(st.integers(1, 50), st.integers(0, 60), st.integers(0, 60))
-def test_replay_after_is_exact_or_announces_the_gap(keep, published, since):
-    buf = ReplayBuffer(seconds=1e9, max_messages=keep)
-    for seq in range(1, published + 1):
-        buf.append(seq, 0.0, b"")
-    reason, first, entries = buf.after(since, published, 0.0)
-    seqs = [e[0] for e in entries]
-    assert seqs == list(range(first, published + 1)) or (reason == GAP_UNKNOWN and seqs == [])
-    if reason == GAP_NONE:
-        assert first == since + 1
-    elif reason == GAP_EXPIRED:
-        assert first > since + 1
-    else:
-        assert since > published
-
-
 def test_sequence_is_gap_free_whichever_worker_publishes():
     node = Node(2)
     a, b = Conn("a"), Conn("b")
@@ -145,13 +104,13 @@ def test_interest_only_where_subscribers_are():
     assert node.queue == []  # nobody else is interested: no record leaves the owner
     node.hubs[1].subscribe(conn, [ch])
     node.pump()
-    assert node.hubs[0].owned[ch].interest == {1}
+    assert node.hubs[0].sequencer.owned[ch].interest == {1}
     node.hubs[0].publish(ch, b"2", 0.0)
     assert len(node.queue) == 1 and node.queue[0][:2] == (0, 1)
     node.pump()
     node.hubs[1].unsubscribe(conn, [ch])
     node.pump()
-    assert node.hubs[0].owned[ch].interest == set()
+    assert node.hubs[0].sequencer.owned[ch].interest == set()
     node.hubs[0].publish(ch, b"3", 0.0)
     assert node.queue == []
     assert conn.seqs(ch) == [2]
@@ -253,7 +212,7 @@ def test_drop_forgets_everything_and_tells_the_owner():
     node.pump()
     hub = node.hubs[1]
     assert hub.subs == {} and hub.holds == {} and hub.of_conn == {} and hub.subscriptions == 0
-    assert node.hubs[0].owned[ch].interest == set()
+    assert node.hubs[0].sequencer.owned[ch].interest == set()
     assert conn.docs == []  # the replay answer found nobody
     node.hubs[1].drop(conn)  # idempotent
 
@@ -270,7 +229,7 @@ def test_restarted_owner_gets_interest_and_requests_again():
     node.hubs[0] = node._hub(0, 2, {})
     node.hubs[0].hello()
     node.pump()
-    assert node.hubs[0].owned[ch].interest == {1}
+    assert node.hubs[0].sequencer.owned[ch].interest == {1}
     node.hubs[0].publish(ch, b"1", 0.0)
     node.pump()
     assert conn.seqs(ch) == [1] and held.seqs(ch) == [1]
@@ -287,9 +246,9 @@ def test_idle_channels_are_evicted_after_the_replay_window_and_restart_at_1():
     hub.publish("busy", b"1", channels.monotonic())
     now = channels.monotonic()
     hub.sweep(now + 5)
-    assert set(hub.owned) == {"idle", "busy"}  # inside the window: kept
+    assert set(hub.sequencer.owned) == {"idle", "busy"}  # inside the window: kept
     hub.sweep(now + 11)
-    assert set(hub.owned) == {"busy"}  # a subscriber keeps a channel
+    assert set(hub.sequencer.owned) == {"busy"}  # a subscriber keeps a channel
     assert stats.c[metrics.F["channels_evicted"]] == 1
     hub.publish("idle", b"2", channels.monotonic())
-    assert hub.owned["idle"].seq == 1
+    assert hub.sequencer.owned["idle"].seq == 1

@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from millionws import metrics
-from millionws.pubsub import channels
+from millionws.pubsub import channels, sequencer
 from millionws.pubsub.channels import Hub, owner_of
 
 NOW = 5000.0  # the hubs' clock: fixed, so that what a record's time does is the same on every run
@@ -39,8 +39,9 @@ def monotonic() -> float:
     return NOW
 
 
-# The hub reads channels.monotonic; its tests here run on the fixed clock (see Rig.frozen).
-_real_monotonic = channels.monotonic
+# The hub's modules read their module's ``monotonic``; the tests here run them on the fixed clock (see Frozen).
+CLOCKED = (channels, sequencer)
+_real_monotonic = {module: module.monotonic for module in CLOCKED}
 
 MAX_SAFE = (1 << 53) - 1
 MALFORMED = metrics.F["dropped_mesh_malformed"]
@@ -117,13 +118,15 @@ def owned_by(worker: int, prefix: str, workers: int = 2) -> str:
 
 
 class Frozen:
-    """``channels.monotonic`` reads :data:`NOW` inside the block."""
+    """The hub's clocks read :data:`NOW` inside the block."""
 
     def __enter__(self) -> None:
-        channels.monotonic = monotonic
+        for module in CLOCKED:
+            module.monotonic = monotonic
 
     def __exit__(self, *_exc: object) -> None:
-        channels.monotonic = _real_monotonic
+        for module in CLOCKED:
+            module.monotonic = _real_monotonic[module]
 
 
 class Rig:
@@ -177,7 +180,7 @@ class Rig:
         counters = list(hub.c)
         counters[MALFORMED] = 0
         return (
-            {ch: (o.seq, sorted(o.interest), tuple(o.replay.entries)) for ch, o in hub.owned.items()},
+            {ch: (o.seq, sorted(o.interest), tuple(o.replay.entries)) for ch, o in hub.sequencer.owned.items()},
             {ch: tuple(conns) for ch, conns in hub.subs.items()},
             {ch: {conn: (h.since, h.owner, tuple(h.held), h.conn) for conn, h in holds.items()}
              for ch, holds in hub.holds.items()},
@@ -234,7 +237,7 @@ def test_valid_records_do_what_they_say() -> None:
     rig.feed(1, msg(rig.theirs, 5, b'{"k":1}'))
     assert json.loads(rig.a.frames[-1][2:]) == {"op": "message", "channel": rig.theirs, "seq": 5, "data": {"k": 1}}
     rig.feed(1, pub(rig.mine, b"[3]", req=77))
-    assert rig.hub.owned[rig.mine].seq == 3 and rig.sent[-1] == (1, puback(77, 3, 1))
+    assert rig.hub.sequencer.owned[rig.mine].seq == 3 and rig.sent[-1] == (1, puback(77, 3, 1))
     rig.feed(1, puback(rig.ack_req, 8, 0))
     assert rig.answers == [(8, "", 0)]
     rig.feed(1, replay(rig.hold_req, rig.held, [(1, 1.0, b"1")]))
