@@ -56,9 +56,9 @@ def test_a_replay_hold_whose_answer_never_comes_ends_with_a_gap_and_live_message
     conn = Conn("c")
     hub.subscribe(conn, [channel], {channel: 3})
     node.queue.clear()  # INTEREST and REPLAY_REQ lost: the owner restarted before reading them
-    assert len(hub.requests) == 1 and conn in hub.holds[channel]
+    assert len(hub.requests) == 1 and conn in hub.registry.holds[channel]
     hub.expire(10.0 ** 9)
-    assert hub.requests == {} and channel not in hub.holds and conn in hub.subs[channel]
+    assert hub.requests == {} and channel not in hub.registry.holds and conn in hub.registry.subs[channel]
     assert conn.docs == [{"op": "gap", "channel": channel, "since": 3, "first": 4,
                           "reason": GAP_REASONS[GAP_UNKNOWN]}]
     assert hub.c[F["replay_holds_expired"]] == 1

@@ -72,8 +72,8 @@ from typing import Any
 from ..metrics import F, WorkerStats
 from ..protocol.websocket import encode_frame
 from . import records
-from .records import (  # re-exported: the names of a channel and of a gap belong to this module's callers too
-    CHANNEL_RE,
+from .names import ChannelError, user_channel, valid_channel, valid_user
+from .records import (
     GAP_NONE,
     GAP_REASONS,
     GAP_UNKNOWN,
@@ -86,20 +86,16 @@ from .records import (  # re-exported: the names of a channel and of a gap belon
     T_REPLAY,
     T_REPLAY_REQ,
     T_UNINTEREST,
-    USER_PREFIX,
-    USER_RE,
 )
+from .registry import Registry
 from .sequencer import Entry, Sequencer
+
+# What the apps layer uses of pubsub, importable from here whichever module of pubsub defines it.
+__all__ = ["ChannelError", "Done", "Hub", "gap_frame", "message_frame", "owner_of", "user_channel", "valid_channel",
+           "valid_user"]
 
 log = logging.getLogger("millionws.pubsub.channels")
 
-# User ids (token ``sub``, ``/users/{id}``, ``?user=``): the channel charset plus what common
-# identity providers put in a subject (``auth0|5f7c...``, ``alice@example.com``, ``a+b``, base64 ``=``).
-# Nothing in it needs escaping in JSON, a NATS subject or a Redis key.  Both patterns live in records.py,
-# where names arriving from other workers are checked against them.
-MAX_NAME = 128
-
-_C_CHANNELS, _C_SUBS = F["channels"], F["subscriptions"]
 _C_PUBLISHES, _C_DELIVERIES, _C_MSG_OUT = F["publishes"], F["deliveries"], F["messages_out"]
 _C_REPLAY_HITS, _C_REPLAY_MISSES = F["replay_hits"], F["replay_misses"]
 _C_EVICTED = F["channels_evicted"]
@@ -115,34 +111,9 @@ Done = Callable[[int, str, int], None]
 monotonic = time.monotonic
 
 
-def valid_channel(name: object) -> bool:
-    """A client may name ``name``: a string of 1 to 128 of ``A-Z a-z 0-9 . _ : -``."""
-    return isinstance(name, str) and CHANNEL_RE.match(name) is not None
-
-
-def valid_user(user: object) -> bool:
-    """A user id: a string of 1 to 128 of ``A-Z a-z 0-9 . _ : - @ + = |``."""
-    return isinstance(user, str) and USER_RE.match(user) is not None
-
-
-def user_channel(user: str) -> str:
-    """The reserved channel of a user id (see :func:`valid_user`)."""
-    return USER_PREFIX + user
-
-
 def owner_of(channel: str, workers: int) -> int:
     """The worker that sequences ``channel``: stable for a given number of workers."""
     return zlib.crc32(channel.encode()) % workers
-
-
-class ChannelError(Exception):
-    """A request refused: ``code`` is the error code the client gets."""
-
-    def __init__(self, code: str, message: str, channel: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.channel = channel
 
 
 class Hold:
@@ -197,12 +168,10 @@ class Hub:
         self.c = stats.c
         self.replay_seconds = replay_seconds
         self.replay_max_messages = replay_max_messages
-        self.max_channels = max_channels_per_connection
-        self.max_subscribers = max_subscribers
         self.sequencer = Sequencer(replay_seconds, replay_max_messages, replay_max_bytes, max_owned)
-        self.subs: dict[str, dict[Any, None]] = {}  # channel -> local subscribers (an ordered set)
-        self.holds: dict[str, dict[Any, Hold]] = {}  # channel -> connections waiting for a replay
-        self.of_conn: dict[Any, set[str]] = {}  # connection -> its channels (subscribed or held)
+        self.registry = Registry(self.c, max_channels_per_connection, max_subscribers)
+        self.registry.on_interest = self._interest_changed
+        self._subs, self._holds = self.registry.subs, self.registry.holds  # bound once: the delivery path
         self.requests: dict[int, Hold] = {}
         self._next_req = 1
         self.publish_timeout = publish_timeout
@@ -213,7 +182,6 @@ class Hub:
         self._hold_deadlines: deque[tuple[float, int]] = deque()
         self._call_later = call_later
         self._expiry_scheduled = False
-        self.subscriptions = 0
         self.remote: Any = None  # broker.Bridge with --bus
 
     def connect_bus(self, url: str, reactor: Any, **limits: Any) -> None:
@@ -238,13 +206,10 @@ class Hub:
             raise ValueError(f"{channel!r} belongs to worker {self.owner(channel)}")
         return channel
 
-    def _gauges(self) -> None:
-        c = self.c
-        c[_C_CHANNELS] = len(self.subs.keys() | self.holds.keys()) if self.holds else len(self.subs)
-        c[_C_SUBS] = self.subscriptions
-
-    def _interested(self, channel: str) -> bool:
-        return channel in self.subs or channel in self.holds
+    @property
+    def max_channels(self) -> int:
+        """Channels one connection may hold (the apps layer refuses a longer list before asking)."""
+        return self.registry.max_channels
 
     def _interest_changed(self, channel: str, on: bool) -> None:
         if self.remote is not None:
@@ -337,76 +302,30 @@ class Hub:
     def subscribe(self, conn: Any, channels: list[str], since: dict[str, int] | None = None,
                   internal: bool = False, ack: bytes = b"") -> None:
         """Subscribe ``conn``: write ``ack``, then any replay.  Raises ChannelError, changing nothing."""
-        mine = self.of_conn.get(conn)
-        new = [ch for ch in dict.fromkeys(channels) if mine is None or ch not in mine]
-        if not internal:
-            have = len(mine) if mine else 0
-            if have + len(new) > self.max_channels:
-                raise ChannelError("too_many_channels",
-                                   f"at most {self.max_channels} channels per connection ({have} subscribed)")
-        if self.subscriptions + len(new) > self.max_subscribers:
-            raise ChannelError("too_many_subscribers", "this server holds as many subscriptions as it may")
+        registry = self.registry
+        new = registry.admit(conn, channels, internal)
         if ack:
             self.write(conn, ack)  # before any replayed message
-        if mine is None:
-            self.of_conn[conn] = mine = set()
         for channel in new:
-            mine.add(channel)
-            self.subscriptions += 1
-            was = self._interested(channel)
             after = None if since is None else since.get(channel)
             owner = self.owner(channel) if self.remote is None else -1
             if after is None or owner == self.index:
-                if not was:
-                    self._interest_changed(channel, True)
                 if after is not None:
                     self._replay_local(conn, channel, after)
-                subs = self.subs.get(channel)
-                if subs is None:
-                    self.subs[channel] = subs = {}
-                subs[conn] = None
+                registry.add(conn, channel)
             else:
                 hold = Hold(conn, channel, after, owner)
-                holds = self.holds.get(channel)
-                if holds is None:
-                    self.holds[channel] = holds = {}
-                holds[conn] = hold
-                if not was:
-                    self._interest_changed(channel, True)  # before the request, on the same ordered link
+                registry.hold(conn, channel, hold)  # interest first: the request follows on the same link
                 self._request(hold)
-        self._gauges()
 
     def unsubscribe(self, conn: Any, channels: Iterable[str]) -> None:
-        mine = self.of_conn.get(conn)
-        if not mine:
-            return
-        for channel in channels:
-            if channel not in mine:
-                continue
-            mine.discard(channel)
-            self.subscriptions -= 1
-            subs = self.subs.get(channel)
-            if subs is not None and subs.pop(conn, 0) is None and not subs:
-                del self.subs[channel]
-            holds = self.holds.get(channel)
-            if holds is not None:
-                hold = holds.pop(conn, None)
-                if hold is not None:
-                    hold.conn = None  # its replay, when it comes, is for nobody
-                if not holds:
-                    del self.holds[channel]
-            if not self._interested(channel):
-                self._interest_changed(channel, False)
-        if not mine:
-            del self.of_conn[conn]
-        self._gauges()
+        for hold in self.registry.remove(conn, channels):
+            hold.conn = None  # its replay, when it comes, is for nobody
 
     def drop(self, conn: Any) -> None:
         """``conn`` closed: forget every subscription of it (idempotent)."""
-        mine = self.of_conn.get(conn)
-        if mine:
-            self.unsubscribe(conn, list(mine))
-        self.of_conn.pop(conn, None)
+        for hold in self.registry.drop(conn):
+            hold.conn = None
 
     # -- sequencing and delivery ---------------------------------------------------------
     def _sequence(self, channel: str, data: bytes, t0: float) -> tuple[int, int]:
@@ -420,16 +339,16 @@ class Hub:
             record = records.msg(t0, seq, channel, data)  # one record for every worker
             for worker in owned.interest:
                 self.send(worker, record)
-        reach = 1 if owned.interest or channel in self.subs or channel in self.holds else 0
+        reach = 1 if owned.interest or channel in self._subs or channel in self._holds else 0
         self._deliver(channel, seq, data, t0)
         return seq, reach
 
     def _deliver(self, channel: str, seq: int, data: bytes, t0: float) -> None:
-        holds = self.holds.get(channel)
+        holds = self._holds.get(channel)
         if holds is not None:
             for hold in holds.values():
                 hold.held.append((seq, t0, data))
-        subs = self.subs.get(channel)
+        subs = self._subs.get(channel)
         if not subs:
             return
         frame = message_frame(channel, seq, data)
@@ -541,21 +460,13 @@ class Hub:
         """Write the replay of a held connection, then make it a subscriber."""
         conn, channel = hold.conn, hold.channel
         self._write_replay(conn, channel, hold.since, reason, first, entries)
-        holds = self.holds[channel]
-        del holds[conn]
-        if not holds:
-            del self.holds[channel]
-        subs = self.subs.get(channel)
-        if subs is None:
-            self.subs[channel] = subs = {}
-        subs[conn] = None
-        self._gauges()
+        self.registry.release(conn, channel)
 
     def _on_hello(self, src: int) -> None:
         if self.remote is not None:
             return  # with a bus, workers do not depend on each other for channels
         self.sequencer.forget(src)
-        for channel in self.subs.keys() | self.holds.keys():
+        for channel in self.registry.channels():
             if self.owner(channel) == src:
                 self.send(src, records.interest(channel, True))
         for req, hold in list(self.requests.items()):
@@ -566,7 +477,7 @@ class Hub:
 
     def sweep(self, now: float) -> None:
         """Let time expire buffered messages; forget channels idle past the replay window."""
-        self.c[_C_EVICTED] += self.sequencer.sweep(now, self._interested)
+        self.c[_C_EVICTED] += self.sequencer.sweep(now, self.registry.interested)
 
     # -- events of the broker bridge (--bus) ------------------------------------------------
     def on_bus_event(self, event: tuple) -> None:
@@ -587,7 +498,7 @@ class Hub:
                 self._resolve(hold, reason, first, entries)
         elif kind == E_GAP:  # the broker could not give back what its live path lost
             _, channel, last, first, reason = event
-            subs = self.subs.get(channel)
+            subs = self._subs.get(channel)
             if subs:
                 self.fanout(tuple(subs), gap_frame(channel, last, first, reason))
 

@@ -181,12 +181,13 @@ class Rig:
         counters[MALFORMED] = 0
         return (
             {ch: (o.seq, sorted(o.interest), tuple(o.replay.entries)) for ch, o in hub.sequencer.owned.items()},
-            {ch: tuple(conns) for ch, conns in hub.subs.items()},
+            {ch: tuple(conns) for ch, conns in hub.registry.subs.items()},
             {ch: {conn: (h.since, h.owner, tuple(h.held), h.conn) for conn, h in holds.items()}
-             for ch, holds in hub.holds.items()},
-            {conn: sorted(chs) for conn, chs in hub.of_conn.items()},
+             for ch, holds in hub.registry.holds.items()},
+            {conn: sorted(chs) for conn, chs in hub.registry.of_conn.items()},
             {req: (h.channel, h.since, h.owner) for req, h in hub.requests.items()},
-            sorted(hub.acks), hub.subscriptions, hub._next_req, len(hub._ack_deadlines), len(hub._hold_deadlines),
+            sorted(hub.acks), hub.registry.subscriptions, hub._next_req, len(hub._ack_deadlines),
+            len(hub._hold_deadlines),
             counters, list(self.sent), list(self.answers), [list(c.frames) for c in (self.a, self.b, self.c)],
         )
 
@@ -241,7 +242,7 @@ def test_valid_records_do_what_they_say() -> None:
     rig.feed(1, puback(rig.ack_req, 8, 0))
     assert rig.answers == [(8, "", 0)]
     rig.feed(1, replay(rig.hold_req, rig.held, [(1, 1.0, b"1")]))
-    assert rig.b in rig.hub.subs[rig.held] and not rig.hub.requests
+    assert rig.b in rig.hub.registry.subs[rig.held] and not rig.hub.requests
     assert rig.malformed == 0
 
 
@@ -386,7 +387,7 @@ def test_largest_since_across_two_hubs_resolves_at_once() -> None:
     assert hubs[0].c[MALFORMED] == 0 and hubs[1].c[MALFORMED] == 0
     assert [json.loads(f[2:]) for f in conn.frames] == [
         {"op": "gap", "channel": channel, "since": MAX_SAFE, "first": 1, "reason": "unknown"}]
-    assert conn in hubs[1].subs[channel]
+    assert conn in hubs[1].registry.subs[channel]
 
 
 ABSURD_TIMES = [1e300, -1e300, 1e200, -1e200, 1e15, -1e15]  # finite, so they pass the NaN check
