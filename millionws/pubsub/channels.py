@@ -65,7 +65,6 @@ import logging
 import struct
 import time
 import zlib
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -73,6 +72,7 @@ from ..metrics import F, WorkerStats
 from ..protocol.websocket import encode_frame
 from . import records
 from .names import ChannelError, user_channel, valid_channel, valid_user
+from .pending import Done, Hold, Pending
 from .records import (
     GAP_NONE,
     GAP_REASONS,
@@ -99,14 +99,7 @@ log = logging.getLogger("millionws.pubsub.channels")
 _C_PUBLISHES, _C_DELIVERIES, _C_MSG_OUT = F["publishes"], F["deliveries"], F["messages_out"]
 _C_REPLAY_HITS, _C_REPLAY_MISSES = F["replay_hits"], F["replay_misses"]
 _C_EVICTED = F["channels_evicted"]
-_C_MALFORMED, _C_PENDING, _C_HOLDS_EXPIRED = F["dropped_mesh_malformed"], F["publishes_pending"], F[
-    "replay_holds_expired"]
-
-# done(seq, error, reach): the answer to a publish.  error "" (sequenced as seq; seq 0 when the
-# broker stored it earlier and cannot say which), "unavailable", "publish_timeout" or
-# "channel_limit" (the owner holds --max-channels-per-worker channels already).  reach: 1 if
-# the channel had a subscriber on this node when sequenced, 0 if not, -1 unknown (with a bus).
-Done = Callable[[int, str, int], None]
+_C_MALFORMED = F["dropped_mesh_malformed"]
 
 monotonic = time.monotonic
 
@@ -114,19 +107,6 @@ monotonic = time.monotonic
 def owner_of(channel: str, workers: int) -> int:
     """The worker that sequences ``channel``: stable for a given number of workers."""
     return zlib.crc32(channel.encode()) % workers
-
-
-class Hold:
-    """A connection waiting for its replay from another worker, and the live messages meanwhile."""
-
-    __slots__ = ("conn", "channel", "since", "owner", "held")
-
-    def __init__(self, conn: Any, channel: str, since: int, owner: int) -> None:
-        self.conn: Any = conn
-        self.channel = channel
-        self.since = since
-        self.owner = owner
-        self.held: list[Entry] = []
 
 
 def message_frame(channel: str, seq: int, data: bytes) -> bytes:
@@ -172,16 +152,7 @@ class Hub:
         self.registry = Registry(self.c, max_channels_per_connection, max_subscribers)
         self.registry.on_interest = self._interest_changed
         self._subs, self._holds = self.registry.subs, self.registry.holds  # bound once: the delivery path
-        self.requests: dict[int, Hold] = {}
-        self._next_req = 1
-        self.publish_timeout = publish_timeout
-        self.replay_timeout = replay_timeout
-        self.acks: dict[int, Done] = {}  # publish request -> its answer, until sequenced or timed out
-        # (deadline, request) in deadline order, since each timeout is one constant: a deque, not a heap.
-        self._ack_deadlines: deque[tuple[float, int]] = deque()
-        self._hold_deadlines: deque[tuple[float, int]] = deque()
-        self._call_later = call_later
-        self._expiry_scheduled = False
+        self.pending = Pending(self.c, publish_timeout, replay_timeout, call_later, self._hold_expired)
         self.remote: Any = None  # broker.Bridge with --bus
 
     def connect_bus(self, url: str, reactor: Any, **limits: Any) -> None:
@@ -219,39 +190,14 @@ class Hub:
         if owner != self.index:
             self.send(owner, records.interest(channel, on))
 
-    def _new_req(self) -> int:
-        req = self._next_req
-        self._next_req = req + 1 if req < 0xFFFFFFFF else 1
-        return req
-
-    def _expire_soon(self) -> None:
-        if not self._expiry_scheduled and self._call_later is not None:
-            self._expiry_scheduled = True
-            self._call_later(0.1, self._expire_tick)
-
-    def _expire_tick(self) -> None:
-        self._expiry_scheduled = False
-        try:
-            self.expire(monotonic())
-        finally:  # even if an answer raised: the others must still get theirs
-            if self._ack_deadlines or self._hold_deadlines:
-                self._expire_soon()
-
     def expire(self, now: float) -> None:
         """Answer the publishes and replays whose answer did not come in time."""
-        deadlines = self._ack_deadlines
-        while deadlines and deadlines[0][0] <= now:
-            done = self.acks.pop(deadlines.popleft()[1], None)
-            if done is not None:
-                done(0, "publish_timeout", -1)
-        self.c[_C_PENDING] = len(self.acks)
-        deadlines = self._hold_deadlines
-        while deadlines and deadlines[0][0] <= now:
-            hold = self.requests.pop(deadlines.popleft()[1], None)
-            if hold is not None and hold.conn is not None:
-                self.c[_C_HOLDS_EXPIRED] += 1
-                first = hold.held[0][0] if hold.held else hold.since + 1
-                self._resolve(hold, GAP_UNKNOWN, first, hold.held)
+        self.pending.expire(now)
+
+    def _hold_expired(self, hold: Hold) -> None:
+        """The replay of ``hold`` never came: a gap, what was kept meanwhile, then a plain subscriber."""
+        first = hold.held[0][0] if hold.held else hold.since + 1
+        self._resolve(hold, GAP_UNKNOWN, first, hold.held)
 
     # -- the client's operations ---------------------------------------------------------
     def publish(self, channel: str, data: bytes, t0: float, done: Done | None = None) -> None:
@@ -265,9 +211,7 @@ class Hub:
                 if done is not None:
                     done(0, "unavailable", -1)
                 return
-            req = self._new_req()
-            if done is not None:
-                self._track(req, done)
+            req = self.pending.track(done) if done is not None else self.pending.new_req()
             self.remote.publish(channel, data, t0, req)
             return
         owner = self.owner(channel)
@@ -281,23 +225,8 @@ class Hub:
             if done is not None:
                 done(seq, "", reach)
             return
-        req = 0
-        if done is not None:
-            req = self._new_req()
-            self._track(req, done)
+        req = self.pending.track(done) if done is not None else 0
         self.send(owner, records.pub(t0, req, channel, data))
-
-    def _track(self, req: int, done: Done) -> None:
-        self.acks[req] = done
-        self._ack_deadlines.append((monotonic() + self.publish_timeout, req))
-        self.c[_C_PENDING] = len(self.acks)
-        self._expire_soon()
-
-    def _acked(self, req: int, seq: int, error: str, reach: int) -> None:
-        done = self.acks.pop(req, None)
-        if done is not None:  # else answered already (timed out)
-            self.c[_C_PENDING] = len(self.acks)
-            done(seq, error, reach)
 
     def subscribe(self, conn: Any, channels: list[str], since: dict[str, int] | None = None,
                   internal: bool = False, ack: bytes = b"") -> None:
@@ -308,13 +237,12 @@ class Hub:
             self.write(conn, ack)  # before any replayed message
         for channel in new:
             after = None if since is None else since.get(channel)
-            owner = self.owner(channel) if self.remote is None else -1
-            if after is None or owner == self.index:
+            if after is None or (self.remote is None and self.owner(channel) == self.index):
                 if after is not None:
                     self._replay_local(conn, channel, after)
                 registry.add(conn, channel)
             else:
-                hold = Hold(conn, channel, after, owner)
+                hold = Hold(conn, channel, after)
                 registry.hold(conn, channel, hold)  # interest first: the request follows on the same link
                 self._request(hold)
 
@@ -377,14 +305,11 @@ class Hub:
             c[_C_MSG_OUT] += len(entries)
 
     def _request(self, hold: Hold) -> None:
-        req = self._new_req()
-        self.requests[req] = hold
-        self._hold_deadlines.append((monotonic() + self.replay_timeout, req))
-        self._expire_soon()
+        req = self.pending.wait(hold)
         if self.remote is not None:
             self.remote.replay(req, hold.channel, hold.since)
             return
-        self.send(hold.owner, records.replay_req(req, hold.since, hold.channel))
+        self.send(self.owner(hold.channel), records.replay_req(req, hold.since, hold.channel))
 
     # -- records from the other workers ----------------------------------------------------
     def hello(self) -> None:
@@ -422,9 +347,9 @@ class Hub:
         elif kind == T_PUBACK:
             _, req, seq, reach = fields
             if reach == REFUSED_CHANNEL_LIMIT:
-                self._acked(req, 0, "channel_limit", -1)
+                self.pending.acked(req, 0, "channel_limit", -1)
             else:
-                self._acked(req, seq, "", 1 if reach else 0)
+                self.pending.acked(req, seq, "", 1 if reach else 0)
         elif kind == T_INTEREST:
             self.sequencer.interest(self._mine(fields[1]), src, True)
         elif kind == T_UNINTEREST:
@@ -443,12 +368,12 @@ class Hub:
 
     def _on_replay(self, req: int, reason: int, first: int, last: int, channel: str,
                    entries: list[Entry]) -> None:
-        hold = self.requests.get(req)
+        hold = self.pending.requests.get(req)
         if hold is None:
             return  # timed out, or asked of this worker's previous incarnation
         if hold.channel != channel:
             raise ValueError(f"replay {req} names {channel!r}, not {hold.channel!r}")
-        del self.requests[req]
+        del self.pending.requests[req]
         if hold.conn is None:
             return  # unsubscribed or closed meanwhile
         # Live messages kept meanwhile: only those the owner sequenced after its answer.
@@ -469,9 +394,10 @@ class Hub:
         for channel in self.registry.channels():
             if self.owner(channel) == src:
                 self.send(src, records.interest(channel, True))
-        for req, hold in list(self.requests.items()):
-            if hold.owner == src:
-                del self.requests[req]
+        requests = self.pending.requests
+        for req, hold in list(requests.items()):
+            if self.owner(hold.channel) == src:
+                del requests[req]
                 if hold.conn is not None:
                     self._request(hold)  # the old answer will not come; the new owner answers
 
@@ -486,14 +412,14 @@ class Hub:
         kind = event[0]
         if kind == E_ACK:
             _, req, seq, error = event
-            self._acked(req, seq, "unavailable" if error else "", -1)
+            self.pending.acked(req, seq, "unavailable" if error else "", -1)
             return
         if kind == E_MSG:
             _, channel, seq, data, t0 = event
             self._deliver(channel, seq, data, t0)
         elif kind == E_REPLAY:
             _, req, reason, first, entries = event
-            hold = self.requests.pop(req, None)
+            hold = self.pending.requests.pop(req, None)
             if hold is not None and hold.conn is not None:
                 self._resolve(hold, reason, first, entries)
         elif kind == E_GAP:  # the broker could not give back what its live path lost

@@ -117,10 +117,10 @@ def test_a_record_that_breaks_the_owner_is_dropped_and_the_publisher_still_gets_
 
 
 LOST_ANSWERS = '''
-from millionws.pubsub import channels
+from millionws.pubsub import pending
 
-channels.Hub._acked = lambda self, req, seq, error, reach: None  # a PUBACK that is lost on the way back
-channels.Hub.expire = lambda self, now: None  # ... and a hub that forgets to time it out
+pending.Pending.acked = lambda self, req, seq, error, reach: None  # a PUBACK that is lost on the way back
+pending.Pending.expire = lambda self, now: None  # ... and a hub that forgets to time it out
 '''
 
 

@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from millionws import metrics
-from millionws.pubsub import channels, sequencer
+from millionws.pubsub import channels, pending, sequencer
 from millionws.pubsub.channels import Hub, owner_of
 
 NOW = 5000.0  # the hubs' clock: fixed, so that what a record's time does is the same on every run
@@ -40,7 +40,7 @@ def monotonic() -> float:
 
 
 # The hub's modules read their module's ``monotonic``; the tests here run them on the fixed clock (see Frozen).
-CLOCKED = (channels, sequencer)
+CLOCKED = (channels, pending, sequencer)
 _real_monotonic = {module: module.monotonic for module in CLOCKED}
 
 MAX_SAFE = (1 << 53) - 1
@@ -163,8 +163,8 @@ class Rig:
         hub.subscribe(self.b, [self.held], since={self.held: 0})
         hub.publish(self.theirs, b'"p"', monotonic(), lambda *answer: self.answers.append(answer))
         hub.subscribe(self.c, [self.user], internal=True)
-        (self.hold_req,) = hub.requests
-        (self.ack_req,) = hub.acks
+        (self.hold_req,) = hub.pending.requests
+        (self.ack_req,) = hub.pending.acks
         assert self.malformed == 0
         self.sent.clear()
         for conn in (self.a, self.b, self.c):
@@ -182,12 +182,12 @@ class Rig:
         return (
             {ch: (o.seq, sorted(o.interest), tuple(o.replay.entries)) for ch, o in hub.sequencer.owned.items()},
             {ch: tuple(conns) for ch, conns in hub.registry.subs.items()},
-            {ch: {conn: (h.since, h.owner, tuple(h.held), h.conn) for conn, h in holds.items()}
+            {ch: {conn: (h.since, tuple(h.held), h.conn) for conn, h in holds.items()}
              for ch, holds in hub.registry.holds.items()},
             {conn: sorted(chs) for conn, chs in hub.registry.of_conn.items()},
-            {req: (h.channel, h.since, h.owner) for req, h in hub.requests.items()},
-            sorted(hub.acks), hub.registry.subscriptions, hub._next_req, len(hub._ack_deadlines),
-            len(hub._hold_deadlines),
+            {req: (h.channel, h.since) for req, h in hub.pending.requests.items()},
+            sorted(hub.pending.acks), hub.registry.subscriptions, hub.pending._next_req,
+            len(hub.pending._ack_deadlines), len(hub.pending._hold_deadlines),
             counters, list(self.sent), list(self.answers), [list(c.frames) for c in (self.a, self.b, self.c)],
         )
 
@@ -242,7 +242,7 @@ def test_valid_records_do_what_they_say() -> None:
     rig.feed(1, puback(rig.ack_req, 8, 0))
     assert rig.answers == [(8, "", 0)]
     rig.feed(1, replay(rig.hold_req, rig.held, [(1, 1.0, b"1")]))
-    assert rig.b in rig.hub.registry.subs[rig.held] and not rig.hub.requests
+    assert rig.b in rig.hub.registry.subs[rig.held] and not rig.hub.pending.requests
     assert rig.malformed == 0
 
 
