@@ -159,7 +159,7 @@ def test_channels_a_worker_sequences_are_bounded_and_a_refusal_is_answered():
     for channel in local:  # published on the owner itself
         node.hubs[1].publish(channel, b"1", 0.0, lambda *a: answers.append(a))
     assert [a[1] for a in answers] == ["", "", "", "channel_limit", "channel_limit"]
-    assert len(node.hubs[1].sequencer.owned) == 3
+    assert len(node.hubs[1].route.sequencer.owned) == 3
     answers.clear()
     node.hubs[0].publish(local[4], b"1", 0.0, lambda *a: answers.append(a))  # through the mesh
     node.pump()

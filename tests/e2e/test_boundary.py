@@ -19,7 +19,7 @@ from tests.e2e.test_routes import metrics, total
 
 FAULTS = '''
 from millionws.apps import app
-from millionws.pubsub import channels
+from millionws.pubsub import routes
 
 _on_message = app.Echo.on_message
 def on_message(self, conn, is_text, payload):
@@ -35,12 +35,12 @@ def health(self, head, keep_alive, query=b""):
     return _health(self, head, keep_alive, query)
 app.App.health = health
 
-_sequence = channels.Hub._sequence
+_sequence = routes.MeshRoute.sequence
 def sequence(self, channel, data, t0):
     if channel.startswith("boom"):
         raise RuntimeError("injected fault in the sequencer")
     return _sequence(self, channel, data, t0)
-channels.Hub._sequence = sequence
+routes.MeshRoute.sequence = sequence
 '''
 
 

@@ -94,13 +94,13 @@ def test_interest_only_where_subscribers_are():
     assert node.queue == []  # nobody else is interested: no record leaves the owner
     node.hubs[1].subscribe(conn, [ch])
     node.pump()
-    assert node.hubs[0].sequencer.owned[ch].interest == {1}
+    assert node.hubs[0].route.sequencer.owned[ch].interest == {1}
     node.hubs[0].publish(ch, b"2", 0.0)
     assert len(node.queue) == 1 and node.queue[0][:2] == (0, 1)
     node.pump()
     node.hubs[1].unsubscribe(conn, [ch])
     node.pump()
-    assert node.hubs[0].sequencer.owned[ch].interest == set()
+    assert node.hubs[0].route.sequencer.owned[ch].interest == set()
     node.hubs[0].publish(ch, b"3", 0.0)
     assert node.queue == []
     assert conn.seqs(ch) == [2]
@@ -203,7 +203,7 @@ def test_drop_forgets_everything_and_tells_the_owner():
     hub = node.hubs[1]
     reg = hub.registry
     assert reg.subs == {} and reg.holds == {} and reg.of_conn == {} and reg.subscriptions == 0
-    assert node.hubs[0].sequencer.owned[ch].interest == set()
+    assert node.hubs[0].route.sequencer.owned[ch].interest == set()
     assert conn.docs == []  # the replay answer found nobody
     node.hubs[1].drop(conn)  # idempotent
 
@@ -220,7 +220,7 @@ def test_restarted_owner_gets_interest_and_requests_again():
     node.hubs[0] = node._hub(0, 2, {})
     node.hubs[0].hello()
     node.pump()
-    assert node.hubs[0].sequencer.owned[ch].interest == {1}
+    assert node.hubs[0].route.sequencer.owned[ch].interest == {1}
     node.hubs[0].publish(ch, b"1", 0.0)
     node.pump()
     assert conn.seqs(ch) == [1] and held.seqs(ch) == [1]
@@ -237,9 +237,9 @@ def test_idle_channels_are_evicted_after_the_replay_window_and_restart_at_1():
     hub.publish("busy", b"1", channels.monotonic())
     now = channels.monotonic()
     hub.sweep(now + 5)
-    assert set(hub.sequencer.owned) == {"idle", "busy"}  # inside the window: kept
+    assert set(hub.route.sequencer.owned) == {"idle", "busy"}  # inside the window: kept
     hub.sweep(now + 11)
-    assert set(hub.sequencer.owned) == {"busy"}  # a subscriber keeps a channel
+    assert set(hub.route.sequencer.owned) == {"busy"}  # a subscriber keeps a channel
     assert stats.c[metrics.F["channels_evicted"]] == 1
     hub.publish("idle", b"2", channels.monotonic())
-    assert hub.sequencer.owned["idle"].seq == 1
+    assert hub.route.sequencer.owned["idle"].seq == 1

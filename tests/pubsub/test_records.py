@@ -180,7 +180,8 @@ class Rig:
         counters = list(hub.c)
         counters[MALFORMED] = 0
         return (
-            {ch: (o.seq, sorted(o.interest), tuple(o.replay.entries)) for ch, o in hub.sequencer.owned.items()},
+            {ch: (o.seq, sorted(o.interest), tuple(o.replay.entries))
+             for ch, o in hub.route.sequencer.owned.items()},
             {ch: tuple(conns) for ch, conns in hub.registry.subs.items()},
             {ch: {conn: (h.since, tuple(h.held), h.conn) for conn, h in holds.items()}
              for ch, holds in hub.registry.holds.items()},
@@ -238,7 +239,7 @@ def test_valid_records_do_what_they_say() -> None:
     rig.feed(1, msg(rig.theirs, 5, b'{"k":1}'))
     assert json.loads(rig.a.frames[-1][2:]) == {"op": "message", "channel": rig.theirs, "seq": 5, "data": {"k": 1}}
     rig.feed(1, pub(rig.mine, b"[3]", req=77))
-    assert rig.hub.sequencer.owned[rig.mine].seq == 3 and rig.sent[-1] == (1, puback(77, 3, 1))
+    assert rig.hub.route.sequencer.owned[rig.mine].seq == 3 and rig.sent[-1] == (1, puback(77, 3, 1))
     rig.feed(1, puback(rig.ack_req, 8, 0))
     assert rig.answers == [(8, "", 0)]
     rig.feed(1, replay(rig.hold_req, rig.held, [(1, 1.0, b"1")]))
