@@ -10,7 +10,7 @@ dropped and counted in ``dropped_mesh_malformed``, must not raise, and must chan
 record and write no byte.  Hypothesis then throws random bytes, mutated valid records and records of
 random field values at it: ``on_record`` never raises and the counters stay publishable.
 
-Formats (big-endian, first byte = type), from the docstring of millionws/pubsub/channels.py:
+Formats (big-endian, first byte = type), from the docstring of millionws/pubsub/records.py:
 PUB ``t0 req chan data`` · PUBACK ``req seq reach`` · MSG ``t0 seq chan data`` ·
 INTEREST/UNINTEREST ``chan`` · REPLAY_REQ ``req since chan`` ·
 REPLAY ``req reason first last chan n (seq t0 len data)*`` · HELLO.
