@@ -6,12 +6,15 @@ together parts that each hold one idea:
 
 * :mod:`registry`: which connection holds which channel, the limits, and when the worker's interest in
   a channel turns on or off;
-* :mod:`routes`: where a channel's sequencer is.  :class:`routes.MeshRoute` (a worker of this node,
-  which keeps the :mod:`sequencer` of the channels it owns) or :class:`routes.BrokerRoute` (``--bus``),
-  chosen once, when the hub is built or connected to a bus, so nothing here asks which;
+* :mod:`routes`: where a channel's sequencer is.  :class:`routes.MeshRoute` (a worker of this node)
+  or :class:`routes.BrokerRoute` (``--bus``), chosen once, when the hub is built or connected to a bus,
+  so nothing here asks which.  The :mod:`sequencer` belongs to the mesh route: with a bus nothing on
+  this node numbers messages, and a hub connected to one holds no owner state at all;
 * :mod:`pending`: the publishes and replays waiting for another process, each with a deadline;
-* :mod:`names`: the names a client may use and :class:`ChannelError`, re-exported here with the rest of
-  what the apps layer uses.
+* :mod:`names`: the names a client may use and :class:`ChannelError`.
+
+The module keeps the name its callers know it by: to the apps layer it is "the channels of this
+worker", and what it re-exports (``__all__``) is all they import from pubsub, whichever part defines it.
 
 What stays here is what every route shares:
 
