@@ -20,9 +20,9 @@ def test_a_publish_is_answered_with_its_seq_once_the_owner_sequenced_it():
     channel = node.channel_owned_by(1)
     answers = []
     node.hubs[0].publish(channel, b'"x"', 0.0, lambda *a: answers.append(a))
-    assert answers == [] and len(node.hubs[0].acks) == 1  # not before the owner numbered it
+    assert answers == [] and len(node.hubs[0].pending.acks) == 1  # not before the owner numbered it
     node.pump()  # PUB to the owner, PUBACK back
-    assert answers == [(1, "", 0)] and node.hubs[0].acks == {}
+    assert answers == [(1, "", 0)] and node.hubs[0].pending.acks == {}
     assert node.hubs[0].c[F["publishes_pending"]] == 0
 
 
@@ -36,7 +36,7 @@ def test_a_publish_whose_owner_never_answers_times_out_and_leaves_no_trace():
     node.queue.clear()  # the owner is gone: nothing will come back
     hub.expire(10.0 ** 9)
     assert answers == [(0, "publish_timeout", -1)] * 100
-    assert hub.acks == {} and not hub._ack_deadlines and hub.c[F["publishes_pending"]] == 0
+    assert hub.pending.acks == {} and not hub.pending._ack_deadlines and hub.c[F["publishes_pending"]] == 0
 
 
 def test_a_late_acknowledgement_after_the_timeout_is_ignored():
@@ -56,9 +56,9 @@ def test_a_replay_hold_whose_answer_never_comes_ends_with_a_gap_and_live_message
     conn = Conn("c")
     hub.subscribe(conn, [channel], {channel: 3})
     node.queue.clear()  # INTEREST and REPLAY_REQ lost: the owner restarted before reading them
-    assert len(hub.requests) == 1 and conn in hub.holds[channel]
+    assert len(hub.pending.requests) == 1 and conn in hub.registry.holds[channel]
     hub.expire(10.0 ** 9)
-    assert hub.requests == {} and channel not in hub.holds and conn in hub.subs[channel]
+    assert hub.pending.requests == {} and channel not in hub.registry.holds and conn in hub.registry.subs[channel]
     assert conn.docs == [{"op": "gap", "channel": channel, "since": 3, "first": 4,
                           "reason": GAP_REASONS[GAP_UNKNOWN]}]
     assert hub.c[F["replay_holds_expired"]] == 1
@@ -139,7 +139,7 @@ def test_token_expiry_entries_of_closed_connections_are_compacted_away():
 
 
 def test_the_replay_buffer_holds_at_most_its_bytes():
-    from millionws.pubsub.channels import ReplayBuffer
+    from millionws.pubsub.sequencer import ReplayBuffer
 
     buffer = ReplayBuffer(120.0, 1000, max_bytes=10_000)
     for seq in range(1, 101):
@@ -159,7 +159,7 @@ def test_channels_a_worker_sequences_are_bounded_and_a_refusal_is_answered():
     for channel in local:  # published on the owner itself
         node.hubs[1].publish(channel, b"1", 0.0, lambda *a: answers.append(a))
     assert [a[1] for a in answers] == ["", "", "", "channel_limit", "channel_limit"]
-    assert len(node.hubs[1].owned) == 3
+    assert len(node.hubs[1].route.sequencer.owned) == 3
     answers.clear()
     node.hubs[0].publish(local[4], b"1", 0.0, lambda *a: answers.append(a))  # through the mesh
     node.pump()
@@ -280,7 +280,7 @@ def test_connections_are_accepted_at_most_the_batch_per_readiness():
 def test_an_answer_that_raises_does_not_stop_the_others_from_timing_out(monkeypatch):
     import pytest
 
-    from millionws.pubsub import channels
+    from millionws.pubsub import pending
 
     scheduled = []
     node = Node(2, publish_timeout=5.0, call_later=lambda delay, fn: scheduled.append(fn))
@@ -294,10 +294,10 @@ def test_an_answer_that_raises_does_not_stop_the_others_from_timing_out(monkeypa
     hub.publish(channel, b"1", 0.0, broken)
     hub.publish(channel, b"2", 0.0, lambda *a: answers.append(a))
     node.queue.clear()
-    monkeypatch.setattr(channels, "monotonic", lambda: 10.0 ** 9)
+    monkeypatch.setattr(pending, "monotonic", lambda: 10.0 ** 9)
     scheduled.clear()
     with pytest.raises(RuntimeError):
-        hub._expire_tick()  # the reactor's boundary counts this one (tests/core/test_reactor.py)
+        hub.pending._expire_tick()  # the reactor's boundary counts this one (tests/core/test_reactor.py)
     assert scheduled, "the tick must come again"
     scheduled.pop()()
-    assert answers == [(0, "publish_timeout", -1)] and hub.acks == {}
+    assert answers == [(0, "publish_timeout", -1)] and hub.pending.acks == {}

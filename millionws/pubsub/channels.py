@@ -1,62 +1,41 @@
-"""Channels on one node: names, sequencing, replay, interest, and who gets which message.
+"""Channels of one worker: what the apps layer asks of pubsub, and who gets which message.
 
-Theory of operation (everything that decides a ``seq`` or a recipient lives here):
+Theory of operation.  :class:`Hub` is the one object the apps layer and the worker talk to (publish,
+subscribe, unsubscribe, drop; records, sweeps and deadlines).  It decides little alone; it puts
+together parts that each hold one idea:
 
-* **One sequencer per channel.**  The owner of a channel is worker
-  ``crc32(name) % workers``.  Only the owner assigns ``seq`` (1, 2, 3, ... with no gap)
-  and keeps the replay buffer (:class:`ReplayBuffer`: the last ``replay_seconds`` and at
-  most ``replay_max_messages``).  A publish accepted by another worker is forwarded to
-  the owner (``PUB``) with the time it was accepted.
-* **Interest-based fan-out.**  A worker tells a channel's owner when it gets its first
-  local subscriber for the channel (``INTEREST``) and when it loses its last one
-  (``UNINTEREST``).  The owner sends each sequenced message (``MSG``) only to the
-  workers interested in it, then delivers to its own subscribers.
-* **Encode once.**  A worker turns a message into one WebSocket frame and hands the same
-  bytes to every local subscriber (``fanout``): the cost per subscriber is one ``write``.
-* **Replay without gap or duplicate.**  ``subscribe`` with ``since``: on the owner, the
-  missed messages are read from the buffer and written before any live one (same
-  process, no race).  On another worker the connection is *held*: it is not yet a
-  subscriber, live messages for the channel are kept for it, and the owner is asked
-  for the messages after ``since`` (``REPLAY_REQ``, sent after ``INTEREST`` on the same
-  ordered link).  The owner answers with the buffered messages up to its latest ``seq``
-  (``REPLAY``); the worker writes them, then the held messages with a greater ``seq``,
-  and the connection becomes a subscriber.  When ``since`` is older than the buffer the
-  connection first gets a ``gap`` reply naming the first ``seq`` it will see.
-* **Restarts.**  A worker announces itself on start (``HELLO``); its peers then forget
-  its old interest and tell it again which of its channels they are interested in, and
-  re-ask the replay requests that were waiting for it.  The sequence of a channel owned
-  by a restarted worker starts again at 1 (a ``since`` beyond it gets ``gap`` with reason
-  ``unknown``): persistence across restarts is the job of an external bus.
-* Idle channels are forgotten: the owner drops a channel's state once it has no
-  subscriber on any worker and its last message left the replay window (``sweep``,
-  counted in ``channels_evicted``); its sequence then starts again at 1 (a ``since``
-  beyond it gets ``gap`` ``unknown``), so memory follows the live channels, not every
-  name ever used.
-* Across nodes (``--bus``, :mod:`broker`): the broker numbers the messages instead of the
-  owner worker.  Every worker publishes to the broker and subscribes to it for the
-  channels it has subscribers of; the owner, the mesh and the local replay buffer are
-  not used for channels then.  Replay answers come from the broker's stream, in order
-  with the live messages, so a subscriber with ``since`` is never *held* for live ones.
-* Users: a connection that carries a user id is subscribed to the reserved channel
-  ``@user:<id>``; ``@`` is outside the client charset, so no client can subscribe to
-  another user's channel (its own it may name, to resume it with ``since``).
-* **Acknowledged in order.**  A publish that wants an answer carries a request number;
-  the answer (``done(seq, error, reach)``) comes only once the sequencer assigned its
-  ``seq``: at once on the owner, through ``PUBACK`` from another worker, through the
-  broker's acknowledgement with ``--bus``.  So a publish sent after another was
-  acknowledged is sequenced after it, from any connection or worker.  No answer within
-  ``publish_timeout`` seconds: ``publish_timeout`` (the outcome is unknown); the broker
-  away: ``unavailable`` at once (nothing was published).  The table of waiting answers is
-  swept by the same deadline, as are replay requests whose answer never comes (a hold
-  past ``replay_timeout`` gets ``gap`` ``unknown`` and becomes a plain subscriber).
-* Records are input like any other: :meth:`Hub.on_record` has :func:`records.decode` check
-  sizes, ranges and names, then checks what only it can (the sender, the channel's owner),
-  before anything reaches the tables; what does not fit is dropped and counted.  The
-  message data inside is carried as opaque bytes: it was checked where it entered the
-  node (:mod:`jsonsafe`), and the frame it goes into cannot be broken by it.
+* :mod:`registry`: which connection holds which channel, the limits, and when the worker's interest in
+  a channel turns on or off;
+* :mod:`routes`: where a channel's sequencer is.  :class:`routes.MeshRoute` (a worker of this node)
+  or :class:`routes.BrokerRoute` (``--bus``), chosen once, when the hub is built or connected to a bus,
+  so nothing here asks which.  The :mod:`sequencer` belongs to the mesh route: with a bus nothing on
+  this node numbers messages, and a hub connected to one holds no owner state at all;
+* :mod:`pending`: the publishes and replays waiting for another process, each with a deadline;
+* :mod:`names`: the names a client may use and :class:`ChannelError`.
 
-Records between workers (PUB, PUBACK, MSG, INTEREST/UNINTEREST, REPLAY_REQ, REPLAY, HELLO): their
-layout, and the check of every one received, are :mod:`records`.
+The module keeps the name its callers know it by: to the apps layer it is "the channels of this
+worker", and what it re-exports (``__all__``) is all they import from pubsub, whichever part defines it.
+
+What stays here is what every route shares:
+
+* **Encode once.**  A message becomes one WebSocket frame (:func:`message_frame`) and the same bytes go
+  to every local subscriber through the worker's ``fanout``: the cost per subscriber is one ``write``,
+  and the hub adds nothing per subscriber.  The broadcast path is publish, the route (on the owner the
+  sequencer, one record per interested worker), :meth:`Hub.deliver`, one ``fanout`` of one frame.  The
+  subscribers are handed over as a snapshot: a write may close a connection, whose ``on_close``
+  changes the set.
+* **Replay without gap or duplicate.**  A ``subscribe`` with ``since`` is answered in this process when
+  the route has the messages here (the owner worker: written before any live one, no race).  Otherwise
+  the connection is *held*: not yet a subscriber, the live messages of the channel are kept for it, and
+  the route asks for the replay.  :meth:`Hub.resolve` writes the answer (a ``gap`` first when ``since``
+  is older than what is kept, naming the first ``seq`` to come), then makes the connection a
+  subscriber.  A hold whose answer never comes gets ``gap`` ``unknown`` and what was kept.
+* **Answers before consequences.**  ``subscribe`` writes its acknowledgement before any replayed
+  message, so a client learns it is subscribed before it gets messages of the channel.
+* Records are input like any other: a route raises before anything changes when a record is not
+  acceptable, and the hub drops it and counts it (``dropped_mesh_malformed``, logged at 1, 2, 4, 8...).
+  The message data inside is carried as opaque bytes: it was checked where it entered the node
+  (:mod:`jsonsafe`), and the frame it goes into cannot be broken by it.
 """
 
 from __future__ import annotations
@@ -64,161 +43,31 @@ from __future__ import annotations
 import logging
 import struct
 import time
-import zlib
-from collections import deque
 from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 
 from ..metrics import F, WorkerStats
 from ..protocol.websocket import encode_frame
-from . import records
-from .records import (  # re-exported: the names of a channel and of a gap belong to this module's callers too
-    CHANNEL_RE,
-    GAP_EXPIRED,
-    GAP_NONE,
-    GAP_REASONS,
-    GAP_UNKNOWN,
-    REFUSED_CHANNEL_LIMIT,
-    T_HELLO,
-    T_INTEREST,
-    T_MSG,
-    T_PUB,
-    T_PUBACK,
-    T_REPLAY,
-    T_REPLAY_REQ,
-    T_UNINTEREST,
-    USER_PREFIX,
-    USER_RE,
-)
+from .names import ChannelError, user_channel, valid_channel, valid_user
+from .pending import Done, Hold, Pending
+from .records import GAP_NONE, GAP_REASONS, GAP_UNKNOWN
+from .registry import Registry
+from .routes import BrokerRoute, MeshRoute, owner_of
+from .sequencer import Entry, Sequencer
+
+# What the apps layer uses of pubsub, importable from here whichever module of pubsub defines it.
+__all__ = ["ChannelError", "Done", "Hub", "gap_frame", "message_frame", "owner_of", "user_channel", "valid_channel",
+           "valid_user"]
 
 log = logging.getLogger("millionws.pubsub.channels")
 
-# User ids (token ``sub``, ``/users/{id}``, ``?user=``): the channel charset plus what common
-# identity providers put in a subject (``auth0|5f7c...``, ``alice@example.com``, ``a+b``, base64 ``=``).
-# Nothing in it needs escaping in JSON, a NATS subject or a Redis key.  Both patterns live in records.py,
-# where names arriving from other workers are checked against them.
-MAX_NAME = 128
-
-_C_CHANNELS, _C_SUBS = F["channels"], F["subscriptions"]
 _C_PUBLISHES, _C_DELIVERIES, _C_MSG_OUT = F["publishes"], F["deliveries"], F["messages_out"]
 _C_REPLAY_HITS, _C_REPLAY_MISSES = F["replay_hits"], F["replay_misses"]
 _C_EVICTED = F["channels_evicted"]
-_C_MALFORMED, _C_PENDING, _C_HOLDS_EXPIRED = F["dropped_mesh_malformed"], F["publishes_pending"], F[
-    "replay_holds_expired"]
-
-# done(seq, error, reach): the answer to a publish.  error "" (sequenced as seq; seq 0 when the
-# broker stored it earlier and cannot say which), "unavailable", "publish_timeout" or
-# "channel_limit" (the owner holds --max-channels-per-worker channels already).  reach: 1 if
-# the channel had a subscriber on this node when sequenced, 0 if not, -1 unknown (with a bus).
-Done = Callable[[int, str, int], None]
+_C_MALFORMED = F["dropped_mesh_malformed"]
 
 monotonic = time.monotonic
-
-
-def valid_channel(name: object) -> bool:
-    """A client may name ``name``: a string of 1 to 128 of ``A-Z a-z 0-9 . _ : -``."""
-    return isinstance(name, str) and CHANNEL_RE.match(name) is not None
-
-
-def valid_user(user: object) -> bool:
-    """A user id: a string of 1 to 128 of ``A-Z a-z 0-9 . _ : - @ + = |``."""
-    return isinstance(user, str) and USER_RE.match(user) is not None
-
-
-def user_channel(user: str) -> str:
-    """The reserved channel of a user id (see :func:`valid_user`)."""
-    return USER_PREFIX + user
-
-
-def owner_of(channel: str, workers: int) -> int:
-    """The worker that sequences ``channel``: stable for a given number of workers."""
-    return zlib.crc32(channel.encode()) % workers
-
-
-class ChannelError(Exception):
-    """A request refused: ``code`` is the error code the client gets."""
-
-    def __init__(self, code: str, message: str, channel: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.channel = channel
-
-
-class ReplayBuffer:
-    """The recent messages of one channel: at most ``max_messages`` and ``max_bytes`` of data, none
-    older than ``seconds``.
-
-    Entries are ``(seq, t, data)`` with consecutive ``seq``, so the entry after ``since`` is
-    found by arithmetic, not by search.  The byte bound keeps one channel of large messages
-    from holding ``max_messages`` of them (a gigabyte at 1 MiB each), and a replay answer
-    between workers within what the mesh carries.
-    """
-
-    __slots__ = ("seconds", "entries", "max_messages", "max_bytes", "size")
-
-    def __init__(self, seconds: float, max_messages: int, max_bytes: int = 4 << 20) -> None:
-        self.seconds = seconds
-        self.max_messages = max_messages
-        self.max_bytes = max_bytes
-        self.size = 0
-        self.entries: deque[tuple[int, float, bytes]] = deque()
-
-    def append(self, seq: int, t: float, data: bytes) -> None:
-        if self.max_messages <= 0:
-            return
-        entries = self.entries
-        entries.append((seq, t, data))
-        self.size += len(data)
-        while len(entries) > self.max_messages or (self.size > self.max_bytes and len(entries) > 1):
-            self.size -= len(entries.popleft()[2])
-        self.trim(t)
-
-    def trim(self, now: float) -> None:
-        entries = self.entries
-        horizon = now - self.seconds
-        while entries and entries[0][1] < horizon:
-            self.size -= len(entries.popleft()[2])
-
-    def after(self, since: int, last: int, now: float) -> tuple[int, int, list[tuple[int, float, bytes]]]:
-        """``(gap_reason, first, entries)``: what a subscriber who saw ``since`` gets.
-
-        ``first`` is the first ``seq`` it will see (``last + 1`` when nothing is buffered).
-        """
-        self.trim(now)
-        entries = self.entries
-        if since > last:
-            return GAP_UNKNOWN, last + 1, []  # a sequence from before a restart
-        oldest = entries[0][0] if entries else last + 1
-        if since + 1 < oldest:
-            return GAP_EXPIRED, oldest, list(entries)
-        skip = since + 1 - oldest
-        return GAP_NONE, since + 1, [entries[i] for i in range(skip, len(entries))]
-
-
-class Owned:
-    """A channel this worker sequences."""
-
-    __slots__ = ("seq", "replay", "interest", "touched")
-
-    def __init__(self, seconds: float, max_messages: int, max_bytes: int = 4 << 20) -> None:
-        self.seq = 0
-        self.touched = monotonic()  # last publish or interest: for eviction
-        self.replay = ReplayBuffer(seconds, max_messages, max_bytes)
-        self.interest: set[int] = set()  # other workers with subscribers
-
-
-class Hold:
-    """A connection waiting for its replay from another worker, and the live messages meanwhile."""
-
-    __slots__ = ("conn", "channel", "since", "owner", "held")
-
-    def __init__(self, conn: Any, channel: str, since: int, owner: int) -> None:
-        self.conn: Any = conn
-        self.channel = channel
-        self.since = since
-        self.owner = owner
-        self.held: list[tuple[int, float, bytes]] = []
 
 
 def message_frame(channel: str, seq: int, data: bytes) -> bytes:
@@ -253,123 +102,54 @@ class Hub:
                  replay_max_bytes: int = 4 << 20, max_owned: int = 2_000_000) -> None:
         self.index = index
         self.workers = workers
-        self.send = send
         self.write = write
         self.fanout = fanout
         self.stats = stats
         self.c = stats.c
         self.replay_seconds = replay_seconds
         self.replay_max_messages = replay_max_messages
-        self.max_channels = max_channels_per_connection
-        self.max_subscribers = max_subscribers
-        self.owned: dict[str, Owned] = {}
-        self.subs: dict[str, dict[Any, None]] = {}  # channel -> local subscribers (an ordered set)
-        self.holds: dict[str, dict[Any, Hold]] = {}  # channel -> connections waiting for a replay
-        self.of_conn: dict[Any, set[str]] = {}  # connection -> its channels (subscribed or held)
-        self.requests: dict[int, Hold] = {}
-        self._next_req = 1
-        self.replay_max_bytes = replay_max_bytes
-        self.max_owned = max_owned
-        self.publish_timeout = publish_timeout
-        self.replay_timeout = replay_timeout
-        self.acks: dict[int, Done] = {}  # publish request -> its answer, until sequenced or timed out
-        # (deadline, request) in deadline order, since each timeout is one constant: a deque, not a heap.
-        self._ack_deadlines: deque[tuple[float, int]] = deque()
-        self._hold_deadlines: deque[tuple[float, int]] = deque()
-        self._call_later = call_later
-        self._expiry_scheduled = False
-        self.subscriptions = 0
-        self.remote: Any = None  # broker.Bridge with --bus
+        self.registry = Registry(self.c, max_channels_per_connection, max_subscribers)
+        self._subs, self._holds = self.registry.subs, self.registry.holds  # bound once: the delivery path
+        self.pending = Pending(self.c, publish_timeout, replay_timeout, call_later, self._hold_expired)
+        self.remote: Any = None  # the brokers.Bridge with --bus (its state is /health's)
+        self.route: MeshRoute | BrokerRoute
+        self._take(MeshRoute(index, workers, send,
+                             Sequencer(replay_seconds, replay_max_messages, replay_max_bytes, max_owned),
+                             self.registry, self.pending, self))
+
+    def _take(self, route: MeshRoute | BrokerRoute) -> None:
+        if self.registry.of_conn or self.pending.acks or self.pending.requests:
+            raise RuntimeError("a hub's route is chosen before its first subscription or publish")
+        self.route = route
+        self.registry.on_interest = route.interest
 
     def connect_bus(self, url: str, reactor: Any, **limits: Any) -> None:
-        """Number and carry messages through a broker shared by the nodes (see :mod:`broker`);
-        ``limits`` are the ``--bus-*`` bounds, as :class:`broker.Bridge` names them."""
+        """Number and carry messages through a broker shared by the nodes (see :mod:`brokers`);
+        ``limits`` are the ``--bus-*`` bounds, as :class:`brokers.Bridge` names them."""
         from .brokers import Bridge
 
-        self.remote = Bridge(url, reactor, self.c, self.on_bus_event, self.replay_seconds, self.replay_max_messages,
-                             **limits)
+        connect = partial(Bridge, url, reactor, self.c, replay_seconds=self.replay_seconds,
+                          replay_max_messages=self.replay_max_messages, **limits)
+        route = BrokerRoute(connect, self.pending, self)
+        self._take(route)
+        self.remote = route.bridge
 
     def start_bus(self) -> None:
-        if self.remote is not None:
-            self.remote.start()
+        """The worker's loop is about to run: start what the route needs (the bridge thread)."""
+        self.route.start()
 
-    # -- helpers -----------------------------------------------------------------------
+    def hello(self) -> None:
+        """Announce this (possibly restarted) worker to the peers that depend on it."""
+        self.route.hello()
+
     def owner(self, channel: str) -> int:
+        """The worker of this node that sequences ``channel`` when there is no bus."""
         return owner_of(channel, self.workers)
 
-    def _owned(self, channel: str) -> Owned:
-        """The state of a channel this worker sequences; ChannelError("channel_limit") when a new one
-        would pass ``max_owned`` (a flood of one-message channels must not grow it without bound)."""
-        owned = self.owned.get(channel)
-        if owned is None:
-            if len(self.owned) >= self.max_owned:
-                raise ChannelError("channel_limit", "this server sequences as many channels as it may; retry later",
-                                   channel)
-            self.owned[channel] = owned = Owned(self.replay_seconds, self.replay_max_messages, self.replay_max_bytes)
-        return owned
-
-    def _mine(self, channel: str) -> str:
-        """``channel`` if this worker sequences it: a record about another's channel is malformed."""
-        if self.owner(channel) != self.index:
-            raise ValueError(f"{channel!r} belongs to worker {self.owner(channel)}")
-        return channel
-
-    def _replay_of(self, channel: str, since: int) -> tuple[int, int, int, list[tuple[int, float, bytes]]]:
-        """``(last, gap_reason, first, entries)`` for a subscriber that saw ``since``; creates nothing."""
-        owned = self.owned.get(channel)
-        if owned is None:
-            return 0, (GAP_UNKNOWN if since > 0 else GAP_NONE), 1, []
-        return owned.seq, *owned.replay.after(since, owned.seq, monotonic())
-
-    def _gauges(self) -> None:
-        c = self.c
-        c[_C_CHANNELS] = len(self.subs.keys() | self.holds.keys()) if self.holds else len(self.subs)
-        c[_C_SUBS] = self.subscriptions
-
-    def _interested(self, channel: str) -> bool:
-        return channel in self.subs or channel in self.holds
-
-    def _interest_changed(self, channel: str, on: bool) -> None:
-        if self.remote is not None:
-            self.remote.interest(channel, on)
-            return
-        owner = self.owner(channel)
-        if owner != self.index:
-            self.send(owner, records.interest(channel, on))
-
-    def _new_req(self) -> int:
-        req = self._next_req
-        self._next_req = req + 1 if req < 0xFFFFFFFF else 1
-        return req
-
-    def _expire_soon(self) -> None:
-        if not self._expiry_scheduled and self._call_later is not None:
-            self._expiry_scheduled = True
-            self._call_later(0.1, self._expire_tick)
-
-    def _expire_tick(self) -> None:
-        self._expiry_scheduled = False
-        try:
-            self.expire(monotonic())
-        finally:  # even if an answer raised: the others must still get theirs
-            if self._ack_deadlines or self._hold_deadlines:
-                self._expire_soon()
-
-    def expire(self, now: float) -> None:
-        """Answer the publishes and replays whose answer did not come in time."""
-        deadlines = self._ack_deadlines
-        while deadlines and deadlines[0][0] <= now:
-            done = self.acks.pop(deadlines.popleft()[1], None)
-            if done is not None:
-                done(0, "publish_timeout", -1)
-        self.c[_C_PENDING] = len(self.acks)
-        deadlines = self._hold_deadlines
-        while deadlines and deadlines[0][0] <= now:
-            hold = self.requests.pop(deadlines.popleft()[1], None)
-            if hold is not None and hold.conn is not None:
-                self.c[_C_HOLDS_EXPIRED] += 1
-                first = hold.held[0][0] if hold.held else hold.since + 1
-                self._resolve(hold, GAP_UNKNOWN, first, hold.held)
+    @property
+    def max_channels(self) -> int:
+        """Channels one connection may hold (the apps layer refuses a longer list before asking)."""
+        return self.registry.max_channels
 
     # -- the client's operations ---------------------------------------------------------
     def publish(self, channel: str, data: bytes, t0: float, done: Done | None = None) -> None:
@@ -378,140 +158,46 @@ class Hub:
         ``done`` is called once with the outcome (see ``Done``); without it nothing is answered.
         """
         self.c[_C_PUBLISHES] += 1
-        if self.remote is not None:
-            if not self.remote.up:
-                if done is not None:
-                    done(0, "unavailable", -1)
-                return
-            req = self._new_req()
-            if done is not None:
-                self._track(req, done)
-            self.remote.publish(channel, data, t0, req)
-            return
-        owner = self.owner(channel)
-        if owner == self.index:
-            try:
-                seq, reach = self._sequence(channel, data, t0)
-            except ChannelError:
-                if done is not None:
-                    done(0, "channel_limit", -1)
-                return
-            if done is not None:
-                done(seq, "", reach)
-            return
-        req = 0
-        if done is not None:
-            req = self._new_req()
-            self._track(req, done)
-        self.send(owner, records.pub(t0, req, channel, data))
-
-    def _track(self, req: int, done: Done) -> None:
-        self.acks[req] = done
-        self._ack_deadlines.append((monotonic() + self.publish_timeout, req))
-        self.c[_C_PENDING] = len(self.acks)
-        self._expire_soon()
-
-    def _acked(self, req: int, seq: int, error: str, reach: int) -> None:
-        done = self.acks.pop(req, None)
-        if done is not None:  # else answered already (timed out)
-            self.c[_C_PENDING] = len(self.acks)
-            done(seq, error, reach)
+        self.route.publish(channel, data, t0, done)
 
     def subscribe(self, conn: Any, channels: list[str], since: dict[str, int] | None = None,
                   internal: bool = False, ack: bytes = b"") -> None:
         """Subscribe ``conn``: write ``ack``, then any replay.  Raises ChannelError, changing nothing."""
-        mine = self.of_conn.get(conn)
-        new = [ch for ch in dict.fromkeys(channels) if mine is None or ch not in mine]
-        if not internal:
-            have = len(mine) if mine else 0
-            if have + len(new) > self.max_channels:
-                raise ChannelError("too_many_channels",
-                                   f"at most {self.max_channels} channels per connection ({have} subscribed)")
-        if self.subscriptions + len(new) > self.max_subscribers:
-            raise ChannelError("too_many_subscribers", "this server holds as many subscriptions as it may")
+        registry = self.registry
+        new = registry.admit(conn, channels, internal)
         if ack:
             self.write(conn, ack)  # before any replayed message
-        if mine is None:
-            self.of_conn[conn] = mine = set()
         for channel in new:
-            mine.add(channel)
-            self.subscriptions += 1
-            was = self._interested(channel)
             after = None if since is None else since.get(channel)
-            owner = self.owner(channel) if self.remote is None else -1
-            if after is None or owner == self.index:
-                if not was:
-                    self._interest_changed(channel, True)
-                if after is not None:
-                    self._replay_local(conn, channel, after)
-                subs = self.subs.get(channel)
-                if subs is None:
-                    self.subs[channel] = subs = {}
-                subs[conn] = None
+            if after is None:
+                registry.add(conn, channel)
+                continue
+            replay = self.route.local_replay(channel, after)
+            if replay is not None:
+                self._write_replay(conn, channel, after, *replay)
+                registry.add(conn, channel)
             else:
-                hold = Hold(conn, channel, after, owner)
-                holds = self.holds.get(channel)
-                if holds is None:
-                    self.holds[channel] = holds = {}
-                holds[conn] = hold
-                if not was:
-                    self._interest_changed(channel, True)  # before the request, on the same ordered link
-                self._request(hold)
-        self._gauges()
+                hold = Hold(conn, channel, after)
+                registry.hold(conn, channel, hold)  # interest first: the request follows on the same link
+                self.route.request_replay(hold)
 
     def unsubscribe(self, conn: Any, channels: Iterable[str]) -> None:
-        mine = self.of_conn.get(conn)
-        if not mine:
-            return
-        for channel in channels:
-            if channel not in mine:
-                continue
-            mine.discard(channel)
-            self.subscriptions -= 1
-            subs = self.subs.get(channel)
-            if subs is not None and subs.pop(conn, 0) is None and not subs:
-                del self.subs[channel]
-            holds = self.holds.get(channel)
-            if holds is not None:
-                hold = holds.pop(conn, None)
-                if hold is not None:
-                    hold.conn = None  # its replay, when it comes, is for nobody
-                if not holds:
-                    del self.holds[channel]
-            if not self._interested(channel):
-                self._interest_changed(channel, False)
-        if not mine:
-            del self.of_conn[conn]
-        self._gauges()
+        for hold in self.registry.remove(conn, channels):
+            hold.conn = None  # its replay, when it comes, is for nobody
 
     def drop(self, conn: Any) -> None:
         """``conn`` closed: forget every subscription of it (idempotent)."""
-        mine = self.of_conn.get(conn)
-        if mine:
-            self.unsubscribe(conn, list(mine))
-        self.of_conn.pop(conn, None)
+        for hold in self.registry.drop(conn):
+            hold.conn = None
 
-    # -- sequencing and delivery ---------------------------------------------------------
-    def _sequence(self, channel: str, data: bytes, t0: float) -> tuple[int, int]:
-        """Number a message and send it on; ``(seq, reach)``."""
-        owned = self._owned(channel)
-        owned.seq = seq = owned.seq + 1
-        owned.touched = monotonic()
-        owned.replay.append(seq, monotonic(), data)
-        if owned.interest:
-            record = records.msg(t0, seq, channel, data)  # one record for every worker
-            for worker in owned.interest:
-                self.send(worker, record)
-        reach = 1 if owned.interest or channel in self.subs or channel in self.holds else 0
-        self._deliver(channel, seq, data, t0)
-        return seq, reach
-
-    def _deliver(self, channel: str, seq: int, data: bytes, t0: float) -> None:
-        holds = self.holds.get(channel)
+    # -- delivery --------------------------------------------------------------------------
+    def deliver(self, channel: str, seq: int, data: bytes, t0: float) -> None:
+        """A sequenced message to this worker's connections: kept for the held, one frame for the subscribers."""
+        holds = self._holds.get(channel)
         if holds is not None:
             for hold in holds.values():
                 hold.held.append((seq, t0, data))
-        subs = self.subs.get(channel)
+        subs = self._subs.get(channel)
         if not subs:
             return
         frame = message_frame(channel, seq, data)
@@ -522,12 +208,25 @@ class Hub:
         c[_C_MSG_OUT] += delivered
         self.stats.observe_fanout(monotonic() - t0)
 
-    def _replay_local(self, conn: Any, channel: str, since: int) -> None:
-        _, reason, first, entries = self._replay_of(channel, since)
-        self._write_replay(conn, channel, since, reason, first, entries)
+    def gap(self, channel: str, since: int, first: int, reason: int) -> None:
+        """Every subscriber of ``channel`` missed what lies between ``since`` and ``first``."""
+        subs = self._subs.get(channel)
+        if subs:
+            self.fanout(tuple(subs), gap_frame(channel, since, first, reason))
+
+    def resolve(self, hold: Hold, reason: int, first: int, entries: list[Entry]) -> None:
+        """Write the replay of a held connection, then make it a subscriber."""
+        conn, channel = hold.conn, hold.channel
+        self._write_replay(conn, channel, hold.since, reason, first, entries)
+        self.registry.release(conn, channel)
+
+    def _hold_expired(self, hold: Hold) -> None:
+        """The replay of ``hold`` never came: a gap, what was kept meanwhile, then a plain subscriber."""
+        first = hold.held[0][0] if hold.held else hold.since + 1
+        self.resolve(hold, GAP_UNKNOWN, first, hold.held)
 
     def _write_replay(self, conn: Any, channel: str, since: int, reason: int, first: int,
-                      entries: list[tuple[int, float, bytes]]) -> None:
+                      entries: list[Entry]) -> None:
         c = self.c
         if reason != GAP_NONE:
             c[_C_REPLAY_MISSES] += 1
@@ -539,155 +238,20 @@ class Hub:
             c[_C_DELIVERIES] += len(entries)
             c[_C_MSG_OUT] += len(entries)
 
-    def _request(self, hold: Hold) -> None:
-        req = self._new_req()
-        self.requests[req] = hold
-        self._hold_deadlines.append((monotonic() + self.replay_timeout, req))
-        self._expire_soon()
-        if self.remote is not None:
-            self.remote.replay(req, hold.channel, hold.since)
-            return
-        self.send(hold.owner, records.replay_req(req, hold.since, hold.channel))
-
-    # -- records from the other workers ----------------------------------------------------
-    def hello(self) -> None:
-        """Announce this (possibly restarted) worker to its peers."""
-        for worker in range(self.workers):
-            if worker != self.index:
-                self.send(worker, records.HELLO)
-
+    # -- the worker's calls ------------------------------------------------------------------
     def on_record(self, src: int, record: memoryview) -> None:
         """One record from worker ``src``.  Malformed: dropped and counted, nothing changed."""
         try:
-            self._on_record(src, record)
+            self.route.on_record(src, record)
         except (struct.error, ValueError, IndexError) as exc:  # UnicodeDecodeError is a ValueError
             self.c[_C_MALFORMED] += 1
             if self.c[_C_MALFORMED] & (self.c[_C_MALFORMED] - 1) == 0:  # 1, 2, 4, 8 ...: a trace, not a flood
                 log.warning("worker %d: malformed record from worker %d dropped (%s)", self.index, src, exc)
 
-    def _on_record(self, src: int, record: memoryview) -> None:
-        if not 0 <= src < self.workers or src == self.index:
-            raise ValueError(f"no such peer {src}")
-        fields = records.decode(record)  # every field checked before anything changes here
-        kind = fields[0]
-        if kind == T_MSG:
-            _, channel, seq, data, t0 = fields
-            self._deliver(channel, seq, data, t0)
-        elif kind == T_PUB:
-            _, channel, req, data, t0 = fields
-            self._mine(channel)
-            try:
-                seq, reach = self._sequence(channel, data, t0)
-            except ChannelError:
-                seq, reach = 0, REFUSED_CHANNEL_LIMIT
-            if req:
-                self.send(src, records.puback(req, seq, reach))
-        elif kind == T_PUBACK:
-            _, req, seq, reach = fields
-            if reach == REFUSED_CHANNEL_LIMIT:
-                self._acked(req, 0, "channel_limit", -1)
-            else:
-                self._acked(req, seq, "", 1 if reach else 0)
-        elif kind == T_INTEREST:
-            channel = self._mine(fields[1])
-            try:
-                owned = self._owned(channel)
-            except ChannelError:  # full: that worker's subscribers get what publishes can reach, nothing
-                return
-            owned.interest.add(src)
-            owned.touched = monotonic()
-        elif kind == T_UNINTEREST:
-            owned = self.owned.get(self._mine(fields[1]))
-            if owned is not None:
-                owned.interest.discard(src)
-        elif kind == T_REPLAY_REQ:
-            _, req, since, channel = fields
-            self._answer_replay(src, req, since, self._mine(channel))
-        elif kind == T_REPLAY:
-            self._on_replay(*fields[1:])
-        elif kind == T_HELLO:
-            self._on_hello(src)
-
-    def _answer_replay(self, src: int, req: int, since: int, channel: str) -> None:
-        last, reason, first, entries = self._replay_of(channel, since)
-        self.send(src, records.replay(req, reason, first, last, channel, entries))
-
-    def _on_replay(self, req: int, reason: int, first: int, last: int, channel: str,
-                   entries: list[tuple[int, float, bytes]]) -> None:
-        hold = self.requests.get(req)
-        if hold is None:
-            return  # timed out, or asked of this worker's previous incarnation
-        if hold.channel != channel:
-            raise ValueError(f"replay {req} names {channel!r}, not {hold.channel!r}")
-        del self.requests[req]
-        if hold.conn is None:
-            return  # unsubscribed or closed meanwhile
-        # Live messages kept meanwhile: only those the owner sequenced after its answer.
-        newest = entries[-1][0] if entries else max(last, first - 1)
-        entries.extend(m for m in hold.held if m[0] > newest)
-        self._resolve(hold, reason, first, entries)
-
-    def _resolve(self, hold: Hold, reason: int, first: int, entries: list[tuple[int, float, bytes]]) -> None:
-        """Write the replay of a held connection, then make it a subscriber."""
-        conn, channel = hold.conn, hold.channel
-        self._write_replay(conn, channel, hold.since, reason, first, entries)
-        holds = self.holds[channel]
-        del holds[conn]
-        if not holds:
-            del self.holds[channel]
-        subs = self.subs.get(channel)
-        if subs is None:
-            self.subs[channel] = subs = {}
-        subs[conn] = None
-        self._gauges()
-
-    def _on_hello(self, src: int) -> None:
-        if self.remote is not None:
-            return  # with a bus, workers do not depend on each other for channels
-        for owned in self.owned.values():
-            owned.interest.discard(src)  # its subscribers died with it
-        for channel in self.subs.keys() | self.holds.keys():
-            if self.owner(channel) == src:
-                self.send(src, records.interest(channel, True))
-        for req, hold in list(self.requests.items()):
-            if hold.owner == src:
-                del self.requests[req]
-                if hold.conn is not None:
-                    self._request(hold)  # the old answer will not come; the new owner answers
+    def expire(self, now: float) -> None:
+        """Answer the publishes and replays whose answer did not come in time."""
+        self.pending.expire(now)
 
     def sweep(self, now: float) -> None:
         """Let time expire buffered messages; forget channels idle past the replay window."""
-        idle: list[str] = []
-        horizon = now - self.replay_seconds
-        for channel, owned in self.owned.items():
-            owned.replay.trim(now)
-            if (not owned.replay.entries and not owned.interest and owned.touched < horizon
-                    and channel not in self.subs and channel not in self.holds):
-                idle.append(channel)
-        for channel in idle:
-            del self.owned[channel]
-        self.c[_C_EVICTED] += len(idle)
-
-    # -- events of the broker bridge (--bus) ------------------------------------------------
-    def on_bus_event(self, event: tuple) -> None:
-        from .brokers import E_ACK, E_GAP, E_MSG, E_REPLAY
-
-        kind = event[0]
-        if kind == E_ACK:
-            _, req, seq, error = event
-            self._acked(req, seq, "unavailable" if error else "", -1)
-            return
-        if kind == E_MSG:
-            _, channel, seq, data, t0 = event
-            self._deliver(channel, seq, data, t0)
-        elif kind == E_REPLAY:
-            _, req, reason, first, entries = event
-            hold = self.requests.pop(req, None)
-            if hold is not None and hold.conn is not None:
-                self._resolve(hold, reason, first, entries)
-        elif kind == E_GAP:  # the broker could not give back what its live path lost
-            _, channel, last, first, reason = event
-            subs = self.subs.get(channel)
-            if subs:
-                self.fanout(tuple(subs), gap_frame(channel, last, first, reason))
-
+        self.c[_C_EVICTED] += self.route.sweep(now)

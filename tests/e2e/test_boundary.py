@@ -19,7 +19,7 @@ from tests.e2e.test_routes import metrics, total
 
 FAULTS = '''
 from millionws.apps import echo, routes
-from millionws.pubsub import channels
+from millionws.pubsub import routes as pubsub_routes
 
 _on_message = echo.Echo.on_message
 def on_message(self, conn, is_text, payload):
@@ -35,12 +35,12 @@ def health(self, head, keep_alive, query=b""):
     return _health(self, head, keep_alive, query)
 routes.App.health = health
 
-_sequence = channels.Hub._sequence
+_sequence = pubsub_routes.MeshRoute.sequence
 def sequence(self, channel, data, t0):
     if channel.startswith("boom"):
         raise RuntimeError("injected fault in the sequencer")
     return _sequence(self, channel, data, t0)
-channels.Hub._sequence = sequence
+pubsub_routes.MeshRoute.sequence = sequence
 '''
 
 
@@ -117,10 +117,10 @@ def test_a_record_that_breaks_the_owner_is_dropped_and_the_publisher_still_gets_
 
 
 LOST_ANSWERS = '''
-from millionws.pubsub import channels
+from millionws.pubsub import pending
 
-channels.Hub._acked = lambda self, req, seq, error, reach: None  # a PUBACK that is lost on the way back
-channels.Hub.expire = lambda self, now: None  # ... and a hub that forgets to time it out
+pending.Pending.acked = lambda self, req, seq, error, reach: None  # a PUBACK that is lost on the way back
+pending.Pending.expire = lambda self, now: None  # ... and a hub that forgets to time it out
 '''
 
 

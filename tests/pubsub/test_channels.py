@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from benchmarks.wscodec import server_frames
 from millionws import metrics
+from millionws.protocol.websocket import encode_frame
 from millionws.pubsub import channels
-from millionws.pubsub.channels import GAP_EXPIRED, GAP_NONE, GAP_UNKNOWN, ChannelError, Hub, ReplayBuffer
+from millionws.pubsub.channels import ChannelError, Hub
 
 
 class Conn:
@@ -68,146 +67,6 @@ class Node:
         return self.hubs[worker].c[metrics.F[field]]
 
 
-@pytest.mark.parametrize("name", ["news", "chat.42", "a:b-c_d.e", "x" * 128, "0"])
-def test_valid_names(name):
-    assert channels.valid_channel(name)
-
-
-@pytest.mark.parametrize("name", ["", "x" * 129, "a b", "é", "a/b", "@user:1", "news\n", 42, None, ["a"]])
-def test_invalid_names(name):
-    assert not channels.valid_channel(name)
-
-
-def test_owner_is_stable_and_spread():
-    owners = [channels.owner_of(f"c{i}", 4) for i in range(400)]
-    assert owners == [channels.owner_of(f"c{i}", 4) for i in range(400)]
-    assert set(owners) == {0, 1, 2, 3}
-
-
-def test_replay_buffer_bounded_by_count():
-    buf = ReplayBuffer(seconds=100, max_messages=3)
-    for seq in range(1, 6):
-        buf.append(seq, 10.0, b"%d" % seq)
-    assert [e[0] for e in buf.entries] == [3, 4, 5]
-    assert buf.after(2, 5, 10.0) == (GAP_NONE, 3, list(buf.entries))
-    reason, first, entries = buf.after(0, 5, 10.0)
-    assert (reason, first, [e[0] for e in entries]) == (GAP_EXPIRED, 3, [3, 4, 5])
-    assert buf.after(5, 5, 10.0) == (GAP_NONE, 6, [])
-    assert buf.after(9, 5, 10.0) == (GAP_UNKNOWN, 6, [])
-
-
-def test_replay_buffer_bounded_by_time():
-    buf = ReplayBuffer(seconds=2, max_messages=100)
-    for seq in range(1, 5):
-        buf.append(seq, float(seq), b"x")  # seq 1 at t=1 ... seq 4 at t=4
-    assert [e[0] for e in buf.entries] == [2, 3, 4]  # t=1 is older than 4 - 2
-    reason, first, entries = buf.after(1, 4, 5.5)  # at 5.5 only t >= 3.5 remains: seq 4
-    assert (reason, first, [e[0] for e in entries]) == (GAP_EXPIRED, 4, [4])
-    reason, first, entries = buf.after(3, 4, 100.0)
-    assert (reason, first, entries) == (GAP_EXPIRED, 5, [])
-
-
-@given(st.integers(1, 50), st.integers(0, 60), st.integers(0, 60))
-def test_replay_after_is_exact_or_announces_the_gap(keep, published, since):
-    buf = ReplayBuffer(seconds=1e9, max_messages=keep)
-    for seq in range(1, published + 1):
-        buf.append(seq, 0.0, b"")
-    reason, first, entries = buf.after(since, published, 0.0)
-    seqs = [e[0] for e in entries]
-    assert seqs == list(range(first, published + 1)) or (reason == GAP_UNKNOWN and seqs == [])
-    if reason == GAP_NONE:
-        assert first == since + 1
-    elif reason == GAP_EXPIRED:
-        assert first > since + 1
-    else:
-        assert since > published
-
-
-def test_sequence_is_gap_free_whichever_worker_publishes():
-    node = Node(2)
-    a, b = Conn("a"), Conn("b")
-    node.hubs[0].subscribe(a, ["news"])
-    node.hubs[1].subscribe(b, ["news"])
-    node.pump()
-    for i in range(10):
-        node.hubs[i % 2].publish("news", b"%d" % i, 0.0)
-        node.pump()
-    assert a.seqs("news") == b.seqs("news") == list(range(1, 11))
-    assert [d["data"] for d in a.docs] == list(range(10))
-    assert node.counter(0, "publishes") == node.counter(1, "publishes") == 5
-
-
-def test_interest_only_where_subscribers_are():
-    node = Node(2)
-    ch = node.channel_owned_by(0)
-    conn = Conn("c")
-    node.hubs[0].publish(ch, b"1", 0.0)
-    assert node.queue == []  # nobody else is interested: no record leaves the owner
-    node.hubs[1].subscribe(conn, [ch])
-    node.pump()
-    assert node.hubs[0].owned[ch].interest == {1}
-    node.hubs[0].publish(ch, b"2", 0.0)
-    assert len(node.queue) == 1 and node.queue[0][:2] == (0, 1)
-    node.pump()
-    node.hubs[1].unsubscribe(conn, [ch])
-    node.pump()
-    assert node.hubs[0].owned[ch].interest == set()
-    node.hubs[0].publish(ch, b"3", 0.0)
-    assert node.queue == []
-    assert conn.seqs(ch) == [2]
-
-
-def test_one_record_per_interested_worker_not_per_subscriber():
-    node = Node(3)
-    ch = node.channel_owned_by(0)
-    conns = [Conn(f"c{i}") for i in range(30)]
-    for i, conn in enumerate(conns):
-        node.hubs[1 + i % 2].subscribe(conn, [ch])
-    node.pump()
-    node.hubs[0].publish(ch, b"{}", 0.0)
-    assert sorted(dest for _, dest, _ in node.queue) == [1, 2]
-    node.pump()
-    assert all(conn.seqs(ch) == [1] for conn in conns)
-
-
-@pytest.mark.parametrize("owner", [0, 1])
-def test_since_gives_exactly_the_missed_then_live_even_with_traffic_in_flight(owner):
-    node = Node(2)
-    ch = node.channel_owned_by(owner)
-    early = Conn("early")
-    node.hubs[1].subscribe(early, [ch])  # worker 1 is already interested
-    node.pump()
-    for i in range(5):
-        node.hubs[owner].publish(ch, b"%d" % i, 0.0)
-    node.pump()
-    late = Conn("late")
-    node.hubs[1].subscribe(late, [ch], since={ch: 2}, ack=b"\x81\x02{}")
-    # Publishes race with the replay request: some reach worker 1 before the replay answer.
-    node.hubs[owner].publish(ch, b"5", 0.0)
-    node.pump()
-    node.hubs[owner].publish(ch, b"6", 0.0)
-    node.pump()
-    assert late.docs[0] == {}
-    assert late.seqs(ch) == [3, 4, 5, 6, 7]
-    assert early.seqs(ch) == [1, 2, 3, 4, 5, 6, 7]
-    assert node.counter(1, "replay_hits") == 1
-
-
-def test_held_messages_are_not_duplicated_when_they_reach_the_worker_before_the_replay():
-    node = Node(2)
-    ch = node.channel_owned_by(0)
-    node.hubs[1].subscribe(Conn("early"), [ch])
-    node.pump()
-    node.hubs[0].publish(ch, b"1", 0.0)
-    late = Conn("late")
-    node.hubs[1].subscribe(late, [ch], since={ch: 0})  # request queued after the MSG of seq 1
-    node.hubs[0].publish(ch, b"2", 0.0)  # MSG seq 2 queued before the request is even read
-    node.pump()
-    node.hubs[0].publish(ch, b"3", 0.0)
-    node.pump()
-    assert late.seqs(ch) == [1, 2, 3]
-
-
 def test_since_older_than_the_buffer_is_announced():
     node = Node(2, replay_max_messages=2)
     ch = node.channel_owned_by(0)
@@ -235,11 +94,11 @@ def test_limits_refuse_without_changing_anything():
         hub.subscribe(a, ["z", "w"])
     assert err.value.code == "too_many_channels"
     hub.subscribe(a, ["x", "z"])  # x again does not count
-    assert hub.of_conn[a] == {"x", "y", "z"} and hub.subscriptions == 3
+    assert hub.registry.of_conn[a] == {"x", "y", "z"} and hub.registry.subscriptions == 3
     with pytest.raises(ChannelError) as err:
         hub.subscribe(b, ["p", "q"])
     assert err.value.code == "too_many_subscribers"
-    assert b not in hub.of_conn
+    assert b not in hub.registry.of_conn
     hub.subscribe(b, ["p"])
     assert node.counter(0, "subscriptions") == 4 and node.counter(0, "channels") == 4
 
@@ -252,28 +111,11 @@ def test_drop_forgets_everything_and_tells_the_owner():
     node.hubs[1].drop(conn)
     node.pump()
     hub = node.hubs[1]
-    assert hub.subs == {} and hub.holds == {} and hub.of_conn == {} and hub.subscriptions == 0
-    assert node.hubs[0].owned[ch].interest == set()
+    reg = hub.registry
+    assert reg.subs == {} and reg.holds == {} and reg.of_conn == {} and reg.subscriptions == 0
+    assert node.hubs[0].route.sequencer.owned[ch].interest == set()
     assert conn.docs == []  # the replay answer found nobody
     node.hubs[1].drop(conn)  # idempotent
-
-
-def test_restarted_owner_gets_interest_and_requests_again():
-    node = Node(2)
-    ch = node.channel_owned_by(0)
-    conn = Conn("c")
-    node.hubs[1].subscribe(conn, [ch])
-    node.pump()
-    held = Conn("held")
-    node.hubs[1].subscribe(held, [ch], since={ch: 0})
-    node.queue.clear()  # worker 0 died with the request unread
-    node.hubs[0] = node._hub(0, 2, {})
-    node.hubs[0].hello()
-    node.pump()
-    assert node.hubs[0].owned[ch].interest == {1}
-    node.hubs[0].publish(ch, b"1", 0.0)
-    node.pump()
-    assert conn.seqs(ch) == [1] and held.seqs(ch) == [1]
 
 
 def test_idle_channels_are_evicted_after_the_replay_window_and_restart_at_1():
@@ -287,9 +129,47 @@ def test_idle_channels_are_evicted_after_the_replay_window_and_restart_at_1():
     hub.publish("busy", b"1", channels.monotonic())
     now = channels.monotonic()
     hub.sweep(now + 5)
-    assert set(hub.owned) == {"idle", "busy"}  # inside the window: kept
+    assert set(hub.route.sequencer.owned) == {"idle", "busy"}  # inside the window: kept
     hub.sweep(now + 11)
-    assert set(hub.owned) == {"busy"}  # a subscriber keeps a channel
+    assert set(hub.route.sequencer.owned) == {"busy"}  # a subscriber keeps a channel
     assert stats.c[metrics.F["channels_evicted"]] == 1
     hub.publish("idle", b"2", channels.monotonic())
-    assert hub.owned["idle"].seq == 1
+    assert hub.route.sequencer.owned["idle"].seq == 1
+
+
+def test_a_message_is_encoded_once_and_handed_to_one_fanout_for_every_subscriber():
+    calls = []
+    stats = metrics.WorkerStats(metrics.SharedStats(1), 0)
+    hub = Hub(0, 1, lambda *_: None, lambda conn, data: None, lambda conns, frame: calls.append((conns, frame)) or 0,
+              stats)
+    conns = [Conn(f"c{i}") for i in range(5)]
+    for conn in conns:
+        hub.subscribe(conn, ["news"])
+    hub.publish("news", b'{"k":1}', 0.0)
+    (got, frame), = calls
+    assert got == tuple(conns)  # a snapshot, in subscription order: a write may close one of them
+    assert frame == channels.message_frame("news", 1, b'{"k":1}')
+
+
+def test_on_the_owner_the_acknowledgement_comes_before_the_replay_and_the_replay_before_live_messages():
+    node = Node(1)
+    hub = node.hubs[0]
+    for i in range(3):
+        hub.publish("news", b"%d" % i, 0.0)
+    conn = Conn("c")
+    hub.subscribe(conn, ["news"], since={"news": 1}, ack=encode_frame(1, b'{"op":"subscribed"}'))
+    hub.publish("news", b"3", 0.0)
+    assert conn.docs[0] == {"op": "subscribed"} and conn.seqs("news") == [2, 3, 4]
+    assert hub.registry.holds == {} and node.counter(0, "replay_hits") == 1  # no hold on the owner
+
+
+def test_a_connection_held_for_its_replay_gets_no_live_message_before_it():
+    node = Node(2)
+    ch = node.channel_owned_by(0)
+    node.hubs[0].publish(ch, b"1", 0.0)
+    conn = Conn("c")
+    node.hubs[1].subscribe(conn, [ch], since={ch: 0})
+    node.hubs[1].deliver(ch, 2, b"2", 0.0)  # a live message while the replay is asked for
+    assert conn.docs == [] and [m[0] for m in node.hubs[1].registry.holds[ch][conn].held] == [2]
+    node.pump()
+    assert conn.seqs(ch) == [1, 2] and conn in node.hubs[1].registry.subs[ch]

@@ -10,7 +10,7 @@ dropped and counted in ``dropped_mesh_malformed``, must not raise, and must chan
 record and write no byte.  Hypothesis then throws random bytes, mutated valid records and records of
 random field values at it: ``on_record`` never raises and the counters stay publishable.
 
-Formats (big-endian, first byte = type), from the docstring of millionws/pubsub/channels.py:
+Formats (big-endian, first byte = type), from the docstring of millionws/pubsub/records.py:
 PUB ``t0 req chan data`` · PUBACK ``req seq reach`` · MSG ``t0 seq chan data`` ·
 INTEREST/UNINTEREST ``chan`` · REPLAY_REQ ``req since chan`` ·
 REPLAY ``req reason first last chan n (seq t0 len data)*`` · HELLO.
@@ -29,7 +29,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from millionws import metrics
-from millionws.pubsub import channels
+from millionws.pubsub import channels, pending, sequencer
 from millionws.pubsub.channels import Hub, owner_of
 
 NOW = 5000.0  # the hubs' clock: fixed, so that what a record's time does is the same on every run
@@ -39,8 +39,9 @@ def monotonic() -> float:
     return NOW
 
 
-# The hub reads channels.monotonic; its tests here run on the fixed clock (see Rig.frozen).
-_real_monotonic = channels.monotonic
+# The hub's modules read their module's ``monotonic``; the tests here run them on the fixed clock (see Frozen).
+CLOCKED = (channels, pending, sequencer)
+_real_monotonic = {module: module.monotonic for module in CLOCKED}
 
 MAX_SAFE = (1 << 53) - 1
 MALFORMED = metrics.F["dropped_mesh_malformed"]
@@ -117,13 +118,15 @@ def owned_by(worker: int, prefix: str, workers: int = 2) -> str:
 
 
 class Frozen:
-    """``channels.monotonic`` reads :data:`NOW` inside the block."""
+    """The hub's clocks read :data:`NOW` inside the block."""
 
     def __enter__(self) -> None:
-        channels.monotonic = monotonic
+        for module in CLOCKED:
+            module.monotonic = monotonic
 
     def __exit__(self, *_exc: object) -> None:
-        channels.monotonic = _real_monotonic
+        for module in CLOCKED:
+            module.monotonic = _real_monotonic[module]
 
 
 class Rig:
@@ -160,8 +163,8 @@ class Rig:
         hub.subscribe(self.b, [self.held], since={self.held: 0})
         hub.publish(self.theirs, b'"p"', monotonic(), lambda *answer: self.answers.append(answer))
         hub.subscribe(self.c, [self.user], internal=True)
-        (self.hold_req,) = hub.requests
-        (self.ack_req,) = hub.acks
+        (self.hold_req,) = hub.pending.requests
+        (self.ack_req,) = hub.pending.acks
         assert self.malformed == 0
         self.sent.clear()
         for conn in (self.a, self.b, self.c):
@@ -177,13 +180,15 @@ class Rig:
         counters = list(hub.c)
         counters[MALFORMED] = 0
         return (
-            {ch: (o.seq, sorted(o.interest), tuple(o.replay.entries)) for ch, o in hub.owned.items()},
-            {ch: tuple(conns) for ch, conns in hub.subs.items()},
-            {ch: {conn: (h.since, h.owner, tuple(h.held), h.conn) for conn, h in holds.items()}
-             for ch, holds in hub.holds.items()},
-            {conn: sorted(chs) for conn, chs in hub.of_conn.items()},
-            {req: (h.channel, h.since, h.owner) for req, h in hub.requests.items()},
-            sorted(hub.acks), hub.subscriptions, hub._next_req, len(hub._ack_deadlines), len(hub._hold_deadlines),
+            {ch: (o.seq, sorted(o.interest), tuple(o.replay.entries))
+             for ch, o in hub.route.sequencer.owned.items()},
+            {ch: tuple(conns) for ch, conns in hub.registry.subs.items()},
+            {ch: {conn: (h.since, tuple(h.held), h.conn) for conn, h in holds.items()}
+             for ch, holds in hub.registry.holds.items()},
+            {conn: sorted(chs) for conn, chs in hub.registry.of_conn.items()},
+            {req: (h.channel, h.since) for req, h in hub.pending.requests.items()},
+            sorted(hub.pending.acks), hub.registry.subscriptions, hub.pending._next_req,
+            len(hub.pending._ack_deadlines), len(hub.pending._hold_deadlines),
             counters, list(self.sent), list(self.answers), [list(c.frames) for c in (self.a, self.b, self.c)],
         )
 
@@ -234,11 +239,11 @@ def test_valid_records_do_what_they_say() -> None:
     rig.feed(1, msg(rig.theirs, 5, b'{"k":1}'))
     assert json.loads(rig.a.frames[-1][2:]) == {"op": "message", "channel": rig.theirs, "seq": 5, "data": {"k": 1}}
     rig.feed(1, pub(rig.mine, b"[3]", req=77))
-    assert rig.hub.owned[rig.mine].seq == 3 and rig.sent[-1] == (1, puback(77, 3, 1))
+    assert rig.hub.route.sequencer.owned[rig.mine].seq == 3 and rig.sent[-1] == (1, puback(77, 3, 1))
     rig.feed(1, puback(rig.ack_req, 8, 0))
     assert rig.answers == [(8, "", 0)]
     rig.feed(1, replay(rig.hold_req, rig.held, [(1, 1.0, b"1")]))
-    assert rig.b in rig.hub.subs[rig.held] and not rig.hub.requests
+    assert rig.b in rig.hub.registry.subs[rig.held] and not rig.hub.pending.requests
     assert rig.malformed == 0
 
 
@@ -383,7 +388,7 @@ def test_largest_since_across_two_hubs_resolves_at_once() -> None:
     assert hubs[0].c[MALFORMED] == 0 and hubs[1].c[MALFORMED] == 0
     assert [json.loads(f[2:]) for f in conn.frames] == [
         {"op": "gap", "channel": channel, "since": MAX_SAFE, "first": 1, "reason": "unknown"}]
-    assert conn in hubs[1].subs[channel]
+    assert conn in hubs[1].registry.subs[channel]
 
 
 ABSURD_TIMES = [1e300, -1e300, 1e200, -1e200, 1e15, -1e15]  # finite, so they pass the NaN check
