@@ -1,13 +1,13 @@
 """Where a channel's sequencer is: the mesh between the workers of a node (hubs wired by an in-memory link,
-as in tests/pubsub/test_channels.py), and the broker (a fake bridge in place of broker.Bridge)."""
+as in tests/pubsub/test_channels.py), and the broker (a fake bridge in place of brokers.Bridge)."""
 
 from __future__ import annotations
 
 import pytest
-from millionws.pubsub.broker import E_ACK, E_GAP, E_MSG, E_REPLAY
 
 from millionws import metrics
-from millionws.pubsub import broker, records, routes
+from millionws.pubsub import brokers, records, routes
+from millionws.pubsub.brokers import E_ACK, E_GAP, E_MSG, E_REPLAY
 from millionws.pubsub.records import GAP_EXPIRED, GAP_NONE
 from millionws.pubsub.routes import BrokerRoute, MeshRoute
 from tests.pubsub.test_channels import Conn, Node
@@ -133,7 +133,7 @@ def test_a_record_about_a_channel_of_another_worker_changes_nothing():
 # -- BrokerRoute: the owner is the broker ------------------------------------------------------------------------
 
 class FakeBridge:
-    """What BrokerRoute uses of broker.Bridge; records the commands, events are handed in by the test."""
+    """What BrokerRoute uses of brokers.Bridge; records the commands, events are handed in by the test."""
 
     def __init__(self, url, reactor, counters, on_event, replay_seconds=120.0, replay_max_messages=1000,
                  **limits) -> None:
@@ -159,7 +159,7 @@ class FakeBridge:
 @pytest.fixture
 def bus(monkeypatch):
     """Worker 0 of 2 connected to a (fake) broker; every record it would send to its peer is kept."""
-    monkeypatch.setattr(broker, "Bridge", FakeBridge)
+    monkeypatch.setattr(brokers, "Bridge", FakeBridge)
     node = Node(2, replay_seconds=30.0, replay_max_messages=7)
     hub = node.hubs[0]
     hub.connect_bus("nats://broker:4222", reactor=None, fetch_batch=3)
@@ -256,7 +256,7 @@ def test_with_a_bus_a_record_from_a_peer_is_dropped_and_nothing_is_swept(bus):
 
 
 def test_the_route_is_chosen_before_the_first_subscription(monkeypatch):
-    monkeypatch.setattr(broker, "Bridge", FakeBridge)
+    monkeypatch.setattr(brokers, "Bridge", FakeBridge)
     node = Node(2)
     hub = node.hubs[0]
     assert isinstance(hub.route, MeshRoute)
