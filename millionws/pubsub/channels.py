@@ -76,10 +76,6 @@ def message_frame(channel: str, seq: int, data: bytes) -> bytes:
     return encode_frame(1, payload)
 
 
-def reply_frame(document: bytes) -> bytes:
-    return encode_frame(1, document)
-
-
 def gap_frame(channel: str, since: int, first: int, reason: int) -> bytes:
     return encode_frame(1, b'{"op":"gap","channel":"%s","since":%d,"first":%d,"reason":"%s"}'
                         % (channel.encode(), since, first, GAP_REASONS[reason].encode()))
@@ -162,11 +158,16 @@ class Hub:
 
     def subscribe(self, conn: Any, channels: list[str], since: dict[str, int] | None = None,
                   internal: bool = False, ack: bytes = b"") -> None:
-        """Subscribe ``conn``: write ``ack``, then any replay.  Raises ChannelError, changing nothing."""
+        """Subscribe ``conn``: write ``ack``, then any replay.  Raises ChannelError, changing nothing.
+
+        The tables change before anything is written: a write that fails closes the connection at once,
+        and its ``drop`` must find everything this call added (else a closed connection stays a subscriber).
+        Nothing runs between the two halves, so no live message can overtake the acknowledgement.
+        """
         registry = self.registry
         new = registry.admit(conn, channels, internal)
-        if ack:
-            self.write(conn, ack)  # before any replayed message
+        replays = []
+        requests = []
         for channel in new:
             after = None if since is None else since.get(channel)
             if after is None:
@@ -174,12 +175,18 @@ class Hub:
                 continue
             replay = self.route.local_replay(channel, after)
             if replay is not None:
-                self._write_replay(conn, channel, after, *replay)
                 registry.add(conn, channel)
+                replays.append((channel, after, replay))
             else:
                 hold = Hold(conn, channel, after)
                 registry.hold(conn, channel, hold)  # interest first: the request follows on the same link
-                self.route.request_replay(hold)
+                requests.append(hold)
+        if ack:
+            self.write(conn, ack)  # before any replayed message
+        for channel, after, replay in replays:
+            self._write_replay(conn, channel, after, *replay)
+        for hold in requests:
+            self.route.request_replay(hold)
 
     def unsubscribe(self, conn: Any, channels: Iterable[str]) -> None:
         for hold in self.registry.remove(conn, channels):
@@ -215,10 +222,13 @@ class Hub:
             self.fanout(tuple(subs), gap_frame(channel, since, first, reason))
 
     def resolve(self, hold: Hold, reason: int, first: int, entries: list[Entry]) -> None:
-        """Write the replay of a held connection, then make it a subscriber."""
+        """Make a held connection a subscriber, then write its replay (in that order: a write that fails
+        closes the connection, and its ``drop`` must find it where it now is)."""
         conn, channel = hold.conn, hold.channel
-        self._write_replay(conn, channel, hold.since, reason, first, entries)
+        if conn is None:  # unsubscribed or closed meanwhile: the replay is for nobody
+            return
         self.registry.release(conn, channel)
+        self._write_replay(conn, channel, hold.since, reason, first, entries)
 
     def _hold_expired(self, hold: Hold) -> None:
         """The replay of ``hold`` never came: a gap, what was kept meanwhile, then a plain subscriber."""

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 from .records import CHANNEL_RE, USER_PREFIX, USER_RE
 
-MAX_NAME = 128
-
 
 def valid_channel(name: object) -> bool:
     """A client may name ``name``: a string of 1 to 128 of ``A-Z a-z 0-9 . _ : -``."""

@@ -173,3 +173,38 @@ def test_a_connection_held_for_its_replay_gets_no_live_message_before_it():
     assert conn.docs == [] and [m[0] for m in node.hubs[1].registry.holds[ch][conn].held] == [2]
     node.pump()
     assert conn.seqs(ch) == [1, 2] and conn in node.hubs[1].registry.subs[ch]
+
+
+class Failing(Conn):
+    """A connection whose next write fails: the server closes it at once, inside the write."""
+
+    hub: Hub
+
+    def take(self, data: bytes) -> None:
+        self.hub.drop(self)  # what the worker's close does (the application's on_close)
+
+
+def test_a_subscription_whose_acknowledgement_cannot_be_written_leaves_nothing_behind():
+    node = Node(2)
+    hub = node.hubs[0]
+    mine, theirs = node.channel_owned_by(0), node.channel_owned_by(1)
+    hub.publish(mine, b"1", 0.0)
+    conn = Failing("c")
+    conn.hub = hub
+    hub.subscribe(conn, [mine, theirs, "plain"], since={mine: 0, theirs: 0}, ack=b"ack")
+    registry = hub.registry
+    assert conn not in registry.of_conn and registry.subs == {} and registry.holds == {}
+    node.pump()  # the replay asked for the held channel comes back: for nobody
+    assert conn not in registry.of_conn and registry.subs == {} and registry.holds == {}
+
+
+def test_a_held_connection_whose_replay_cannot_be_written_is_not_made_a_subscriber():
+    node = Node(2)
+    ch = node.channel_owned_by(0)
+    node.hubs[0].publish(ch, b"1", 0.0)
+    conn = Failing("c")
+    conn.hub = node.hubs[1]
+    node.hubs[1].subscribe(conn, [ch], since={ch: 0})  # no ack: nothing written yet, held
+    assert conn in node.hubs[1].registry.holds[ch]
+    node.pump()  # the replay arrives, its write fails
+    assert conn not in node.hubs[1].registry.of_conn and node.hubs[1].registry.subs == {}
