@@ -127,7 +127,7 @@ OPTIONS: tuple[Option, ...] = (
            "bytes queued for a worker that is not reading; past it records to it are dropped (counted, logged)"),
     Option("mesh_datagrams_per_wake", int, 64,
            "datagrams read from one worker per readiness; the rest wait for the next loop turn"),
-    # -- the loop of each worker (millionws/server/worker.py, reactor.py) -----------------------------------
+    # -- the loop of each worker (millionws/server/, millionws/core/reactor.py) -------------------------------
     Option("receive_buffer", int, 256 << 10,
            "bytes one read takes from a socket (one buffer per worker); more input waits for the next read"),
     Option("buffer_pool_size", int, 256,

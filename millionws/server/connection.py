@@ -14,7 +14,7 @@ the few things that are non-empty only while something is in flight:
 An idle WebSocket therefore costs this record, its dict entry and the kernel socket.
 
 Who writes what: ``state``, ``reason`` and ``flags`` are the server's, and ``state`` changes
-only through :func:`advance` and the one table below (``CLOSED`` is set by
+only through ``lifecycle.advance`` and its one table (``protocol/lifecycle.py``; ``CLOSED`` is set by
 ``closing.Closer.close``, the only way out).  ``ws``, ``msg`` and ``msg_size`` are lent to the WebSocket
 protocol as its memory for the message in flight; it reports what happened (an event of
 ``websocket``) and the server applies it here.

@@ -64,8 +64,9 @@ class Output:
             return
         if conn.state == CLOSED:
             return
+        write = self._write  # see Worker.on_readable: a local is cheaper than a call through self
         try:
-            sent = self._write(conn.fd, data)
+            sent = write(conn.fd, data)
         except BlockingIOError:
             sent = 0
         except OSError:

@@ -131,10 +131,12 @@ class Worker:
     def fanout(self, conns: Iterable[Connection], frame: bytes) -> int:
         """One frame to many connections; what the read's output holds leaves first, so a client that
         publishes to its own channel gets its earlier replies before the message."""
-        out = self._out
-        if out:
-            self.output.write(self._reading, b"".join(out))
-            out.clear()
+        reading = self._reading
+        if reading is not None:
+            out = self._out  # the same list ws_in holds: emptied, not replaced
+            if out:
+                self.output.write(reading, b"".join(out))
+                out.clear()
         return self.output.fanout(conns, frame)
 
     def _is_draining(self) -> bool:
@@ -196,8 +198,9 @@ class Worker:
             self.on_readable(conn)
 
     def on_readable(self, conn: Connection) -> None:
+        readv = self._readv  # a plain attribute load and a builtin call: cheaper than a call through self
         try:
-            n = self._readv(conn.fd, self._iov)
+            n = readv(conn.fd, self._iov)
         except BlockingIOError:
             return
         except OSError:
@@ -219,18 +222,17 @@ class Worker:
         """WebSocket bytes of ``conn``: to the protocol, its answer to the output, its event applied."""
         state = conn.state
         limited = self._limited
-        out = self._out
+        # While the application handles this read, what it sends to ``conn`` joins ``out`` (send()); a
+        # fresh list per read, so a read that raised leaves nothing behind (on_error resets _reading).
         self._reading = conn
-        try:
-            event = websocket.receive(conn, data, conn.app.on_message if limited is None else limited,
-                                      self._max_message, self.frames, out)
-            if out:
-                # self.output.write, not a bound method kept on the worker: CPython 3.11 specializes a
-                # method call only for a method found on the type, and the second attribute load is cheaper.
-                self.output.write(conn, b"".join(out))
-        finally:  # also when the application raised: nothing of this read may reach another connection
-            self._reading = None
-            out.clear()
+        self._out = out = []
+        event = websocket.receive(conn, data, conn.app.on_message if limited is None else limited,
+                                  self._max_message, self.frames, out)
+        self._reading = None
+        if out:
+            # self.output.write, not a bound method kept on the worker: CPython 3.11 specializes a
+            # method call only for a method found on the type, and the second attribute load is cheaper.
+            self.output.write(conn, b"".join(out))
         if event != NO_EVENT:
             apply(conn, event)
         if conn.state != state:
@@ -258,6 +260,7 @@ class Worker:
         A connection gets HTTP 500 (before the upgrade) or Close 1011 (after), written as
         raw bytes because the protocol state that raised may not be trusted to write them.
         """
+        self._reading = None  # a read that raised: what it gathered is dropped with it (see ws_in)
         if conn is None:
             boundary.report(self.c, where, exc)
             return
