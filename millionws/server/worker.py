@@ -24,9 +24,8 @@ Theory of operation:
 * Every deadline of a connection is the one ``deadline`` slot of its record in the reactor's timer
   wheel; :meth:`on_timer` hands it to the part that armed it, by the connection's state.
 * The exception boundary (:meth:`on_error`) ends the unit of work that raised and keeps the worker.
-* Drain (SIGTERM/SIGINT): keep accepting so probes see 503 ``draining``, refuse upgrades (the
-  application reads ``draining``), send 1001 to every WebSocket, exit once none is left or the grace
-  period is over.  A second signal exits at once.
+* Drain (SIGTERM/SIGINT) is its own part (:mod:`drain`): keep accepting so probes see 503 ``draining``,
+  refuse upgrades, send 1001 to every WebSocket, exit once none is left or the grace period is over.
 * The application never sees the worker: it gets a ``Host`` (apps/host.py) holding :meth:`send`,
   :meth:`fanout`, :meth:`answer`, :meth:`websocket_count`, whether the worker drains, and the few
   objects it needs (config, stats, reactor, mesh).  While a connection's input is handled, what the
@@ -39,7 +38,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import time
 from collections.abc import Iterable
 
@@ -59,6 +57,7 @@ from .acceptor import Acceptor
 from .admission import Admission
 from .closing import Closer
 from .connection import F_PAUSED, F_WAITING, Connection, apply
+from .drain import Drain
 from .expiry import Expiries
 from .http_pipeline import HttpPipeline
 from .keepalive import Keepalive
@@ -79,8 +78,6 @@ class Worker:
         self.index = index
         self.stats = WorkerStats(shared, index)
         self.c = c = self.stats.c
-        self.draining = False
-        self._signal_r = -1
         self.reactor = reactor = Reactor(self.on_event, self.on_timer, cfg.timer_resolution)
         reactor.on_error = self.on_error
         reactor.observe_turn = self.stats.observe_turn
@@ -105,6 +102,7 @@ class Worker:
         self.output = output = Output(self.transport, reactor, self.pool, c, cfg.max_pending_bytes, closer)
         self.keepalive = Keepalive(reactor, closer, output.write, self.expiries, c, cfg.ping_interval,
                                    cfg.ping_timeout)
+        self.drain = Drain(reactor, self.stats, index, cfg.grace, self.keepalive.drain)
         self.limits = (MessageLimits(cfg.rate_limit_messages, cfg.rate_limit_bytes, cfg.max_message_size, c, closer)
                        if cfg.rate_limit_messages or cfg.rate_limit_bytes else None)
         self._limited = self.limits.on_message if self.limits is not None else None
@@ -113,7 +111,7 @@ class Worker:
         self._out: list[bytes] = []
         self._reading: Connection | None = None
         self.app = App(Host(index, cfg, self.stats, reactor, self.bus, self.send, self.fanout, self.answer,
-                            self.websocket_count, self._is_draining), cfg.max_connections)
+                            self.websocket_count, self.drain.is_draining), cfg.max_connections)
         self.pipeline = HttpPipeline(cfg, self.stats, reactor, self.app.handle, output.write, closer,
                                      self.expiries, self.ws_in)
         self.acceptor = Acceptor(reactor, c, self.admission, cfg.accept_batch, cfg.handshake_timeout,
@@ -139,9 +137,6 @@ class Worker:
                 out.clear()
         return self.output.fanout(conns, frame)
 
-    def _is_draining(self) -> bool:
-        return self.draining
-
     def websocket_count(self) -> int:
         return self.c[_CONNECTIONS]
 
@@ -159,7 +154,7 @@ class Worker:
     def run(self) -> int:
         cfg = self.config
         self.acceptor.listen(cfg.host, cfg.port, cfg.backlog, cfg.admin_port)
-        self.install_signals()
+        self.drain.install()
         self._flush_periodically()
         self.acceptor.sweep(cfg.sweep_interval)
         self.keepalive.check_expiries()
@@ -284,38 +279,6 @@ class Worker:
                 self.transport.close(conn.fd)
             except OSError:
                 pass
-
-    # -- signals and drain ---------------------------------------------------------------
-    def install_signals(self) -> None:
-        r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self._signal_r = r
-        signal.set_wakeup_fd(w)
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: None)  # the wakeup fd carries the news
-        self.reactor.add_handler(r, EPOLLIN, self.on_signal)
-
-    def on_signal(self, _events: int) -> None:
-        try:
-            signals = os.read(self._signal_r, 64)
-        except BlockingIOError:
-            return
-        for signum in signals:
-            if signum in (signal.SIGTERM, signal.SIGINT):
-                if self.draining:
-                    log.warning("worker %d: second signal, exiting now", self.index)
-                    self.finish()
-                else:
-                    self.start_drain()
-
-    def start_drain(self) -> None:
-        self.draining = True
-        self.c[F["draining"]] = 1
-        self.stats.flush()
-        log.info("worker %d draining: %d WebSockets", self.index, self.c[_CONNECTIONS])
-        self.keepalive.drain(self.finish, self.config.grace)
-
-    def finish(self) -> None:
-        self.reactor.stop()
 
 
 def run_worker(config: Config, index: int, shared: SharedStats, mesh: Mesh | None = None) -> int:

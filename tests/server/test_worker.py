@@ -236,10 +236,10 @@ def test_an_error_before_the_upgrade_is_a_500(worker):
 def test_drain_says_1001_to_every_websocket_and_the_application_sees_it(worker):
     w = worker(grace=5.0)
     conn, peer = client(w, OPEN)
-    w.start_drain()
-    assert w.draining and w.c[F["draining"]] == 1
+    w.drain.start()
+    assert w.drain.draining and w.app.host.draining() and w.c[F["draining"]] == 1
     assert peer.recv(100)[2:4] == (1001).to_bytes(2, "big")
     assert (conn.state, conn.reason) == (CLOSING, R_SHUTDOWN)
     w.closer.close(conn)  # the last WebSocket gone: the loop is asked to stop in its next turn
-    due = [cb for when, _, cb in w.reactor._calls if cb == w.finish]
+    due = [cb for when, _, cb in w.reactor._calls if cb == w.drain.finish]
     assert len(due) == 2  # the grace deadline and the "none left" one
