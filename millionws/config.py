@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -88,6 +89,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("backend_token", str, None,
            "bearer token POST /publish and /users/{id}/messages require (with auth on and none set: refused)"),
     Option("admin_port", int, 0, "serve /metrics and /stats only on this port (0: on the main port)"),
+    Option("proxy_protocol", bool, False,
+           "every connection on the main port starts with a PROXY protocol v1/v2 header (a balancer's): its client "
+           "address is the one limits and logs see; a connection without one is closed"),
+    Option("proxy_protocol_from", str, "",
+           "comma-separated CIDRs whose PROXY headers are believed (empty: any source); others are closed"),
+    Option("max_proxy_header", int, 4096, "largest PROXY protocol v2 header, bytes (52 to 65551; v1 is 107 by spec)"),
     Option("allowed_origins", str, "",
            "comma-separated Origin values allowed to open WebSockets, '*' for any (empty: any)"),
     Option("rate_limit_messages", float, 0.0, "messages per second per connection, burst of one second (0: off)"),
@@ -184,6 +191,9 @@ class Config:
     backend_token: str | None = None
     admin_port: int = 0
     allowed_origins: str = ""
+    proxy_protocol: bool = False
+    proxy_protocol_from: str = ""
+    max_proxy_header: int = 4096
     rate_limit_messages: float = 0.0
     rate_limit_bytes: float = 0.0
     rate_limit_publishes: float = 0.0
@@ -246,6 +256,11 @@ class Config:
             raise ValueError("bus must be nats://host:port or redis://host:port")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError("log_level must be debug, info, warning or error")
+        if not 52 <= self.max_proxy_header <= 65551:
+            raise ValueError("max_proxy_header must be 52..65551 (a v2 header with IPv6 addresses .. the largest v2)")
+        trusted_networks(self.proxy_protocol_from)  # raises ValueError naming the CIDR that does not parse
+        if self.proxy_protocol_from and not self.proxy_protocol:
+            raise ValueError("proxy_protocol_from needs proxy_protocol")
         # Flags that contradict each other: refuse rather than pick one silently.
         if self.trust_user_param and (self.auth_jwt_secret or self.auth_jwks):
             raise ValueError("trust_user_param contradicts auth: with a key, user ids come from tokens only")
@@ -336,3 +351,15 @@ def from_argv(argv: Sequence[str], environ: Mapping[str, str] | None = None) -> 
     parser = argparse.ArgumentParser(prog="millionws serve")
     add_arguments(parser)
     return load(parser.parse_args(list(argv)), environ)
+
+
+def trusted_networks(cidrs: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    """``--proxy-protocol-from``: the networks whose PROXY headers are believed (empty: any)."""
+    networks = []
+    for part in (p.strip() for p in cidrs.split(",")):
+        if part:
+            try:
+                networks.append(ipaddress.ip_network(part, strict=False))
+            except ValueError:
+                raise ValueError(f"proxy_protocol_from: {part!r} is not a CIDR (like 10.0.0.0/8)") from None
+    return tuple(networks)

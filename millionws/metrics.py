@@ -37,6 +37,7 @@ from prometheus_client.registry import CollectorRegistry
 from .auth import AUTH_REASONS
 from .protocol.http import HANDSHAKE_REASONS
 from .protocol.lifecycle import REASONS
+from .protocol.proxy import REASONS as PROXY_REASONS
 
 HTTP_STATUSES = (101, 200, 202, 400, 401, 403, 404, 405, 408, 413, 426, 429, 431, 500, 501, 503, 0)  # 0: any other
 ACCEPT_ERRORS = ("emfile", "other")
@@ -60,6 +61,7 @@ FIELDS: tuple[str, ...] = (
     *(f"http_{s}" for s in HTTP_STATUSES),
     *(f"accept_error_{e}" for e in ACCEPT_ERRORS),
     *(f"auth_failed_{r}" for r in AUTH_REASONS),
+    *(f"proxy_refused_{r}" for r in PROXY_REASONS),
     *(f"rate_limited_{k}" for k in RATE_LIMITS),
     *(f"loop_bucket_{i}" for i in range(len(LOOP_BUCKETS) + 1)),
     "loop_sum_ns", "loop_count",
@@ -217,6 +219,8 @@ class _Collector:
                        "reason", ACCEPT_ERRORS, "accept_error_")
         yield labelled("millionws_auth_failures", "Upgrades refused for their token (401), by reason.", "reason",
                        AUTH_REASONS, "auth_failed_")
+        yield labelled("millionws_proxy_refused", "Connections closed for their PROXY protocol header "
+                       "(--proxy-protocol), by reason.", "reason", PROXY_REASONS, "proxy_refused_")
         yield labelled("millionws_internal_errors", "Unexpected exceptions caught by an exception boundary, by the "
                        "unit of work they ended (a connection closed 1011/500, a record or timer skipped).", "where",
                        INTERNAL_ERROR_SITES, "internal_error_")

@@ -33,7 +33,7 @@ def test_flag_beats_environment_beats_default():
 
 # "7" is out of range for a few options alone (the others' defaults constrain them): a value of their own.
 _IN_RANGE = {"port": "7007", "bus_backoff_min": "0.7", "mesh_socket_buffer": str(7 << 20),
-             "mesh_max_datagram": str(7 << 10), "timer_resolution": "0.7"}
+             "mesh_max_datagram": str(7 << 10), "timer_resolution": "0.7", "max_proxy_header": "777"}
 
 
 @pytest.mark.parametrize("option", [o for o in OPTIONS if o.type in (int, float)], ids=lambda o: o.name)
@@ -180,3 +180,20 @@ def test_serve_with_a_limit_that_cannot_work_prints_one_line_and_exits_2(capsys,
     assert cli.main(["serve", "--pipeline-budget", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pipeline_budget" in err
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--max-proxy-header", "51"], "max_proxy_header"),
+    (["--max-proxy-header", "65552"], "max_proxy_header"),
+    (["--proxy-protocol", "--proxy-protocol-from", "10.0.0.0/8,not-a-net"], "'not-a-net' is not a CIDR"),
+    (["--proxy-protocol-from", "10.0.0.0/8"], "needs proxy_protocol"),
+])
+def test_proxy_protocol_settings_that_cannot_work_stop_the_start(argv, says):
+    with pytest.raises(ValueError, match=says):
+        config.from_argv(argv, environ={})
+
+
+def test_trusted_networks_parse_both_families():
+    nets = config.trusted_networks("10.0.0.0/8, 2001:db8::/32,192.168.1.7")
+    assert [str(n) for n in nets] == ["10.0.0.0/8", "2001:db8::/32", "192.168.1.7/32"]
+    assert config.trusted_networks("") == ()
