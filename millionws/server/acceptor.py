@@ -27,7 +27,8 @@ from ..core.reactor import EPOLLIN, Reactor, monotonic
 from ..metrics import F
 from ..protocol import http
 from .admission import Admission
-from .connection import F_ADMIN, Connection
+from .connection import F_ADMIN, F_PROXY, Connection
+from .proxied import ProxyGate
 
 log = logging.getLogger("millionws.server.acceptor")
 
@@ -53,11 +54,13 @@ def listen_socket(host: str, port: int, backlog: int) -> socket.socket:
 class Acceptor:
     """The listeners of one worker and what becomes of each accepted descriptor."""
 
-    __slots__ = ("reactor", "c", "admission", "batch", "handshake_timeout", "max_head", "listeners", "_paused")
+    __slots__ = ("reactor", "c", "admission", "batch", "handshake_timeout", "max_head", "listeners", "_paused",
+                 "proxy")
 
     def __init__(self, reactor: Reactor, counters: list[int], admission: Admission, accept_batch: int,
-                 handshake_timeout: float, max_request_head: int) -> None:
+                 handshake_timeout: float, max_request_head: int, proxy: ProxyGate | None = None) -> None:
         self.reactor = reactor
+        self.proxy = proxy  # --proxy-protocol: the main port's connections owe a header (proxied.py)
         self.c = counters
         self.admission = admission
         self.batch = accept_batch  # connections accepted per listener readiness
@@ -87,8 +90,11 @@ class Acceptor:
         max_head = self.max_head
         c = self.c
         admission = self.admission
-        limited = admission.active
-        keep_peer = admission.counts is not None
+        proxy = self.proxy if not flags & F_ADMIN else None
+        limited = admission.active and proxy is None  # behind a balancer: decided once the client is known
+        keep_peer = admission.counts is not None and proxy is None
+        if proxy is not None:
+            flags |= F_PROXY
         for _ in range(self.batch):  # bounded: the connections we have get their turn too
             try:
                 fd, addr = accept()
@@ -97,6 +103,9 @@ class Acceptor:
             except OSError as exc:
                 self._failed(exc)
                 return
+            if proxy is not None and not proxy.trusted(addr[0]):
+                os.close(fd)  # a client speaking PROXY itself could claim any address
+                continue
             peer = None
             if limited:
                 peer = admission.admit(addr[0], now)

@@ -42,6 +42,7 @@ from ..protocol.lifecycle import (
 F_PAUSED = 1  # reading stopped: pending bytes over the limit
 F_PING_SENT = 2  # a keepalive ping is unanswered
 F_SHUT = 4  # our FIN is sent
+F_PROXY = 8  # a PROXY protocol header is still owed (proxied.py): no HTTP before it
 F_PONG_DUE = 16  # the armed deadline is the pong deadline of our keepalive ping (keepalive.py)
 F_ADMIN = 32  # accepted on the admin port: only /health, /metrics, /stats
 F_WAITING = 64  # an HTTP answer is deferred (a publish waits for its seq): not reading meanwhile

@@ -44,7 +44,7 @@ from collections.abc import Iterable
 from .. import boundary
 from ..apps.host import Host, Response
 from ..apps.routes import App
-from ..config import Config
+from ..config import Config, trusted_networks
 from ..core.buffers import BufferPool, ReceiveBuffer
 from ..core.reactor import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Reactor
 from ..core.transport import PLAIN, Transport
@@ -56,13 +56,14 @@ from ..pubsub.mesh import LocalBus, Mesh
 from .acceptor import Acceptor
 from .admission import Admission
 from .closing import Closer
-from .connection import F_PAUSED, F_WAITING, Connection, apply
+from .connection import F_PAUSED, F_PROXY, F_WAITING, Connection, apply
 from .drain import Drain
 from .expiry import Expiries
 from .http_pipeline import HttpPipeline
 from .keepalive import Keepalive
 from .limits import MessageLimits
 from .output import Output
+from .proxied import ProxyGate
 
 log = logging.getLogger("millionws.server.worker")
 
@@ -114,8 +115,10 @@ class Worker:
                             self.websocket_count, self.drain.is_draining), cfg.max_connections)
         self.pipeline = HttpPipeline(cfg, self.stats, reactor, self.app.handle, output.write, closer,
                                      self.expiries, self.ws_in)
+        self.proxy = (ProxyGate(trusted_networks(cfg.proxy_protocol_from), cfg.max_proxy_header, self.admission,
+                                closer, c) if cfg.proxy_protocol else None)
         self.acceptor = Acceptor(reactor, c, self.admission, cfg.accept_batch, cfg.handshake_timeout,
-                                 cfg.max_request_head)
+                                 cfg.max_request_head, self.proxy)
 
     # -- what the application may use (apps/host.py) -------------------------------------
     def send(self, conn: Connection, data: bytes) -> None:
@@ -210,6 +213,10 @@ class Worker:
         if state == OPEN or state == CLOSING:
             self.ws_in(conn, data)
         elif state == HTTP:
+            if conn.flags & F_PROXY:  # the balancer's header first (proxied.py)
+                data = self.proxy.take(conn, data)
+                if not data:
+                    return
             self.pipeline.http_in(conn, data)
         # LINGER: input after our goodbye is read and dropped.
 
