@@ -47,6 +47,11 @@ SERVER_METRICS = {
     "millionws_draining",
     "millionws_worker_restarts_total",
     "millionws_workers",
+    # refusals
+    "millionws_proxy_refused_total",
+    "millionws_rate_limited_total",
+    "millionws_auth_failures_total",
+    "millionws_input_refused_total",
 }
 CHANNEL_METRICS = {
     "millionws_fanout_latency_seconds",
