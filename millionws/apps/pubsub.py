@@ -27,7 +27,6 @@ from .host import Host
 
 _MSG_IN, _MSG_OUT = F["messages_in"], F["messages_out"]
 _RATE_PUBLISHES = F["rate_limited_publishes"]
-_REFUSED = REFUSED
 
 _ID_HELP = "id is an integer 0..2^53-1 or a string of at most 128 characters"
 PUBLISH_ERRORS = {
@@ -87,7 +86,7 @@ class PubSub:
 
     def _error(self, code: str, message: str, request_id: Any = None, channel: Any = None) -> bytes:
         """The error reply (a refusal, counted by its code)."""
-        self.c[_REFUSED[code]] += 1
+        self.c[REFUSED[code]] += 1
         document: dict[str, Any] = {"op": "error", "code": code, "message": message}
         if type(channel) is str:  # checked Unicode (jsonsafe); cut so an error is never larger than its cause
             document["channel"] = channel[:128]

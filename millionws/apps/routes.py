@@ -36,10 +36,10 @@ from ..auth import AuthError, Identity, Verifier, bearer, extract_token
 from ..protocol import http
 from ..protocol.http import HttpError
 from ..pubsub.channels import valid_user
-from .backend import BAD_USER, Backend, refused
+from .backend import Backend, refused
 from .echo import Echo
 from .host import Host, Response
-from .pubsub import PubSub, Session
+from .pubsub import BAD_USER, PubSub, Session
 
 _AUTH_FAILED0 = metrics.F["auth_failed_missing"]
 _PROTOCOL_HEADER = b"Sec-WebSocket-Protocol: millionws\r\n\r\n"
