@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import socket
+import ssl
 import time
 
 from benchmarks import wscodec
@@ -26,8 +27,11 @@ close_payload = wscodec.close_payload
 class RawClient:
     """Blocking socket with a deadline on every read."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> None:
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 5.0,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.sock = socket.create_connection((host, port), timeout=timeout)
+        if tls is not None:  # wss://, the name checked against "localhost"
+            self.sock = tls.wrap_socket(self.sock, server_hostname="localhost")
         self.buf = b""
         self.timeout = timeout
 

@@ -165,27 +165,29 @@ class TlsTransport:
             if session.state == HANDSHAKING:
                 self._fail(session, V_EOF)
             return 0
-        rx = session.rx
-        rx.write(memoryview(buf)[:n])
+        session.rx.write(memoryview(buf)[:n])
         if session.state != READY:
             self._handshake(fd, session)
-            if session.state != READY or not rx.pending:
+            if session.state != READY:
                 raise BlockingIOError
         obj = session.obj
         view = memoryview(buf)
         size = len(buf)
         total = 0
+        # Until OpenSSL wants more: it may hold a record it has read but not yet decrypted (SSL_has_pending,
+        # which Python does not expose), so neither BIO's nor the object's pending() can say "nothing left".
         while total < size:
             try:
-                total += obj.read(size - total, view[total:])
+                k = obj.read(size - total, view[total:])
             except ssl.SSLWantReadError:
                 break
-            except ssl.SSLZeroReturnError:  # the peer's close_notify: the end of its stream
+            except ssl.SSLZeroReturnError:
+                k = 0
+            if k == 0:  # the peer's close_notify: the end of its stream (what came before it first)
                 if total:
                     break
                 return 0
-            if not rx.pending and not obj.pending():
-                break
+            total += k
         if session.tx.pending:  # OpenSSL answered something (a KeyUpdate)
             self._send(fd, session)
         if total == 0:

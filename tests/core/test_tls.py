@@ -1,0 +1,244 @@
+"""core/tls.py on a socketpair: the server side is the transport, the client an SSLObject driven here."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+
+import pytest
+
+from millionws.core.tls import FAILURES, Certificates, TlsTransport, classify
+from tests.tlsca import TestCA, peer_serial
+
+DONE, FAILED0 = 0, 1
+
+
+class Client:
+    """A TLS client over one end of a socketpair, pumped by hand."""
+
+    def __init__(self, sock: socket.socket, ctx: ssl.SSLContext) -> None:
+        self.sock = sock
+        self.rx, self.tx = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.obj = ctx.wrap_bio(self.rx, self.tx, server_hostname="localhost")
+
+    def flush(self) -> None:
+        data = self.tx.read()
+        if data:
+            self.sock.sendall(data)
+
+    def pull(self) -> None:
+        self.rx.write(self.sock.recv(1 << 20))
+
+    def step(self) -> bool:
+        """One handshake step; True once it is complete."""
+        try:
+            self.obj.do_handshake()
+            return True
+        except ssl.SSLWantReadError:
+            return False
+        finally:
+            self.flush()
+
+    def send(self, data: bytes) -> None:
+        self.obj.write(data)
+        self.flush()
+
+    def receive(self, n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            try:
+                chunk = self.obj.read(n - len(out))
+            except ssl.SSLWantReadError:
+                self.pull()
+                continue
+            if not chunk:
+                break  # the server's close_notify
+            out += chunk
+        return out
+
+
+@pytest.fixture
+def pair(test_ca: TestCA):
+    cert, key, _ = test_ca.server
+    counters = [0] * (1 + len(FAILURES))
+    transport = TlsTransport(Certificates(str(cert), str(key)), counters, DONE, FAILED0)
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.settimeout(5)
+    transport.start(a.fileno())
+    yield transport, a, b, counters
+    transport.sessions.pop(a.fileno(), None)
+    a.close()
+    b.close()
+
+
+def read(transport: TlsTransport, fd: int, size: int = 1 << 18) -> bytes:
+    buf = bytearray(size)
+    n = transport.readv(fd, [buf])
+    return bytes(buf[:n])
+
+
+def handshake(transport: TlsTransport, fd: int, client: Client) -> None:
+    assert not client.step()  # ClientHello out
+    for _ in range(4):
+        with pytest.raises(BlockingIOError):
+            read(transport, fd)  # the server's flight is written, nothing for the application yet
+        client.pull()
+        if client.step():
+            return
+    raise AssertionError("the handshake did not complete")
+
+
+def failed(counters: list[int]) -> dict[str, int]:
+    return {reason: counters[FAILED0 + i] for i, reason in enumerate(FAILURES) if counters[FAILED0 + i]}
+
+
+def test_handshake_then_application_bytes_both_ways_then_close_notify(pair, test_ca):
+    transport, a, b, counters = pair
+    client = Client(b, test_ca.client_context())
+    handshake(transport, a.fileno(), client)
+    assert peer_serial(client.obj) == test_ca.server[2]
+    assert client.obj.version() == "TLSv1.3"
+    client.send(b"GET / HTTP/1.1\r\n\r\n")
+    assert read(transport, a.fileno()) == b"GET / HTTP/1.1\r\n\r\n"
+    assert counters[DONE] == 1 and not failed(counters)
+    big = os.urandom(200_000)  # many records, several reads
+    os.write(a.fileno(), transport.seal(a.fileno(), b"hello"))
+    assert client.receive(5) == b"hello"
+    client.send(big)
+    got = b""
+    while len(got) < len(big):
+        try:
+            got += read(transport, a.fileno(), 1 << 16)
+        except BlockingIOError:
+            pass
+    assert got == big
+    transport.shutdown(a.fileno())  # close_notify, then FIN
+    assert client.receive(1) == b""
+
+
+def test_a_partial_record_yields_nothing_until_it_is_whole(pair, test_ca):
+    transport, a, b, _ = pair
+    client = Client(b, test_ca.client_context())
+    handshake(transport, a.fileno(), client)
+    client.obj.write(b"x" * 1000)
+    record = client.tx.read()
+    b.sendall(record[:300])
+    with pytest.raises(BlockingIOError):
+        read(transport, a.fileno())
+    b.sendall(record[300:])
+    assert read(transport, a.fileno()) == b"x" * 1000
+
+
+def test_the_peers_close_notify_reads_as_the_end_of_the_stream(pair, test_ca):
+    transport, a, b, _ = pair
+    client = Client(b, test_ca.client_context())
+    handshake(transport, a.fileno(), client)
+    try:
+        client.obj.unwrap()
+    except ssl.SSLWantReadError:
+        pass
+    client.flush()  # the client's Finished and its close_notify, in one read
+    assert transport.readv(a.fileno(), [bytearray(4096)]) == 0
+
+
+def test_nothing_is_sealed_before_the_handshake_is_over(pair):
+    transport, a, _, _ = pair
+    assert transport.seal(a.fileno(), b"HTTP/1.1 408\r\n\r\n") == b""
+    assert transport.seal(12345, b"plain") == b"plain"  # a descriptor without a session: the admin port
+
+
+@pytest.mark.parametrize(("hello", "reason"), [
+    (b"GET /echo HTTP/1.1\r\nHost: x\r\n\r\n", "plain_http"),
+    (b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00", "malformed"),
+    (b"\x16\x03\x01\x40\x00" + b"\x00" * 16384, "malformed"),
+])
+def test_a_failed_handshake_raises_and_is_counted_by_reason(pair, hello, reason):
+    transport, a, b, counters = pair
+    b.sendall(hello)
+    with pytest.raises(ssl.SSLError):
+        read(transport, a.fileno())
+    assert failed(counters) == {reason: 1}
+    transport.close(a.fileno())  # counted once: no "incomplete" on top
+    assert failed(counters) == {reason: 1}
+    a.detach()
+
+
+def test_an_old_protocol_version_is_refused(pair):
+    transport, a, b, counters = pair
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_ciphers("ALL:@SECLEVEL=0")
+    ctx.minimum_version = ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    client = Client(b, ctx)
+    client.step()
+    with pytest.raises(ssl.SSLError):
+        read(transport, a.fileno())
+    assert failed(counters) == {"protocol_version": 1}
+
+
+def test_a_client_that_refuses_the_certificate_is_counted_as_its_alert(pair):
+    transport, a, b, counters = pair
+    client = Client(b, ssl.create_default_context())  # trusts the system CAs, not ours
+    handshake_failed = False
+    client.step()
+    for _ in range(3):
+        try:
+            read(transport, a.fileno())
+        except BlockingIOError:
+            pass
+        except ssl.SSLError:
+            handshake_failed = True
+            break
+        client.pull()
+        try:
+            client.step()
+        except ssl.SSLCertVerificationError:
+            pass  # the client sends its alert
+    assert handshake_failed
+    assert failed(counters) == {"peer_alert": 1}
+
+
+def test_eof_and_a_close_in_the_middle_of_the_handshake(pair, test_ca):
+    transport, a, b, counters = pair
+    Client(b, test_ca.client_context()).step()
+    with pytest.raises(BlockingIOError):
+        read(transport, a.fileno())
+    b.shutdown(socket.SHUT_WR)
+    assert transport.readv(a.fileno(), [bytearray(100)]) == 0
+    assert failed(counters) == {"eof": 1}
+    c, d = socket.socketpair()
+    transport.start(c.fileno())
+    transport.close(c.fileno())  # the handshake timeout, or the client gave up before a byte
+    c.detach()
+    d.close()
+    assert failed(counters) == {"eof": 1, "incomplete": 1}
+
+
+def test_classify_maps_every_error_to_a_fixed_label():
+    assert FAILURES[classify(ssl.SSLEOFError())] == "eof"
+    error = ssl.SSLError()
+    error.reason = "SOMETHING_NEW_IN_OPENSSL_4"
+    assert FAILURES[classify(error)] == "malformed"
+    error.reason = "TLSV1_ALERT_UNKNOWN_CA"
+    assert FAILURES[classify(error)] == "peer_alert"
+    error.reason = "NO_SHARED_CIPHER"
+    assert FAILURES[classify(error)] == "no_shared_cipher"
+
+
+def test_certificates_reload_only_a_pair_that_loads(test_ca, tmp_path):
+    cert, key, _ = test_ca.issue("rotating")
+    certs = Certificates(str(cert), str(key))
+    first = certs.context
+    assert not certs.changed()
+    new_cert, new_key, _ = test_ca.issue("next")
+    os.replace(new_cert, cert)  # the certificate changed, the key not yet: a mismatched pair
+    assert certs.changed()
+    error = certs.reload()
+    assert error is not None and certs.context is first
+    assert not certs.changed()  # the same failed pair is not retried until a file changes again
+    os.replace(new_key, key)
+    assert certs.changed()
+    assert certs.reload() is None and certs.context is not first
