@@ -95,6 +95,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("proxy_protocol_from", str, "",
            "comma-separated CIDRs whose PROXY headers are believed (empty: any source); others are closed"),
     Option("max_proxy_header", int, 4096, "largest PROXY protocol v2 header, bytes (52 to 65551; v1 is 107 by spec)"),
+    Option("tls_cert", str, None, "PEM certificate chain: the main port speaks TLS (wss://); needs tls_key"),
+    Option("tls_key", str, None, "PEM private key of tls_cert"),
+    Option("tls_reload_interval", float, 10.0,
+           "seconds between checks of the certificate files for a change (0: reload on SIGHUP only)"),
     Option("allowed_origins", str, "",
            "comma-separated Origin values allowed to open WebSockets, '*' for any (empty: any)"),
     Option("rate_limit_messages", float, 0.0, "messages per second per connection, burst of one second (0: off)"),
@@ -190,6 +194,9 @@ class Config:
     auth_issuer: str | None = None
     backend_token: str | None = None
     admin_port: int = 0
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_reload_interval: float = 10.0
     allowed_origins: str = ""
     proxy_protocol: bool = False
     proxy_protocol_from: str = ""
@@ -259,6 +266,10 @@ class Config:
         if not 52 <= self.max_proxy_header <= 65551:
             raise ValueError("max_proxy_header must be 52..65551 (a v2 header with IPv6 addresses .. the largest v2)")
         trusted_networks(self.proxy_protocol_from)  # raises ValueError naming the CIDR that does not parse
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: a certificate needs its key")
+        if self.tls_reload_interval < 0:
+            raise ValueError("tls_reload_interval must be >= 0 (0: SIGHUP only)")
         if self.proxy_protocol_from and not self.proxy_protocol:
             raise ValueError("proxy_protocol_from needs proxy_protocol")
         # Flags that contradict each other: refuse rather than pick one silently.

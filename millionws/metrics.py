@@ -35,12 +35,14 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import CollectorRegistry
 
 from .auth import AUTH_REASONS
+from .core.tls import FAILURES as TLS_FAILURES
 from .protocol.http import HANDSHAKE_REASONS
 from .protocol.lifecycle import REASONS
 from .protocol.proxy import REASONS as PROXY_REASONS
 
 HTTP_STATUSES = (101, 200, 202, 400, 401, 403, 404, 405, 408, 413, 426, 429, 431, 500, 501, 503, 0)  # 0: any other
 ACCEPT_ERRORS = ("emfile", "other")
+TLS_RELOADS = ("ok", "failed")
 RATE_LIMITS = ("messages", "bytes", "publishes", "connect_rate", "connections_per_ip")
 LOOP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 # Where an unexpected exception was caught (millionws_internal_errors_total{where}): the unit of work it ended.
@@ -62,6 +64,7 @@ FIELDS: tuple[str, ...] = (
     *(f"accept_error_{e}" for e in ACCEPT_ERRORS),
     *(f"auth_failed_{r}" for r in AUTH_REASONS),
     *(f"proxy_refused_{r}" for r in PROXY_REASONS),
+    "tls_handshakes", *(f"tls_failed_{r}" for r in TLS_FAILURES), *(f"tls_reload_{r}" for r in TLS_RELOADS),
     *(f"rate_limited_{k}" for k in RATE_LIMITS),
     *(f"loop_bucket_{i}" for i in range(len(LOOP_BUCKETS) + 1)),
     "loop_sum_ns", "loop_count",
@@ -79,6 +82,7 @@ GAUGES = ("pid", "started", "draining", "connections", "channels", "subscription
           "publishes_pending", "admission_keys")
 DISCONNECT0 = F["disconnect_normal"]
 HANDSHAKE0 = F["handshake_failed_bad_request"]
+TLS_FAILED0 = F["tls_failed_" + TLS_FAILURES[0]]
 INTERNAL0 = F["internal_error_connection"]
 REFUSED = {code: F[f"refused_{code}"] for code in INPUT_CODES}
 HTTP_INDEX = {s: F[f"http_{s}"] for s in HTTP_STATUSES}
@@ -199,6 +203,7 @@ class _Collector:
             (CounterMetricFamily, "millionws_messages_sent", "WebSocket messages sent.", "messages_out"),
             (CounterMetricFamily, "millionws_bytes_received", "Bytes read from client sockets.", "bytes_in"),
             (CounterMetricFamily, "millionws_bytes_sent", "Bytes written to client sockets.", "bytes_out"),
+            (CounterMetricFamily, "millionws_tls_handshakes", "TLS handshakes completed (wss://).", "tls_handshakes"),
         ):
             yield family(cls, name, doc, field)
 
@@ -221,6 +226,10 @@ class _Collector:
                        AUTH_REASONS, "auth_failed_")
         yield labelled("millionws_proxy_refused", "Connections closed for their PROXY protocol header "
                        "(--proxy-protocol), by reason.", "reason", PROXY_REASONS, "proxy_refused_")
+        yield labelled("millionws_tls_handshake_failures", "TLS handshakes that failed or never finished, by "
+                       "reason (incomplete: closed or timed out mid-handshake).", "reason", TLS_FAILURES, "tls_failed_")
+        yield labelled("millionws_tls_reloads", "Certificate reloads (SIGHUP or the files changed), by result "
+                       "(failed: the old pair stays in use).", "result", TLS_RELOADS, "tls_reload_")
         yield labelled("millionws_internal_errors", "Unexpected exceptions caught by an exception boundary, by the "
                        "unit of work they ended (a connection closed 1011/500, a record or timer skipped).", "where",
                        INTERNAL_ERROR_SITES, "internal_error_")

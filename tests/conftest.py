@@ -16,7 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.tlsca import TestCA
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def test_ca(tmp_path_factory: pytest.TempPathFactory) -> TestCA:
+    """A CA made for this run (tests/tlsca.py) with a leaf for localhost in ``test_ca.server``."""
+    return TestCA(tmp_path_factory.mktemp("tls"))
 
 
 def free_port() -> int:

@@ -7,11 +7,13 @@ itself; it calls the four functions of its :class:`Transport`, each taking the d
   closed; ``BlockingIOError``: nothing yet);
 * ``write(fd, data) -> int``: bytes of ``data`` taken (the rest is the worker's to keep);
 * ``shutdown(fd)``: our end of the stream (FIN; with TLS, close_notify first);
-* ``close(fd)``: the descriptor and whatever the transport held for it.
+* ``close(fd)``: the descriptor and whatever the transport held for it;
+* ``seal``: ``None``, or ``seal(fd, data) -> bytes``, what to write for ``data`` (TLS: its records).
+  The output seals before it writes, so what the kernel refuses is kept as the bytes of the wire.
 
-The plain transport *is* the C functions (``os.readv``, ``os.write``, ``os.close``), so the
-seam costs no Python call on the hot path.  A transport with per-connection state (TLS,
-issue 11) keeps it keyed by descriptor, created when the connection is accepted and dropped
+The plain transport *is* the C functions (``os.readv``, ``os.write``, ``os.close``) and seals
+nothing, so the seam costs no Python call on the hot path.  A transport with per-connection state
+(TLS, ``tls.py``) keeps it keyed by descriptor, created when the connection is accepted and dropped
 in ``close``, so the connection record gains no slot and an idle plain connection nothing.
 """
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 
@@ -32,8 +34,10 @@ class Transport(Protocol):
 
     def close(self, fd: int, /) -> None: ...
 
+    seal: Callable[[int, bytes], bytes] | None
 
-def _shutdown(fd: int) -> None:
+
+def half_close(fd: int) -> None:
     """Half-close: send our FIN, keep reading until the peer's."""
     sock = socket.socket(fileno=fd)
     try:
@@ -48,8 +52,9 @@ class PlainTransport:
     __slots__ = ()
     readv = staticmethod(os.readv)
     write = staticmethod(os.write)
-    shutdown = staticmethod(_shutdown)
+    shutdown = staticmethod(half_close)
     close = staticmethod(os.close)
+    seal = None
 
 
 PLAIN = PlainTransport()

@@ -9,6 +9,8 @@ Theory of operation:
   is a :class:`connection.Connection` record around the bare descriptor, with its h11 parser and the
   handshake deadline in the reactor's wheel.  At most ``accept_batch`` connections per readiness: the
   connections already open get their turn in the same loop turn.
+* With ``--tls-cert`` each connection of the main port gets its TLS session here (``core/tls.py``); the
+  handshake then runs as its bytes arrive, under the same deadline as the HTTP request that follows.
 * Admission (:mod:`admission`) decides per source address before a byte is parsed; a refused
   descriptor is closed at once, the cheapest answer to a flood (no parser, no response).
 * Out of descriptors (EMFILE, ENFILE, ENOBUFS, ENOMEM): the level-triggered listener would report
@@ -22,6 +24,7 @@ import errno
 import logging
 import os
 import socket
+from collections.abc import Callable
 
 from ..core.reactor import EPOLLIN, Reactor, monotonic
 from ..metrics import F
@@ -55,12 +58,14 @@ class Acceptor:
     """The listeners of one worker and what becomes of each accepted descriptor."""
 
     __slots__ = ("reactor", "c", "admission", "batch", "handshake_timeout", "max_head", "listeners", "_paused",
-                 "proxy")
+                 "proxy", "start_tls")
 
     def __init__(self, reactor: Reactor, counters: list[int], admission: Admission, accept_batch: int,
-                 handshake_timeout: float, max_request_head: int, proxy: ProxyGate | None = None) -> None:
+                 handshake_timeout: float, max_request_head: int, proxy: ProxyGate | None = None,
+                 start_tls: Callable[[int], None] | None = None) -> None:
         self.reactor = reactor
         self.proxy = proxy  # --proxy-protocol: the main port's connections owe a header (proxied.py)
+        self.start_tls = start_tls  # --tls-cert: the main port's connections speak TLS (core/tls.py)
         self.c = counters
         self.admission = admission
         self.batch = accept_batch  # connections accepted per listener readiness
@@ -93,6 +98,8 @@ class Acceptor:
         proxy = self.proxy if not flags & F_ADMIN else None
         limited = admission.active and proxy is None  # behind a balancer: decided once the client is known
         keep_peer = admission.counts is not None and proxy is None
+        # Behind a PROXY header, TLS starts once the header is read (proxied.py); the admin port is plain.
+        start_tls = self.start_tls if proxy is None and not flags & F_ADMIN else None
         if proxy is not None:
             flags |= F_PROXY
         for _ in range(self.batch):  # bounded: the connections we have get their turn too
@@ -113,6 +120,8 @@ class Acceptor:
                     os.close(fd)  # the cheapest answer to a flood: no parser, no response
                     continue
             os.set_blocking(fd, False)
+            if start_tls is not None:
+                start_tls(fd)
             conn = Connection(fd, http.new_parser(max_head))
             conn.flags = flags
             if keep_peer:

@@ -2,8 +2,9 @@
 
 Theory of operation:
 
-* This module is the only caller of the transport's ``write`` (``core/transport.py``; plain: ``os.write``
-  itself, TLS next), so a second transport changes no line here but the one it is bound from.
+* This module is the only caller of the transport's ``write`` (``core/transport.py``: ``os.write`` itself).
+  With TLS, the transport's ``seal`` turns what is written into records first, so a backlog is kept as
+  ciphertext, in order, and a broadcast is encrypted once per connection; plain connections skip it.
 * What the protocol or the application returns is written at once; only what the kernel refuses is
   kept (``conn.pending``), in a buffer borrowed from a pool, and only then is EPOLLOUT asked for.  An
   idle connection, and a busy one whose peer keeps up, holds no output buffer at all.
@@ -42,11 +43,12 @@ class Output:
     HTTP pipeline, the application), so the hot path pays one call per write and no lookup of this part.
     """
 
-    __slots__ = ("_write", "_modify", "pool", "c", "limit", "closer")
+    __slots__ = ("_write", "_seal", "_modify", "pool", "c", "limit", "closer")
 
     def __init__(self, transport: Transport, reactor: Reactor, pool: BufferPool, counters: list[int],
                  max_pending_bytes: int, closer: Closer) -> None:
-        self._write = transport.write  # bound once: the plain transport's is os.write itself
+        self._write = transport.write  # bound once: os.write itself
+        self._seal = transport.seal  # None unless TLS
         self._modify = reactor.modify
         self.pool = pool
         self.c = counters
@@ -55,6 +57,8 @@ class Output:
 
     def write(self, conn: Connection, data: bytes) -> None:
         """Send now; keep only what the kernel refused."""
+        if self._seal is not None and conn.state != CLOSED:
+            data = self._seal(conn.fd, data)
         pending = conn.pending
         if pending is not None:
             pending += data
@@ -117,6 +121,8 @@ class Output:
         limit = self.limit
         modify = self._modify
         write = self._write
+        seal = self._seal
+        data = frame
         n = len(frame)
         sent_total = delivered = 0
         trouble: list[tuple[Connection, bool]] | None = None
@@ -125,16 +131,19 @@ class Output:
                 continue
             pending = conn.pending
             if pending is not None:  # EPOLLOUT is already asked for
-                if len(pending) + n > limit:
+                if len(pending) + len(frame) > limit:  # decided before sealing: a record not sent breaks TLS
                     if trouble is None:
                         trouble = []
                     trouble.append((conn, True))
                     continue
-                pending += frame
+                pending += frame if seal is None else seal(conn.fd, frame)
                 delivered += 1
                 continue
+            if seal is not None:  # TLS: the same frame, encrypted for each connection
+                data = seal(conn.fd, frame)
+                n = len(data)
             try:
-                sent = write(conn.fd, frame)
+                sent = write(conn.fd, data)
             except BlockingIOError:
                 sent = 0
             except OSError:
@@ -146,7 +155,7 @@ class Output:
             delivered += 1
             if sent < n:
                 conn.pending = pending = self.pool.acquire()
-                pending += memoryview(frame)[sent:]
+                pending += memoryview(data)[sent:]
                 modify(conn.fd, EPOLLIN | EPOLLOUT)
         self.c[_BYTES_OUT] += sent_total
         if trouble is not None:  # after the loop: closing changes the subscriber sets

@@ -16,6 +16,7 @@ header too.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 
 from ..core.reactor import monotonic
 from ..metrics import F
@@ -28,10 +29,11 @@ _UNTRUSTED = F["proxy_refused_untrusted"]
 
 
 class ProxyGate:
-    __slots__ = ("admission", "c", "closer", "keep_peer", "max_header", "networks")
+    __slots__ = ("admission", "c", "closer", "keep_peer", "max_header", "networks", "start_tls")
 
     def __init__(self, networks: tuple, max_header: int, admission: Admission, closer: Closer,
-                 counters: list[int]) -> None:
+                 counters: list[int], start_tls: Callable[[int, bytes], None] | None = None) -> None:
+        self.start_tls = start_tls  # TlsTransport.start, when the main port speaks TLS
         self.networks = networks  # config.trusted_networks(--proxy-protocol-from); empty: any source
         self.max_header = max_header
         self.admission = admission
@@ -51,7 +53,7 @@ class ProxyGate:
 
     def take(self, conn: Connection, data: bytes) -> bytes | None:
         """Bytes read from a connection still owing its header: what follows the header, for HTTP, or None
-        (the header is incomplete, or the connection was refused and closed)."""
+        (the header is incomplete, the connection was refused and closed, or what follows is TLS's)."""
         if conn.msg:
             data = conn.msg[0] + data
         try:
@@ -75,4 +77,10 @@ class ProxyGate:
                 return None
             if self.keep_peer:
                 conn.peer = key
+        if self.start_tls is not None:
+            try:
+                self.start_tls(conn.fd, data[consumed:])
+            except OSError:  # the handshake failed already (counted by the transport)
+                self.closer.close(conn)
+            return None
         return data[consumed:]

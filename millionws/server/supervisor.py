@@ -11,17 +11,19 @@ next scheduled restart.
 * SIGTERM or SIGINT: the signal is passed on to every worker, which drains (see
   :mod:`millionws.server.worker`); the supervisor exits 0 when all have exited, and kills what
   is left at ``grace`` seconds.  A second signal kills the workers at once and exits 1.
+  SIGHUP is passed on too: each worker reloads its TLS certificate (``rotation.py``).
 * Before forking it makes the mesh of socketpairs the workers talk through
   (:mod:`millionws.pubsub.mesh`) and keeps every end, so a restarted worker gets its links back.
 * Workers ask the kernel for SIGTERM when the supervisor dies (PR_SET_PDEATHSIG), so a
   killed supervisor never leaves orphans holding the port.
 * Fail fast (:meth:`Supervisor.preflight`): before the first fork, whatever cannot work
   stops the server with one line and exit status 2 (:class:`StartupError`): a JWKS file
-  that is missing or holds no key, a ``--bus`` whose client library is absent or whose
-  broker cannot sequence (NATS without JetStream, Redis < 7), a port another millionws
-  already serves.  SO_REUSEPORT would let a second server bind the same port and silently
-  split the clients (each with its own channels), so each port is claimed with a lock: an
-  abstract Unix socket named after it, released by the kernel when the process dies.
+  that is missing or holds no key, a TLS certificate or key that does not load, a ``--bus``
+  whose client library is absent or whose broker cannot sequence (NATS without JetStream,
+  Redis < 7), a port another millionws already serves.  SO_REUSEPORT would let a second
+  server bind the same port and silently split the clients (each with its own channels), so
+  each port is claimed with a lock: an abstract Unix socket named after it, released by the
+  kernel when the process dies.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ import time
 
 from ..auth import Verifier
 from ..config import Config
+from ..core.tls import server_context
 from ..metrics import SharedStats
 from ..pubsub.mesh import Mesh
 from .worker import run_worker
@@ -77,6 +80,12 @@ class Supervisor:
         for port in (cfg.port, cfg.admin_port):
             if port:
                 self._lock_port(port)
+        if cfg.tls_cert:
+            try:
+                server_context(cfg.tls_cert, cfg.tls_key)
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise StartupError(f"--tls-cert/--tls-key: cannot load {cfg.tls_cert} with {cfg.tls_key}: "
+                                   f"{exc}") from None
         if cfg.bus:
             from ..pubsub.brokers import BusConfigError, preflight
 
@@ -126,6 +135,7 @@ class Supervisor:
             lock.close()
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the worker's own handler (drain.py): never fatal
         parent = os.getppid()
         try:
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -154,7 +164,7 @@ class Supervisor:
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._signal_r = r
         signal.set_wakeup_fd(w)
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGHUP):
             signal.signal(sig, lambda *_: None)
         # Everything imported so far is shared copy-on-write; keep the collector off it.
         gc.freeze()
@@ -178,6 +188,8 @@ class Supervisor:
                         self._kill_all()
                         return 1
                     self._start_drain()
+                elif signum == signal.SIGHUP:
+                    self._signal_all(signal.SIGHUP)  # each worker reloads its TLS certificate (rotation.py)
             self._reap()
             if self.draining_since is not None:
                 if not self.children:
@@ -203,9 +215,12 @@ class Supervisor:
         self.draining_since = time.monotonic()
         self.restarts_due.clear()
         log.info("draining %d workers (grace %.1f s)", len(self.children), self.config.grace)
+        self._signal_all(signal.SIGTERM)
+
+    def _signal_all(self, signum: int) -> None:
         for pid in self.children:
             try:
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signum)
             except ProcessLookupError:
                 pass
 

@@ -47,8 +47,9 @@ from ..apps.routes import App
 from ..config import Config, trusted_networks
 from ..core.buffers import BufferPool, ReceiveBuffer
 from ..core.reactor import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, Reactor
+from ..core.tls import Certificates, TlsTransport
 from ..core.transport import PLAIN, Transport
-from ..metrics import F, SharedStats, WorkerStats
+from ..metrics import TLS_FAILED0, F, SharedStats, WorkerStats
 from ..protocol import http, websocket
 from ..protocol.lifecycle import CLOSED, CLOSING, GOODBYE, HTTP, LINGER, NO_EVENT, OPEN, R_ERROR, R_SHUTDOWN, advance
 from ..protocol.websocket import FramePool
@@ -64,6 +65,7 @@ from .keepalive import Keepalive
 from .limits import MessageLimits
 from .output import Output
 from .proxied import ProxyGate
+from .rotation import Rotation
 
 log = logging.getLogger("millionws.server.worker")
 
@@ -83,9 +85,14 @@ class Worker:
         reactor.on_error = self.on_error
         reactor.observe_turn = self.stats.observe_turn
         # Every byte of a client connection goes through the transport (core/transport.py): reads here,
-        # writes in the output, FIN and close in the closing part.
+        # writes in the output, FIN and close in the closing part.  With a certificate, TLS (core/tls.py).
+        self.tls: TlsTransport | None = None
         self.transport: Transport = PLAIN
-        self._readv = PLAIN.readv  # bound once, not per read
+        if cfg.tls_cert is not None:
+            certs = Certificates(cfg.tls_cert, cfg.tls_key)
+            self.transport = self.tls = TlsTransport(certs, c, F["tls_handshakes"], TLS_FAILED0)
+            self.rotation = Rotation(certs, reactor, c, index, cfg.tls_reload_interval)
+        self._readv = self.transport.readv  # bound once, not per read
         self.rbuf = ReceiveBuffer(cfg.receive_buffer)
         self._iov, self._view = self.rbuf.iov, self.rbuf.view
         self.pool = BufferPool(cfg.buffer_pool_size)
@@ -104,6 +111,8 @@ class Worker:
         self.keepalive = Keepalive(reactor, closer, output.write, self.expiries, c, cfg.ping_interval,
                                    cfg.ping_timeout)
         self.drain = Drain(reactor, self.stats, index, cfg.grace, self.keepalive.drain)
+        if self.tls is not None:
+            self.drain.on_hangup = self.rotation.reload
         self.limits = (MessageLimits(cfg.rate_limit_messages, cfg.rate_limit_bytes, cfg.max_message_size, c, closer)
                        if cfg.rate_limit_messages or cfg.rate_limit_bytes else None)
         self._limited = self.limits.on_message if self.limits is not None else None
@@ -115,10 +124,11 @@ class Worker:
                             self.websocket_count, self.drain.is_draining), cfg.max_connections)
         self.pipeline = HttpPipeline(cfg, self.stats, reactor, self.app.handle, output.write, closer,
                                      self.expiries, self.ws_in)
+        start_tls = self.tls.start if self.tls is not None else None
         self.proxy = (ProxyGate(trusted_networks(cfg.proxy_protocol_from), cfg.max_proxy_header, self.admission,
-                                closer, c) if cfg.proxy_protocol else None)
+                                closer, c, start_tls) if cfg.proxy_protocol else None)
         self.acceptor = Acceptor(reactor, c, self.admission, cfg.accept_batch, cfg.handshake_timeout,
-                                 cfg.max_request_head, self.proxy)
+                                 cfg.max_request_head, self.proxy, start_tls)
 
     # -- what the application may use (apps/host.py) -------------------------------------
     def send(self, conn: Connection, data: bytes) -> None:
@@ -161,6 +171,8 @@ class Worker:
         self._flush_periodically()
         self.acceptor.sweep(cfg.sweep_interval)
         self.keepalive.check_expiries()
+        if self.tls is not None:
+            self.rotation.start()
         self.app.start()
         log.info("worker %d (pid %d) listening on %s:%d", self.index, os.getpid(), cfg.host, cfg.port)
         try:

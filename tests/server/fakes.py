@@ -16,6 +16,8 @@ class FakeTransport:
     """``room``: bytes the kernel takes per descriptor before refusing (None: everything).  ``broken``:
     descriptors whose write fails as after a reset."""
 
+    seal = None  # plain: what is written is what goes on the wire
+
     def __init__(self) -> None:
         self.room: dict[int, int | None] = {}
         self.sent: dict[int, bytearray] = {}
