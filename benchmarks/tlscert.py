@@ -19,6 +19,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 _DAYS = 2
 _SAN = "IP:127.0.0.1,DNS:localhost"
@@ -27,6 +28,8 @@ _SAN = "IP:127.0.0.1,DNS:localhost"
 @dataclass(frozen=True)
 class TestCert:
     """PEM files: the CA to trust (``--ca``), the server's certificate and its key (``{cert}``, ``{key}``)."""
+
+    __test__: ClassVar[bool] = False  # not a test class, whatever pytest thinks of the name
 
     ca: Path
     cert: Path
