@@ -46,6 +46,10 @@ bench-echo runs="3" args="--connections 100 --inflight 8 --size 64 --duration 5"
 bench-connect runs="3" args="--concurrency 64 --duration 5": bench-setup
     .venv/bin/python -m benchmarks.throughput --mode connect-rate --runs {{runs}} --pin 0 --loadgen-cpus 1 --peers --server millionws='.venv/bin/millionws serve --host {host} --port {port} --workers 1 --ping-interval 0' --loadgen-args "{{args}}"
 
+# issue 11 (wss://), one run: memory per idle connection at 10 000 for millionws ws/wss and picows/websockets over wss, echo over TLS at 1 and 8 in flight vs picows; into benchmarks/results/issue11_tls_*.json (~20 min; e.g. --deflate-flags '...' adds millionws with deflate negotiated)
+bench-tls *ARGS: bench-setup
+    .venv/bin/python -m benchmarks.tls {{ARGS}}
+
 # every load generator mode against millionws and the peers (about 20 s)
 bench-smoke: bench-setup
     .venv/bin/python -m benchmarks.smoke --peers --server millionws='.venv/bin/millionws serve --host {host} --port {port} --workers 1 --ping-interval 0'

@@ -4,6 +4,9 @@
     python -m benchmarks.memory --connections 10000 --runs 3 --pin 0 --loadgen-cpus 1 \\
         --server millionws='millionws serve --host {host} --port {port} --workers 1' --peers
     python -m benchmarks.memory --connections 10000 -- python my_server.py --port {port}
+    python -m benchmarks.memory --connections 10000 --runs 3 --tls --peer picows --peer websockets \\
+        --server millionws='millionws serve --host {host} --port {port} --workers 1 --ping-interval 0' \\
+        --server millionws-wss='millionws serve ... --tls-cert {cert} --tls-key {key}'
 
 For each run and each server (runs interleave servers, so drift on a shared machine hits all alike):
 
@@ -43,8 +46,10 @@ if __package__ in (None, ""):  # `python benchmarks/memory.py`: make `benchmarks
 from benchmarks.servers import (
     REPO_ROOT,
     add_server_args,
+    is_tls,
     loadgen_cmd,
     machine,
+    prepare_tls,
     servers_from_args,
     start_server,
     stop_process,
@@ -160,8 +165,16 @@ class Driver:
         args = self.args
         tag = f"{name}-run{run}"
         server_log = self.workdir / f"{tag}.server.log"
-        server, argv = start_server(argv, args.host, port, server_log, args.pin, args.startup_timeout)
-        result: dict[str, Any] = {"server": name, "run": run, "command": shlex.join(argv)}
+        template = argv
+        server, argv = start_server(
+            argv, args.host, port, server_log, args.pin, args.startup_timeout, args.test_cert
+        )
+        result: dict[str, Any] = {
+            "server": name,
+            "run": run,
+            "command": shlex.join(argv),
+            "scheme": "wss" if is_tls(template) else "ws",
+        }
         try:
             if args.warmup:
                 subprocess.run(
@@ -170,6 +183,8 @@ class Driver:
                         "connect-rate",
                         port,
                         ["--connections", str(args.warmup), "--concurrency", "20", "--duration", "30"],
+                        template,
+                        name,
                     ),
                     cwd=REPO_ROOT,
                     stdout=subprocess.DEVNULL,
@@ -203,7 +218,7 @@ class Driver:
                 extra += ["--procs", str(args.procs)]
             loadgen_log = (self.workdir / f"{tag}.loadgen.log").open("wb")
             loadgen = subprocess.Popen(
-                loadgen_cmd(args, "idle", port, extra),
+                loadgen_cmd(args, "idle", port, extra, template, name),
                 cwd=REPO_ROOT,
                 stdout=subprocess.DEVNULL,
                 stderr=loadgen_log,
@@ -251,6 +266,8 @@ class Driver:
             loadgen_drops=report.get("drops"),
             verify=report.get("idle", {}).get("verify"),
             connect_rate_per_s=report.get("connect", {}).get("rate_per_s"),
+            tls=report.get("tls"),
+            deflate=report.get("deflate"),
         )
         return result
 
@@ -283,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     servers = servers_from_args(args, parser)
 
     workdir = Path(tempfile.mkdtemp(prefix="millionws-memory-"))
+    prepare_tls(args, workdir)
     driver = Driver(args, workdir)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in servers}
     errors: list[str] = []
@@ -307,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = {
         name: {
             "runs": len(rs),
+            "scheme": rs[0]["scheme"] if rs else None,
             "median_bytes_per_conn": {
                 k: median_of(rs, k)
                 for k in ("pss", "pss_anon", "pss_file", "uss", "rss", "slab", "sunreclaim", "slab_sockets")
@@ -314,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
             "established": [r["established"] for r in rs],
             "loadgen_pss_per_conn": [r["loadgen_pss_per_conn"] for r in rs],
             "verify_ok": all(r["verify"] and r["verify"]["missing"] == 0 for r in rs),
+            "tls": rs[0]["tls"] if rs else None,
+            "deflate_negotiated": [(r["deflate"] or {}).get("negotiated") for r in rs],
         }
         for name, rs in runs.items()
     }
@@ -321,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": shlex.join([sys.executable, "-m", "benchmarks.memory", *(argv or sys.argv[1:])]),
         "machine": machine(),
         "connections": args.connections,
+        "tls": bool(args.tls),
         "summary": summary,
         "runs": runs,
         "errors": errors,
@@ -337,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, s in summary.items():
         m = s["median_bytes_per_conn"]
         driver.log(
-            f"{name:>12}: median PSS {m['pss']} B/conn, RSS {m['rss']}, slab {m['slab']} "
+            f"{name:>12} ({s['scheme']}): median PSS {m['pss']} B/conn (anon {m['pss_anon']}), RSS {m['rss']}, "
+            f"slab {m['slab']} "
             f"(sockets {m['slab_sockets']}) ({s['runs']} runs)"
         )
     return 1 if errors else 0

@@ -3,6 +3,12 @@
 A server is a name and an argv in which ``{host}`` and ``{port}`` are substituted. It runs in its own
 session, so one ``killpg`` reaches a supervisor and every worker it forked, and its output goes to a log
 file (a pipe nobody reads would block a chatty server once 64 KiB are buffered).
+
+wss:// (``--tls``): the driver makes a test CA and server certificate in its work directory
+(``benchmarks.tlscert``) and substitutes ``{cert}`` and ``{key}`` (and ``{ca}``) too. A server whose command
+names ``{cert}`` or ``{key}`` is measured over wss:// (the load generator trusts the test CA), the peers are
+started with ``--tls-cert/--tls-key``; any other command is measured over plain ws:// in the same run, so
+ws and wss figures of one server can be compared side by side.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ if str(REPO_ROOT) not in sys.path:  # so `python benchmarks/<driver>.py` works a
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.peers import PEERS  # noqa: E402
+from benchmarks.tlscert import TestCert, make_test_cert  # noqa: E402
 
 # Where servers start. `python -m millionws` imports the package from its working directory first, so a
 # driver that calls use_snapshot() runs a frozen copy of millionws/ even if the checkout is edited meanwhile.
@@ -72,6 +79,25 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
         help="a server command, shell-quoted; {host} and {port} are substituted (repeatable)",
     )
     parser.add_argument("--peers", action="store_true", help="also run the websockets, aiohttp and picows peers")
+    parser.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        choices=tuple(PEERS),
+        help="also run this peer (repeatable; --peers = all of them)",
+    )
+    parser.add_argument(
+        "--tls",
+        action="store_true",
+        help="make a test CA + certificate; peers and commands naming {cert}/{key} are measured over wss://",
+    )
+    parser.add_argument(
+        "--server-args",
+        action="append",
+        default=[],
+        metavar="NAME=ARGS",
+        help="extra load generator arguments for server NAME only, e.g. millionws-deflate='--deflate'",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=18080, help="first port; each server gets its own")
     parser.add_argument("--path", default="/echo")
@@ -92,12 +118,43 @@ def servers_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if command:
         servers.append(("server", command))
-    if args.peers:
-        for name, script in PEERS.items():
-            servers.append((name, [sys.executable, str(script), "--host", "{host}", "--port", "{port}"]))
+    tls_flags = ["--tls-cert", "{cert}", "--tls-key", "{key}"] if getattr(args, "tls", False) else []
+    for name, script in PEERS.items():
+        if args.peers or name in getattr(args, "peer", []):
+            servers.append((name, [sys.executable, str(script), "--host", "{host}", "--port", "{port}", *tls_flags]))
     if not servers:
-        parser.error("nothing to run: give --peers, --server NAME=CMD or -- CMD")
+        parser.error("nothing to run: give --peers, --peer NAME, --server NAME=CMD or -- CMD")
+    names = [name for name, _ in servers]
+    if len(set(names)) != len(names):
+        parser.error(f"server names must differ: {names}")
+    for name, argv in servers:
+        if is_tls(argv) and not getattr(args, "tls", False):
+            parser.error(f"{name}: its command names {{cert}} or {{key}}: add --tls")
+    extra = server_extra_args(args)
+    for name in extra:
+        if name not in names:
+            parser.error(f"--server-args {name}=...: no server of that name")
     return servers
+
+
+def is_tls(argv: list[str]) -> bool:
+    """A server is measured over wss:// when its command is given the test certificate."""
+    return any("{cert}" in a or "{key}" in a for a in argv)
+
+
+def server_extra_args(args: argparse.Namespace) -> dict[str, list[str]]:
+    """--server-args NAME=ARGS as {name: argv}: load generator arguments for that server only."""
+    out: dict[str, list[str]] = {}
+    for spec in getattr(args, "server_args", []):
+        name, _, extra = spec.partition("=")
+        out.setdefault(name, []).extend(shlex.split(extra))
+    return out
+
+
+def prepare_tls(args: argparse.Namespace, workdir: Path) -> TestCert | None:
+    """With --tls: the test CA and server certificate, in workdir (deleted with it); kept as args.test_cert."""
+    args.test_cert = make_test_cert(workdir) if getattr(args, "tls", False) else None
+    return args.test_cert
 
 
 def port_accepts(host: str, port: int) -> bool:
@@ -118,10 +175,26 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
 
 
 def start_server(
-    argv: list[str], host: str, port: int, log_path: Path, pin: str = "", startup_timeout: float = 30.0
+    argv: list[str],
+    host: str,
+    port: int,
+    log_path: Path,
+    pin: str = "",
+    startup_timeout: float = 30.0,
+    cert: TestCert | None = None,
 ) -> tuple[subprocess.Popen, list[str]]:
-    """Start a server and wait until its port accepts. Returns (process, the argv actually run)."""
-    argv = [a.replace("{port}", str(port)).replace("{host}", host) for a in argv]
+    """Start a server and wait until its port accepts. Returns (process, the argv actually run).
+
+    ``cert``: the test certificate whose paths replace {cert}, {key} and {ca}."""
+    subst = {"{port}": str(port), "{host}": host, **(cert.subst() if cert else {})}
+    if cert is None and is_tls(argv):
+        raise RuntimeError(f"{shlex.join(argv)}: names {{cert}}/{{key}} but no test certificate was made (--tls)")
+    out = []
+    for arg in argv:
+        for key, value in subst.items():
+            arg = arg.replace(key, value)
+        out.append(arg)
+    argv = out
     if pin:
         argv = ["taskset", "-c", pin, *argv]  # taskset execs: the pid stays the server's
     if port_accepts(host, port):
@@ -165,9 +238,17 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
         pass
 
 
-def loadgen_cmd(args: argparse.Namespace, mode: str, port: int, extra: list[str]) -> list[str]:
-    cmd = [sys.executable, "-m", "benchmarks.loadgen", mode, "--url", f"ws://{args.host}:{port}{args.path}"]
-    cmd += ["--sources", args.sources, "--quiet", *extra]
+def loadgen_cmd(
+    args: argparse.Namespace, mode: str, port: int, extra: list[str], server: list[str] | None = None, name: str = ""
+) -> list[str]:
+    """The load generator's command line against the server ``name`` whose command is ``server``: wss:// with the
+    test CA if that command is given the certificate (see is_tls), plus its --server-args."""
+    tls = server is not None and is_tls(server)
+    scheme = "wss" if tls else "ws"
+    cmd = [sys.executable, "-m", "benchmarks.loadgen", mode, "--url", f"{scheme}://{args.host}:{port}{args.path}"]
+    if tls:
+        cmd += ["--ca", str(args.test_cert.ca)]
+    cmd += ["--sources", args.sources, "--quiet", *server_extra_args(args).get(name, []), *extra]
     if args.loadgen_cpus:
         cmd = ["taskset", "-c", args.loadgen_cpus, *cmd]
     return cmd

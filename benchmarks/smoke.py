@@ -20,7 +20,15 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python benchmarks/smoke.py`: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.servers import REPO_ROOT, add_server_args, loadgen_cmd, servers_from_args, start_server, stop_process
+from benchmarks.servers import (
+    REPO_ROOT,
+    add_server_args,
+    loadgen_cmd,
+    prepare_tls,
+    servers_from_args,
+    start_server,
+    stop_process,
+)
 
 CHECKS: list[tuple[str, str, list[str]]] = [
     ("idle", "idle", ["--connections", "300", "--hold", "1", "--verify-ping"]),
@@ -42,11 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     servers = servers_from_args(args, parser)
     passed = failed = 0
     with tempfile.TemporaryDirectory(prefix="millionws-smoke-") as tmp:
+        prepare_tls(args, Path(tmp))  # --tls: peers and {cert} commands over wss://
         for index, (name, cmd) in enumerate(servers):
             port = args.port + index
             try:
                 log = Path(tmp) / f"{name}.log"
-                server, _ = start_server(cmd, args.host, port, log, args.pin, args.startup_timeout)
+                server, _ = start_server(cmd, args.host, port, log, args.pin, args.startup_timeout, args.test_cert)
             except RuntimeError as exc:
                 print(f"FAIL {name}: server did not start: {exc}", flush=True)
                 failed += len(CHECKS)
@@ -54,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 for check, mode, extra in CHECKS:
                     done = subprocess.run(
-                        loadgen_cmd(args, mode, port, extra),
+                        loadgen_cmd(args, mode, port, extra, cmd, name),
                         cwd=REPO_ROOT,
                         capture_output=True,
                         text=True,

@@ -4,6 +4,8 @@
         --loadgen-args "--connections 100 --inflight 8 --size 64 --duration 5"
     python -m benchmarks.throughput --mode connect-rate --runs 3 --peers --pin 0 --loadgen-cpus 1 \\
         --loadgen-args "--concurrency 64 --duration 5"
+    python -m benchmarks.throughput --mode echo --runs 5 --tls --peer picows --pin 0 --loadgen-cpus 1 \\
+        --server millionws-wss='millionws serve ... --tls-cert {cert} --tls-key {key}'
 
 Each run starts a fresh server (runs interleave servers so machine drift hits all alike), runs one
 ``benchmarks.loadgen`` of the given mode against it, keeps the load generator's JSON report and stops the
@@ -30,8 +32,10 @@ from benchmarks.servers import (
     REPO_ROOT,
     CpuSampler,
     add_server_args,
+    is_tls,
     loadgen_cmd,
     machine,
+    prepare_tls,
     servers_from_args,
     start_server,
     stop_process,
@@ -80,11 +84,12 @@ def dig(report: dict[str, Any], path: tuple[str, ...]) -> Any:
 def run_once(
     args: argparse.Namespace, name: str, argv: list[str], port: int, run: int, workdir: Path
 ) -> dict[str, Any]:
+    template = argv
     server, argv = start_server(
-        argv, args.host, port, workdir / f"{name}-run{run}.server.log", args.pin, args.startup_timeout
+        argv, args.host, port, workdir / f"{name}-run{run}.server.log", args.pin, args.startup_timeout, args.test_cert
     )
     try:
-        cmd = loadgen_cmd(args, args.mode, port, shlex.split(args.loadgen_args))
+        cmd = loadgen_cmd(args, args.mode, port, shlex.split(args.loadgen_args), template, name)
         loadgen = subprocess.Popen(
             cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
         )
@@ -117,6 +122,7 @@ def run_once(
         "server": name,
         "run": run,
         "command": shlex.join(argv),
+        "scheme": "wss" if is_tls(template) else "ws",
         "loadgen_command": shlex.join(cmd),
         "ok": report.get("ok"),
         "failures": report.get("failures"),
@@ -144,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     servers = servers_from_args(args, parser)
 
     workdir = Path(tempfile.mkdtemp(prefix="millionws-throughput-"))
+    prepare_tls(args, workdir)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in servers}
     errors: list[str] = []
     for run in range(1, args.runs + 1):
@@ -163,13 +170,20 @@ def main(argv: list[str] | None = None) -> int:
         for key in FIGURES[args.mode]:
             values = [r["figures"][key] for r in rs if r["figures"][key] is not None]
             medians[key] = round(statistics.median(values), 3) if values else None
-        summary[name] = {"runs": len(rs), "all_ok": all(r["ok"] for r in rs), "median": medians}
+        summary[name] = {
+            "runs": len(rs),
+            "scheme": rs[0]["scheme"] if rs else None,
+            "tls": rs[0]["report"].get("tls") if rs else None,
+            "all_ok": all(r["ok"] for r in rs),
+            "median": medians,
+        }
         print(f"[throughput] {name:>12} median of {len(rs)}: {medians}", file=sys.stderr, flush=True)
     report = {
         "command": shlex.join([sys.executable, "-m", "benchmarks.throughput", *(argv or sys.argv[1:])]),
         "machine": machine(),
         "mode": args.mode,
         "loadgen_args": args.loadgen_args,
+        "tls": bool(args.tls),
         "summary": summary,
         "runs": runs,
         "errors": errors,

@@ -3,6 +3,7 @@
     python -m benchmarks.loadgen idle         --url ws://127.0.0.1:8080/echo --connections 10000 --hold 10
     python -m benchmarks.loadgen echo         --url ws://127.0.0.1:8080/echo --connections 100 --inflight 8
     python -m benchmarks.loadgen connect-rate --url ws://127.0.0.1:8080/echo --duration 5 --concurrency 50
+    python -m benchmarks.loadgen echo         --url wss://127.0.0.1:8443/echo --ca /tmp/ca.pem   # or --insecure
 
 The parent holds no sockets: it forks the workers, splits connections, rate, concurrency and source
 addresses between them, runs the phases (ready -> hold/go -> stop) and merges their results.
@@ -18,6 +19,7 @@ import multiprocessing
 import os
 import resource
 import signal
+import ssl
 import sys
 import time
 from multiprocessing.connection import Connection, wait
@@ -26,7 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from benchmarks.loadgen.stats import Histogram
-from benchmarks.loadgen.worker import Plan, run_worker
+from benchmarks.loadgen.worker import Plan, client_context, run_worker
 
 # Sockets per worker: under the 20 000 open-files hard limit with room for the pipe, epoll and stdio.
 MAX_PER_PROC = 18_999
@@ -55,10 +57,10 @@ def parse_sources(spec: str) -> list[str]:
 
 
 def parse_url(url: str) -> tuple[str, int, str]:
-    """ws://host:port/path -> (IPv4 literal, port, path). Only loopback targets are allowed."""
+    """ws[s]://host:port/path -> (IPv4 literal, port, path). Only loopback targets are allowed."""
     parts = urlsplit(url)
-    if parts.scheme != "ws":
-        raise ValueError("only ws:// URLs are supported (no TLS in the load generator)")
+    if parts.scheme not in ("ws", "wss"):
+        raise ValueError("only ws:// and wss:// URLs are supported")
     host = parts.hostname or ""
     if host == "localhost":
         host = "127.0.0.1"
@@ -72,7 +74,28 @@ def parse_url(url: str) -> tuple[str, int, str]:
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    return host, parts.port or 80, path
+    return host, parts.port or (443 if parts.scheme == "wss" else 80), path
+
+
+def tls_options(args: argparse.Namespace) -> tuple[bool, str]:
+    """(wss?, the host name the server's certificate must carry). Checks the TLS options against the URL and
+    loads the CA file once here, so that a wrong file fails the run before any worker starts."""
+    parts = urlsplit(args.url)
+    tls = parts.scheme == "wss"
+    if not tls:
+        if args.ca or args.insecure or args.tls_max_version:
+            raise ValueError("--ca, --insecure and --tls-max-version need a wss:// URL")
+        return False, ""
+    if not args.ca and not args.insecure:
+        # The system's CAs never vouch for a loopback test server: say what to do instead of failing 10 000 times.
+        raise ValueError("wss:// needs --ca FILE (the test CA) or --insecure")
+    if args.ca and args.insecure:
+        raise ValueError("--ca and --insecure exclude each other")
+    try:
+        client_context(args.ca or "", args.insecure, args.tls_max_version or "")
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"--ca {args.ca}: {exc}") from None
+    return True, parts.hostname or ""
 
 
 def local_port_range() -> tuple[int, int]:
@@ -90,7 +113,21 @@ def split(total: int, parts: int) -> list[int]:
 
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--url", required=True, help="ws://127.0.0.1:PORT/echo (loopback only)")
+    common.add_argument("--url", required=True, help="ws:// or wss://127.0.0.1:PORT/echo (loopback only)")
+    common.add_argument("--ca", default="", help="wss: PEM file of the CA that signed the server's certificate")
+    common.add_argument("--insecure", action="store_true", help="wss: do not verify the server's certificate")
+    common.add_argument(
+        "--tls-max-version",
+        choices=("1.2", "1.3"),
+        default="",
+        help="wss: highest TLS version offered (default: 1.3; the lowest is always 1.2)",
+    )
+    common.add_argument(
+        "--deflate",
+        action="store_true",
+        help="offer permessage-deflate (client_max_window_bits); echo inflates compressed replies; "
+        "a connection the server accepts without it counts in deflate.declined and makes the run not ok",
+    )
     common.add_argument(
         "--connections",
         type=int,
@@ -170,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def make_plans(args: argparse.Namespace, start: float) -> list[Plan]:
     host, port, path = parse_url(args.url)
+    tls, server_name = tls_options(args)
     sources = parse_sources(args.sources)
     mode = args.mode
     limit = min(MAX_PER_PROC, resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 100)
@@ -242,6 +280,12 @@ def make_plans(args: argparse.Namespace, start: float) -> list[Plan]:
                 close_mode=getattr(args, "close_mode", "ws"),
                 max_size=args.max_size,
                 hard_deadline=hard,
+                tls=tls,
+                server_name=server_name,
+                ca=args.ca or "",
+                insecure=args.insecure,
+                tls_max_version=args.tls_max_version or "",
+                deflate=args.deflate,
             )
         )
     if mode == "connect-rate" and args.connections:
@@ -437,7 +481,30 @@ class Runner:
                 "pss_bytes_per_conn": round(pss_delta / ready_est) if ready_est else None,
                 "rss_bytes_per_conn": round(rss_delta / ready_est) if ready_est else None,
             }
+        if self.plans[0].tls:
+            tls_hist = Histogram()
+            for r in results:
+                tls_hist.merge_wire(r["tls_handshake"])
+            info = next((r["tls_info"] for r in results if r.get("tls_info")), {})
+            report["tls"] = {
+                "version": info.get("version"),
+                "cipher": info.get("cipher"),
+                "verified": not args.insecure,
+                # TCP connect start -> TLS handshake done; connect.handshake_ms runs on to the 101.
+                "handshake_ms": tls_hist.summary_ms(),
+            }
         ok = not self.dead and not failures and not drops and len(results) == len(self.plans)
+        if args.deflate:
+            declined = sum(r["deflate_declined"] for r in results)
+            report["deflate"] = {
+                "offered": True,
+                "negotiated": sum(r["deflate_negotiated"] for r in results),
+                "declined": declined,
+                "params": next((r["deflate_params"] for r in results if r.get("deflate_params")), None),
+                "inflated_messages": sum(r["inflated"] for r in results),
+            }
+            # --deflate measures deflate-negotiated connections: a server that declines is not measured.
+            ok = ok and declined == 0
         if args.mode == "idle":
             sent = sum(r["verify_sent"] for r in results)
             pongs = sum(r["verify_pongs"] for r in results)

@@ -20,6 +20,19 @@ connect-rate skips READY: it opens, handshakes and closes connections with bound
 window or budget ends. Nothing here waits without a deadline; the parent's "stop" or the hard deadline
 (or the parent's pipe closing) always leads to CLOSING and a bounded exit.
 
+wss:// (``Plan.tls``): each connection's TLS session is an ``ssl.SSLObject`` over two memory BIOs, driven by the same
+loop. The socket stays a plain non-blocking socket: one ``recv_into`` takes everything the kernel has (many TLS
+records at once), the records are decrypted into a second shared buffer and handed to the same frame code; what
+we send is encrypted into the outgoing BIO and written with one ``send``. (A non-blocking ``SSLSocket`` would read
+one record per call, two system calls each, and raise an exception per empty read.) The TLS handshake happens in
+HANDSHAKE while ``Conn.hs`` is None; then the upgrade request goes out with the client's Finished. Plain ws://
+connections never meet this code: the worker binds ``send``, ``on_readable`` and ``on_connected`` to the plain or
+the TLS variant once, so the plain per-message path has not one test more.
+
+permessage-deflate (``Plan.deflate``, RFC 7692): the offer is in the upgrade request; a server that accepts it may
+send compressed messages (RSV1), which are inflated (in echo mode) with a per-connection decompressor created at
+the first compressed message, so idle connections cost nothing more. We never compress what we send.
+
 Deadlines live in two FIFO deques (handshake, close) rather than a heap or a timer per connection: each
 kind has a fixed timeout, so deadlines are appended in order and expire from the left.
 """
@@ -34,7 +47,9 @@ import resource
 import select
 import signal
 import socket
+import ssl
 import time
+import zlib
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
@@ -86,12 +101,40 @@ class Plan:
     close_mode: str  # connect-rate: "ws" (close handshake) | "fin" | "rst"
     max_size: int
     hard_deadline: float  # absolute time.monotonic(): finish no matter what
+    tls: bool = False  # wss://
+    server_name: str = ""  # TLS: the name the certificate must carry (the URL's host: an IP or localhost)
+    ca: str = ""  # TLS: PEM file of the CA to trust ("" with insecure: no verification)
+    insecure: bool = False  # TLS: do not verify the server's certificate
+    tls_max_version: str = ""  # TLS: "1.2" caps the protocol (default: the best both sides have, 1.3 here)
+    deflate: bool = False  # offer permessage-deflate
+
+
+def client_context(ca: str, insecure: bool, max_version: str = "") -> ssl.SSLContext:
+    """The TLS client context of the load generator (and of its callers that check a CA file early)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the chain and the host name by default
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # what millionws and the peers accept at least
+    if max_version == "1.2":
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    if insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    elif ca:
+        ctx.load_verify_locations(cafile=ca)
+    else:
+        ctx.load_default_certs()
+    return ctx
+
+
+def tls_error_kind(exc: ssl.SSLError) -> str:
+    """A failure kind from an ssl error: tls_certificate_verify_failed, tls_wrong_version_number, ..."""
+    reason = getattr(exc, "reason", None) or type(exc).__name__
+    return "tls_" + str(reason).lower()[:60]
 
 
 class Conn:
     """One client connection. Slots only: an idle one is ~100 bytes plus its socket object."""
 
-    __slots__ = ("buf", "frag", "hs", "inflight", "out", "sock", "state", "t0")
+    __slots__ = ("buf", "frag", "hs", "inflight", "out", "sock", "state", "t0", "z")
 
     def __init__(self, sock: socket.socket, t0: int) -> None:
         self.sock = sock
@@ -101,7 +144,22 @@ class Conn:
         self.hs: bytes | None = None  # expected Sec-WebSocket-Accept until OPEN
         self.t0 = t0  # connect start (ns), for the handshake latency
         self.inflight = 0  # echo: messages sent and not yet echoed; verify: 1 while the ping is out
-        self.frag: tuple[int, bytearray] | None = None  # fragmented message being reassembled
+        self.frag: tuple[int, bytearray] | None = None  # fragmented message being reassembled (opcode | 0x40
+        # when its first frame had RSV1: compressed)
+        # permessage-deflate: None = not negotiated; False = negotiated, nothing inflated yet; else the inflater.
+        self.z: zlib._Decompress | bool | None = None
+
+
+class TlsConn(Conn):
+    """A wss:// connection: its TLS session and the two memory BIOs between it and the socket."""
+
+    __slots__ = ("tin", "tls", "tout")
+
+    def __init__(self, sock: socket.socket, t0: int) -> None:
+        super().__init__(sock, t0)
+        self.tls: ssl.SSLObject | None = None  # created once TCP is connected, dropped at discard
+        self.tin: ssl.MemoryBIO | None = None  # ciphertext from the socket, not yet decrypted
+        self.tout: ssl.MemoryBIO | None = None  # ciphertext the session produced, not yet sent
 
 
 def _pss_rss() -> tuple[int, int]:
@@ -163,6 +221,27 @@ class Worker:
         self.in_window = 0  # connect-rate: handshakes completed inside the window
         self.mem_before = (0, 0)
         self.mem_ready = (0, 0)
+        self.deflate_negotiated = 0
+        self.deflate_declined = 0
+        self.inflated = 0  # compressed messages inflated
+        self.deflate_params: dict[str, int | bool] | None = None  # the first answer, for the report
+        # TLS: bound once here so that the plain path pays nothing for it (see the module docstring).
+        self.tls_ctx = client_context(plan.ca, plan.insecure, plan.tls_max_version) if plan.tls else None
+        self.tls_hist = Histogram()  # TCP connect start -> TLS handshake done
+        self.tls_info: dict[str, str | None] = {}
+        if self.tls_ctx is not None:
+            self.conn_class: type[Conn] = TlsConn
+            # Decrypted bytes of one recv: at most what was received plus one record left over from before.
+            self.pbuf = bytearray(_RECV_SIZE + (1 << 15))
+            self.pview = memoryview(self.pbuf)
+            self.send = self.send_tls
+            self.on_readable = self.on_readable_tls
+            self.on_connected = self.on_connected_tls
+        else:
+            self.conn_class = Conn
+            self.send = self.send_plain
+            self.on_readable = self.on_readable_plain
+            self.on_connected = self.on_connected_plain
 
     # ------------------------------------------------------------------ opening
     def open_one(self, now: float) -> None:
@@ -192,7 +271,7 @@ class Worker:
             sock.close()
             self.failures[errno_kind(err)] += 1
             return
-        conn = Conn(sock, time.perf_counter_ns())
+        conn = self.conn_class(sock, time.perf_counter_ns())
         fd = sock.fileno()
         self.conns[fd] = conn
         self.ep.register(fd, EPOLLOUT)
@@ -200,15 +279,51 @@ class Worker:
         self.live += 1
         self.hs_deadlines.append((now + plan.connect_timeout, conn))
 
-    def on_connected(self, conn: Conn, fd: int) -> None:
+    def on_connected_plain(self, conn: Conn, fd: int) -> None:
         err = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             self.fail(conn, errno_kind(err))
             return
-        request, conn.hs = wsframe.handshake_request(self.plan.host, self.plan.port, self.plan.path)
+        request, conn.hs = wsframe.handshake_request(self.plan.host, self.plan.port, self.plan.path, self.plan.deflate)
         conn.state = HANDSHAKE
         self.ep.modify(fd, EPOLLIN)
         self.send(conn, request)
+
+    def on_connected_tls(self, conn: TlsConn, fd: int) -> None:  # type: ignore[override]
+        err = conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            self.fail(conn, errno_kind(err))
+            return
+        assert self.tls_ctx is not None
+        conn.tin = ssl.MemoryBIO()
+        conn.tout = ssl.MemoryBIO()
+        conn.tls = self.tls_ctx.wrap_bio(conn.tin, conn.tout, server_hostname=self.plan.server_name)
+        conn.state = HANDSHAKE  # with conn.hs None: the TLS part of it
+        self.ep.modify(fd, EPOLLIN)
+        self.tls_handshake(conn)  # sends the ClientHello
+
+    def tls_handshake(self, conn: TlsConn) -> bool:
+        """Advance the TLS handshake with what is in conn.tin. True once done and the upgrade request is out."""
+        tls = conn.tls
+        assert tls is not None and conn.tout is not None
+        try:
+            tls.do_handshake()
+        except ssl.SSLWantReadError:
+            out = conn.tout.read()
+            if out:
+                self.send_plain(conn, out)
+            return False
+        except ssl.SSLError as exc:  # verification failed, an alert from the server, a plain-text answer...
+            self.fail(conn, tls_error_kind(exc))
+            return False
+        self.tls_hist.record(time.perf_counter_ns() - conn.t0)
+        if not self.tls_info:
+            cipher = tls.cipher()
+            self.tls_info = {"version": tls.version(), "cipher": cipher[0] if cipher else None}
+        request, conn.hs = wsframe.handshake_request(self.plan.host, self.plan.port, self.plan.path, self.plan.deflate)
+        tls.write(request)
+        self.send_plain(conn, conn.tout.read())  # our Finished and the upgrade request in one segment
+        return conn.state != DEAD
 
     def on_handshake_data(self, conn: Conn, data: memoryview) -> None:
         if conn.buf:
@@ -224,13 +339,21 @@ class Worker:
                 conn.buf = bytearray(buf)
             return
         try:
-            status = wsframe.parse_handshake_response(bytes(buf[:end]), conn.hs or b"")
+            status, deflate = wsframe.parse_response(bytes(buf[:end]), conn.hs or b"", self.plan.deflate)
         except wsframe.ProtocolError:
             self.fail(conn, "handshake_invalid")
             return
         if status != 101:
             self.fail(conn, f"handshake_status_{status}")
             return
+        if self.plan.deflate:
+            if deflate is None:
+                self.deflate_declined += 1
+            else:
+                self.deflate_negotiated += 1
+                conn.z = False  # the inflater comes with the first compressed message
+                if self.deflate_params is None:
+                    self.deflate_params = deflate
         conn.hs = None
         conn.buf = _EMPTY
         conn.state = OPEN
@@ -254,7 +377,7 @@ class Worker:
             self.close_conn(conn, self.plan.close_mode)
 
     # ------------------------------------------------------------------ I/O
-    def send(self, conn: Conn, data: bytes) -> None:
+    def send_plain(self, conn: Conn, data: bytes) -> None:
         if conn.out:
             conn.out += data
             return
@@ -285,7 +408,7 @@ class Worker:
             conn.out = None
             self.ep.modify(fd, EPOLLIN)
 
-    def on_readable(self, conn: Conn) -> None:
+    def on_readable_plain(self, conn: Conn) -> None:
         try:
             n = conn.sock.recv_into(self.rbuf)
         except BlockingIOError:
@@ -297,6 +420,93 @@ class Worker:
             self.on_eof(conn)
             return
         data = self.rview[:n]
+        if conn.state == HANDSHAKE:
+            self.on_handshake_data(conn, data)
+        else:
+            self.on_frames(conn, data)
+
+    def send_tls(self, conn: TlsConn, data: bytes) -> None:  # type: ignore[override]
+        tls = conn.tls
+        if tls is None:  # discarded meanwhile: nothing to send on
+            return
+        try:
+            tls.write(data)
+        except ssl.SSLError as exc:
+            self.lost(conn, tls_error_kind(exc))
+            return
+        self.send_plain(conn, conn.tout.read())  # type: ignore[union-attr]
+
+    def on_readable_tls(self, conn: TlsConn) -> None:  # type: ignore[override]
+        try:
+            n = conn.sock.recv_into(self.rbuf)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.lost(conn, errno_kind(exc.errno or 0))
+            return
+        if not n:
+            # TCP EOF, with a TLS close_notify before it or not: the server is gone either way.
+            self.on_eof(conn)
+            return
+        tin = conn.tin
+        assert tin is not None
+        tin.write(self.rview[:n])
+        if conn.hs is None and conn.state == HANDSHAKE and not self.tls_handshake(conn):
+            return
+        self.tls_read(conn, tin)
+
+    def tls_read(self, conn: TlsConn, tin: ssl.MemoryBIO) -> None:
+        """Decrypt every complete record in tin into the shared plaintext buffer and hand it on, as
+        on_readable_plain does with what it received."""
+        tls = conn.tls
+        assert tls is not None
+        pview = self.pview
+        size = len(pview)
+        total = 0
+        # One read per record (OpenSSL returns one record's data per call) and every record has a 5-byte header.
+        for _ in range(tin.pending // 5 + 2):
+            try:
+                got = tls.read(size - total, pview[total:])
+            except ssl.SSLWantReadError:  # the rest is an incomplete record: the next recv completes it
+                break
+            except ssl.SSLError as exc:
+                self.lost(conn, tls_error_kind(exc))
+                return
+            if not got:
+                # The server's close_notify (ssl reads it as 0 bytes; an empty record raises WantRead instead).
+                # Nothing may follow but its FIN, which some servers (asyncio's TLS) send only once our
+                # close_notify has answered theirs.
+                self.send_close_notify(conn)
+                break
+            total += got
+            if total == size:  # cannot happen with one recv's worth, but never overwrite undelivered bytes
+                self.on_plaintext(conn, pview[:total])
+                total = 0
+                if conn.state == DEAD:
+                    return
+            if not tin.pending and not tls.pending():  # all consumed: spare the exception of one more read
+                break
+        if total:
+            self.on_plaintext(conn, pview[:total])
+        # A post-handshake message may want an answer (TLS 1.3 KeyUpdate); session tickets do not.
+        tout = conn.tout
+        if tout is not None and tout.pending and conn.state != DEAD:
+            self.send_plain(conn, tout.read())
+
+    def send_close_notify(self, conn: TlsConn) -> None:
+        """Our TLS close_notify: an answer to the server's, or before a "fin" close."""
+        tls = conn.tls
+        if tls is None:
+            return
+        try:
+            tls.unwrap()
+        except ssl.SSLError:  # SSLWantReadError: ours is out, the server's is still to come; or already broken
+            pass
+        out = conn.tout.read()  # type: ignore[union-attr]
+        if out:
+            self.send_plain(conn, out)
+
+    def on_plaintext(self, conn: Conn, data: memoryview) -> None:
         if conn.state == HANDSHAKE:
             self.on_handshake_data(conn, data)
         else:
@@ -339,9 +549,16 @@ class Worker:
         """Answer the control frames and reassemble fragments, in order, until conn dies; return the data
         messages for on_messages (none if they are not expected: counted here)."""
         echo = self.template is not None
-        messages: list[memoryview | bytearray] = []
+        messages: list[memoryview | bytearray | bytes] = []
         for b0, payload in zip(heads, payloads, strict=True):
             opcode = b0 & 0x0F
+            compressed = False
+            if b0 & 0x70:
+                # Only RSV1, only on the first frame of a data message, only once permessage-deflate was agreed.
+                if b0 & 0x70 != 0x40 or conn.z is None or opcode & 0x8 or opcode == wscodec.OP_CONT:
+                    self.lost(conn, "protocol_error")
+                    break
+                compressed = True
             if opcode & 0x8:
                 self.on_control(conn, opcode, payload)
                 if conn.state == DEAD:
@@ -350,18 +567,49 @@ class Worker:
             if not b0 & 0x80 or conn.frag is not None:
                 # Fragmented message: rare (our own messages are single frames), so a copy is fine.
                 if conn.frag is None:
-                    conn.frag = (opcode, bytearray(payload))
+                    conn.frag = (opcode | (0x40 if compressed else 0), bytearray(payload))
                     continue
                 conn.frag[1].extend(payload)
                 if not b0 & 0x80:
                     continue
+                compressed = bool(conn.frag[0] & 0x40)
                 payload = memoryview(conn.frag[1])
                 conn.frag = None
-            if echo:
-                messages.append(payload)
-            else:
+            if not echo:
                 self.unexpected_messages += 1
+            elif compressed:
+                inflated = self.inflate(conn, payload)
+                if inflated is None:
+                    break
+                messages.append(inflated)
+            else:
+                messages.append(payload)
         return messages
+
+    def inflate(self, conn: Conn, payload: memoryview | bytearray) -> bytes | None:
+        """One compressed message (RFC 7692 section 7.2.2), or None once conn is lost over it.
+
+        One raw-deflate decompressor per connection, with the largest window (it reads any smaller one) and kept
+        across messages (context takeover; with server_no_context_takeover the server just never refers back).
+        """
+        z = conn.z
+        if not z:
+            z = conn.z = zlib.decompressobj(-15)
+        try:
+            # max_length: a message that inflates beyond --max-size is refused, not inflated in full.
+            out = z.decompress(bytes(payload) + b"\x00\x00\xff\xff", self.max_size + 1)  # type: ignore[union-attr]
+        except zlib.error:
+            self.lost(conn, "inflate_error")
+            return None
+        if len(out) > self.max_size:
+            self.lost(conn, "protocol_error")
+            return None
+        if z.eof:  # type: ignore[union-attr]
+            # The server ended its stream (BFINAL): the next message starts a new one. One that still refers
+            # to the old window fails to inflate (inflate_error) rather than being read wrong.
+            conn.z = False
+        self.inflated += 1
+        return out
 
     def count_unexpected(self, conn: Conn, messages: list[memoryview | bytearray]) -> None:
         """on_messages of idle and connect-rate: no data is expected."""
@@ -492,6 +740,11 @@ class Worker:
         conn.sock.close()  # closing the fd also removes it from the epoll set
         conn.buf = _EMPTY
         conn.out = None
+        conn.z = None
+        if self.tls_ctx is not None:
+            # A dead connection can stay referenced from a deadline deque for seconds (connect-rate): its TLS
+            # session and buffers are released now rather than then.
+            conn.tls = conn.tin = conn.tout = None  # type: ignore[attr-defined]
 
     def to_closing(self, conn: Conn, counted: bool = False) -> None:
         conn.state = CLOSING
@@ -509,6 +762,10 @@ class Worker:
         if how == "rst":
             # SO_LINGER 0: close() sends RST and skips TIME_WAIT (the cheapest close there is).
             conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        elif self.tls_ctx is not None:
+            self.send_close_notify(conn)  # type: ignore[arg-type]  # a TLS client's orderly end before FIN
+            if conn.state == DEAD:
+                return
         self.closes[how] += 1
         self.discard(conn)
 
@@ -734,6 +991,12 @@ class Worker:
             "verify_pongs": self.verify_pongs,
             "pinged_open": self.pinged_open,
             "open_at_stop": self.open_at_stop,
+            "tls_handshake": self.tls_hist.to_wire(),
+            "tls_info": self.tls_info,
+            "deflate_negotiated": self.deflate_negotiated,
+            "deflate_declined": self.deflate_declined,
+            "deflate_params": self.deflate_params,
+            "inflated": self.inflated,
         }
         if plan.mode == "echo":
             out.update(

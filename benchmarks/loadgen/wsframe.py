@@ -16,8 +16,17 @@ from benchmarks.wscodec import OP_BINARY, OP_TEXT, ProtocolError, header, mask_p
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
-def handshake_request(host: str, port: int, path: str) -> tuple[bytes, bytes]:
-    """Return (request bytes, expected Sec-WebSocket-Accept value) for one new connection."""
+# What --deflate offers (RFC 7692 section 7.1): permessage-deflate, and that we accept any client window the
+# server asks for. We never compress what we send (allowed: RSV1 is per message), so the client parameters
+# the server answers with bind nothing we do; only the server's compressed frames need inflating.
+DEFLATE_OFFER = b"permessage-deflate; client_max_window_bits"
+
+
+def handshake_request(host: str, port: int, path: str, deflate: bool = False) -> tuple[bytes, bytes]:
+    """Return (request bytes, expected Sec-WebSocket-Accept value) for one new connection.
+
+    ``deflate`` adds the permessage-deflate offer (``DEFLATE_OFFER``).
+    """
     key = base64.b64encode(os.urandom(16))
     request = (
         b"GET " + path.encode() + b" HTTP/1.1\r\n"
@@ -26,7 +35,8 @@ def handshake_request(host: str, port: int, path: str) -> tuple[bytes, bytes]:
         b"Connection: Upgrade\r\n"
         b"Sec-WebSocket-Key: " + key + b"\r\n"
         b"Sec-WebSocket-Version: 13\r\n"
-        b"\r\n"
+        + (b"Sec-WebSocket-Extensions: " + DEFLATE_OFFER + b"\r\n" if deflate else b"")
+        + b"\r\n"
     )
     return request, accept_for(key)
 
@@ -38,7 +48,21 @@ def accept_for(key: bytes) -> bytes:
 def parse_handshake_response(head: bytes, expected_accept: bytes) -> int:
     """Check a response head (up to, not including, the blank line). Return its status code.
 
-    Raises ProtocolError when the status is 101 but the accept key is missing or wrong.
+    Raises ProtocolError when the status is 101 but the accept key is missing or wrong, or when the server
+    accepted an extension (none was offered).
+    """
+    return parse_response(head, expected_accept, deflate_offered=False)[0]
+
+
+def parse_response(
+    head: bytes, expected_accept: bytes, deflate_offered: bool
+) -> tuple[int, dict[str, int | bool] | None]:
+    """Check a response head (up to, not including, the blank line): (status, permessage-deflate parameters).
+
+    The parameters are None when the server did not accept the offer (or none was made), else a dict of what it
+    answered (``server_no_context_takeover``: True, ``server_max_window_bits``: 8..15, ...). Raises ProtocolError
+    for a 101 whose accept key is missing or wrong, or that accepts an extension that was not offered or
+    answers the offer with anything RFC 7692 does not allow (RFC 6455 section 4.1: the client fails then).
     """
     lines = head.split(b"\r\n")
     parts = lines[0].split(b" ", 2)
@@ -49,14 +73,57 @@ def parse_handshake_response(head: bytes, expected_accept: bytes) -> int:
     except ValueError:
         raise ProtocolError("bad status code") from None
     if status != 101:
-        return status
+        return status, None
+    accept: bytes | None = None
+    extensions: list[bytes] = []
     for line in lines[1:]:
         name, _, value = line.partition(b":")
-        if name.strip().lower() == b"sec-websocket-accept":
-            if value.strip() != expected_accept:
-                raise ProtocolError("wrong Sec-WebSocket-Accept")
-            return status
-    raise ProtocolError("no Sec-WebSocket-Accept")
+        name = name.strip().lower()
+        if name == b"sec-websocket-accept":
+            accept = value.strip()
+        elif name == b"sec-websocket-extensions":
+            extensions.extend(e for e in value.split(b",") if e.strip())
+    if accept is None:
+        raise ProtocolError("no Sec-WebSocket-Accept")
+    if accept != expected_accept:
+        raise ProtocolError("wrong Sec-WebSocket-Accept")
+    if not extensions:
+        return status, None
+    if not deflate_offered:
+        raise ProtocolError("the server accepted an extension that was not offered")
+    if len(extensions) != 1:
+        raise ProtocolError("more than one extension accepted for one offer")
+    return status, parse_deflate_response(extensions[0])
+
+
+_DEFLATE_FLAGS = (b"server_no_context_takeover", b"client_no_context_takeover")
+_DEFLATE_BITS = (b"server_max_window_bits", b"client_max_window_bits")
+
+
+def parse_deflate_response(extension: bytes) -> dict[str, int | bool]:
+    """The server's answer to DEFLATE_OFFER (one element of Sec-WebSocket-Extensions), RFC 7692 section 7.1."""
+    name, *params = (p.strip() for p in extension.split(b";"))
+    if name.lower() != b"permessage-deflate":
+        raise ProtocolError(f"unknown extension {name[:40]!r}")
+    out: dict[str, int | bool] = {}
+    for param in params:  # bounded by the header line's length
+        key, eq, raw = param.partition(b"=")
+        key = key.strip().lower()
+        value = raw.strip().strip(b'"')  # a quoted-string value is allowed (RFC 7692 section 5)
+        if key.decode("latin-1") in out:
+            raise ProtocolError(f"{key!r} given twice")
+        if key in _DEFLATE_FLAGS:
+            if eq:
+                raise ProtocolError(f"{key!r} takes no value")
+            out[key.decode()] = True
+        elif key in _DEFLATE_BITS:
+            # client_max_window_bits needs a value in a response, and only because we offered it may it come.
+            if not value.isdigit() or not 8 <= int(value) <= 15 or value.startswith(b"0"):
+                raise ProtocolError(f"bad {key!r} value {value[:20]!r}")
+            out[key.decode()] = int(value)
+        else:
+            raise ProtocolError(f"unknown permessage-deflate parameter {key[:40]!r}")
+    return out
 
 
 class MessageTemplate:

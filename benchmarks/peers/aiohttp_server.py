@@ -6,7 +6,8 @@ Serves /echo: every text or binary message is sent back unchanged. Serves /fanou
 {"op":"subscribed"} text message, then every broadcast) and /fanout/publish (each text message of a
 publisher is sent to every /fanout connection with ``send_str``: aiohttp has no encode-once broadcast, so
 the frame is built per subscriber). Other paths answer 404.
-Prints "listening" on stdout once the socket accepts connections.
+Prints "listening" on stdout once the socket accepts connections. ``--tls-cert FILE --tls-key FILE``: the same
+over wss://.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import ssl
 
 from aiohttp import WSMsgType, web
 
@@ -63,7 +65,17 @@ async def fanout_publish(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-async def main(host: str, port: int) -> None:
+def tls_context(cert: str, key: str) -> ssl.SSLContext | None:
+    """wss:// when --tls-cert is given: TLS 1.2 at least (as millionws), otherwise the ssl module's server defaults."""
+    if not cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key or None)
+    return ctx
+
+
+async def main(host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
     app = web.Application()
     app.router.add_get("/echo", echo)
     app.router.add_get("/fanout", fanout)
@@ -71,7 +83,7 @@ async def main(host: str, port: int) -> None:
     # access_log=None: a log line per handshake would dominate connect-rate figures.
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, backlog=BACKLOG)
+    site = web.TCPSite(runner, host, port, backlog=BACKLOG, ssl_context=tls)
     await site.start()
     stop = asyncio.get_running_loop().create_future()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -89,6 +101,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8002)
+    parser.add_argument("--tls-cert", default="", help="PEM certificate (chain): serve wss://")
+    parser.add_argument("--tls-key", default="", help="PEM private key of --tls-cert (if not in the same file)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(main(args.host, args.port))
+    asyncio.run(main(args.host, args.port, tls_context(args.tls_cert, args.tls_key)))

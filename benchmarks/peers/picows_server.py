@@ -7,7 +7,8 @@ so fragmented messages come back as the same message. Serves /fanout (subscriber
 {"op":"subscribed"} text message, then every broadcast) and /fanout/publish (each text frame of a
 publisher is sent to every /fanout transport with ``transport.send``; picows frames each send in C, there
 is no encode-once broadcast). Other paths answer 404.
-Prints "listening" on stdout once the socket accepts connections.
+Prints "listening" on stdout once the socket accepts connections. ``--tls-cert FILE --tls-key FILE``: the same
+over wss:// (picows hands the context to its transport, aiofastnet's when it is used).
 
 picows's other defaults are kept (they are what a user gets), notably read_buffer_init_size=16 KiB per
 connection and aiofastnet transports (a picows dependency): both show in memory per connection.
@@ -19,6 +20,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import ssl
 
 from picows import (
     WSFrame,
@@ -86,7 +88,17 @@ def route(request: WSUpgradeRequest) -> WSListener | None:
     return None
 
 
-async def main(host: str, port: int) -> None:
+def tls_context(cert: str, key: str) -> ssl.SSLContext | None:
+    """wss:// when --tls-cert is given: TLS 1.2 at least (as millionws), otherwise the ssl module's server defaults."""
+    if not cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key or None)
+    return ctx
+
+
+async def main(host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
     server = await ws_create_server(
         route,
         host,
@@ -95,6 +107,7 @@ async def main(host: str, port: int) -> None:
         enable_auto_pong=True,
         max_frame_size=MAX_SIZE,
         backlog=BACKLOG,
+        ssl=tls,
     )
     stop = asyncio.get_running_loop().create_future()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -110,6 +123,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8003)
+    parser.add_argument("--tls-cert", default="", help="PEM certificate (chain): serve wss://")
+    parser.add_argument("--tls-key", default="", help="PEM private key of --tls-cert (if not in the same file)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(main(args.host, args.port))
+    asyncio.run(main(args.host, args.port, tls_context(args.tls_cert, args.tls_key)))

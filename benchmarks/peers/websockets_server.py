@@ -7,6 +7,8 @@ Serves /fanout (subscribers: one {"op":"subscribed"} text message, then every br
 /fanout/publish (each message a publisher sends goes to every /fanout connection through
 ``websockets.broadcast``, the library's fan-out helper: no task or await per subscriber).
 Any other path answers 404. Prints "listening" on stdout once the socket accepts connections.
+``--tls-cert FILE --tls-key FILE``: the same over wss://. ``--deflate``: permessage-deflate with the library's
+defaults (the benchmarks run it off; this is for the load generator's own tests of --deflate).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import http
 import logging
 import signal
+import ssl
 
 from websockets.asyncio.server import Request, Response, ServerConnection, broadcast, serve
 
@@ -51,7 +54,17 @@ async def echo(ws: ServerConnection) -> None:
         await ws.send(message)
 
 
-async def main(host: str, port: int) -> None:
+def tls_context(cert: str, key: str) -> ssl.SSLContext | None:
+    """wss:// when --tls-cert is given: TLS 1.2 at least (as millionws), otherwise the ssl module's server defaults."""
+    if not cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cert, key or None)
+    return ctx
+
+
+async def main(host: str, port: int, tls: ssl.SSLContext | None = None, deflate: bool = False) -> None:
     stop = asyncio.get_running_loop().create_future()
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set_result, None)
@@ -60,12 +73,13 @@ async def main(host: str, port: int) -> None:
         host,
         port,
         process_request=reject_other_paths,
-        compression=None,
+        compression="deflate" if deflate else None,
         max_size=MAX_SIZE,
         # Keepalive pings off: an idle-memory comparison must not include ping traffic or its timers.
         ping_interval=None,
         ping_timeout=None,
         backlog=BACKLOG,
+        ssl=tls,
     ):
         print("listening", flush=True)
         await stop
@@ -75,7 +89,10 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--tls-cert", default="", help="PEM certificate (chain): serve wss://")
+    parser.add_argument("--tls-key", default="", help="PEM private key of --tls-cert (if not in the same file)")
+    parser.add_argument("--deflate", action="store_true", help="accept permessage-deflate (default: off)")
     args = parser.parse_args()
     # Per-connection INFO lines would cost more than the connections themselves at 10^5 sockets.
     logging.basicConfig(level=logging.WARNING)
-    asyncio.run(main(args.host, args.port))
+    asyncio.run(main(args.host, args.port, tls_context(args.tls_cert, args.tls_key), args.deflate))
