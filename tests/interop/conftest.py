@@ -14,14 +14,16 @@ and no exception reached an exception boundary (``millionws_internal_errors_tota
 
 from __future__ import annotations
 
+import os
 import ssl
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import Server, free_port, wait_for
+from tests.conftest import ROOT, Server, free_port, wait_for
 from tests.test_metrics_helpers import metric_samples
 from tests.tlsca import TestCA
 
@@ -110,3 +112,16 @@ def text_of(size: int) -> str:
 def blob_of(size: int) -> bytes:
     """A binary message of ``size`` bytes, every byte value present."""
     return bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+
+
+def install(script: str, what: str) -> None:
+    """Run the idempotent installer ``tests/interop/<script>`` (what ``scripts/test-system-deps`` runs
+    first); if it fails, skip saying why, unless on CI (``CI`` set), where every client must run."""
+    proc = subprocess.run(["bash", str(ROOT / "tests" / "interop" / script)], capture_output=True, text=True,
+                          timeout=600)
+    if proc.returncode != 0:
+        lines = (proc.stderr or proc.stdout).strip().splitlines()
+        reason = f"{what} not installed: bash tests/interop/{script} failed: {lines[-1] if lines else proc.returncode}"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
