@@ -47,6 +47,9 @@ class Option:
         return "MILLIONWS_" + self.name.upper()
 
 
+# With TLS each socket read leaves room for a whole TLS record (core/tls.py, RECORD_MAX: 18 437 bytes).
+TLS_MIN_RECEIVE_BUFFER = 1 << 16
+
 OPTIONS: tuple[Option, ...] = (
     Option("host", str, "0.0.0.0", "address to listen on"),
     Option("port", int, 8080, "TCP port; every worker binds it with SO_REUSEPORT"),
@@ -140,7 +143,8 @@ OPTIONS: tuple[Option, ...] = (
            "datagrams read from one worker per readiness; the rest wait for the next loop turn"),
     # -- the loop of each worker (millionws/server/, millionws/core/reactor.py) -------------------------------
     Option("receive_buffer", int, 256 << 10,
-           "bytes one read takes from a socket (one buffer per worker); more input waits for the next read"),
+           "bytes one read takes from a socket (one buffer per worker; with TLS at least 65536); more input "
+           "waits for the next read"),
     Option("buffer_pool_size", int, 256,
            "empty output buffers a worker keeps for reuse (0: none); beyond it released ones are freed"),
     Option("frame_pool_size", int, 1024,
@@ -268,6 +272,9 @@ class Config:
         trusted_networks(self.proxy_protocol_from)  # raises ValueError naming the CIDR that does not parse
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("tls_cert and tls_key go together: a certificate needs its key")
+        if self.tls_cert is not None and self.receive_buffer < TLS_MIN_RECEIVE_BUFFER:
+            raise ValueError(f"receive_buffer must be at least {TLS_MIN_RECEIVE_BUFFER} with TLS: each read keeps "
+                             "room for a whole TLS record (18437 bytes)")
         if self.tls_reload_interval < 0:
             raise ValueError("tls_reload_interval must be >= 0 (0: SIGHUP only)")
         if self.proxy_protocol_from and not self.proxy_protocol:

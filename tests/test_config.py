@@ -197,3 +197,11 @@ def test_trusted_networks_parse_both_families():
     nets = config.trusted_networks("10.0.0.0/8, 2001:db8::/32,192.168.1.7")
     assert [str(n) for n in nets] == ["10.0.0.0/8", "2001:db8::/32", "192.168.1.7/32"]
     assert config.trusted_networks("") == ()
+
+
+def test_tls_needs_a_receive_buffer_with_room_for_a_whole_record():
+    tls = ["--tls-cert", "c.pem", "--tls-key", "k.pem"]
+    with pytest.raises(ValueError, match="receive_buffer must be at least 65536 with TLS"):
+        config.from_argv([*tls, "--receive-buffer", "65535"], environ={})
+    assert config.from_argv([*tls, "--receive-buffer", "65536"], environ={}).receive_buffer == 65536
+    assert config.from_argv(["--receive-buffer", "4096"], environ={}).receive_buffer == 4096  # plain: any size

@@ -6,10 +6,14 @@ Theory of operation:
   (:class:`_Session`, kept in a dict by descriptor, so the connection record gains no slot and a plain
   connection pays nothing).  The worker reads ciphertext with the same ``os.readv`` into its one receive
   buffer; :meth:`TlsTransport.readv` copies it into the session's incoming BIO and decrypts back into that
-  buffer (plaintext is never longer than the ciphertext it came from, so it always fits).  The handshake
-  runs inside ``readv`` as its bytes arrive: until it is over, and while only part of a record is in,
-  ``readv`` says "nothing yet" (``BlockingIOError``), exactly like an empty socket, so the worker and
-  everything above it see application bytes only.
+  buffer.  Epoll is level-triggered and sees only the socket, so ``readv`` must never leave a whole
+  record in the session: once the socket is empty nothing would report the connection again.  The part
+  of a record left from the last read (at most :data:`RECORD_MAX` bytes, in the BIO or inside OpenSSL)
+  decrypts together with the new bytes, so the socket read stops :data:`RECORD_MAX` bytes short of the
+  buffer: then all that can be decrypted is shorter than the ciphertext it came from, and fits.  The
+  handshake runs inside ``readv`` as its bytes arrive: until it is over, and while only part of a record
+  is in, ``readv`` says "nothing yet" (``BlockingIOError``), exactly like an empty socket, so the worker
+  and everything above it see application bytes only.
 * Output stays on ``os.write``: :meth:`TlsTransport.seal` turns application bytes into records before the
   output part writes them, and what the kernel refuses is kept as ciphertext in the connection's pending
   buffer, like any other byte.  A broadcast is encoded once and encrypted once per connection, as it must
@@ -48,6 +52,11 @@ _CIPHER_REASONS = frozenset(("NO_SHARED_CIPHER", "NO_SUITABLE_SIGNATURE_ALGORITH
 _PLAIN_REASONS = frozenset(("HTTP_REQUEST", "HTTPS_PROXY_REQUEST"))
 
 HANDSHAKING, READY, FAILED = range(3)
+
+# The largest TLS record on the wire: a 5-byte header and at most 2^14 + 2048 bytes (TLS 1.2, RFC 5246
+# §6.2.3; TLS 1.3 allows 2^14 + 256).  A read leaves room for one (see the module docstring); the receive
+# buffer must hold more than that (config.py: --receive-buffer is at least TLS_MIN_RECEIVE_BUFFER with TLS).
+RECORD_MAX = 5 + (1 << 14) + 2048
 
 
 def classify(exc: ssl.SSLError) -> int:
@@ -159,8 +168,9 @@ class TlsTransport:
         session = self.sessions.get(fd)
         if session is None:
             return os.readv(fd, buffers)
-        n = os.readv(fd, buffers)
         buf = buffers[0]
+        # Room for the part of a record the last read left: what decrypts now must fit in ``buf``.
+        n = os.readv(fd, (memoryview(buf)[:len(buf) - RECORD_MAX],))
         if n == 0:
             if session.state == HANDSHAKING:
                 self._fail(session, V_EOF)
