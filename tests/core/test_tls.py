@@ -142,7 +142,7 @@ def test_the_peers_close_notify_reads_as_the_end_of_the_stream(pair, test_ca):
     except ssl.SSLWantReadError:
         pass
     client.flush()  # the client's Finished and its close_notify, in one read
-    assert transport.readv(a.fileno(), [bytearray(4096)]) == 0
+    assert transport.readv(a.fileno(), [bytearray(1 << 16)]) == 0
 
 
 def test_nothing_is_sealed_before_the_handshake_is_over(pair):
@@ -209,7 +209,7 @@ def test_eof_and_a_close_in_the_middle_of_the_handshake(pair, test_ca):
     with pytest.raises(BlockingIOError):
         read(transport, a.fileno())
     b.shutdown(socket.SHUT_WR)
-    assert transport.readv(a.fileno(), [bytearray(100)]) == 0
+    assert transport.readv(a.fileno(), [bytearray(1 << 16)]) == 0
     assert failed(counters) == {"eof": 1}
     c, d = socket.socketpair()
     transport.start(c.fileno())
