@@ -149,3 +149,32 @@ def test_a_slow_consumer_gets_close_1013_behind_its_backlog_and_leaves_the_fanou
     assert slow.pending[10:12] == (1013).to_bytes(2, "big") and slow.deadline != 0  # the close timeout
     assert broken.state == CLOSED and output.c[DISCONNECT0 + R_ERROR] == 1
     assert output.fanout([slow, fast], b"again") == 1  # no longer open: skipped
+
+
+class SealingTransport(FakeTransport):
+    """TLS as the output sees it: every write is sealed first, per connection, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sealed: list[tuple[int, bytes]] = []
+
+    def seal(self, fd: int, data: bytes) -> bytes:
+        self.sealed.append((fd, bytes(data)))
+        return b"<%d:" % fd + bytes(data) + b">"
+
+
+def test_with_tls_a_broadcast_frame_is_sealed_once_per_connection_and_a_backlog_holds_ciphertext():
+    transport, reactor = SealingTransport(), FakeReactor()
+    part = closer(transport, reactor)
+    output = Output(transport, reactor, part.pool, part.c, 20, part)
+    fast, backlogged, slow = conn_of(output, 3), conn_of(output, 4), conn_of(output, 5)
+    transport.room[4] = transport.room[5] = 0
+    output.write(backlogged, b"ab")
+    output.write(slow, b"0123456789abc")
+    assert backlogged.pending == b"<4:ab>"  # what the kernel refused is kept as it goes on the wire
+    transport.sealed.clear()
+    assert output.fanout([fast, backlogged, slow], b"frame") == 2
+    # The slow consumer is decided before sealing: a record sealed and never sent would break its stream.
+    assert transport.sealed[:2] == [(3, b"frame"), (4, b"frame")]
+    assert transport.sent[3] == b"<3:frame>" and backlogged.pending == b"<4:ab><4:frame>"
+    assert slow.reason == R_SLOW and slow.pending.startswith(b"<5:0123456789abc><5:\x88")  # then its Close 1013
