@@ -184,8 +184,10 @@ class TlsTransport:
         view = memoryview(buf)
         size = len(buf)
         total = 0
-        # Until OpenSSL wants more: it may hold a record it has read but not yet decrypted (SSL_has_pending,
-        # which Python does not expose), so neither BIO's nor the object's pending() can say "nothing left".
+        # One record per read: OpenSSL (no read-ahead) takes exactly one record from the BIO per call, so once a
+        # read has emptied both the BIO and the decrypted bytes nothing whole is left, and the read that would
+        # only raise SSLWantReadError (1 us, a third of TLS's cost per message) is skipped.
+        rx = session.rx
         while total < size:
             try:
                 k = obj.read(size - total, view[total:])
@@ -198,6 +200,8 @@ class TlsTransport:
                     break
                 return 0
             total += k
+            if not rx.pending and not obj.pending():
+                break
         if session.tx.pending:  # OpenSSL answered something (a KeyUpdate)
             self._send(fd, session)
         if total == 0:
