@@ -699,8 +699,21 @@ class Conn:
 
 
 def serve_reactor(kind: str, host: str, port: int, certfile: str) -> None:
-    """plain / sslobject / detached: one epoll loop, echo on /anything, idle connections cost what they hold."""
+    """plain / sslobject / detached: one epoll loop, echo on /anything, idle connections cost what they hold.
+
+    detached: the AEAD objects a connection caches while it is busy (~2.6 KB each inside cryptography's OpenSSL)
+    are dropped by a once-a-second sweep over the connections that did I/O since the previous sweep.
+
+    A ``_trim`` suffix (``detached_trim``): after a second without events, call glibc's ``malloc_trim(0)`` once,
+    which hands back the free pages that handshakes left in the middle of the heap (``kept`` memory that a
+    long-lived allocation above them pins otherwise).
+    """
     from benchmarks import tls_detached_prototype as proto
+
+    trim = kind.endswith("_trim")
+    kind = kind.removesuffix("_trim")
+    libc = ctypes.CDLL("libc.so.6") if trim else None
+    trimmed = True
 
     ctx = tap = None
     if kind == "sslobject":
@@ -866,11 +879,26 @@ def serve_reactor(kind: str, host: str, port: int, certfile: str) -> None:
         return True
 
     lfd = lsock.fileno()
+    hot: set[Conn] = set()
+    next_sweep = time.monotonic() + 1.0
     while not stop:
         try:
             events = ep.poll(1.0)
         except InterruptedError:
             continue
+        now = time.monotonic()
+        if now >= next_sweep:  # detached: connections that did I/O since the last sweep drop their AEAD objects
+            for c in hot:
+                if isinstance(c.tls, proto.Detached13):
+                    c.tls.drop_cache()
+            hot.clear()
+            next_sweep = now + 1.0
+        if libc is not None:
+            if events:
+                trimmed = False
+            elif not trimmed:
+                libc.malloc_trim(0)
+                trimmed = True
         for fd, ev in events:
             if fd == lfd:
                 while True:
@@ -906,8 +934,11 @@ def serve_reactor(kind: str, host: str, port: int, certfile: str) -> None:
                 c.outb = c.outb[sent:] or None
                 if c.outb is None:
                     ep.modify(fd, select.EPOLLIN)
-            if ev & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR) and not on_readable(c):
-                close(c)
+            if ev & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+                if not on_readable(c):
+                    close(c)
+                elif kind == "detached":
+                    hot.add(c)
 
 
 def serve_peer(kind: str, host: str, port: int, certfile: str) -> None:
