@@ -10,7 +10,7 @@ import ssl
 import pytest
 
 from millionws.config import TLS_MIN_RECEIVE_BUFFER
-from millionws.core.tls import FAILURES, Certificates, TlsTransport, classify
+from millionws.core.tls import BIO_CHUNK, FAILURES, Certificates, TlsTransport, classify
 from tests.tlsca import TestCA, peer_serial
 
 DONE, FAILED0 = 0, 1
@@ -131,6 +131,48 @@ def test_a_partial_record_yields_nothing_until_it_is_whole(pair, test_ca):
         read(transport, a.fileno())
     b.sendall(record[300:])
     assert read(transport, a.fileno()) == b"x" * 1000
+
+
+class Spy:
+    """Forwards to a BIO or an SSLObject and records how many bytes each ``write`` gave it."""
+
+    def __init__(self, target) -> None:
+        self.target = target
+        self.writes: list[int] = []
+
+    def write(self, data) -> int:
+        self.writes.append(len(data))
+        return self.target.write(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self.target, name)
+
+
+def test_a_large_message_reaches_the_bios_in_pieces_so_an_idle_connection_keeps_no_large_buffer(pair, test_ca):
+    """A memory BIO keeps the capacity of its largest write (BIO_CHUNK's comment has the figures)."""
+    transport, a, b, _ = pair
+    client = Client(b, test_ca.client_context())
+    handshake(transport, a.fileno(), client)
+    session = transport.sessions[a.fileno()]
+    session.rx, session.obj = Spy(session.rx), Spy(session.obj)
+    big = os.urandom(100_000)
+    client.send(big)
+    got = b""
+    while len(got) < len(big):
+        try:
+            got += read(transport, a.fileno())
+        except BlockingIOError:
+            pass
+    assert got == big
+    sealed = transport.seal(a.fileno(), big)
+    b.settimeout(5)
+    sent = 0
+    while sent < len(sealed):
+        sent += os.write(a.fileno(), sealed[sent:sent + 65536])
+        client.pull()
+    assert client.receive(len(big)) == big
+    assert max(session.rx.writes) <= BIO_CHUNK and max(session.obj.writes) <= BIO_CHUNK
+    assert len(session.obj.writes) == -(-len(big) // BIO_CHUNK)
 
 
 def test_the_peers_close_notify_reads_as_the_end_of_the_stream(pair, test_ca):
