@@ -19,6 +19,7 @@ import signal
 import ssl
 
 from aiohttp import WSMsgType, web
+from tlsctx import tls_context  # this folder is sys.path[0]: the peers run as scripts
 
 MAX_SIZE = 1 << 20  # 1 MiB: the same limit in all peers
 BACKLOG = 4096  # = net.core.somaxconn here
@@ -63,16 +64,6 @@ async def fanout_publish(request: web.Request) -> web.WebSocketResponse:
                 if not sub.closed:
                     await sub.send_str(msg.data)
     return ws
-
-
-def tls_context(cert: str, key: str) -> ssl.SSLContext | None:
-    """wss:// when --tls-cert is given: TLS 1.2 at least (as millionws), otherwise the ssl module's server defaults."""
-    if not cert:
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert, key or None)
-    return ctx
 
 
 async def main(host: str, port: int, tls: ssl.SSLContext | None = None) -> None:

@@ -30,6 +30,7 @@ from picows import (
     WSUpgradeRequest,
     ws_create_server,
 )
+from tlsctx import tls_context  # this folder is sys.path[0]: the peers run as scripts
 
 MAX_SIZE = 1 << 20  # 1 MiB: the same limit in all peers (picows checks frames, not messages)
 BACKLOG = 4096  # = net.core.somaxconn here
@@ -86,16 +87,6 @@ def route(request: WSUpgradeRequest) -> WSListener | None:
     if path == b"/fanout/publish":
         return Publisher()
     return None
-
-
-def tls_context(cert: str, key: str) -> ssl.SSLContext | None:
-    """wss:// when --tls-cert is given: TLS 1.2 at least (as millionws), otherwise the ssl module's server defaults."""
-    if not cert:
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert, key or None)
-    return ctx
 
 
 async def main(host: str, port: int, tls: ssl.SSLContext | None = None) -> None:

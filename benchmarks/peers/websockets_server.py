@@ -20,6 +20,7 @@ import logging
 import signal
 import ssl
 
+from tlsctx import tls_context  # this folder is sys.path[0]: the peers run as scripts
 from websockets.asyncio.server import Request, Response, ServerConnection, broadcast, serve
 
 MAX_SIZE = 1 << 20  # 1 MiB: the same limit in all peers so they refuse the same messages
@@ -52,16 +53,6 @@ async def echo(ws: ServerConnection) -> None:
         return
     async for message in ws:
         await ws.send(message)
-
-
-def tls_context(cert: str, key: str) -> ssl.SSLContext | None:
-    """wss:// when --tls-cert is given: TLS 1.2 at least (as millionws), otherwise the ssl module's server defaults."""
-    if not cert:
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert, key or None)
-    return ctx
 
 
 async def main(host: str, port: int, tls: ssl.SSLContext | None = None, deflate: bool = False) -> None:
