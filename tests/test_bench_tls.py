@@ -22,6 +22,7 @@ from benchmarks.servers import start_server, stop_process
 from benchmarks.tlscert import TestCert, make_test_cert
 from benchmarks.wscodec import ProtocolError
 from tests.conftest import Server, free_port
+from tests.test_benchmarks import loadgen
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = "127.0.0.2-127.0.0.5"
@@ -54,17 +55,6 @@ def deflate_peer(cert: TestCert, tmp_path_factory: pytest.TempPathFactory) -> It
     )
     yield peer
     stop_process(peer.proc)
-
-
-def loadgen(url: str, mode: str, *args: str, timeout: float = 30) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.loadgen", mode, "--url", url, "--sources", SOURCES, "--quiet", *args]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
-    try:
-        report = json.loads(done.stdout)
-    except json.JSONDecodeError:
-        pytest.fail(f"no JSON report (exit {done.returncode}): {done.stderr[-2000:]}")
-    assert done.returncode == (0 if report["ok"] else 1)
-    return report
 
 
 def assert_clean(report: dict, n: int) -> None:

@@ -31,14 +31,15 @@ def ping_server() -> Iterator[Server]:
     srv.stop()
 
 
-def loadgen(server: Server, mode: str, *args: str, timeout: float = 30) -> dict:
+def loadgen(server: Server | str, mode: str, *args: str, timeout: float = 30) -> dict:
+    """The load generator's JSON report against ``server`` (or a URL)."""
     cmd = [
         sys.executable,
         "-m",
         "benchmarks.loadgen",
         mode,
         "--url",
-        server.url(),
+        server if isinstance(server, str) else server.url(),
         "--sources",
         SOURCES,
         "--quiet",
