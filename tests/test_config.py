@@ -197,3 +197,22 @@ def test_trusted_networks_parse_both_families():
     nets = config.trusted_networks("10.0.0.0/8, 2001:db8::/32,192.168.1.7")
     assert [str(n) for n in nets] == ["10.0.0.0/8", "2001:db8::/32", "192.168.1.7/32"]
     assert config.trusted_networks("") == ()
+
+
+def test_compression_is_off_by_default_and_read_from_flag_and_environment():
+    cfg = config.from_argv([], environ={})
+    assert (cfg.compression, cfg.compression_min_size, cfg.compression_level) == ("off", 128, 6)
+    cfg = config.from_argv(["--compression", "deflate", "--compression-min-size", "0"],
+                           environ={"MILLIONWS_COMPRESSION_LEVEL": "1"})
+    assert (cfg.compression, cfg.compression_min_size, cfg.compression_level) == ("deflate", 0, 1)
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--compression", "gzip"], "compression must be off or deflate"),
+    (["--compression-min-size", "-1"], "compression_min_size"),
+    (["--compression-level", "0"], "compression_level"),
+    (["--compression-level", "10"], "compression_level"),
+])
+def test_compression_settings_that_cannot_work_stop_the_start(argv, says):
+    with pytest.raises(ValueError, match=says):
+        config.from_argv(argv, environ={})
