@@ -149,3 +149,29 @@ def test_a_slow_consumer_gets_close_1013_behind_its_backlog_and_leaves_the_fanou
     assert slow.pending[10:12] == (1013).to_bytes(2, "big") and slow.deadline != 0  # the close timeout
     assert broken.state == CLOSED and output.c[DISCONNECT0 + R_ERROR] == 1
     assert output.fanout([slow, fast], b"again") == 1  # no longer open: skipped
+
+
+def test_a_fanout_compresses_once_per_window_size_for_the_deflate_subscribers_only():
+    from millionws.protocol.deflate import Deflater
+    from millionws.protocol.websocket import encode_frame
+    from millionws.server.connection import deflate_flags
+
+    transport, reactor = FakeTransport(), FakeReactor()
+    part = closer(transport, reactor)
+    counters = [0, 0]
+    output = Output(transport, reactor, part.pool, part.c, 1 << 20, part, Deflater(6, 64, counters, 0))
+    plain = [conn_of(output, fd) for fd in (3, 4)]
+    wide = [conn_of(output, fd) for fd in (5, 6, 7)]
+    narrow = [conn_of(output, fd) for fd in (8, 9)]
+    for conn in wide:
+        conn.flags |= deflate_flags(15)
+    for conn in narrow:
+        conn.flags |= deflate_flags(9)
+    frame = encode_frame(1, b'{"op":"message","data":"' + b"words " * 200 + b'"}')
+    assert output.fanout([plain[0], *wide, narrow[0], plain[1], narrow[1]], frame) == 7
+    assert transport.sent[3] == transport.sent[4] == frame
+    assert transport.sent[5] == transport.sent[6] == transport.sent[7] != frame
+    assert transport.sent[8] == transport.sent[9] != frame
+    assert transport.sent[5][0] == transport.sent[8][0] == 0xC1  # RSV1: compressed
+    assert counters[1] == 2 * (len(frame) - 4)  # two compressions (one per window), not five
+    assert output.c[F["bytes_out"]] == 2 * len(frame) + 3 * len(transport.sent[5]) + 2 * len(transport.sent[8])
