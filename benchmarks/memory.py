@@ -197,6 +197,7 @@ class Driver:
                 str(report_path),
                 "--verify-ping",
             ]
+            extra += shlex.split(args.loadgen_args)
             if args.rate:
                 extra += ["--rate", str(args.rate)]
             if args.procs:
@@ -251,6 +252,7 @@ class Driver:
             loadgen_drops=report.get("drops"),
             verify=report.get("idle", {}).get("verify"),
             connect_rate_per_s=report.get("connect", {}).get("rate_per_s"),
+            deflate_negotiated=report.get("deflate_negotiated"),
         )
         return result
 
@@ -272,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--procs", type=int, default=0, help="loadgen processes (default: its own choice)")
     parser.add_argument("--warmup", type=int, default=200, help="handshakes before the baseline (0 = none)")
     parser.add_argument("--settle", type=float, default=2.0, help="seconds to wait before each reading")
+    parser.add_argument("--loadgen-args", default="",
+                        help="more arguments of the idle load generator, e.g. --deflate (offer permessage-deflate)")
     parser.add_argument("--json-out", type=Path, default=None)
     parser.add_argument("--keep-logs", action="store_true", help="keep the work directory with server logs")
     return parser

@@ -130,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="echo/connect-rate: measured window (s); idle: cap on the whole run (default: derived)",
     )
     common.add_argument("--max-size", type=int, default=1 << 24, help="largest server frame accepted")
+    common.add_argument(
+        "--deflate",
+        action="store_true",
+        help="offer permessage-deflate (counted when accepted); echo: send compressed and require it",
+    )
     common.add_argument("--json-out", type=Path, default=None, help="also write the report here")
     common.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
 
@@ -242,6 +247,7 @@ def make_plans(args: argparse.Namespace, start: float) -> list[Plan]:
                 close_mode=getattr(args, "close_mode", "ws"),
                 max_size=args.max_size,
                 hard_deadline=hard,
+                deflate=args.deflate,
             )
         )
     if mode == "connect-rate" and args.connections:
@@ -424,6 +430,7 @@ class Runner:
             "failures": failures,
             "drops": drops,
             "closes": closes,
+            "deflate_negotiated": sum(r.get("deflate_negotiated", 0) for r in results),
             "connect": {
                 "elapsed_s": round(connect_elapsed, 3),
                 "rate_per_s": round(established / connect_elapsed, 1) if connect_elapsed > 0 else 0.0,

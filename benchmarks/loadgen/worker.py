@@ -35,6 +35,7 @@ import select
 import signal
 import socket
 import time
+import zlib
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
@@ -86,6 +87,7 @@ class Plan:
     close_mode: str  # connect-rate: "ws" (close handshake) | "fin" | "rst"
     max_size: int
     hard_deadline: float  # absolute time.monotonic(): finish no matter what
+    deflate: bool = False  # offer permessage-deflate; echo: send compressed, and require the server to accept
 
 
 class Conn:
@@ -123,6 +125,9 @@ class Worker:
         self.hs_deadlines: collections.deque[tuple[float, Conn]] = collections.deque()
         self.close_deadlines: collections.deque[tuple[float, Conn]] = collections.deque()
         self.template = wsframe.MessageTemplate(plan.size, plan.text) if plan.mode == "echo" else None
+        # --deflate echo: one compressor for every message of this process (each ends with a full flush)
+        self.compressor = zlib.compressobj(6, zlib.DEFLATED, -15) if plan.deflate and self.template else None
+        self.deflate_negotiated = 0
         # The first byte of what the fast path of on_frames takes: final frames of the template's opcode.
         self.message_head = bytes((0x80 | (self.template.opcode if self.template else wscodec.OP_BINARY),))
         self.max_size = plan.max_size
@@ -205,7 +210,8 @@ class Worker:
         if err:
             self.fail(conn, errno_kind(err))
             return
-        request, conn.hs = wsframe.handshake_request(self.plan.host, self.plan.port, self.plan.path)
+        request, conn.hs = wsframe.handshake_request(self.plan.host, self.plan.port, self.plan.path,
+                                                     self.plan.deflate)
         conn.state = HANDSHAKE
         self.ep.modify(fd, EPOLLIN)
         self.send(conn, request)
@@ -231,6 +237,12 @@ class Worker:
         if status != 101:
             self.fail(conn, f"handshake_status_{status}")
             return
+        if self.plan.deflate:
+            if wsframe.accepts_deflate(bytes(buf[:end])):
+                self.deflate_negotiated += 1
+            elif self.template is not None:  # echo sends compressed frames: a server that declined gets none
+                self.fail(conn, "handshake_deflate_declined")
+                return
         conn.hs = None
         conn.buf = _EMPTY
         conn.state = OPEN
@@ -350,13 +362,20 @@ class Worker:
             if not b0 & 0x80 or conn.frag is not None:
                 # Fragmented message: rare (our own messages are single frames), so a copy is fine.
                 if conn.frag is None:
-                    conn.frag = (opcode, bytearray(payload))
+                    conn.frag = (b0 & 0x4F, bytearray(payload))  # RSV1 (compressed) is the first frame's
                     continue
                 conn.frag[1].extend(payload)
                 if not b0 & 0x80:
                     continue
+                b0 = conn.frag[0]
                 payload = memoryview(conn.frag[1])
                 conn.frag = None
+            if b0 & 0x40:  # permessage-deflate (--deflate)
+                try:
+                    payload = bytearray(wsframe.inflate(payload))
+                except zlib.error:
+                    self.lost(conn, "protocol_error")
+                    break
             if echo:
                 messages.append(payload)
             else:
@@ -404,7 +423,10 @@ class Worker:
         if self.phase != RUNNING or now_ns >= self.window_end_ns or conn.state != OPEN:
             return
         # Messages sent together carry the same send time, so they are the same bytes: build one.
-        data = self.template.frame(now_ns)  # type: ignore[union-attr]
+        if self.compressor is not None:
+            data = self.template.deflated_frame(now_ns, self.compressor)  # type: ignore[union-attr]
+        else:
+            data = self.template.frame(now_ns)  # type: ignore[union-attr]
         if count > 1:
             data *= count
         conn.inflight += count
@@ -734,6 +756,7 @@ class Worker:
             "verify_pongs": self.verify_pongs,
             "pinged_open": self.pinged_open,
             "open_at_stop": self.open_at_stop,
+            "deflate_negotiated": self.deflate_negotiated,
         }
         if plan.mode == "echo":
             out.update(

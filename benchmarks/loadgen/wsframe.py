@@ -10,14 +10,21 @@ import base64
 import hashlib
 import os
 import random
+import zlib
 
 from benchmarks.wscodec import OP_BINARY, OP_TEXT, ProtocolError, header, mask_payload
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 
-def handshake_request(host: str, port: int, path: str) -> tuple[bytes, bytes]:
-    """Return (request bytes, expected Sec-WebSocket-Accept value) for one new connection."""
+# What a browser offers (RFC 7692): the server may answer with any window and either no-context-takeover.
+DEFLATE_OFFER = b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+TAIL = b"\x00\x00\xff\xff"  # removed from the end of each compressed message, put back to inflate it
+
+
+def handshake_request(host: str, port: int, path: str, deflate: bool = False) -> tuple[bytes, bytes]:
+    """Return (request bytes, expected Sec-WebSocket-Accept value) for one new connection; ``deflate``
+    offers permessage-deflate."""
     key = base64.b64encode(os.urandom(16))
     request = (
         b"GET " + path.encode() + b" HTTP/1.1\r\n"
@@ -26,9 +33,24 @@ def handshake_request(host: str, port: int, path: str) -> tuple[bytes, bytes]:
         b"Connection: Upgrade\r\n"
         b"Sec-WebSocket-Key: " + key + b"\r\n"
         b"Sec-WebSocket-Version: 13\r\n"
-        b"\r\n"
+        + (DEFLATE_OFFER if deflate else b"")
+        + b"\r\n"
     )
     return request, accept_for(key)
+
+
+def accepts_deflate(head: bytes) -> bool:
+    """Whether a 101 response head accepted permessage-deflate."""
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"sec-websocket-extensions" and b"permessage-deflate" in value.lower():
+            return True
+    return False
+
+
+def inflate(payload: bytes | bytearray | memoryview) -> bytes:
+    """One compressed message's payload (the server takes no context over: a fresh inflater each time)."""
+    return zlib.decompressobj(-15).decompress(bytes(payload) + TAIL)
 
 
 def accept_for(key: bytes) -> bytes:
@@ -95,6 +117,13 @@ class MessageTemplate:
             ts = b"%016x" % now_ns
         masked_ts = (int.from_bytes(ts, "big") ^ self._key_int).to_bytes(self.ts_len, "big")
         return self._head + masked_ts + self._masked_filler
+
+    def deflated_frame(self, now_ns: int, compressor: zlib._Compress) -> bytes:
+        """:meth:`frame` compressed (RSV1): one message of its own (Z_FULL_FLUSH), as a browser sends it."""
+        ts = now_ns.to_bytes(8, "big") if self.opcode == OP_BINARY else b"%016x" % now_ns
+        packed = (compressor.compress(ts + self.filler) + compressor.flush(zlib.Z_FULL_FLUSH))[:-4]
+        key = random.getrandbits(32).to_bytes(4, "little")
+        return header(0xC0 | self.opcode, len(packed)) + key + mask_payload(packed, key)
 
     def sent_at(self, payload: bytes | bytearray | memoryview) -> int:
         """Send time carried by an echoed payload, or -1 when the payload is not one of ours unchanged."""
