@@ -84,7 +84,8 @@ def run_once(
         argv, args.host, port, workdir / f"{name}-run{run}.server.log", args.pin, args.startup_timeout
     )
     try:
-        cmd = loadgen_cmd(args, args.mode, port, shlex.split(args.loadgen_args))
+        extra = shlex.split(args.loadgen_args) + shlex.split(dict(args.server_loadgen_args).get(name, ""))
+        cmd = loadgen_cmd(args, args.mode, port, extra)
         loadgen = subprocess.Popen(
             cmd, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
         )
@@ -137,6 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         default="--connections 100 --inflight 8 --size 64 --duration 5",
         help="extra arguments for benchmarks.loadgen MODE (one shell-quoted string)",
     )
+    parser.add_argument(
+        "--server-loadgen-args",
+        action="append",
+        default=[],
+        type=lambda text: tuple(text.split("=", 1)) if "=" in text else parser.error("NAME=ARGS expected"),
+        metavar="NAME=ARGS",
+        help="more load generator arguments for one server only, e.g. millionws-deflate=--deflate (repeatable)",
+    )
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds one load generator run may take")
     parser.add_argument("--json-out", type=Path, default=None)
     add_server_args(parser)
@@ -170,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "mode": args.mode,
         "loadgen_args": args.loadgen_args,
+        "server_loadgen_args": dict(args.server_loadgen_args),
         "summary": summary,
         "runs": runs,
         "errors": errors,
