@@ -23,6 +23,11 @@ Theory of operation:
   end arms the close timeout (``Closer.state_changed``).
 * Every deadline of a connection is the one ``deadline`` slot of its record in the reactor's timer
   wheel; :meth:`on_timer` hands it to the part that armed it, by the connection's state.
+* permessage-deflate (``--compression deflate``): a connection whose 101 accepted it has ``F_DEFLATE``
+  (and its window) in its flags; its input goes to ``websocket.receive`` with the worker's
+  ``DeflatePool`` instead of the plain one, and the data frames bound for it are compressed by the
+  worker's one ``Deflater`` where they leave (:meth:`ws_in`, :meth:`send`, :meth:`fanout` and
+  ``Output.fanout``).  A plain connection pays one flag test per read.
 * The exception boundary (:meth:`on_error`) ends the unit of work that raised and keeps the worker.
 * Drain (SIGTERM/SIGINT) is its own part (:mod:`drain`): keep accepting so probes see 503 ``draining``,
   refuse upgrades, send 1001 to every WebSocket, exit once none is left or the grace period is over.
