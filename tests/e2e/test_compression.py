@@ -13,6 +13,8 @@ import urllib.request
 import zlib
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory, PerMessageDeflate
 from wsproto.connection import Connection as WSConnection
@@ -304,3 +306,57 @@ def test_headless_chromium_negotiates_and_echoes(deflating):
         finally:
             os.killpg(browser.pid, 9)
             browser.wait(10)
+
+
+# -- hypothesis against the live server: random offers, random compressed frames -----------------------------
+
+OFFER_PARTS = st.sampled_from(["permessage-deflate", "x-webkit-deflate-frame", "server_max_window_bits",
+                               "client_max_window_bits", "server_no_context_takeover", "client_no_context_takeover",
+                               "=", "=8", "=9", "=15", "=16", '="10"', ";", ",", " ", "mystery", '"', "\\"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(offer=st.lists(OFFER_PARTS, max_size=12).map("".join),
+       payload=st.binary(max_size=3000) | st.text(max_size=1000).map(str.encode),
+       mangle=st.sampled_from(["none", "truncate", "flip", "garbage", "rsv1-continuation", "rsv1-ping"]),
+       cut=st.integers(0, 50), text=st.booleans())
+def test_random_offers_and_compressed_frames_never_hurt_the_server(deflating, offer, payload, mangle, cut, text):
+    """Any offer gets a 101 (with a valid answer or none); any frame gets its echo or a Close 1002, 1007 or
+    1009, never 1011 nor an internal error (test_a_deflate_bomb_... watches a neighbour)."""
+    client = RawClient(deflating.port)
+    client.send(upgrade_request("/echo", extra=f"Sec-WebSocket-Extensions: {offer}\r\n" if offer.strip() else ""))
+    status, headers, _ = client.read_http_response()
+    assert status == 101
+    answer = headers.get("sec-websocket-extensions")
+    assert answer is None or answer.startswith(ANSWER)
+    body = zlib.compressobj(6, zlib.DEFLATED, -15)
+    packed = (body.compress(payload) + body.flush(zlib.Z_SYNC_FLUSH))[:-4]
+    if mangle == "truncate":
+        packed = packed[:cut]
+    elif mangle == "flip" and packed:
+        packed = packed[:cut % len(packed)] + bytes([packed[cut % len(packed)] ^ 0x5A]) + packed[cut % len(packed) + 1:]
+    elif mangle == "garbage":
+        packed = payload[:cut + 1]
+    opcode = 1 if text else 2
+    if mangle == "rsv1-continuation":
+        data = frame(opcode, packed[:1], rsv=4, fin=False) + frame(0, packed[1:], rsv=4)
+    elif mangle == "rsv1-ping":
+        data = frame(9, payload[:100], rsv=4)
+    else:
+        data = frame(opcode, packed, rsv=4)
+    client.send(data)
+    client.send(frame(8, close_payload(1000)))
+    got = read_messages(client, answer or ANSWER, 2)
+    closes = [ev for ev in got if isinstance(ev, CloseConnection)]
+    assert closes, got
+    code = closes[0].code
+    if answer is None or mangle in ("rsv1-continuation", "rsv1-ping"):
+        assert code == 1002
+    elif code == 1000:
+        [echo] = [ev for ev in got if not isinstance(ev, CloseConnection)]
+        want = zlib.decompressobj(-15).decompress(packed + b"\x00\x00\xff\xff")
+        assert (echo.data.encode() if isinstance(echo, TextMessage) else echo.data) == want
+    else:
+        assert code in (1007, 1009), code
+    event(f"answer={'yes' if answer else 'no'} close={code}")
+    assert metric_total(deflating.port, "millionws_internal_errors_total") == 0
