@@ -33,8 +33,13 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 mkdir -p "$ROOT/compliance/results"
+RESULT="$ROOT/compliance/results/$LABEL.txt"
+# Which code was tested: the commit, and whether millionws/ differed from it.
+dirty=$(git -C "$ROOT" status --porcelain -- millionws 2>/dev/null | head -c1)
+echo "millionws $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)${dirty:++uncommitted} on $(date -u +%F):" \
+  "compliance/run.sh \"$CASES\"" | tee "$RESULT"
 AUTOBAHN_ALL=1 AUTOBAHN_TIMEOUT="${AUTOBAHN_TIMEOUT:-3600}" "$TOOLS/run.sh" "ws://127.0.0.1:$PORT/echo" "$LABEL" "$CASES" \
-  | tee "$ROOT/compliance/results/$LABEL.txt"
+  | tee -a "$RESULT"
 rc=${PIPESTATUS[0]}
 kill -0 "$SRV" 2>/dev/null || { echo "compliance: the server died during the run:" >&2; cat "$LOG" >&2; rc=3; }
 exit "$rc"
