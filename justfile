@@ -78,6 +78,6 @@ fuzz seconds="3600":
 soak *ARGS:
     .venv/bin/python -m benchmarks.soak {{ARGS}}
 
-# the Autobahn testsuite against millionws --compression deflate (compliance/run.sh; all groups ~45 min)
+# the Autobahn testsuite against millionws --compression deflate (compliance/run.sh; all groups 12-25 min)
 compliance cases="*":
     PYTHON=.venv/bin/python compliance/run.sh "{{cases}}"
