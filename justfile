@@ -81,3 +81,7 @@ fuzz seconds="3600":
 # soak: churn + echo + fan-out, memory drift and fds (default 2 minutes; e.g. just soak --hours 4)
 soak *ARGS:
     .venv/bin/python -m benchmarks.soak {{ARGS}}
+
+# the Autobahn testsuite against millionws --compression deflate (compliance/run.sh; all groups 12-25 min)
+compliance cases="*":
+    PYTHON=.venv/bin/python compliance/run.sh "{{cases}}"

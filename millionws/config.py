@@ -83,6 +83,11 @@ OPTIONS: tuple[Option, ...] = (
            "seconds a subscribe with since waits for its replay from another worker or the broker (then gap)"),
     Option("trust_user_param", bool, False,
            "accept ?user=ID on /pubsub as the connection's user id, unauthenticated (ignored when auth is on)"),
+    # -- permessage-deflate (RFC 7692; millionws/protocol/deflate.py, README "Compression") ---------------
+    Option("compression", str, "off",
+           "off, or deflate: permessage-deflate when the client offers it (less bandwidth, more CPU per message)"),
+    Option("compression_min_size", int, 128, "payloads shorter than this many bytes are sent uncompressed"),
+    Option("compression_level", int, 6, "zlib level of outgoing messages, 1 (fastest) to 9 (smallest)"),
     # -- security (SECURITY.md) ------------------------------------------------------------
     Option("auth_jwt_secret", str, None, "HS256 secret: WebSocket upgrades need a JWT signed with it"),
     Option("auth_jwks", str, None, "JWKS file of RS256/ES256 public keys for WebSocket tokens"),
@@ -191,6 +196,9 @@ class Config:
     publish_timeout: float = 5.0
     replay_timeout: float = 10.0
     trust_user_param: bool = False
+    compression: str = "off"
+    compression_min_size: int = 128
+    compression_level: int = 6
     auth_jwt_secret: str | None = None
     auth_jwks: str | None = None
     auth_required: bool = False
@@ -265,6 +273,12 @@ class Config:
             raise ValueError("port must be within 0..65535")
         if self.bus and not self.bus.startswith(("nats://", "redis://")):
             raise ValueError("bus must be nats://host:port or redis://host:port")
+        if self.compression not in ("off", "deflate"):
+            raise ValueError("compression must be off or deflate")
+        if self.compression_min_size < 0:
+            raise ValueError("compression_min_size must be >= 0")
+        if not 1 <= self.compression_level <= 9:
+            raise ValueError("compression_level must be within 1..9")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ValueError("log_level must be debug, info, warning or error")
         if not 52 <= self.max_proxy_header <= 65551:

@@ -76,6 +76,8 @@ FIELDS: tuple[str, ...] = (
     *(f"dropped_{k}" for k in DROPPED_RECORDS),
     *(f"refused_{code}" for code in INPUT_CODES),
     "bus_outbox", "publishes_pending", "replay_holds_expired", "admission_keys",
+    # permessage-deflate (protocol/deflate.py): each pair is (compressed, uncompressed), adjacent on purpose
+    "compressed_in", "uncompressed_in", "compressed_out", "uncompressed_out",
 )
 F = {name: i for i, name in enumerate(FIELDS)}
 GAUGES = ("pid", "started", "draining", "connections", "channels", "subscriptions", "bus_up", "bus_outbox",
@@ -237,6 +239,13 @@ class _Collector:
                        "outbox to a peer worker full.", "kind", DROPPED_RECORDS, "dropped_")
         yield labelled("millionws_input_refused", "Client input refused with an error reply or HTTP error, by "
                        "error code (docs/protocol.md).", "code", INPUT_CODES, "refused_")
+        for name, doc, prefix in (
+            ("millionws_compressed_bytes", "permessage-deflate payload bytes as compressed on the wire, by "
+             "direction (in: inflated by the server, out: compressed by it).", "compressed_"),
+            ("millionws_uncompressed_bytes", "The same messages' payload bytes uncompressed, by direction "
+             "(the ratio of the two is the compression ratio).", "uncompressed_"),
+        ):
+            yield labelled(name, doc, "direction", ("in", "out"), prefix)
         yield labelled("millionws_rate_limited", "Requests refused or connections closed by a rate limit, by kind.",
                        "kind", RATE_LIMITS, "rate_limited_")
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Server, free_port, wait_for
+from tests.test_metrics_helpers import metric_total
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = "127.0.0.2-127.0.0.5"
@@ -100,6 +101,21 @@ def test_echo_text_4k(ping_server: Server) -> None:
     assert_clean(report, 3)
     assert report["echo"]["messages"] > 0
     assert report["echo"]["mismatches"] == 0
+
+
+def test_deflate_is_measured_only_where_negotiated_and_compressed_both_ways(ping_server: Server,
+                                                                           start_server) -> None:
+    report = loadgen(ping_server, "idle", "--connections", "20", "--hold", "0.5", "--deflate")
+    assert report["ok"] is False  # a server without --compression declines: not what --deflate measures
+    assert report["deflate"]["declined"] == 20 and report["deflate"]["negotiated"] == 0
+    deflating = start_server("--compression", "deflate", "--compression-min-size", "0", workers=1)
+    report = loadgen(deflating, "echo", "--connections", "3", "--inflight", "2", "--size", "2048", "--text",
+                     "--duration", "0.5", "--deflate")
+    assert_clean(report, 3)
+    assert report["deflate"]["negotiated"] == 3 and report["deflate"]["inflated_messages"] > 0
+    assert report["echo"]["messages"] > 0 and report["echo"]["mismatches"] == 0
+    in_, out = (metric_total(deflating.port, "millionws_compressed_bytes_total", direction=d) for d in ("in", "out"))
+    assert in_ > 0 and out > 0  # both ways compressed
 
 
 def test_connect_rate_budget(ping_server: Server) -> None:

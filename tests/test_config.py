@@ -205,3 +205,22 @@ def test_tls_needs_a_receive_buffer_with_room_for_a_whole_record():
         config.from_argv([*tls, "--receive-buffer", "65535"], environ={})
     assert config.from_argv([*tls, "--receive-buffer", "65536"], environ={}).receive_buffer == 65536
     assert config.from_argv(["--receive-buffer", "4096"], environ={}).receive_buffer == 4096  # plain: any size
+
+
+def test_compression_is_off_by_default_and_read_from_flag_and_environment():
+    cfg = config.from_argv([], environ={})
+    assert (cfg.compression, cfg.compression_min_size, cfg.compression_level) == ("off", 128, 6)
+    cfg = config.from_argv(["--compression", "deflate", "--compression-min-size", "0"],
+                           environ={"MILLIONWS_COMPRESSION_LEVEL": "1"})
+    assert (cfg.compression, cfg.compression_min_size, cfg.compression_level) == ("deflate", 0, 1)
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--compression", "gzip"], "compression must be off or deflate"),
+    (["--compression-min-size", "-1"], "compression_min_size"),
+    (["--compression-level", "0"], "compression_level"),
+    (["--compression-level", "10"], "compression_level"),
+])
+def test_compression_settings_that_cannot_work_stop_the_start(argv, says):
+    with pytest.raises(ValueError, match=says):
+        config.from_argv(argv, environ={})

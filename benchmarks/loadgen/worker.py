@@ -31,7 +31,8 @@ the TLS variant once, so the plain per-message path has not one test more.
 
 permessage-deflate (``Plan.deflate``, RFC 7692): the offer is in the upgrade request; a server that accepts it may
 send compressed messages (RSV1), which are inflated (in echo mode) with a per-connection decompressor created at
-the first compressed message, so idle connections cost nothing more. We never compress what we send.
+the first compressed message, so idle connections cost nothing more. Echo messages to such a connection go out
+compressed too (one compressor per worker, fully flushed after each message), so the server inflates as well.
 
 Deadlines live in two FIFO deques (handshake, close) rather than a heap or a timer per connection: each
 kind has a fixed timeout, so deadlines are appended in order and expire from the left.
@@ -224,6 +225,7 @@ class Worker:
         self.deflate_negotiated = 0
         self.deflate_declined = 0
         self.inflated = 0  # compressed messages inflated
+        self.compressor: zlib._Compress | None = None  # for echo messages to deflate connections
         self.deflate_params: dict[str, int | bool] | None = None  # the first answer, for the report
         # TLS: bound once here so that the plain path pays nothing for it (see the module docstring).
         self.tls_ctx = client_context(plan.ca, plan.insecure, plan.tls_max_version) if plan.tls else None
@@ -652,7 +654,12 @@ class Worker:
         if self.phase != RUNNING or now_ns >= self.window_end_ns or conn.state != OPEN:
             return
         # Messages sent together carry the same send time, so they are the same bytes: build one.
-        data = self.template.frame(now_ns)  # type: ignore[union-attr]
+        if conn.z is None:
+            data = self.template.frame(now_ns)  # type: ignore[union-attr]
+        else:  # negotiated permessage-deflate: the server inflates what it receives too
+            if self.compressor is None:
+                self.compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+            data = self.template.compressed_frame(now_ns, self.compressor)  # type: ignore[union-attr]
         if count > 1:
             data *= count
         conn.inflight += count

@@ -10,8 +10,9 @@ import base64
 import hashlib
 import os
 import random
+import zlib
 
-from benchmarks.wscodec import OP_BINARY, OP_TEXT, ProtocolError, header, mask_payload
+from benchmarks.wscodec import OP_BINARY, OP_TEXT, ProtocolError, encode, header, mask_payload
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -162,6 +163,14 @@ class MessageTemplate:
             ts = b"%016x" % now_ns
         masked_ts = (int.from_bytes(ts, "big") ^ self._key_int).to_bytes(self.ts_len, "big")
         return self._head + masked_ts + self._masked_filler
+
+    def compressed_frame(self, now_ns: int, compressor: zlib._Compress) -> bytes:
+        """The same message compressed for a connection that negotiated permessage-deflate (RFC 7692 §7.2.1):
+        ``compressor`` is raw deflate, flushed with Z_FULL_FLUSH so each message inflates on its own (what the
+        server's no-context-takeover answer asks), the 4-byte tail dropped, RSV1 set."""
+        ts = now_ns.to_bytes(8, "big") if self.opcode == OP_BINARY else b"%016x" % now_ns
+        data = compressor.compress(ts + self.filler) + compressor.flush(zlib.Z_FULL_FLUSH)
+        return encode(self.opcode, data[:-4], rsv=4)
 
     def sent_at(self, payload: bytes | bytearray | memoryview) -> int:
         """Send time carried by an echoed payload, or -1 when the payload is not one of ours unchanged."""

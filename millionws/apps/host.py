@@ -16,7 +16,8 @@ call to the worker's own method costs:
   descriptor there).
 
 :class:`Response` is the other half of the interface: what an application decides about an HTTP request
-(the bytes to send, and on an upgrade the WebSocket application that takes the connection).
+(the bytes to send, and on an upgrade the WebSocket application that takes the connection and the
+permessage-deflate parameters the 101 accepted).
 
 The worker builds one Host when it starts (``server/worker.py``); tests and the fuzz target build one
 from fakes.
@@ -54,14 +55,16 @@ class Host:
 
 
 class Response:
-    """What :meth:`App.handle` decided: bytes to send, and the WebSocket app on upgrade."""
+    """What :meth:`App.handle` decided: bytes to send, and the WebSocket app on upgrade.  ``deflate``: the
+    server window bits (8..15) of the permessage-deflate the 101 accepted, 0 when none was."""
 
-    __slots__ = ("data", "identity", "keep_alive", "status", "websocket")
+    __slots__ = ("data", "deflate", "identity", "keep_alive", "status", "websocket")
 
     def __init__(self, data: bytes, status: int, keep_alive: bool, websocket: Any = None,
-                 identity: Identity | None = None) -> None:
+                 identity: Identity | None = None, deflate: int = 0) -> None:
         self.data = data
         self.status = status
         self.keep_alive = keep_alive
         self.websocket = websocket
         self.identity = identity
+        self.deflate = deflate

@@ -33,7 +33,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from .. import metrics
 from ..auth import AuthError, Identity, Verifier, bearer, extract_token
-from ..protocol import http
+from ..protocol import extensions, http
 from ..protocol.http import HttpError
 from ..pubsub.channels import valid_user
 from .backend import Backend, refused
@@ -67,6 +67,7 @@ class App:
         origins = {o.strip().lower().encode() for o in cfg.allowed_origins.split(",") if o.strip()}
         self.origins = None if not origins or b"*" in origins else origins
         self.backend_token = cfg.backend_token.encode() if cfg.backend_token else None
+        self.compression = cfg.compression == "deflate"
 
     def start(self) -> None:
         """The worker's loop is about to run."""
@@ -97,12 +98,18 @@ class App:
             identity, offered = self.authenticate(request)
             if offered:  # the client proposed our subprotocol: confirm it (browsers insist on an answer)
                 accepted = accepted[:-2] + _PROTOCOL_HEADER
+            deflate = 0
+            if self.compression:  # --compression deflate, and the client offered it acceptably
+                agreed = extensions.negotiate(v for k, v in request.headers if k == b"sec-websocket-extensions")
+                if agreed is not None:
+                    accepted = accepted[:-2] + agreed[0] + b"\r\n"
+                    deflate = agreed[1]
             if ws_app is self.pubsub:
                 if identity is not None:
                     ws_app = Session(self.pubsub, identity.user, identity)
                 elif query:
                     ws_app = self.user_session(query)
-            return Response(accepted, 101, True, ws_app, identity)
+            return Response(accepted, 101, True, ws_app, identity, deflate)
         if not admin and (path.startswith(b"/publish/") or path.startswith(b"/users/")):
             self.check_backend(request)
             return self.backend.post(request, path, body, keep_alive, conn)

@@ -12,7 +12,9 @@ Theory of operation (sans-IO: bytes in, events to the application, bytes out):
 * Between messages a connection holds **no** protocol object (``conn.ws is None``).
   While that is so, complete frames that are final, unfragmented, masked, text or binary,
   have no RSV bit, a 7- or 16-bit length and fit the message limit are decoded right here
-  (the fast path): unmask, check UTF-8 for text, hand the payload to the application.
+  (the fast path): unmask, check UTF-8 for text, hand the payload to the application.  On a
+  connection that negotiated permessage-deflate (its pool is a ``deflate.DeflatePool``) such a
+  frame may carry RSV1: it is inflated here, bounded by the message limit (:mod:`deflate`).
 * At the first byte that is anything else (a control frame, a partial frame, a fragment,
   a frame that breaks a rule) the rest of the bytes go to a ``wsproto.connection.Connection``
   taken from :class:`FramePool`.  wsproto decides everything from there: errors, close
@@ -73,6 +75,8 @@ class FramePool:
 
     __slots__ = ("_free", "max_free", "created")
 
+    inflate: Callable[[bytes, int], bytes | None] | None = None  # a DeflatePool inflates whole frames
+
     def __init__(self, max_free: int = DEFAULTS.frame_pool_size) -> None:
         self._free: list[WSConnection] = []
         self.max_free = max_free
@@ -82,6 +86,9 @@ class FramePool:
         if self._free:
             return self._free.pop()
         self.created += 1
+        return self.new()
+
+    def new(self) -> WSConnection:
         return WSConnection(_SERVER)
 
     def give_back(self, ws: WSConnection) -> None:
@@ -151,10 +158,12 @@ def receive(conn: Any, data: bytes, handler: Handler, max_size: int, pool: Frame
     pos = 0
     n = len(data)
     if conn.ws is None and state == OPEN:
-        # Fast path: whole, simple frames only; stop at the first byte that is not one.
+        # Fast path: whole, simple frames only; stop at the first byte that is not one.  A pool of
+        # deflate connections (protocol/deflate.py) also lets whole compressed frames (RSV1) through.
+        inflate = pool.inflate
         while n - pos >= 6:
             b0 = data[pos]
-            if b0 != 0x81 and b0 != 0x82:
+            if b0 != 0x81 and b0 != 0x82 and (inflate is None or (b0 != 0xC1 and b0 != 0xC2)):
                 break
             length = data[pos + 1] ^ 0x80  # masked frames have the high bit set
             if length < 126:
@@ -172,6 +181,11 @@ def receive(conn: Any, data: bytes, handler: Handler, max_size: int, pool: Frame
             if end > n or length > max_size:
                 break
             payload = unmask(data, start, end)
+            if b0 > 0xC0:
+                payload = inflate(payload, max_size)
+                if payload is None:
+                    break  # corrupt or too big once inflated: wsproto's extension says which close code
+                b0 ^= 0x40
             if b0 == 0x81 and not payload.isascii():
                 try:
                     payload.decode()
@@ -249,7 +263,9 @@ def _drain_events(conn: Any, ws: WSConnection, handler: Handler, max_size: int, 
                 out.append(ws.send(event.response()))
                 return pong | PEER_CLOSED
             if ws.state is not _CLOSED:
-                # Not a close frame from the peer: wsproto reports a protocol error this way.
-                return pong | _fail(ws, event.code, event.reason or "", out)
+                # Not a close frame from the peer: wsproto reports a protocol error this way (1009 from
+                # deflate.InboundDeflate: a message too big once inflated, said as every other 1009 is).
+                reason = "message too big" if event.code == CloseReason.MESSAGE_TOO_BIG else event.reason or ""
+                return pong | _fail(ws, event.code, reason, out)
             return pong | CLOSE_ANSWERED
     return pong | NO_EVENT

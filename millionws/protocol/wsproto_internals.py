@@ -13,8 +13,10 @@ every private access to this module.  :func:`_check` runs at import: it drives a
 connection through a partial frame and verifies each attribute has the shape used here, so
 a wsproto release that changes them stops the server at start with one clear line rather
 than misbehaving later.  pyproject pins the versions this was tested with (``>=1.2,<1.4``).
-Owning the frame decoder outright is the alternative; it becomes attractive with
-permessage-deflate (issue 11), whose per-message inflate needs a decoder pass of its own.
+Owning the frame decoder outright is the alternative; permessage-deflate (issue 11) did not need it:
+its inflater is a public ``wsproto.extensions.Extension`` (``deflate.InboundDeflate``) that holds its
+zlib object from a message's first frame to its last, so a connection that :func:`is_idle` calls idle
+(no message being decoded) holds no inflater either, and pooling stays safe.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from ..protocol import websocket
 from ..protocol.lifecycle import CLOSE_SENT, CLOSED, CLOSING, GOODBYE, LINGER, OPEN, advance
 from ..protocol.websocket import FramePool
 from .admission import Admission
-from .connection import F_EXPIRES, F_SHUT, Connection
+from .connection import F_DEFLATE, F_EXPIRES, F_SHUT, Connection
 from .expiry import Expiries
 
 _CONNECTIONS = F["connections"]
@@ -42,15 +42,19 @@ _CONNECTIONS = F["connections"]
 class Closer:
     """The end of every connection of one worker; see the module docstring."""
 
-    __slots__ = ("reactor", "transport", "pool", "frames", "admission", "expiries", "c", "close_timeout",
-                 "_on_empty")
+    __slots__ = ("reactor", "transport", "pool", "frames", "deflate_frames", "admission", "expiries", "c",
+                 "close_timeout", "_on_empty")
 
     def __init__(self, reactor: Reactor, transport: Transport, pool: BufferPool, frames: FramePool,
-                 admission: Admission, expiries: Expiries, counters: list[int], close_timeout: float) -> None:
+                 admission: Admission, expiries: Expiries, counters: list[int], close_timeout: float,
+                 deflate_frames: FramePool | None = None) -> None:
         self.reactor = reactor
         self.transport = transport
         self.pool = pool
         self.frames = frames
+        # A connection that negotiated permessage-deflate keeps a wsproto object that accepts compressed
+        # frames through its closing handshake: the peer may still send some after our Close.
+        self.deflate_frames = deflate_frames if deflate_frames is not None else frames
         self.admission = admission
         self.expiries = expiries
         self.c = counters
@@ -65,7 +69,7 @@ class Closer:
         nothing, so the wsproto object is let go now.
         """
         conn.reason = reason
-        out = websocket.start_close(conn, self.frames, code, text)
+        out = websocket.start_close(conn, self.deflate_frames if conn.flags & F_DEFLATE else self.frames, code, text)
         if wait_for_peer:
             advance(conn, CLOSE_SENT)
         else:

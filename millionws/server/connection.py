@@ -47,6 +47,21 @@ F_PONG_DUE = 16  # the armed deadline is the pong deadline of our keepalive ping
 F_ADMIN = 32  # accepted on the admin port: only /health, /metrics, /stats
 F_WAITING = 64  # an HTTP answer is deferred (a publish waits for its seq): not reading meanwhile
 F_EXPIRES = 128  # an entry of the token-expiry heap names this connection
+# permessage-deflate (protocol/extensions.py, protocol/deflate.py): negotiated, and the window our compressor
+# may use for this client as 15 minus its bits (0: 2^15 ... 7: 2^8), so one flag word says both
+F_DEFLATE = 256
+F_WINDOW = 7 << 9
+DEFLATE_KEY = F_DEFLATE | F_WINDOW  # connections with equal keys get the same compressed bytes
+
+
+def deflate_flags(window_bits: int) -> int:
+    """The flags of a connection that negotiated permessage-deflate with this server window (8..15)."""
+    return F_DEFLATE | (15 - window_bits) << 9
+
+
+def window_bits(flags: int) -> int:
+    """The server window bits of a connection's flags that include F_DEFLATE."""
+    return 15 - ((flags & F_WINDOW) >> 9)
 
 
 def apply(conn: Connection, reported: int) -> None:

@@ -39,7 +39,7 @@ from ..metrics import HANDSHAKE0, F, WorkerStats
 from ..protocol import http
 from ..protocol.lifecycle import HTTP, LAST_ANSWER, OPEN, UPGRADED, advance
 from .closing import Closer
-from .connection import F_ADMIN, F_PAUSED, F_WAITING, Connection
+from .connection import F_ADMIN, F_PAUSED, F_WAITING, Connection, deflate_flags
 from .expiry import Expiries
 
 _CONNECTIONS = F["connections"]
@@ -174,7 +174,7 @@ class HttpPipeline:
         self.stats.http_status(response.status)
         trailing = conn.http.trailing_data[0]
         if response.websocket is not None:
-            self.upgraded(conn, response.data, response.websocket, trailing)
+            self.upgraded(conn, response.data, response.websocket, trailing, response.deflate)
             expires = response.identity.expires if response.identity is not None else None
             if expires is not None and conn.state == OPEN:
                 self.expiries.add(conn, expires)
@@ -190,10 +190,13 @@ class HttpPipeline:
             parser.receive_data(trailing)
         self.reactor.wheel.schedule(conn, monotonic() + self.handshake_timeout)
 
-    def upgraded(self, conn: Connection, response: bytes, ws_app: Any, trailing: bytes) -> None:
-        """Write the 101 and open the WebSocket; frames that came with the request go to ``ws_in``."""
+    def upgraded(self, conn: Connection, response: bytes, ws_app: Any, trailing: bytes, deflate: int = 0) -> None:
+        """Write the 101 and open the WebSocket; frames that came with the request go to ``ws_in``.
+        ``deflate``: the server window bits of a negotiated permessage-deflate (0: none)."""
         conn.http = None
         advance(conn, UPGRADED)
+        if deflate:  # before on_open and the frames that came along: both may already be compressed
+            conn.flags |= deflate_flags(deflate)
         conn.app = ws_app
         self.c[_CONNECTIONS] += 1
         if self.ping_interval > 0:

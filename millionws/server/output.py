@@ -12,7 +12,9 @@ Theory of operation:
   reporting its input) until its backlog halves, so one slow reader costs its own memory and never
   anyone else's time.  :meth:`Output.flush` says when a pause ends, and the worker resumes what the
   pause held back (pipelined HTTP requests): output does not know the HTTP pipeline.
-* Fan-out (:meth:`Output.fanout`): one frame, the same bytes written to every subscriber.  A
+* Fan-out (:meth:`Output.fanout`): one frame, the same bytes written to every subscriber (with
+  permessage-deflate: compressed once per window size, on first need, for the subscribers that
+  negotiated it; the same compressed bytes to each of them).  A
   subscriber whose backlog would pass ``max_pending_bytes`` is a slow consumer: it gets Close 1013
   queued behind what it has not read, leaves the fan-out at once and is closed by the close timeout if
   it never catches up.  Nobody else waits for it.
@@ -29,9 +31,10 @@ from ..core.buffers import BufferPool
 from ..core.reactor import EPOLLIN, EPOLLOUT, Reactor
 from ..core.transport import Transport
 from ..metrics import F
+from ..protocol.deflate import Deflater
 from ..protocol.lifecycle import CLOSED, HTTP, LINGER, OPEN, R_ERROR, R_SLOW
 from .closing import Closer
-from .connection import F_PAUSED, Connection
+from .connection import DEFLATE_KEY, F_DEFLATE, F_PAUSED, Connection, window_bits
 
 _BYTES_OUT, _SLOW_CONSUMERS = F["bytes_out"], F["slow_consumers"]
 
@@ -43,10 +46,10 @@ class Output:
     HTTP pipeline, the application), so the hot path pays one call per write and no lookup of this part.
     """
 
-    __slots__ = ("_write", "_seal", "_modify", "pool", "c", "limit", "closer")
+    __slots__ = ("_write", "_seal", "_modify", "pool", "c", "limit", "closer", "deflater")
 
     def __init__(self, transport: Transport, reactor: Reactor, pool: BufferPool, counters: list[int],
-                 max_pending_bytes: int, closer: Closer) -> None:
+                 max_pending_bytes: int, closer: Closer, deflater: Deflater | None = None) -> None:
         self._write = transport.write  # bound once: os.write itself
         self._seal = transport.seal  # None unless TLS
         self._modify = reactor.modify
@@ -54,6 +57,7 @@ class Output:
         self.c = counters
         self.limit = max_pending_bytes
         self.closer = closer
+        self.deflater = deflater  # --compression deflate: a fan-out compresses once per window size
 
     def write(self, conn: Connection, data: bytes) -> None:
         """Send now; keep only what the kernel refused."""
@@ -117,31 +121,40 @@ class Output:
         return bool(paused) and conn.state == HTTP
 
     def fanout(self, conns: Iterable[Connection], frame: bytes) -> int:
-        """Write ``frame`` to each open connection of ``conns``; return how many got it."""
+        """Write ``frame`` to each open connection of ``conns``; return how many got it.  Subscribers that
+        negotiated permessage-deflate get it compressed, once per window size, the same bytes to each."""
         limit = self.limit
         modify = self._modify
         write = self._write
         seal = self._seal
-        data = frame
-        n = len(frame)
+        deflate = F_DEFLATE
+        message = frame  # what this subscriber gets: ``frame``, or its compressed variant
+        variants: dict[int, bytes] | None = None
         sent_total = delivered = 0
         trouble: list[tuple[Connection, bool]] | None = None
         for conn in conns:
             if conn.state != OPEN:
                 continue
+            if conn.flags & deflate:
+                key = conn.flags & DEFLATE_KEY
+                if variants is None:
+                    variants = {}
+                message = variants.get(key) or variants.setdefault(key, self.deflater.frames(frame, window_bits(key)))
+            elif message is not frame:
+                message = frame
             pending = conn.pending
             if pending is not None:  # EPOLLOUT is already asked for
-                if len(pending) + len(frame) > limit:  # decided before sealing: a record not sent breaks TLS
+                if len(pending) + len(message) > limit:  # decided before sealing: a record not sent breaks TLS
                     if trouble is None:
                         trouble = []
                     trouble.append((conn, True))
                     continue
-                pending += frame if seal is None else seal(conn.fd, frame)
+                pending += message if seal is None else seal(conn.fd, message)
                 delivered += 1
                 continue
-            if seal is not None:  # TLS: the same frame, encrypted for each connection
-                data = seal(conn.fd, frame)
-                n = len(data)
+            # TLS: the same frame, encrypted for each connection
+            data = message if seal is None else seal(conn.fd, message)
+            n = len(data)
             try:
                 sent = write(conn.fd, data)
             except BlockingIOError:

@@ -23,6 +23,11 @@ Theory of operation:
   end arms the close timeout (``Closer.state_changed``).
 * Every deadline of a connection is the one ``deadline`` slot of its record in the reactor's timer
   wheel; :meth:`on_timer` hands it to the part that armed it, by the connection's state.
+* permessage-deflate (``--compression deflate``): a connection whose 101 accepted it has ``F_DEFLATE``
+  (and its window) in its flags; its input goes to ``websocket.receive`` with the worker's
+  ``DeflatePool`` instead of the plain one, and the data frames bound for it are compressed by the
+  worker's one ``Deflater`` where they leave (:meth:`ws_in`, :meth:`send`, :meth:`fanout` and
+  ``Output.fanout``).  A plain connection pays one flag test per read.
 * The exception boundary (:meth:`on_error`) ends the unit of work that raised and keeps the worker.
 * Drain (SIGTERM/SIGINT) is its own part (:mod:`drain`): keep accepting so probes see 503 ``draining``,
   refuse upgrades, send 1001 to every WebSocket, exit once none is left or the grace period is over.
@@ -51,13 +56,14 @@ from ..core.tls import Certificates, TlsTransport
 from ..core.transport import PLAIN, Transport
 from ..metrics import TLS_FAILED0, F, SharedStats, WorkerStats
 from ..protocol import http, websocket
+from ..protocol.deflate import DeflatePool, Deflater
 from ..protocol.lifecycle import CLOSED, CLOSING, GOODBYE, HTTP, LINGER, NO_EVENT, OPEN, R_ERROR, R_SHUTDOWN, advance
 from ..protocol.websocket import FramePool
 from ..pubsub.mesh import LocalBus, Mesh
 from .acceptor import Acceptor
 from .admission import Admission
 from .closing import Closer
-from .connection import F_PAUSED, F_PROXY, F_WAITING, Connection, apply
+from .connection import F_DEFLATE, F_PAUSED, F_PROXY, F_WAITING, Connection, apply, window_bits
 from .drain import Drain
 from .expiry import Expiries
 from .http_pipeline import HttpPipeline
@@ -70,6 +76,7 @@ from .rotation import Rotation
 log = logging.getLogger("millionws.server.worker")
 
 _CONNECTIONS, _BYTES_IN = F["connections"], F["bytes_in"]
+_COMPRESSED_IN, _COMPRESSED_OUT = F["compressed_in"], F["compressed_out"]  # each followed by its uncompressed
 
 
 class Worker:
@@ -98,6 +105,13 @@ class Worker:
         self.pool = BufferPool(cfg.buffer_pool_size)
         self.frames = FramePool(cfg.frame_pool_size)
         self._max_message = cfg.max_message_size
+        # permessage-deflate (--compression deflate): the frame pool of the connections that negotiated it
+        # (its wsproto objects inflate) and the worker's compressors; plain connections pay one flag test.
+        deflating = cfg.compression == "deflate"
+        self.deflater = (Deflater(cfg.compression_level, cfg.compression_min_size, c, _COMPRESSED_OUT)
+                         if deflating else None)
+        self.deflate_frames = (DeflatePool(cfg.frame_pool_size, cfg.max_message_size, c, _COMPRESSED_IN)
+                               if deflating else self.frames)
         self.bus = LocalBus(index, mesh.take(index) if mesh is not None else {}, reactor, c,
                             max_datagram=cfg.mesh_max_datagram, max_outbox=cfg.mesh_max_outbox,
                             datagrams_per_wake=cfg.mesh_datagrams_per_wake)
@@ -106,8 +120,9 @@ class Worker:
         self.expiries = Expiries()
 
         self.closer = closer = Closer(reactor, self.transport, self.pool, self.frames, self.admission,
-                                      self.expiries, c, cfg.close_timeout)
-        self.output = output = Output(self.transport, reactor, self.pool, c, cfg.max_pending_bytes, closer)
+                                      self.expiries, c, cfg.close_timeout, self.deflate_frames)
+        self.output = output = Output(self.transport, reactor, self.pool, c, cfg.max_pending_bytes, closer,
+                                      self.deflater)
         self.keepalive = Keepalive(reactor, closer, output.write, self.expiries, c, cfg.ping_interval,
                                    cfg.ping_timeout)
         self.drain = Drain(reactor, self.stats, index, cfg.grace, self.keepalive.drain)
@@ -136,6 +151,8 @@ class Worker:
         input is being handled (after the replies and pongs before them), else to the output now."""
         if conn is self._reading:
             self._out.append(data)
+        elif conn.flags & F_DEFLATE:
+            self.output.write(conn, self.deflater.frames(data, window_bits(conn.flags)))
         else:
             self.output.write(conn, data)
 
@@ -146,7 +163,10 @@ class Worker:
         if reading is not None:
             out = self._out  # the same list ws_in holds: emptied, not replaced
             if out:
-                self.output.write(reading, b"".join(out))
+                data = b"".join(out)
+                if reading.flags & F_DEFLATE:
+                    data = self.deflater.frames(data, window_bits(reading.flags))
+                self.output.write(reading, data)
                 out.clear()
         return self.output.fanout(conns, frame)
 
@@ -240,13 +260,17 @@ class Worker:
         # fresh list per read, so a read that raised leaves nothing behind (on_error resets _reading).
         self._reading = conn
         self._out = out = []
+        deflate = conn.flags & F_DEFLATE  # replies, pongs and closes together: control frames stay as they are
         event = websocket.receive(conn, data, conn.app.on_message if limited is None else limited,
-                                  self._max_message, self.frames, out)
+                                  self._max_message, self.frames if not deflate else self.deflate_frames, out)
         self._reading = None
         if out:
             # self.output.write, not a bound method kept on the worker: CPython 3.11 specializes a
             # method call only for a method found on the type, and the second attribute load is cheaper.
-            self.output.write(conn, b"".join(out))
+            if deflate:
+                self.output.write(conn, self.deflater.frames(b"".join(out), window_bits(conn.flags)))
+            else:
+                self.output.write(conn, b"".join(out))
         if event != NO_EVENT:
             apply(conn, event)
         if conn.state != state:

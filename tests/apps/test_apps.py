@@ -38,7 +38,7 @@ class Conn:
         self.sent: list[bytes] = []
 
 
-def host(draining: bool = False, count: int = 0) -> tuple[Host, list[tuple[Any, Any]]]:
+def host(draining: bool = False, count: int = 0, **settings: Any) -> tuple[Host, list[tuple[Any, Any]]]:
     answers: list[tuple[Any, Any]] = []
 
     def send(conn: Conn, data: bytes) -> None:
@@ -50,7 +50,7 @@ def host(draining: bool = False, count: int = 0) -> tuple[Host, list[tuple[Any, 
             conn.sent.append(frame)
         return len(conns)
 
-    config = Config(workers=1)
+    config = Config(workers=1, **settings)
     stats = metrics.WorkerStats(metrics.SharedStats(1), 0)
     return Host(0, config, stats, FakeReactor(), FakeMesh(), send, fanout, lambda c, r: answers.append((c, r)),
                 lambda: count, lambda: draining), answers
@@ -129,3 +129,26 @@ def test_a_backend_publish_is_answered_with_its_seq():
     app.start()
     response = app.handle(request(b"/publish/news", b"POST"), b'{"a":1}')
     assert response.status == 200 and json.loads(response.data.split(b"\r\n\r\n", 1)[1])["seq"] == 1
+
+
+@pytest.mark.parametrize(("compression", "offer", "deflate"), [
+    ("deflate", b"permessage-deflate; client_max_window_bits", 15),
+    ("deflate", b"permessage-deflate; server_max_window_bits=10", 10),
+    ("deflate", b"permessage-deflate; bogus", 0),
+    ("off", b"permessage-deflate", 0),
+    ("deflate", None, 0),
+])
+def test_an_upgrade_accepts_permessage_deflate_only_when_configured_and_offered(compression, offer, deflate):
+    app = App(host(compression=compression)[0], 10)
+    req = request(b"/pubsub", upgrade=True)
+    headers = [*req.headers, (b"sec-websocket-protocol", b"millionws")]
+    if offer is not None:
+        headers.append((b"sec-websocket-extensions", offer))
+    response = app.handle(h11.Request(method=b"GET", target=b"/pubsub", headers=headers), b"")
+    assert response.status == 101 and response.deflate == deflate
+    head = response.data
+    assert head.endswith(b"\r\n\r\n") and head.count(b"\r\n\r\n") == 1
+    assert b"Sec-WebSocket-Protocol: millionws\r\n" in head  # the subprotocol answer stays
+    assert (b"Sec-WebSocket-Extensions: permessage-deflate" in head) == bool(deflate)
+    if deflate == 10:
+        assert b"server_max_window_bits=10\r\n" in head

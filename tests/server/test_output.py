@@ -178,3 +178,29 @@ def test_with_tls_a_broadcast_frame_is_sealed_once_per_connection_and_a_backlog_
     assert transport.sealed[:2] == [(3, b"frame"), (4, b"frame")]
     assert transport.sent[3] == b"<3:frame>" and backlogged.pending == b"<4:ab><4:frame>"
     assert slow.reason == R_SLOW and slow.pending.startswith(b"<5:0123456789abc><5:\x88")  # then its Close 1013
+
+
+def test_a_fanout_compresses_once_per_window_size_for_the_deflate_subscribers_only():
+    from millionws.protocol.deflate import Deflater
+    from millionws.protocol.websocket import encode_frame
+    from millionws.server.connection import deflate_flags
+
+    transport, reactor = FakeTransport(), FakeReactor()
+    part = closer(transport, reactor)
+    counters = [0, 0]
+    output = Output(transport, reactor, part.pool, part.c, 1 << 20, part, Deflater(6, 64, counters, 0))
+    plain = [conn_of(output, fd) for fd in (3, 4)]
+    wide = [conn_of(output, fd) for fd in (5, 6, 7)]
+    narrow = [conn_of(output, fd) for fd in (8, 9)]
+    for conn in wide:
+        conn.flags |= deflate_flags(15)
+    for conn in narrow:
+        conn.flags |= deflate_flags(9)
+    frame = encode_frame(1, b'{"op":"message","data":"' + b"words " * 200 + b'"}')
+    assert output.fanout([plain[0], *wide, narrow[0], plain[1], narrow[1]], frame) == 7
+    assert transport.sent[3] == transport.sent[4] == frame
+    assert transport.sent[5] == transport.sent[6] == transport.sent[7] != frame
+    assert transport.sent[8] == transport.sent[9] != frame
+    assert transport.sent[5][0] == transport.sent[8][0] == 0xC1  # RSV1: compressed
+    assert counters[1] == 2 * (len(frame) - 4)  # two compressions (one per window), not five
+    assert output.c[F["bytes_out"]] == 2 * len(frame) + 3 * len(transport.sent[5]) + 2 * len(transport.sent[8])

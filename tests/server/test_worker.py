@@ -4,6 +4,7 @@ A real worker (no loop running) and socketpairs as clients."""
 from __future__ import annotations
 
 import socket
+import zlib
 
 import pytest
 
@@ -243,3 +244,22 @@ def test_drain_says_1001_to_every_websocket_and_the_application_sees_it(worker):
     w.closer.close(conn)  # the last WebSocket gone: the loop is asked to stop in its next turn
     due = [cb for when, _, cb in w.reactor._calls if cb == w.drain.finish]
     assert len(due) == 2  # the grace deadline and the "none left" one
+
+
+def test_output_to_a_deflate_connection_is_compressed_in_order_and_control_frames_are_not(worker):
+    from millionws.protocol.deflate import TAIL
+    from millionws.server.connection import deflate_flags
+
+    w = worker(compression="deflate", compression_min_size=10)
+    conn, peer = client(w, OPEN)
+    conn.flags |= deflate_flags(15)
+    w.send(conn, encode_frame(1, b"outside a read " * 10))  # not being read: compressed and sent at once
+    first = peer.recv(1000)
+    assert first[0] == 0xC1
+    assert zlib.decompressobj(-15).decompress(first[2:] + TAIL) == b"outside a read " * 10
+    peer.sendall(masked(9, b"p") + masked(1, b"tiny") + masked(1, b"x" * 100))
+    w.on_event(conn, EPOLLIN)
+    got = peer.recv(1000)
+    assert got.startswith(b"\x8a\x01p" + encode_frame(1, b"tiny") + b"\xc1")  # pong and tiny reply as they are
+    assert zlib.decompressobj(-15).decompress(got[11:] + TAIL) == b"x" * 100
+    assert w.c[F["uncompressed_out"]] == 150 + 100
