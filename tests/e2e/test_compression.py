@@ -6,9 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
-import subprocess
-import tempfile
 import urllib.request
 import zlib
 
@@ -23,6 +20,7 @@ from wsproto.events import BytesMessage, CloseConnection, TextMessage
 from wsproto.extensions import PerMessageDeflate as WsprotoDeflate
 
 from tests.conftest import free_port, wait_for
+from tests.interop.browser import Browser, chromium_path
 from tests.test_metrics_helpers import metric_total
 from tests.wsraw import RawClient, close_payload, frame, upgrade_request
 
@@ -248,10 +246,7 @@ def test_a_broadcast_reaches_compressed_and_plain_subscribers_compressed_once_pe
 
 # -- a browser ----------------------------------------------------------------------------------------
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-PAGE_SCRIPT = """
-new Promise((resolve, reject) => {
+PAGE_SCRIPT = """new Promise((resolve, reject) => {
   const ws = new WebSocket(%s);
   ws.binaryType = "arraybuffer";
   const text = "a browser compresses this: " + "la la la ".repeat(2000);
@@ -273,39 +268,14 @@ new Promise((resolve, reject) => {
 """
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is installed by scripts/test-system-deps")
+@pytest.mark.skipif(chromium_path() is None, reason="chromium is installed by scripts/test-system-deps")
 def test_headless_chromium_negotiates_and_echoes(deflating):
-    devtools = free_port()
-    with tempfile.TemporaryDirectory() as profile:
-        browser = subprocess.Popen(
-            [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             f"--remote-debugging-port={devtools}", f"--user-data-dir={profile}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        try:
-            def page_socket():
-                with urllib.request.urlopen(f"http://127.0.0.1:{devtools}/json/list", timeout=2) as resp:
-                    pages = [p for p in json.loads(resp.read()) if p["type"] == "page"]
-                return pages[0]["webSocketDebuggerUrl"] if pages else None
-            url = wait_for(page_socket, 30, what="chromium's DevTools endpoint")
-            before = metric_total(deflating.port, "millionws_compressed_bytes_total", direction="in")
-
-            async def evaluate():
-                async with connect(url, max_size=None, compression=None) as cdp:
-                    await cdp.send(json.dumps({"id": 1, "method": "Runtime.evaluate", "params": {
-                        "expression": PAGE_SCRIPT % json.dumps(deflating.url()), "awaitPromise": True,
-                        "returnByValue": True}}))
-                    while True:
-                        reply = json.loads(await asyncio.wait_for(cdp.recv(), 20))
-                        if reply.get("id") == 1:
-                            return reply["result"]
-            result = asyncio.run(evaluate())
-            assert "exceptionDetails" not in result, result
-            assert result["result"]["value"] == {"extensions": ANSWER, "text": True, "binary": True}
-            wait_for(lambda: metric_total(deflating.port, "millionws_compressed_bytes_total", direction="in")
-                     > before, what="the browser's compressed messages counted")
-        finally:
-            os.killpg(browser.pid, 9)
-            browser.wait(10)
+    before = metric_total(deflating.port, "millionws_compressed_bytes_total", direction="in")
+    with Browser() as browser:
+        value = browser.run("return await " + PAGE_SCRIPT % json.dumps(deflating.url()) + ";")
+    assert value == {"extensions": ANSWER, "text": True, "binary": True}
+    wait_for(lambda: metric_total(deflating.port, "millionws_compressed_bytes_total", direction="in") > before,
+             what="the browser's compressed messages counted")
 
 
 # -- hypothesis against the live server: random offers, random compressed frames -----------------------------

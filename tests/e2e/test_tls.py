@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import threading
 import time
 
 import pytest
+from websockets.asyncio.client import connect
 
 from tests.conftest import free_port, http_get, wait_for
 from tests.e2e.test_failfast import refused, serve
@@ -271,3 +273,19 @@ def test_a_certificate_that_does_not_load_stops_the_server_at_start(tmp_path, te
     refused(serve("--tls-cert", str(tmp_path / "missing.pem"), "--tls-key", str(key)), "--tls-cert", "missing.pem")
     refused(serve("--tls-cert", str(cert), "--tls-key", str(other_key)), "cannot load")
     refused(serve("--tls-cert", str(cert)), "tls_cert and tls_key go together")
+
+
+def test_compression_over_tls_compresses_then_encrypts(start_server, test_ca):
+    server = tls_server(start_server, test_ca, "--compression", "deflate", "--compression-min-size", "0")
+
+    async def main() -> None:
+        async with connect(f"wss://localhost:{server.port}/echo", ssl=test_ca.client_context()) as ws:
+            assert "server_no_context_takeover" in ws.response.headers["Sec-WebSocket-Extensions"]
+            for message in ("words " * 5000, os.urandom(100_000), "x"):
+                await ws.send(message)
+                assert await asyncio.wait_for(ws.recv(), 5) == message
+
+    asyncio.run(main())
+    out = metric_total(server.stats_port, "millionws_compressed_bytes_total", direction="out")
+    assert 0 < out < metric_total(server.stats_port, "millionws_uncompressed_bytes_total", direction="out")
+    assert metric_total(server.stats_port, "millionws_internal_errors_total") == 0
