@@ -1,14 +1,14 @@
 """The figures of issue 11 (wss://) in one run: memory per idle connection and echo over TLS, with the peers.
 
     python -m benchmarks.tls                       # = just bench-tls: ~20 minutes on 2 cores
-    python -m benchmarks.tls --deflate-flags '--permessage-deflate'   # + millionws with deflate negotiated
+    python -m benchmarks.tls --deflate-flags ''            # without millionws-deflate
     python -m benchmarks.tls --summarize-only      # recompute the summary from the JSON files already there
 
 1. ``benchmarks.memory --tls`` at ``--connections`` (10 000), median of ``--memory-runs`` (3), in one run (runs
-   interleave servers): millionws over ws://, millionws over wss://, millionws over wss:// with
-   permessage-deflate negotiated (only with ``--deflate-flags``: the server flags that enable it; the load
-   generator then offers it with ``--deflate`` and the run fails if the server declines), picows and
-   websockets over wss://.
+   interleave servers): millionws over ws://, millionws over ws:// with permessage-deflate negotiated
+   (``--deflate-flags``, default ``--compression deflate``; the load generator then offers it with
+   ``--deflate`` and the run fails if the server declines), millionws over wss://, picows and websockets
+   over wss://.
 2. ``benchmarks.throughput --tls --mode echo``, 100 connections x 64 B for 5 s, 1 and then 8 messages in flight,
    median of ``--echo-runs`` (5): millionws over wss:// and picows over wss://.
 3. A summary: the medians, each peer's figure over millionws's (memory: how many times more a peer needs;
@@ -47,7 +47,7 @@ def memory_cmd(args: argparse.Namespace, out: Path) -> list[str]:
         "--server", f"millionws={mw}", "--server", f"millionws-wss={mw} {TLS_FLAGS}",
     ]  # fmt: skip
     if args.deflate_flags:
-        cmd += ["--server", f"millionws-deflate={mw} {TLS_FLAGS} {args.deflate_flags}"]
+        cmd += ["--server", f"millionws-deflate={mw} {args.deflate_flags}"]
         cmd += ["--server-args", "millionws-deflate=--deflate"]
     return [*cmd, "--peer", "picows", "--peer", "websockets", "--json-out", str(out)]
 
@@ -100,6 +100,11 @@ def summarize(files: dict[str, Path]) -> dict[str, Any]:
                 for k in ("pss", "pss_anon")
             },
             "millionws_wss_meets_target": base.get("pss") is not None and base["pss"] <= TARGET_BYTES,
+            "deflate_cost_over_ws": {  # issue 11: within 100 B of plain, since no zlib object stays per connection
+                k: round(rows["millionws-deflate"][k] - plain[k], 1)
+                if "millionws-deflate" in rows and plain.get(k) is not None else None
+                for k in ("pss", "pss_anon")
+            },
         }
     for key in ("echo1", "echo8"):
         if not files[key].exists():
@@ -158,8 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--deflate-flags",
-        default="",
-        help="server flags that enable permessage-deflate in millionws: adds millionws-deflate (wss, --deflate)",
+        default="--compression deflate",
+        help="server flags that enable permessage-deflate in millionws: millionws-deflate (ws, load generator "
+        "--deflate); empty: left out",
     )
     parser.add_argument("--connections", type=int, default=10_000)
     parser.add_argument("--memory-runs", type=int, default=3)
