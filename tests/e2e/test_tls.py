@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import socket
 import ssl
@@ -289,3 +290,35 @@ def test_compression_over_tls_compresses_then_encrypts(start_server, test_ca):
     out = metric_total(server.stats_port, "millionws_compressed_bytes_total", direction="out")
     assert 0 < out < metric_total(server.stats_port, "millionws_uncompressed_bytes_total", direction="out")
     assert metric_total(server.stats_port, "millionws_internal_errors_total") == 0
+
+
+def test_garbage_before_and_after_the_handshake_is_closed_counted_and_hurts_no_one(start_server, test_ca):
+    server = tls_server(start_server, test_ca, "--handshake-timeout", "2")
+    neighbour = wss(server, test_ca)
+    rng = random.Random(11)
+    for case in range(40):
+        blob = rng.randbytes(rng.randrange(1, 3000))
+        if case % 4 == 0:
+            blob = b"\x16\x03\x01" + blob  # looks like a handshake record
+        elif case % 4 == 1:
+            blob = b"\x17\x03\x03" + blob  # looks like application data
+        if case % 2:  # after a real handshake: records that do not authenticate
+            victim = wss(server, test_ca)
+            raw = victim.sock.detach()  # the same TCP connection, without its TLS
+            sock = socket.socket(fileno=raw)
+        else:
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        sock.settimeout(5)
+        try:
+            sock.sendall(blob)
+            sock.shutdown(socket.SHUT_WR)  # a partial record would otherwise just wait for the rest
+            while sock.recv(4096):
+                pass  # an alert at most, then the server closes
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        finally:
+            sock.close()
+        neighbour.send(frame(1, b"case %d" % case))
+        assert neighbour.read_frame() == (1, True, b"case %d" % case)
+    assert metric_total(server.stats_port, "millionws_internal_errors_total") == 0
+    assert metric_total(server.stats_port, "millionws_tls_handshake_failures_total") >= 10
