@@ -122,6 +122,5 @@ def install(script: str, what: str) -> None:
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines()
         reason = f"{what} not installed: bash tests/interop/{script} failed: {lines[-1] if lines else proc.returncode}"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+        # On CI a missing client fails; elsewhere (no apt, no network) it skips, saying why.
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(reason)
