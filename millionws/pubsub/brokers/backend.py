@@ -136,9 +136,10 @@ class Backend(Delivery, Outbox):
             await asyncio.sleep(next(delays))
 
     def _down(self, reason: str, what: str) -> None:
-        self.bridge.error = reason
+        # Logged first: whoever sees the error (the worker, /health, a test in another thread) finds the line.
         self.log("connection", reason, logging.WARNING, "bus %s: %s: %s (publishes are refused until connected)",
                  self.name, what, reason)
+        self.bridge.error = reason
 
     def _drop_connection_tasks(self) -> None:
         """Work blocked on a dead connection would never end: cancel it; the next connect resyncs."""
