@@ -52,7 +52,9 @@ _CIPHER_REASONS = frozenset(("NO_SHARED_CIPHER", "NO_SUITABLE_SIGNATURE_ALGORITH
                              "NO_SHARED_GROUPS", "NO_CIPHERS_AVAILABLE", "NO_SHARED_SIGNATURE_ALGORITHMS"))
 _PLAIN_REASONS = frozenset(("HTTP_REQUEST", "HTTPS_PROXY_REQUEST"))
 
-HANDSHAKING, READY, FAILED = range(3)
+# A session's state: READY carries application data; FAILED is a handshake that failed; ENDED is one that can
+# say nothing more (our close_notify is out, or OpenSSL refused a write).
+HANDSHAKING, READY, FAILED, ENDED = range(4)
 
 # The largest TLS record on the wire: a 5-byte header and at most 2^14 + 2048 bytes (TLS 1.2, RFC 5246
 # §6.2.3; TLS 1.3 allows 2^14 + 256).  A read leaves room for one (see the module docstring); the receive
@@ -198,9 +200,9 @@ class TlsTransport:
             step = pos + BIO_CHUNK if end - pos > BIO_CHUNK else end
             rx.write(view[pos:step])
             pos = step
-            if session.state != READY:
+            if session.state == HANDSHAKING:
                 self._handshake(fd, session)
-                if session.state != READY:
+                if session.state == HANDSHAKING:
                     continue
             # One record per read: OpenSSL (no read-ahead) takes exactly one record from the BIO per call, so
             # once a read has emptied both the BIO and the decrypted bytes nothing whole is left, and the read
@@ -269,20 +271,26 @@ class TlsTransport:
         if session.state != READY or not data:
             return b""  # nothing can be said to a peer whose handshake is not over
         obj, tx = session.obj, session.tx
-        if len(data) <= BIO_CHUNK:
-            obj.write(data)
-            return tx.read()
-        view = memoryview(data)  # records of BIO_CHUNK bytes: the BIO never holds more (see readv)
-        out = []
-        for start in range(0, len(data), BIO_CHUNK):
-            obj.write(view[start:start + BIO_CHUNK])
-            out.append(tx.read())
-        return b"".join(out)
+        try:
+            if len(data) <= BIO_CHUNK:
+                obj.write(data)
+                return tx.read()
+            view = memoryview(data)  # records of BIO_CHUNK bytes: the BIO never holds more (see readv)
+            out = []
+            for start in range(0, len(data), BIO_CHUNK):
+                obj.write(view[start:start + BIO_CHUNK])
+                out.append(tx.read())
+            return b"".join(out)
+        except ssl.SSLError:  # OpenSSL is done with this connection: its next read ends it; a fan-out goes on
+            session.state = ENDED
+            tx.read()
+            return b""
 
     def shutdown(self, fd: int, /) -> None:
         """close_notify, then our FIN."""
         session = self.sessions.get(fd)
         if session is not None and session.state == READY:
+            session.state = ENDED  # nothing is sealed after close_notify (an application may still send)
             try:
                 session.obj.unwrap()
             except ssl.SSLError:  # SSLWantReadError: our close_notify is out, the peer's is not waited for

@@ -118,6 +118,9 @@ def test_handshake_then_application_bytes_both_ways_then_close_notify(pair, test
     assert got == big
     transport.shutdown(a.fileno())  # close_notify, then FIN
     assert client.receive(1) == b""
+    assert transport.seal(a.fileno(), b"too late") == b""  # after close_notify: nothing, and no exception
+    client.send(b"the peer still talks")  # read while we linger: still decrypted, no second handshake counted
+    assert read(transport, a.fileno()) == b"the peer still talks" and counters[DONE] == 1
 
 
 def test_a_partial_record_yields_nothing_until_it_is_whole(pair, test_ca):
