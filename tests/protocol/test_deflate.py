@@ -8,7 +8,6 @@ see :class:`ReferenceDeflate`.
 
 from __future__ import annotations
 
-import itertools
 import os
 import tracemalloc
 import zlib
@@ -37,6 +36,7 @@ from .test_websocket import (
     client_frame,
     close_codes,
     control_frame,
+    cut_anywhere,
     data_message,
     fresh_conn,
     payloads,
@@ -349,10 +349,7 @@ def deflate_stream(draw: st.DrawFn) -> list[bytes]:
     parts = draw(st.lists(DEFLATE_VALID, max_size=5))
     parts.append(draw(DEFLATE_ENDINGS))
     parts += draw(st.lists(DEFLATE_VALID | DEFLATE_ENDINGS, max_size=2))
-    stream = b"".join(parts) or compressed_frame(1, b"x")
-    cuts = sorted(set(draw(st.lists(st.integers(1, max(1, len(stream) - 1)), max_size=8))))
-    bounds = [0, *(c for c in cuts if c < len(stream)), len(stream)]
-    return [stream[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+    return cut_anywhere(draw, b"".join(parts) or compressed_frame(1, b"x"))
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

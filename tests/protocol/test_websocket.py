@@ -344,6 +344,11 @@ def chunked_stream(draw: st.DrawFn) -> list[bytes]:
     stream = b"".join(parts)
     if not stream:
         stream = client_frame(1, b"x")
+    return cut_anywhere(draw, stream)
+
+
+def cut_anywhere(draw: st.DrawFn, stream: bytes) -> list[bytes]:
+    """``stream`` in up to 9 reads, cut at points the strategy draws."""
     cuts = sorted(set(draw(st.lists(st.integers(1, max(1, len(stream) - 1)), max_size=8))))
     bounds = [0, *(c for c in cuts if c < len(stream)), len(stream)]
     return [stream[a:b] for a, b in itertools.pairwise(bounds) if b > a]
