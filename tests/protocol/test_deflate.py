@@ -13,7 +13,7 @@ import tracemalloc
 import zlib
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionType
@@ -23,16 +23,15 @@ from wsproto.frame_protocol import CloseReason, Opcode, RsvBits
 
 from benchmarks.wscodec import close_payload
 from millionws.protocol.deflate import TAIL, DeflatePool, Deflater, InboundDeflate
-from millionws.protocol.lifecycle import CLOSING, LINGER, OPEN, R_PROTOCOL, R_TOO_BIG
+from millionws.protocol.lifecycle import CLOSING, LINGER, R_PROTOCOL, R_TOO_BIG
 from millionws.protocol.websocket import FramePool, encode_frame
 
 from .test_websocket import (
     ENDINGS,
     KEYS,
     TOO_BIG_REASON,
-    Client,
     Reference,
-    assert_same_state,
+    against_references,
     client_frame,
     close_codes,
     control_frame,
@@ -362,23 +361,7 @@ def deflate_stream(draw: st.DrawFn) -> list[bytes]:
 def test_pooled_deflate_matches_a_dedicated_wsproto(streams: list[list[bytes]], max_size: int, max_free: int,
                                                     server_close_at: int | None) -> None:
     pool = DeflatePool(max_free, max_size)
-    clients = [Client() for _ in streams]
-    refs = [ReferenceDeflate(max_size) for _ in streams]
-    for step in range(max(len(s) for s in streams)):
-        for chunks, client, ref in zip(streams, clients, refs, strict=True):
-            if step == server_close_at and client.conn.state == OPEN:
-                assert start_close(client.conn, pool, 1001, "going away") == ref.start_close(1001, "going away")
-            if step >= len(chunks):
-                continue
-            got = receive(client.conn, chunks[step], client.handler, max_size, pool)
-            want = ref.receive(chunks[step])
-            assert close_codes(got) == close_codes(want)
-            assert got == want
-            assert client.messages == ref.messages
-    for client, ref in zip(clients, refs, strict=True):
-        assert_same_state(client, ref)
-        codes = close_codes(bytes(ref.output))
-        event(f"state={client.conn.state} close={codes[-1] if codes else '-'} messages={min(len(ref.messages), 3)}")
+    against_references(streams, pool, [ReferenceDeflate(max_size) for _ in streams], max_size, server_close_at)
     assert len(pool) <= max_free
 
 

@@ -356,18 +356,12 @@ def cut_anywhere(draw: st.DrawFn, stream: bytes) -> list[bytes]:
 
 # -- the equivalence -----------------------------------------------------------------------
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(
-    streams=st.lists(chunked_stream(), min_size=1, max_size=2),
-    max_size=st.sampled_from([300, 125, 1 << 20, 1 << 20]),
-    max_free=st.sampled_from([1024, 1]),
-    server_close_at=st.none() | st.integers(0, 6),
-)
-def test_pooled_fast_path_matches_a_dedicated_wsproto(streams: list[list[bytes]], max_size: int, max_free: int,
-                                                      server_close_at: int | None) -> None:
-    pool = FramePool(max_free)  # shared by the clients, as in a worker
+def against_references(streams: list[list[bytes]], pool: FramePool, refs: list, max_size: int,
+                       server_close_at: int | None) -> None:
+    """Each client's reads through the pooled ``receive`` and through its own dedicated reference, step by
+    step and interleaved (the pool is shared, as in a worker): the same bytes out, the same messages, the
+    same final state."""
     clients = [Client() for _ in streams]
-    refs = [Reference(max_size) for _ in streams]
     for step in range(max(len(s) for s in streams)):
         for chunks, client, ref in zip(streams, clients, refs, strict=True):
             if step == server_close_at and client.conn.state == OPEN:
@@ -385,6 +379,19 @@ def test_pooled_fast_path_matches_a_dedicated_wsproto(streams: list[list[bytes]]
         assert_same_state(client, ref)
         codes = close_codes(bytes(ref.output))
         event(f"state={client.conn.state} close={codes[-1] if codes else '-'} messages={min(len(ref.messages), 3)}")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(
+    streams=st.lists(chunked_stream(), min_size=1, max_size=2),
+    max_size=st.sampled_from([300, 125, 1 << 20, 1 << 20]),
+    max_free=st.sampled_from([1024, 1]),
+    server_close_at=st.none() | st.integers(0, 6),
+)
+def test_pooled_fast_path_matches_a_dedicated_wsproto(streams: list[list[bytes]], max_size: int, max_free: int,
+                                                      server_close_at: int | None) -> None:
+    pool = FramePool(max_free)  # shared by the clients, as in a worker
+    against_references(streams, pool, [Reference(max_size) for _ in streams], max_size, server_close_at)
     event(f"pool created={pool.created} clients={len(streams)}")
     assert len(pool) <= max_free
     if max_free >= len(streams):
