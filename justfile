@@ -30,9 +30,9 @@ tf-check:
 load host="http://127.0.0.1:8080" users="100" time="30s":
     HOST={{host}} USERS={{users}} RUN_TIME={{time}} locust/run.sh local
 
-# install the benchmark extras (peer servers) into .venv
+# install the benchmark extras (peer servers) into .venv, and the system packages of the uws and gorilla peers
 bench-setup:
-    scripts/setup && .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[bench]'
+    scripts/setup && .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[bench]' && scripts/bench-system-deps
 
 # memory per idle connection (GUIDE §4): millionws and the peers, median of runs
 bench-memory connections="10000" runs="3": bench-setup

@@ -50,11 +50,11 @@ if __package__ in (None, ""):  # `python benchmarks/run.py`: make `benchmarks` i
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import memory, servers, throughput
-from benchmarks.peers import PEERS
+from benchmarks.peers import DEFAULT_PEERS
 from benchmarks.servers import REPO_ROOT, machine
 
 RESULTS = REPO_ROOT / "benchmarks" / "results"
-PEER_NAMES = tuple(PEERS)
+PEER_NAMES = DEFAULT_PEERS  # what --peers starts: the tables have a column for each
 SERVER = "millionws"
 PER_WORKER = 18_000  # connections per millionws worker in the memory scenario (open-files limit 20 000)
 

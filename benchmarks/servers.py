@@ -35,7 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:  # so `python benchmarks/<driver>.py` works as well as `-m`
     sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.peers import PEERS  # noqa: E402
+from benchmarks.peers import DEFAULT_PEERS, PEERS  # noqa: E402
 from benchmarks.tlscert import TestCert, make_test_cert  # noqa: E402
 
 # Where servers start. `python -m millionws` imports the package from its working directory first, so a
@@ -78,13 +78,17 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
         metavar="NAME=CMD",
         help="a server command, shell-quoted; {host} and {port} are substituted (repeatable)",
     )
-    parser.add_argument("--peers", action="store_true", help="also run the websockets, aiohttp and picows peers")
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help=f"also run the default peers ({', '.join(DEFAULT_PEERS)}); the others by --peer NAME",
+    )
     parser.add_argument(
         "--peer",
         action="append",
         default=[],
         choices=tuple(PEERS),
-        help="also run this peer (repeatable; --peers = all of them)",
+        help="also run this peer (repeatable; --peers = the default ones, uws and gorilla only by name)",
     )
     parser.add_argument(
         "--tls",
@@ -120,7 +124,7 @@ def servers_from_args(args: argparse.Namespace, parser: argparse.ArgumentParser)
         servers.append(("server", command))
     tls_flags = ["--tls-cert", "{cert}", "--tls-key", "{key}"] if getattr(args, "tls", False) else []
     for name, script in PEERS.items():
-        if args.peers or name in getattr(args, "peer", []):
+        if (args.peers and name in DEFAULT_PEERS) or name in getattr(args, "peer", []):
             servers.append((name, [sys.executable, str(script), "--host", "{host}", "--port", "{port}", *tls_flags]))
     if not servers:
         parser.error("nothing to run: give --peers, --peer NAME, --server NAME=CMD or -- CMD")
@@ -300,7 +304,10 @@ def machine() -> dict[str, Any]:
         "mem_total_bytes": mem_total,
         "kernel": platform.release(),
         "python": platform.python_version(),
-        "packages": {d: _version(d) for d in ("wsproto", "h11", "websockets", "aiohttp", "picows", "psutil")},
+        "packages": {
+            d: _version(d) for d in ("wsproto", "h11", "websockets", "aiohttp", "picows", "socketify", "psutil")
+        },
+        "go": _go_version(),  # what the gorilla peer was built with (None: no Go here)
         "git_commit": _git("rev-parse", "HEAD").strip(),
         "git_uncommitted": dirty,  # files of millionws/ or benchmarks/ that differ from the commit
         "millionws_sha256": code_digest(),  # of the code the servers ran (a snapshot, see use_snapshot)
@@ -310,6 +317,14 @@ def machine() -> dict[str, Any]:
         "ip_local_port_range": [int(lo), int(hi)],
         "nofile_limit": list(resource.getrlimit(resource.RLIMIT_NOFILE)),
     }
+
+
+def _go_version() -> str | None:
+    try:
+        done = subprocess.run(["go", "version"], capture_output=True, text=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() or None
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")

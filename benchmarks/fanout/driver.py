@@ -61,8 +61,8 @@ import psutil  # noqa: E402
 from benchmarks import wscodec  # noqa: E402
 from benchmarks.fanout import subscriber  # noqa: E402
 from benchmarks.loadgen import wsframe  # noqa: E402
+from benchmarks.peers import PEERS  # noqa: E402
 
-PEER_DIR = REPO_ROOT / "benchmarks" / "peers"
 FLOOR = REPO_ROOT / "benchmarks" / "fanout" / "floor.py"
 CHANNEL = "bench"
 REFERENCE_002 = {"p99_ms": {100: 17.81, 1000: 55.55, 10000: 1073.07}, "msgs_per_s": 99252, "cores": 16}
@@ -112,8 +112,8 @@ def make_server(spec: str, python: str) -> Server:
         argv = [python, "-m", "millionws", "serve", "--host", "{host}", "--port", "{port}", "--workers", "1",
                 "--ping-interval", "0", "--log-level", "warning", "--bus", "{bus}"]
         return Server(f"millionws-nats:{nodes}", argv, "/pubsub", "/pubsub", 1, False, only_n, True, nodes)
-    if name in ("websockets", "aiohttp", "picows"):
-        argv = [python, str(PEER_DIR / f"{name}_server.py"), "--host", "{host}", "--port", "{port}"]
+    if name in PEERS:  # uws and gorilla too, when named in --servers (not in the default list: opt-in peers)
+        argv = [python, str(PEERS[name]), "--host", "{host}", "--port", "{port}"]
         return Server(name, argv, "/fanout", "/fanout/publish", 1, True, only_n)
     if name == "floor":
         argv = [python, str(FLOOR), "--host", "{host}", "--port", "{port}"]
@@ -593,7 +593,7 @@ def summarize_rows(runs: list[dict[str, Any]]) -> dict[str, Any]:
         mw = vals.get("millionws:1")
         if mw is None:
             continue
-        peers = [vals[p] for p in ("websockets", "aiohttp", "picows") if p in vals]
+        peers = [vals[p] for p in PEERS if p in vals]
         entry = ratios.setdefault(str(n), {"vs_best_peer": [], "vs_floor": []})
         if peers:
             entry["vs_best_peer"].append(round(mw / min(peers), 3))
@@ -646,7 +646,7 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     versions = {}
-    for mod in ("websockets", "aiohttp", "picows"):
+    for mod in ("websockets", "aiohttp", "picows", "socketify"):
         try:
             from importlib import metadata
             versions[mod] = metadata.version(mod)
