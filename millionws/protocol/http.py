@@ -59,6 +59,18 @@ def new_parser(max_head: int) -> h11.Connection:
     return h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
 
 
+class _Unstarted:
+    """``conn.http`` of a connection that has sent nothing yet: its h11 parser is made only when the first
+    head is not one the fast path reads (``fast_head``); it reads as an idle parser with nothing buffered."""
+
+    __slots__ = ()
+    their_state = h11.IDLE
+    trailing_data = (b"", False)
+
+
+UNSTARTED = _Unstarted()
+
+
 def header_values(request: h11.Request, name: bytes) -> list[bytes]:
     """Values of header ``name`` (lower case), comma-separated lists split, lower-cased."""
     values: list[bytes] = []
