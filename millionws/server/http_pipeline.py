@@ -7,8 +7,9 @@ Theory of operation:
   to the application without h11: the upgrade of a reconnect storm builds no parser at all.  Any other first
   read, and any answer but an upgrade to such a head, continues on an h11 parser in the state h11 would be in.
 * The h11 parser lives only until the connection upgrades or ends.  Bytes read go to the parser; each
-  complete request (head, body within ``max_request_body``) is handed to the application (``handle``), which answers with a response, a
-  refusal (``HttpError``: rendered here, and the connection ends), or ``None``: deferred.
+  complete request (head, body within ``max_request_body``) is handed to the application (``handle``),
+  which answers with a response, a refusal (``HttpError``: rendered here, and the connection ends), or
+  ``None``: deferred.
 * Limits are checked where h11 cannot: a head that arrived whole is measured here (h11 bounds only an
   incomplete one), and the framing is checked at the head, before any body is waited for.
 * Keep-alive and pipelining: a new parser takes the bytes pipelined behind an answered request and the
