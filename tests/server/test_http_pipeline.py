@@ -197,6 +197,13 @@ def test_the_handshake_deadline_closes_an_idle_keep_alive_silently_and_a_slow_re
     assert slow.sent().startswith(b"HTTP/1.1 408 ") and slow.refused(http.HS_TIMEOUT) == 1
 
 
+def test_a_connection_that_never_sent_a_byte_is_closed_silently_at_its_deadline():
+    rig = Rig()
+    rig.pipeline.resume(rig.conn)  # nothing read yet: nothing to do
+    rig.pipeline.on_timer(rig.conn)
+    assert rig.conn.state == CLOSED and rig.sent() == b"" and rig.requests == []
+
+
 @pytest.mark.parametrize("ping_interval", [0.0, 30.0])
 def test_the_upgrade_opens_the_websocket_then_hands_on_the_frames_that_came_with_it(ping_interval):
     rig = Rig(ping_interval=ping_interval)
