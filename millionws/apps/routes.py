@@ -83,7 +83,6 @@ class App:
         target = request.target
         path = http.request_path(target)
         query = target.partition(b"?")[2]
-        keep_alive = http.keep_alive(request)
         ws_app = None if admin else self.websocket_routes.get(path)
         if ws_app is not None:
             accepted = http.check_upgrade(request)
@@ -110,6 +109,7 @@ class App:
                 elif query:
                     ws_app = self.user_session(query)
             return Response(accepted, 101, True, ws_app, identity, deflate)
+        keep_alive = http.keep_alive(request)
         if not admin and (path.startswith(b"/publish/") or path.startswith(b"/users/")):
             self.check_backend(request)
             return self.backend.post(request, path, body, keep_alive, conn)

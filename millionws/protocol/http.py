@@ -59,6 +59,18 @@ def new_parser(max_head: int) -> h11.Connection:
     return h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
 
 
+class _Unstarted:
+    """``conn.http`` of a connection that has sent nothing yet: its h11 parser is made only when the first
+    head is not one the fast path reads (``fast_head``); it reads as an idle parser with nothing buffered."""
+
+    __slots__ = ()
+    their_state = h11.IDLE
+    trailing_data = (b"", False)
+
+
+UNSTARTED = _Unstarted()
+
+
 def header_values(request: h11.Request, name: bytes) -> list[bytes]:
     """Values of header ``name`` (lower case), comma-separated lists split, lower-cased."""
     values: list[bytes] = []
@@ -92,30 +104,44 @@ def keep_alive(request: h11.Request) -> bool:
     return b"close" not in tokens
 
 
-def is_upgrade(request: h11.Request) -> bool:
-    return b"websocket" in header_values(request, b"upgrade")
-
-
 def accept_key(key: bytes) -> bytes:
     """Sec-WebSocket-Accept for a Sec-WebSocket-Key (RFC 6455 §4.2.2)."""
     return base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+
+
+def has_token(value: bytes, token: bytes) -> bool:
+    """Whether the comma-separated list ``value`` holds ``token`` (lower case), case-insensitively."""
+    lowered = value.lower()
+    return lowered == token or token in [t.strip() for t in lowered.split(b",")]
 
 
 def check_upgrade(request: h11.Request) -> bytes:
     """Validate a WebSocket opening handshake; return the 101 response bytes or raise HttpError."""
     if request.method != b"GET":
         raise HttpError(405, "WebSocket upgrade needs GET", HS_METHOD, (("Allow", "GET"),))
-    if not is_upgrade(request):
+    # One pass over the headers (this runs for every connection of a reconnect storm); the checks below
+    # keep their order, so the answer to a request wrong in several ways is the same as ever.
+    upgrade = connection_upgrade = False
+    versions: list[bytes] = []
+    keys: list[bytes] = []
+    for name, value in request.headers:
+        if name == b"upgrade":
+            upgrade = upgrade or has_token(value, b"websocket")
+        elif name == b"connection":
+            connection_upgrade = connection_upgrade or has_token(value, b"upgrade")
+        elif name == b"sec-websocket-version":
+            versions.append(value)
+        elif name == b"sec-websocket-key":
+            keys.append(value)
+    if not upgrade:
         raise HttpError(426, "this endpoint speaks WebSocket", HS_UPGRADE_REQUIRED,
                         (("Upgrade", "websocket"), ("Connection", "Upgrade")))
     if request.http_version != b"1.1":
         raise HttpError(400, "WebSocket needs HTTP/1.1", HS_BAD_REQUEST)
-    if b"upgrade" not in header_values(request, b"connection"):
+    if not connection_upgrade:
         raise HttpError(400, "Connection header lacks the upgrade token", HS_BAD_REQUEST)
-    versions = [v for k, v in request.headers if k == b"sec-websocket-version"]
     if versions != [b"13"]:
         raise HttpError(426, "unsupported Sec-WebSocket-Version", HS_VERSION, (("Sec-WebSocket-Version", "13"),))
-    keys = [v for k, v in request.headers if k == b"sec-websocket-key"]
     if len(keys) != 1:
         raise HttpError(400, "exactly one Sec-WebSocket-Key is required", HS_BAD_REQUEST)
     key = keys[0].strip()

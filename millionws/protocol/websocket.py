@@ -24,7 +24,10 @@ Theory of operation (sans-IO: bytes in, events to the application, bytes out):
   object in that state is indistinguishable from a fresh one, so the behaviour is that
   of a dedicated wsproto connection per client (``tests/protocol/test_websocket.py`` proves it
   against one on random splits of random frame streams).
-* The closing handshake keeps its wsproto object until the descriptor is closed.
+* A Close from the peer between messages that ends its read and is valid (code and UTF-8 reason, RFC 6455
+  §5.5.1, §7.4) is answered on the fast path with its code and reason, as wsproto would answer it
+  (:func:`close_answer`); any other Close goes to wsproto.  A closing handshake we start keeps its wsproto
+  object until the descriptor is closed.
 * Messages reach the application whole (fragments are reassembled up to
   ``max_size``; beyond it: close 1009) as ``handler(conn, is_text, payload) -> reply``.
 """
@@ -37,7 +40,7 @@ from typing import Any
 from wsproto.connection import Connection as WSConnection
 from wsproto.connection import ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, Pong, TextMessage
-from wsproto.frame_protocol import CloseReason
+from wsproto.frame_protocol import LOCAL_ONLY_CLOSE_REASONS, CloseReason
 
 from ..config import DEFAULTS
 from .lifecycle import (
@@ -164,6 +167,12 @@ def receive(conn: Any, data: bytes, handler: Handler, max_size: int, pool: Frame
         while n - pos >= 6:
             b0 = data[pos]
             if b0 != 0x81 and b0 != 0x82 and (inflate is None or (b0 != 0xC1 and b0 != 0xC2)):
+                if b0 == 0x88:  # the peer's Close, the end of every reconnect: answered without wsproto
+                    answer = close_answer(data, pos, n)
+                    if answer is not None:
+                        out.append(answer)
+                        conn.msg = None
+                        return PEER_CLOSED
                 break
             length = data[pos + 1] ^ 0x80  # masked frames have the high bit set
             if length < 126:
@@ -218,6 +227,31 @@ def receive(conn: Any, data: bytes, handler: Handler, max_size: int, pool: Frame
         conn.ws = None
         conn.msg = None
     return event
+
+
+# Close codes a peer may send (RFC 6455 §7.4): wsproto's known ones that are not local-only, and 3000-4999.
+_PEER_CLOSE_CODES = frozenset(int(c) for c in CloseReason if 1000 <= c <= 2999 and c not in LOCAL_ONLY_CLOSE_REASONS)
+
+
+def close_answer(data: bytes, pos: int, n: int) -> bytes | None:
+    """Our answer to a masked Close frame at ``data[pos]`` that ends the read exactly: the same code and
+    reason back (what wsproto's ``event.response()`` sends).  None: anything wsproto must judge (an
+    invalid code or reason, a 1-byte payload, bytes after it), so the fast path leaves it to wsproto."""
+    length = data[pos + 1] ^ 0x80
+    if length > 125 or length == 1 or pos + 6 + length != n:  # > 125: unmasked, or not a control length
+        return None
+    payload = unmask(data, pos + 6, n)
+    if length:
+        code = payload[0] << 8 | payload[1]
+        if code not in _PEER_CLOSE_CODES and not 3000 <= code <= 4999:
+            return None
+        reason = payload[2:]
+        if not reason.isascii():
+            try:
+                reason.decode()
+            except UnicodeDecodeError:
+                return None
+    return bytes((0x88, length)) + payload
 
 
 def _fail(ws: WSConnection, code: int, reason: str, out: list[bytes]) -> int:

@@ -2,10 +2,14 @@
 
 Theory of operation:
 
-* Every connection starts here, in the ``HTTP`` state, with an h11 parser that lives only until the
-  connection upgrades or ends.  Bytes read go to the parser; each complete request (head, body within
-  ``max_request_body``) is handed to the application (``handle``), which answers with a response, a
-  refusal (``HttpError``: rendered here, and the connection ends), or ``None``: deferred.
+* Every connection starts here, in the ``HTTP`` state, with no parser (``http.UNSTARTED``).  Its first read,
+  if it holds a plain body-less GET head (:mod:`fast_head`, a strict subset of what h11 accepts), is handed
+  to the application without h11: the upgrade of a reconnect storm builds no parser at all.  Any other first
+  read, and any answer but an upgrade to such a head, continues on an h11 parser in the state h11 would be in.
+* The h11 parser lives only until the connection upgrades or ends.  Bytes read go to the parser; each
+  complete request (head, body within ``max_request_body``) is handed to the application (``handle``),
+  which answers with a response, a refusal (``HttpError``: rendered here, and the connection ends), or
+  ``None``: deferred.
 * Limits are checked where h11 cannot: a head that arrived whole is measured here (h11 bounds only an
   incomplete one), and the framing is checked at the head, before any body is waited for.
 * Keep-alive and pipelining: a new parser takes the bytes pipelined behind an answered request and the
@@ -36,7 +40,7 @@ from ..apps.host import Response
 from ..config import Config
 from ..core.reactor import EPOLLIN, EPOLLOUT, Reactor, monotonic
 from ..metrics import HANDSHAKE0, F, WorkerStats
-from ..protocol import http
+from ..protocol import fast_head, http
 from ..protocol.lifecycle import HTTP, LAST_ANSWER, OPEN, UPGRADED, advance
 from .closing import Closer
 from .connection import F_ADMIN, F_PAUSED, F_WAITING, Connection, deflate_flags
@@ -74,12 +78,19 @@ class HttpPipeline:
         self.publish_timeout = config.publish_timeout
         self.ping_interval = config.ping_interval
 
-    def http_in(self, conn: Connection, data: bytes | None) -> None:
-        """Parse and answer requests; ``data`` None resumes what the parser already holds."""
+    def http_in(self, conn: Connection, data: bytes | None, budget: int = 0) -> None:
+        """Parse and answer requests; ``data`` None resumes what the parser already holds.  ``budget``: requests
+        still allowed this turn (0: the whole ``pipeline_budget``)."""
         parser = conn.http
+        if parser is http.UNSTARTED:  # the first bytes of the connection
+            if data is None:
+                return
+            if not conn.flags & (F_PAUSED | F_WAITING) and self.fast_request(conn, data):
+                return
+            conn.http = parser = http.new_parser(self.max_head)
         if data is not None:
             parser.receive_data(data)
-        budget = self.budget
+        budget = budget or self.budget
         while conn.state == HTTP:
             if conn.flags & (F_PAUSED | F_WAITING):
                 return  # answers are piling up unread, or one is deferred: resumed when that ends
@@ -123,6 +134,37 @@ class HttpPipeline:
                 self.closer.close(conn)
                 return
 
+    def fast_request(self, conn: Connection, data: bytes) -> bool:
+        """The first read of a connection, if it holds a head :mod:`fast_head` reads: answered without an h11
+        parser when it is an upgrade.  False: not such a head, h11 reads the same bytes."""
+        parsed = fast_head.parse(data, self.max_head)
+        if parsed is None:
+            return False
+        request, trailing = parsed
+        # Within max_head (fast_head's rule), so head_size is too; framing: no body, one valid Host.
+        try:
+            response = self.handle(request, b"", bool(conn.flags & F_ADMIN), conn)
+        except http.HttpError as error:
+            self.refuse(conn, error)
+            return True
+        if response is not None and response.websocket is not None:
+            self.stats.http_status(response.status)
+            self.open_websocket(conn, response, trailing)
+            return True
+        # A page or a deferred answer: from here the connection is h11's, in the state it would be in had h11
+        # read this request (it accepts whatever fast_head accepts), so keep-alive and pipelining are its.
+        conn.http = parser = http.new_parser(self.max_head)
+        parser.receive_data(data)
+        parser.next_event()  # the Request
+        parser.next_event()  # its EndOfMessage
+        self.answered(conn, response)
+        if conn.state == HTTP:  # requests pipelined behind it, within the budget of this turn
+            if self.budget > 1:
+                self.http_in(conn, None, self.budget - 1)
+            else:
+                self.reactor.call_later(0, lambda: self.resume(conn))
+        return True
+
     def resume(self, conn: Connection) -> None:
         """Go on with requests already read, after a pause, a deferred answer or the pipeline budget."""
         if conn.state == HTTP and conn.http is not None and not conn.flags & F_WAITING:
@@ -147,6 +189,10 @@ class HttpPipeline:
         except http.HttpError as error:
             self.refuse(conn, error, request.method == b"HEAD")
             return
+        self.answered(conn, response)
+
+    def answered(self, conn: Connection, response: Response | None) -> None:
+        """Write the application's answer, or wait for it (None: deferred)."""
         if response is None:
             # Deferred: stop reading; answer() resumes.  The app answers within --publish-timeout; the
             # deadline a second later is the backstop (see on_timer).
@@ -174,10 +220,7 @@ class HttpPipeline:
         self.stats.http_status(response.status)
         trailing = conn.http.trailing_data[0]
         if response.websocket is not None:
-            self.upgraded(conn, response.data, response.websocket, trailing, response.deflate)
-            expires = response.identity.expires if response.identity is not None else None
-            if expires is not None and conn.state == OPEN:
-                self.expiries.add(conn, expires)
+            self.open_websocket(conn, response, trailing)
             return
         self.write(conn, response.data)
         if not response.keep_alive:
@@ -189,6 +232,13 @@ class HttpPipeline:
         if trailing:
             parser.receive_data(trailing)
         self.reactor.wheel.schedule(conn, monotonic() + self.handshake_timeout)
+
+    def open_websocket(self, conn: Connection, response: Response, trailing: bytes) -> None:
+        """The upgrade, and the token's expiry registered for keepalive's check."""
+        self.upgraded(conn, response.data, response.websocket, trailing, response.deflate)
+        expires = response.identity.expires if response.identity is not None else None
+        if expires is not None and conn.state == OPEN:
+            self.expiries.add(conn, expires)
 
     def upgraded(self, conn: Connection, response: bytes, ws_app: Any, trailing: bytes, deflate: int = 0) -> None:
         """Write the 101 and open the WebSocket; frames that came with the request go to ``ws_in``.

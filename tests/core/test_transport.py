@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
+
+import pytest
 
 from millionws.core.transport import PLAIN, Transport
 
@@ -30,3 +33,14 @@ def test_plain_moves_bytes_and_half_closes():
     finally:
         PLAIN.close(fd)
         b.close()
+
+
+def test_a_half_close_that_fails_raises_oserror_with_its_errno():
+    r, w = os.pipe()  # not a socket
+    try:
+        with pytest.raises(OSError) as failed:
+            PLAIN.shutdown(r)
+        assert failed.value.errno == errno.ENOTSOCK
+    finally:
+        os.close(r)
+        os.close(w)

@@ -1,7 +1,12 @@
 from __future__ import annotations
 
+import base64
+import binascii
+
 import h11
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from millionws.protocol import http
 
@@ -70,3 +75,50 @@ def test_head_size_counts_headers():
     small = request([(b"Host", b"x")])
     big = request([(b"Host", b"x"), (b"X", b"a" * 5000)])
     assert http.head_size(big) - http.head_size(small) >= 5000
+
+
+def reference_check_upgrade(request) -> bytes:
+    """check_upgrade as it was before its one-pass rewrite: the answers must not change."""
+    if request.method != b"GET":
+        raise http.HttpError(405, "", http.HS_METHOD)
+    if b"websocket" not in http.header_values(request, b"upgrade"):
+        raise http.HttpError(426, "", http.HS_UPGRADE_REQUIRED)
+    if request.http_version != b"1.1":
+        raise http.HttpError(400, "", http.HS_BAD_REQUEST)
+    if b"upgrade" not in http.header_values(request, b"connection"):
+        raise http.HttpError(400, "", http.HS_BAD_REQUEST)
+    if [v for k, v in request.headers if k == b"sec-websocket-version"] != [b"13"]:
+        raise http.HttpError(426, "", http.HS_VERSION)
+    keys = [v for k, v in request.headers if k == b"sec-websocket-key"]
+    if len(keys) != 1:
+        raise http.HttpError(400, "", http.HS_BAD_REQUEST)
+    try:
+        if len(base64.b64decode(keys[0].strip(), validate=True)) != 16:
+            raise ValueError
+    except (binascii.Error, ValueError):
+        raise http.HttpError(400, "", http.HS_BAD_REQUEST) from None
+    return b"101"
+
+
+def outcome(check, request) -> tuple[int, int]:
+    try:
+        check(request)
+    except http.HttpError as error:
+        return error.status, error.reason
+    return 101, -1
+
+
+HEADER_CHOICES = [(b"Upgrade", b"websocket"), (b"Upgrade", b"WebSocket, h2c"), (b"Upgrade", b"h2c"),
+                  (b"Upgrade", b", websocket"), (b"Connection", b"Upgrade"), (b"Connection", b"keep-alive, UPGRADE"),
+                  (b"Connection", b"close"), (b"Connection", b"upgrade2"), (b"Sec-WebSocket-Version", b"13"),
+                  (b"Sec-WebSocket-Version", b"8"), (b"Sec-WebSocket-Key", b"dGhlIHNhbXBsZSBub25jZQ=="),
+                  (b"Sec-WebSocket-Key", b"short"), (b"Sec-WebSocket-Key", b"AAAAAAAAAAAAAAAAAAAAAA=")]
+
+
+@settings(max_examples=400, deadline=None)
+@given(headers=st.lists(st.sampled_from(HEADER_CHOICES), max_size=8), method=st.sampled_from([b"GET", b"POST"]),
+       version=st.sampled_from([b"1.1", b"1.0"]))
+def test_check_upgrade_answers_as_before(headers, method, version):
+    headers = [*headers, (b"Host", b"x")]  # exactly one, as h11 insists
+    req = request(headers, method, version=version)
+    assert outcome(http.check_upgrade, req) == outcome(reference_check_upgrade, req)

@@ -301,8 +301,8 @@ def control_frame(draw: st.DrawFn, valid: bool = True) -> bytes:
     return client_frame(opcode, draw(st.binary(max_size=125)), key=key, **draw(mutations()))
 
 
-CLOSE_CODES = [1000, 1000, 1001, 1002, 1003, 1007, 1011, 3000, 4999,  # valid
-               999, 1004, 1005, 1006, 1015, 1016, 2999, 5000]  # not allowed on the wire
+CLOSE_CODES = [1000, 1000, 1001, 1002, 1003, 1007, 1008, 1010, 1011, 1012, 1013, 3000, 3999, 4999,  # valid
+               999, 1004, 1005, 1006, 1014, 1015, 1016, 2999, 5000]  # not allowed on the wire (1014: wsproto)
 
 
 @st.composite
@@ -501,7 +501,30 @@ def test_peer_close_answers_then_drops_the_object() -> None:
     assert conn.reason == R_NORMAL
     assert conn.ws is None  # a CLOSED wsproto object is never pooled, and not kept while we linger
     assert len(pool) == 0
+    assert pool.created == 0  # a valid Close that ends the read is answered on the fast path
     assert feed(conn, client_frame(1, b"after"), pool) == b""  # LINGER: read and dropped
+
+
+@pytest.mark.parametrize("payload, fast", [
+    (b"", True), (close_payload(1001), True), (close_payload(4000, "\u00e9t\u00e9".encode()), True),
+    (close_payload(1000, b"r" * 123), True),
+    (b"\x03", False), (close_payload(1005), False), (close_payload(1014), False), (close_payload(2999), False),
+    (close_payload(1000, b"\xff"), False), (close_payload(1000, b"r" * 124), False),
+])
+def test_peer_close_takes_the_fast_path_only_when_valid(payload: bytes, fast: bool) -> None:
+    pool, reference = FramePool(), Reference(1 << 20)
+    conn = fresh_conn()
+    frame = client_frame(8, payload)
+    assert feed(conn, frame, pool) == reference.receive(frame)
+    assert conn.state == LINGER and conn.ws is None
+    assert pool.created == (0 if fast else 1)
+
+
+def test_peer_close_with_bytes_after_it_goes_to_wsproto() -> None:
+    pool = FramePool()
+    conn = fresh_conn()
+    out = feed(conn, client_frame(8, close_payload(1000)) + client_frame(1, b"late"), pool)
+    assert close_codes(out) == [1000] and pool.created == 1
 
 
 def test_our_close_keeps_the_object_through_the_handshake() -> None:

@@ -6,19 +6,23 @@ from __future__ import annotations
 import time
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 from millionws import metrics
 from millionws.apps.host import Response
+from millionws.apps.routes import App
 from millionws.auth import Identity
 from millionws.config import Config
 from millionws.core.reactor import EPOLLIN, EPOLLOUT
 from millionws.metrics import HANDSHAKE0, F
-from millionws.protocol import http
+from millionws.protocol import fast_head, http
 from millionws.protocol.lifecycle import CLOSED, HTTP, LINGER, OPEN
 from millionws.server.connection import F_EXPIRES, F_PAUSED, F_WAITING, Connection
 from millionws.server.http_pipeline import HttpPipeline
 from millionws.server.output import Output
 
+from ..apps.test_apps import host
 from .fakes import FakeReactor, FakeTransport, closer
 
 GET = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -36,7 +40,10 @@ class Ws:
 
 
 class Rig:
-    """A pipeline wired as the worker wires it, around one connection on descriptor 3."""
+    """A pipeline wired as the worker wires it, around one connection on descriptor 3: fresh from accept
+    (``unstarted``: its first read may take the fast path) or with an h11 parser already."""
+
+    unstarted = False
 
     def __init__(self, **config) -> None:
         self.transport, self.reactor = FakeTransport(), FakeReactor()
@@ -49,7 +56,7 @@ class Rig:
         self.config = Config(workers=1, **config)
         self.pipeline = HttpPipeline(self.config, self.stats, self.reactor, self.handle, output.write, self.closer,
                                      self.closer.expiries, lambda conn, data: self.ws_bytes.append(data))
-        self.conn = Connection(3, http.new_parser(self.config.max_request_head))
+        self.conn = Connection(3, http.UNSTARTED if self.unstarted else http.new_parser(self.config.max_request_head))
         self.reactor.conns[3] = self.conn
 
     def handle(self, request, body: bytes, admin: bool, conn: Connection) -> Response | None:
@@ -66,6 +73,14 @@ class Rig:
 
     def refused(self, reason: int) -> int:
         return self.stats.c[HANDSHAKE0 + reason]
+
+
+@pytest.fixture(autouse=True, params=["h11", "fast-path"])
+def first_read(request, monkeypatch):
+    """Every test twice: the connection as the acceptor makes it (the fast path may read its first head) and
+    with an h11 parser from the start; the behaviour must be the same."""
+    monkeypatch.setattr(Rig, "unstarted", request.param == "fast-path")
+    return request.param
 
 
 def test_keep_alive_answers_each_pipelined_request_and_rearms_the_handshake_deadline():
@@ -182,6 +197,13 @@ def test_the_handshake_deadline_closes_an_idle_keep_alive_silently_and_a_slow_re
     assert slow.sent().startswith(b"HTTP/1.1 408 ") and slow.refused(http.HS_TIMEOUT) == 1
 
 
+def test_a_connection_that_never_sent_a_byte_is_closed_silently_at_its_deadline():
+    rig = Rig()
+    rig.pipeline.resume(rig.conn)  # nothing read yet: nothing to do
+    rig.pipeline.on_timer(rig.conn)
+    assert rig.conn.state == CLOSED and rig.sent() == b"" and rig.requests == []
+
+
 @pytest.mark.parametrize("ping_interval", [0.0, 30.0])
 def test_the_upgrade_opens_the_websocket_then_hands_on_the_frames_that_came_with_it(ping_interval):
     rig = Rig(ping_interval=ping_interval)
@@ -196,3 +218,36 @@ def test_the_upgrade_opens_the_websocket_then_hands_on_the_frames_that_came_with
     assert app.opened == [conn] and rig.ws_bytes == [frame] and rig.stats.c[F["connections"]] == 1
     assert (conn.deadline != 0) == (ping_interval > 0)  # the first ping, or no deadline at all
     assert conn.flags & F_EXPIRES and rig.closer.expiries.heap[0][0] == expires
+
+
+# -- the fast path against h11, end to end through the real application ------------------------------
+
+UPGRADE_LINES = [b"GET /echo HTTP/1.1", b"Host: 127.0.0.1:9000", b"Upgrade: websocket", b"Connection: Upgrade",
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==", b"Sec-WebSocket-Version: 13"]
+OPTIONAL_LINES = [b"Origin: https://good.example", b"Origin: https://evil.example", b"origin:   HTTPS://GOOD.example ",
+                  b"Sec-WebSocket-Protocol: millionws", b"Sec-WebSocket-Protocol: chat, millionws",
+                  b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits",
+                  b"Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=10",
+                  b"Sec-WebSocket-Extensions: x-unknown", b"Sec-WebSocket-Version: 8", b"Sec-WebSocket-Key: short",
+                  b"Connection: keep-alive", b"Upgrade: h2c", b"User-Agent: test/1.0 (x; y)", b"Pragma: no-cache"]
+
+
+def answer_of(data: bytes, unstarted: bool) -> tuple[bytes, int, list[int], list[bytes]]:
+    rig = Rig()
+    rig.pipeline.handle = App(host(compression="deflate", allowed_origins="https://good.example")[0], 10).handle
+    if unstarted:
+        rig.conn.http = http.UNSTARTED
+    rig.pipeline.http_in(rig.conn, data)
+    return rig.sent(), rig.conn.state, list(rig.stats.c), rig.ws_bytes
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(extra=st.lists(st.sampled_from(OPTIONAL_LINES), max_size=4), target=st.sampled_from([b"/echo", b"/pubsub",
+       b"/ws?x=1", b"/health", b"/nope"]), trailing=st.sampled_from([b"", b"\x81\x80abcd", GET]))
+def test_the_fast_path_answers_byte_for_byte_as_h11(extra: list[bytes], target: bytes, trailing: bytes) -> None:
+    lines = [UPGRADE_LINES[0].replace(b"/echo", target), *UPGRADE_LINES[1:], *extra]
+    data = b"\r\n".join(lines) + b"\r\n\r\n" + trailing
+    assert fast_head.parse(data, 8192) is not None  # the case under test: the fast path takes it
+    fast, h11_path = answer_of(data, True), answer_of(data, False)
+    assert fast == h11_path
+    event(fast[0][:12].decode())
