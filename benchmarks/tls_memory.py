@@ -181,6 +181,21 @@ def pump(server: ssl.SSLObject, si: ssl.MemoryBIO, so: ssl.MemoryBIO, client: ss
         ci.write(so.read())
 
 
+def detached_handshake(proto: Any, sctx: ssl.SSLContext, tap: Any, client: ssl.SSLObject, ci: ssl.MemoryBIO,
+                       co: ssl.MemoryBIO) -> Any:
+    """An in-memory handshake between ``client`` and the prototype's server side; its detached record layer."""
+    hs = proto.Handshaker(sctx, tap)
+    done = False
+    while not done:
+        try:
+            client.do_handshake()
+        except ssl.SSLWantReadError:
+            pass
+        out, done = hs.feed(co.read())
+        ci.write(out)
+    return hs.detached
+
+
 def client_ctx(certfile: str) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.load_verify_locations(certfile)
@@ -380,16 +395,7 @@ def breakdown_child(variant: str, n: int, certdir: str, memtrack: str) -> dict[s
         ci, co = ssl.MemoryBIO(), ssl.MemoryBIO()
         client = cctx.wrap_bio(ci, co, server_hostname="localhost")
         if tap is not None:
-            hs = proto.Handshaker(sctx, tap)
-            done = False
-            while not done:
-                try:
-                    client.do_handshake()
-                except ssl.SSLWantReadError:
-                    pass
-                out, done = hs.feed(co.read())
-                ci.write(out)
-            det = hs.detached
+            det = detached_handshake(proto, sctx, tap, client, ci, co)
             client.write(msg)
             plain, _reply, _eof = det.receive(co.read())
             assert plain == msg
@@ -601,16 +607,7 @@ def cmd_cpu(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
             for _ in range(args.repeat):
                 ci3, co3 = ssl.MemoryBIO(), ssl.MemoryBIO()
                 client = cctx.wrap_bio(ci3, co3, server_hostname="localhost")
-                hs = proto.Handshaker(sctx, tap)
-                done = False
-                while not done:
-                    try:
-                        client.do_handshake()
-                    except ssl.SSLWantReadError:
-                        pass
-                    out, done = hs.feed(co3.read())
-                    ci3.write(out)
-                det = hs.detached
+                det = detached_handshake(proto, sctx, tap, client, ci3, co3)
                 records = []
                 for _ in range(n):
                     client.write(msg)
