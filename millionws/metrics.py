@@ -90,6 +90,8 @@ REFUSED = {code: F[f"refused_{code}"] for code in INPUT_CODES}
 HTTP_INDEX = {s: F[f"http_{s}"] for s in HTTP_STATUSES}
 LOOP0 = F["loop_bucket_0"]
 FANOUT0 = F["fanout_bucket_0"]
+_LOOP_SUM, _LOOP_COUNT = LOOP0 + len(LOOP_BUCKETS) + 1, LOOP0 + len(LOOP_BUCKETS) + 2
+_bisect_left = bisect.bisect_left
 
 HEADER = ("workers", "restarts")
 SLOT = len(FIELDS)
@@ -149,10 +151,11 @@ class WorkerStats:
         self.shared.view[self._base:self._base + SLOT] = array.array("q", self.c)
 
     def observe_turn(self, seconds: float) -> None:
+        """Once per loop turn: the constants below are module globals, not sums made per call."""
         c = self.c
-        c[LOOP0 + bisect.bisect_left(LOOP_BUCKETS, seconds)] += 1
-        c[LOOP0 + len(LOOP_BUCKETS) + 1] += int(seconds * 1e9)
-        c[LOOP0 + len(LOOP_BUCKETS) + 2] += 1
+        c[LOOP0 + _bisect_left(LOOP_BUCKETS, seconds)] += 1
+        c[_LOOP_SUM] += int(seconds * 1e9)
+        c[_LOOP_COUNT] += 1
 
     def observe_fanout(self, seconds: float) -> None:
         """Publish accepted -> frame handed to send() for the last local subscriber of a message."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 
 from millionws import metrics
-from millionws.core.reactor import Reactor
+from millionws.core.reactor import EPOLLIN, Reactor
 from millionws.metrics import F
 from millionws.pubsub import mesh as bus
 from millionws.pubsub.channels import GAP_REASONS, GAP_UNKNOWN
@@ -227,9 +227,9 @@ def test_the_receive_buffer_bounds_one_read():
     worker = _worker(receive_buffer=1024)  # --receive-buffer 1024
     conn, peer = _http_conn(worker)
     peer.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 3000)  # a head still incomplete
-    worker.on_readable(conn)
+    worker.on_event(conn, EPOLLIN)
     assert worker.c[F["bytes_in"]] == 1024
-    worker.on_readable(conn)
+    worker.on_event(conn, EPOLLIN)
     assert worker.c[F["bytes_in"]] == 2048
     worker.closer.close(conn)
     peer.close()

@@ -102,9 +102,16 @@ class FramePool:
         return len(self._free)
 
 
+# The 2-byte headers of short text and binary frames, made once: nearly every frame the server sends is one,
+# and indexing a tuple is a fraction of building bytes from a tuple of ints (issue 12's per-message profile).
+_SHORT_HEADERS = (None, *(tuple(bytes((0x80 | op, n)) for n in range(126)) for op in (OP_TEXT, OP_BINARY)))
+
+
 def frame_header(opcode: int, length: int) -> bytes:
     """Header of a final, unmasked (server) frame."""
     if length < 126:
+        if opcode == OP_TEXT or opcode == OP_BINARY:
+            return _SHORT_HEADERS[opcode][length]
         return bytes((0x80 | opcode, length))
     if length < 65536:
         return bytes((0x80 | opcode, 126, length >> 8, length & 0xFF))
@@ -113,16 +120,24 @@ def frame_header(opcode: int, length: int) -> bytes:
 
 def encode_frame(opcode: int, payload: bytes) -> bytes:
     """A whole server frame.  Broadcasts call this once and send the result to everyone."""
-    return frame_header(opcode, len(payload)) + payload
+    n = len(payload)
+    if n < 126 and (opcode == OP_TEXT or opcode == OP_BINARY):  # the echo reply: no call to frame_header
+        return _SHORT_HEADERS[opcode][n] + payload
+    return frame_header(opcode, n) + payload
 
 
 def unmask_python(data: bytes, start: int, end: int) -> bytes:
     """Payload ``data[start:end]`` unmasked with the key in the 4 bytes before ``start``."""
-    n = end - start
+    return apply_mask_python(data[start:end], data[start - 4:start])
+
+
+def apply_mask_python(payload: bytes, key: bytes) -> bytes:
+    """``payload`` XOR the 4-byte ``key`` repeated: the reference of the C ``apply_mask``."""
+    n = len(payload)
     if n == 0:
         return b""
-    key = data[start - 4:start] * ((n + 3) >> 2)
-    return (_from_bytes(data[start:end], "little") ^ _from_bytes(key, "little")).to_bytes(len(key), "little")[:n]
+    key = key * ((n + 3) >> 2)
+    return (_from_bytes(payload, "little") ^ _from_bytes(key[:n], "little")).to_bytes(n, "little")
 
 
 try:
@@ -137,8 +152,14 @@ def unmask(data: bytes, start: int, end: int) -> bytes:
     """Payload ``data[start:end]`` unmasked with the key in the 4 bytes before ``start``."""
     if _apply_mask is None:
         return unmask_python(data, start, end)
+    if end - start <= _COPY_MAX:  # copying a short payload out costs less than two memoryviews
+        return _apply_mask(data[start:end], data[start - 4:start])
     view = memoryview(data)
     return _apply_mask(view[start:end], view[start - 4:start])
+
+
+_COPY_MAX = 512
+_mask = apply_mask_python if _apply_mask is None else _apply_mask
 
 
 def start_close(conn: Any, pool: FramePool, code: int, reason: str = "") -> bytes:
@@ -189,7 +210,8 @@ def receive(conn: Any, data: bytes, handler: Handler, max_size: int, pool: Frame
             end = start + length
             if end > n or length > max_size:
                 break
-            payload = unmask(data, start, end)
+            # unmask() inlined for the short payloads of most messages: one Python call less per message.
+            payload = _mask(data[start:end], data[start - 4:start]) if length <= _COPY_MAX else unmask(data, start, end)
             if b0 > 0xC0:
                 payload = inflate(payload, max_size)
                 if payload is None:

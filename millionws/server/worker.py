@@ -14,10 +14,10 @@ Theory of operation:
   come with an upgrade request).  The one exception is the application's deferred answer: see
   :meth:`Worker.answer`.
 * The dispatch stays here because the reactor needs its callbacks before any part exists, and because
-  it is the hot path: one echo message is ``Reactor.run`` -> :meth:`Worker.on_event` ->
-  :meth:`on_readable` (the transport's ``readv`` into the worker's one receive buffer) -> :meth:`ws_in`
-  -> ``websocket.receive`` -> the application's handler -> ``Output.write``: the same calls as before
-  the parts existed, and no object made per message but the payload and the reply.
+  it is the hot path: one echo message is ``Reactor.run`` -> :meth:`Worker.on_event` (the transport's
+  ``readv`` into the worker's one receive buffer) -> :meth:`ws_in` -> ``websocket.receive`` -> the
+  application's handler -> ``Output.write``: five Python calls, and no object made per message but the
+  payload and the reply.
 * State changes only through ``advance`` (``protocol/lifecycle``, the one transition table); what the
   WebSocket layer reports is applied by ``connection.apply`` in :meth:`ws_in`, and a move toward the
   end arms the close timeout (``Closer.state_changed``).
@@ -58,7 +58,7 @@ from ..metrics import TLS_FAILED0, F, SharedStats, WorkerStats
 from ..protocol import http, websocket
 from ..protocol.deflate import DeflatePool, Deflater
 from ..protocol.lifecycle import CLOSED, CLOSING, GOODBYE, HTTP, LINGER, NO_EVENT, OPEN, R_ERROR, R_SHUTDOWN, advance
-from ..protocol.websocket import FramePool
+from ..protocol.websocket import FramePool, receive
 from ..pubsub.mesh import LocalBus, Mesh
 from .acceptor import Acceptor
 from .admission import Admission
@@ -76,6 +76,8 @@ from .rotation import Rotation
 log = logging.getLogger("millionws.server.worker")
 
 _CONNECTIONS, _BYTES_IN = F["connections"], F["bytes_in"]
+_INPUT = EPOLLIN | EPOLLERR | EPOLLHUP
+_NOT_READING = F_PAUSED | F_WAITING  # paused by backpressure, or an HTTP answer is deferred
 _COMPRESSED_IN, _COMPRESSED_OUT = F["compressed_in"], F["compressed_out"]  # each followed by its uncompressed
 
 
@@ -219,15 +221,17 @@ class Worker:
     # -- readiness: the hot path ---------------------------------------------------------
     def on_event(self, conn: Connection, events: int) -> None:
         """The reactor's one callback for every ready connection."""
-        if events & EPOLLOUT and conn.pending is not None and self.output.flush(conn):
-            self.pipeline.resume(conn)  # the backlog halved: requests read before the pause
-        if events & (EPOLLIN | EPOLLERR | EPOLLHUP) and conn.state != CLOSED and not conn.flags & F_PAUSED:
-            if conn.flags & F_WAITING:  # not reading while an answer is deferred: only a hang-up gets here
-                self.closer.abort(conn, R_ERROR)
+        if events != EPOLLIN:  # plain input, nearly every event, skips the tests for the rest
+            if events & EPOLLOUT and conn.pending is not None and self.output.flush(conn):
+                self.pipeline.resume(conn)  # the backlog halved: requests read before the pause
+            if not events & _INPUT:
                 return
-            self.on_readable(conn)
-
-    def on_readable(self, conn: Connection) -> None:
+        if conn.flags & _NOT_READING or conn.state == CLOSED:
+            if conn.flags & _NOT_READING == F_WAITING and conn.state != CLOSED:
+                # Not reading while an answer is deferred: only a hang-up gets here.
+                self.closer.abort(conn, R_ERROR)
+            return
+        # The read, here rather than in a method of its own: one Python call less per message.
         readv = self._readv  # a plain attribute load and a builtin call: cheaper than a call through self
         try:
             n = readv(conn.fd, self._iov)
@@ -256,21 +260,24 @@ class Worker:
         """WebSocket bytes of ``conn``: to the protocol, its answer to the output, its event applied."""
         state = conn.state
         limited = self._limited
-        # While the application handles this read, what it sends to ``conn`` joins ``out`` (send()); a
-        # fresh list per read, so a read that raised leaves nothing behind (on_error resets _reading).
+        # While the application handles this read, what it sends to ``conn`` joins ``out`` (send()).  One
+        # list for every read, empty between reads: emptied below, or by on_error after a read that raised,
+        # so what a failed read gathered is dropped with it.
         self._reading = conn
-        self._out = out = []
+        out = self._out
         deflate = conn.flags & F_DEFLATE  # replies, pongs and closes together: control frames stay as they are
-        event = websocket.receive(conn, data, conn.app.on_message if limited is None else limited,
-                                  self._max_message, self.frames if not deflate else self.deflate_frames, out)
+        event = receive(conn, data, conn.app.on_message if limited is None else limited,
+                        self._max_message, self.frames if not deflate else self.deflate_frames, out)
         self._reading = None
         if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()  # before the write: one that fails may close the connection and raise nothing more
             # self.output.write, not a bound method kept on the worker: CPython 3.11 specializes a
             # method call only for a method found on the type, and the second attribute load is cheaper.
             if deflate:
-                self.output.write(conn, self.deflater.frames(b"".join(out), window_bits(conn.flags)))
+                self.output.write(conn, self.deflater.frames(data, window_bits(conn.flags)))
             else:
-                self.output.write(conn, b"".join(out))
+                self.output.write(conn, data)
         if event != NO_EVENT:
             apply(conn, event)
         if conn.state != state:
@@ -299,6 +306,7 @@ class Worker:
         raw bytes because the protocol state that raised may not be trusted to write them.
         """
         self._reading = None  # a read that raised: what it gathered is dropped with it (see ws_in)
+        self._out.clear()
         if conn is None:
             boundary.report(self.c, where, exc)
             return

@@ -405,8 +405,12 @@ def feed(conn: Connection, data: bytes, pool: FramePool, max_size: int = 1 << 20
     return receive(conn, data, recording_handler([] if log is None else log), max_size, pool)
 
 
-@pytest.mark.parametrize("n", [0, 1, 125, 126, 300, 65535])
-def test_fast_path_takes_simple_frames_without_wsproto(n: int) -> None:
+@pytest.mark.parametrize("pure_python", [False, True], ids=["speedups", "pure-python-mask"])
+@pytest.mark.parametrize("n", [0, 1, 125, 126, 300, 513, 65535])
+def test_fast_path_takes_simple_frames_without_wsproto(n: int, pure_python: bool, monkeypatch) -> None:
+    if pure_python:  # the fallback without the C speedup, for short payloads (inlined) and long ones
+        monkeypatch.setattr(websocket, "_mask", websocket.apply_mask_python)
+        monkeypatch.setattr(websocket, "_apply_mask", None)
     pool = FramePool()
     conn = fresh_conn()
     log: list[tuple[bool, bytes]] = []

@@ -142,7 +142,7 @@ def test_what_a_failed_read_had_gathered_never_reaches_another_connection(worker
     conn.app = SendsThenRaises()
     peer.sendall(masked(1, b"x"))
     with pytest.raises(ValueError):
-        w.on_readable(conn)
+        w.on_event(conn, EPOLLIN)
     w.on_error("connection", conn, ValueError("a bug after a send"))  # what the reactor's boundary does
     assert w._reading is None
     other_peer.sendall(masked(1, b"y"))
