@@ -72,7 +72,7 @@ class Output:
             return
         if conn.state == CLOSED:
             return
-        write = self._write  # see Worker.on_readable: a local is cheaper than a call through self
+        write = self._write  # see Worker.on_event: a local is cheaper than a call through self
         try:
             sent = write(conn.fd, data)
         except BlockingIOError:
