@@ -70,7 +70,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=0, help="workers per node (0: N / 15 000 rounded up, at least 2)")
     p.add_argument("--procs", type=int, default=0, help="load-generator processes (0: as --workers)")
     p.add_argument("--sources", type=int, default=50, help="loopback source addresses 127.0.0.2 ...")
-    p.add_argument("--ramp-rate", type=float, default=3_000.0, help="new subscribers per second on node A")
+    p.add_argument("--ramp-rate", type=float, default=2_000.0, help="new subscribers per second on node A")
     p.add_argument("--rate", type=float, default=100.0, help="publishes per second during the whole run")
     p.add_argument("--pre", type=float, default=5.0, help="seconds of publishing before SIGTERM")
     p.add_argument("--post", type=float, default=5.0, help="seconds of publishing after the storm")
@@ -182,11 +182,11 @@ class Storm:
         sources = [f"127.0.0.{2 + k}" for k in range(args.sources)]
         self.pool = FleetPool(args, self.ports, self.channels, sources)  # forks: before any thread of ours
         roots = {"node_a": self.nodes[0].pid, "node_b": self.nodes[1].pid, "nats": self.nats.pid,
-                 "load_generator": os.getpid()}
+                 **{f"fleet{k}": p.pid for k, p in enumerate(self.pool.procs)}}
         wall = time.time() - time.monotonic()
         with CpuSampler(roots, interval=1.0) as cpu:
             t_ramp = self.mark("ramp: opening subscribers on node A")
-            if not self.pool.pump(lambda: self.pool.ready == args.procs, n / args.ramp_rate + 60):
+            if not self.pool.pump(lambda: self.pool.ready == args.procs, 2 * n / args.ramp_rate + 60):
                 raise RuntimeError(f"ramp: {self.pool.totals()} after the ramp timeout")
             ramp_s = time.monotonic() - t_ramp
             result["ramp"] = {"seconds": round(ramp_s, 2), **self.pool.totals()}
@@ -195,6 +195,7 @@ class Storm:
             self.mark("publishing")
             self.pool.pump(lambda: False, args.pre)
             result["node_a_before"] = (stats(args.host, self.ports[0]) or {}).get("total")  # /stats lags ~1 s
+            tcp0 = report.tcp_counters()
             os.kill(self.nodes[0].pid, signal.SIGTERM)
             t0 = self.mark("SIGTERM to node A")
             a_exit: list[float] = []
@@ -206,6 +207,7 @@ class Storm:
 
             self.pool.pump(storm_over, args.storm_timeout)
             t_end = self.mark(f"storm over: {self.pool.totals()}")
+            tcp1 = report.tcp_counters()
             self.pool.pump(lambda: False, args.post)
             self.publisher.stop()
             self.mark("publisher stopped")
@@ -213,8 +215,12 @@ class Storm:
             done = self.pool.finish(acked, args.finish_wait)
             t_done = self.mark("subscribers checked")
             result["node_b_after"] = (stats(args.host, self.ports[1]) or {}).get("total")
-            cpu_window = {name: cpu.percent(name, wall + t0, wall + t_end) for name in roots}
-        ev_t, ev_code, moved = self.pool.events()
+            cpu_window = {name: cpu.percent(name, wall + t0, wall + t_end)
+                          for name in ("node_a", "node_b", "nats", "core0", "core1")}
+            fleet_cpu = [cpu.percent(f"fleet{k}", wall + t0, wall + t_end) for k in range(args.procs)]
+            cpu_window["load_generator"] = round(sum(x or 0 for x in fleet_cpu), 1)
+            cpu_window["load_generator_max_process"] = max((x or 0 for x in fleet_cpu), default=None)
+        ev_t, ev_code, moved, waits = self.pool.events()
         t100 = report.time_to(moved, n, 1.00, t0)
         rates = report.handshake_rates(ev_t, ev_code, t0, t0 + t100 if t100 is not None else t_end)
         result["storm"] = {
@@ -226,10 +232,13 @@ class Storm:
             "node_a_exit_s": round(a_exit[0] - t0, 3) if a_exit else None,
             "node_a_returncode": self.nodes[0].poll(),
             "handshakes": rates,
+            "subscribe_wait_s": report.quantiles(waits),  # from the 101 on B to its subscribed reply
             "attempts_total": done["attempts"],
             "failed_attempts": done["failures"],
             "close_codes": done["close_codes"],
-            "cpu_pct_sigterm_to_end": cpu_window,  # percent of one core; 200 = both cores of this machine
+            # percent of one core (200 = both cores of this machine); core0/core1: busy, whoever ran, softirq too
+            "cpu_pct_sigterm_to_end": cpu_window,
+            "tcp_counters_sigterm_to_end": report.delta(tcp0, tcp1),
         }
         pub = self.publisher
         result["messages"] = {

@@ -19,10 +19,11 @@ counted), a jump past ``last + 1`` leaves a hole (counted; a ``gap`` reply makes
 sends every acknowledged seq per channel; a subscriber lost one if it is a hole or beyond ``last``.
 
 What the driver gets through the pipe: ("ready", counts) once the first ramp settled, ("status", counts)
-every half second, and after ("finish", acked, wait_s), ("done", summary, events, moved) where ``events``
-are (time, code) pairs of every handshake, subscription, drop and failed attempt (code = kind * 2 + node)
-and ``moved`` the time each subscriber dropped by node 0 was next subscribed on node 1. Times are
-``time.monotonic()``, one clock for every process of the machine. The process exits when the pipe closes.
+every half second, and after ("finish", acked, wait_s), ("done", summary, events, moved, waits) where
+``events`` are (time, code) pairs of every handshake, subscription, drop and failed attempt (code = kind * 2 +
+node), ``moved`` the time each subscriber dropped by node 0 was next subscribed on node 1, and ``waits`` how
+long each of those subscribes waited for its answer after the 101. Times are ``time.monotonic()``, one clock
+for every process of the machine. The process exits when the pipe closes.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
 
 class Sub:
     __slots__ = ("index", "channel", "sock", "state", "buf", "accept", "node", "attempt", "gen", "last",
-                 "holes", "received", "dups", "left_first", "moved_at")
+                 "holes", "received", "dups", "left_first", "moved_at", "opened_at")
 
     def __init__(self, index: int, channel: str) -> None:
         self.index = index
@@ -72,6 +73,7 @@ class Sub:
         self.dups = 0
         self.left_first = False  # dropped by node 0 once
         self.moved_at = math.nan
+        self.opened_at = 0.0  # when the 101 of the current connection arrived
 
 
 class Fleet:
@@ -100,6 +102,7 @@ class Fleet:
         self.moved = 0
         self.ev_t = array("d")
         self.ev_code = array("B")
+        self.subscribe_wait = array("d")  # seconds from the 101 to the subscribed reply, back on node 1
         self.failures: collections.Counter[str] = collections.Counter()
         self.close_codes: collections.Counter[str] = collections.Counter()
         self.gaps: collections.Counter[str] = collections.Counter()
@@ -223,6 +226,7 @@ class Fleet:
                 self.retry(s, f"http_{status}")
                 return
             self.event(HANDSHAKE_OK, s.node)
+            s.opened_at = self.ev_t[-1]
             s.attempt = 0  # as millionws.client: a connection that opened resets the backoff
             s.state = WAIT_SUB
             doc = {"op": "subscribe", "channels": [s.channel], "since": {s.channel: s.last}}
@@ -280,8 +284,9 @@ class Fleet:
             self.subscribed[s.node] += 1
             self.event(SUBSCRIBED_EV, s.node)
             if s.node == 1 and s.left_first and math.isnan(s.moved_at):
-                s.moved_at = time.monotonic()
+                s.moved_at = self.ev_t[-1]
                 self.moved += 1
+                self.subscribe_wait.append(s.moved_at - s.opened_at)
         elif op == "gap":
             self.gaps[doc.get("reason", "?")] += 1
             first = doc["first"]
@@ -395,7 +400,7 @@ def run(ctrl: Connection, host: str, ports: list[int], indices: range, channels:
             if now >= finish_by or fleet.caught_up(acked_max):
                 break
     moved = array("d", (s.moved_at for s in fleet.subs))
-    ctrl.send(("done", fleet.account(acked), fleet.ev_t, fleet.ev_code, moved))
+    ctrl.send(("done", fleet.account(acked), fleet.ev_t, fleet.ev_code, moved, fleet.subscribe_wait))
     try:  # hold the connections until the driver says stop: it reads the servers' counters first
         ctrl.recv()
     except (EOFError, OSError):

@@ -89,15 +89,17 @@ class FleetPool:
         total["loss_examples"] = total.get("loss_examples", [])[:10]
         return total
 
-    def events(self) -> tuple[array, array, array]:
-        """Every process's events (times, codes) and the time each subscriber was back on node B (nan: never)."""
-        ev_t, ev_code, moved = array("d"), array("B"), array("d")
+    def events(self) -> tuple[array, array, array, array]:
+        """Every process's events (times, codes), the time each subscriber was back on node B (nan: never) and
+        how long each of those subscribes waited for its answer."""
+        ev_t, ev_code, moved, waits = array("d"), array("B"), array("d"), array("d")
         for r in self.results:
             if r is not None:
                 ev_t.extend(r[1])
                 ev_code.extend(r[2])
                 moved.extend(r[3])
-        return ev_t, ev_code, moved
+                waits.extend(r[4])
+        return ev_t, ev_code, moved, waits
 
     def stop(self) -> int:
         """Ask every process to close its sockets and exit; kill those that do not. Returns how many were killed."""

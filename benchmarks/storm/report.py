@@ -15,6 +15,27 @@ from typing import Any
 from benchmarks.storm.fleet import DROPPED, FAILED, HANDSHAKE_OK, SUBSCRIBED_EV
 
 BIN_S = 0.25
+# kernel counters that say whether connection attempts were dropped or delayed at the listening sockets
+TCP_COUNTERS = ("ListenOverflows", "ListenDrops", "TCPReqQFullDrop", "TCPReqQFullDoCookies", "SyncookiesSent",
+                "SyncookiesRecv", "SyncookiesFailed", "TCPTimeouts", "TCPSynRetrans", "RetransSegs",
+                "PassiveOpens", "ActiveOpens", "AttemptFails", "EstabResets")
+
+
+def tcp_counters() -> dict[str, int]:
+    """The ``TCP_COUNTERS`` of /proc/net/netstat and /proc/net/snmp (machine-wide: both nodes, both ends)."""
+    out: dict[str, int] = {}
+    for name in ("/proc/net/netstat", "/proc/net/snmp"):
+        lines = Path(name).read_text().splitlines()
+        for head, values in zip(lines[::2], lines[1::2], strict=False):
+            keys, vals = head.split()[1:], values.split()[1:]
+            for k, v in zip(keys, vals, strict=False):
+                if k in TCP_COUNTERS:
+                    out[k] = int(v)
+    return out
+
+
+def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in TCP_COUNTERS if k in after}
 
 
 def time_to(moved: Sequence[float], n: int, fraction: float, t0: float) -> float | None:
@@ -24,6 +45,15 @@ def time_to(moved: Sequence[float], n: int, fraction: float, t0: float) -> float
     if need == 0 or len(done) < need:
         return None
     return round(done[need - 1] - t0, 3)
+
+
+def quantiles(values: Sequence[float]) -> dict[str, float | None]:
+    """p50 / p99 / max in seconds, nearest rank."""
+    v = sorted(values)
+    if not v:
+        return {"p50": None, "p99": None, "max": None}
+    pick = lambda q: round(v[min(len(v) - 1, max(0, math.ceil(q * len(v)) - 1))], 4)  # noqa: E731
+    return {"p50": pick(0.5), "p99": pick(0.99), "max": round(v[-1], 4)}
 
 
 def timeline(ev_t: array, ev_code: array, t0: float, start: float, end: float) -> list[dict[str, Any]]:
