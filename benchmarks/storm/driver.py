@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--post", type=float, default=5.0, help="seconds of publishing after the storm")
     p.add_argument("--storm-timeout", type=float, default=120.0)
     p.add_argument("--finish-wait", type=float, default=30.0)
-    p.add_argument("--open-timeout", type=float, default=10.0, help="seconds from connect to subscribed")
+    p.add_argument("--open-timeout", type=float, default=10.0, help="seconds from connect to the 101")
     p.add_argument("--min-delay", type=float, default=MIN_DELAY, help="backoff: millionws.client's default")
     p.add_argument("--max-delay", type=float, default=MAX_DELAY, help="backoff: millionws.client's default")
     p.add_argument("--grace", type=float, default=10.0, help="node A's --grace (the server's default)")

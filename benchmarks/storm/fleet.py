@@ -80,7 +80,9 @@ class Fleet:
     """``indices`` subscribers (subscriber i on channel ``channels[i % len(channels)]``) against ``ports``.
 
     ``ramp_rate``: this process's share of the first ramp, attempts per second; ``open_timeout``: seconds from
-    ``connect`` to the ``subscribed`` reply before the attempt counts as failed (websockets' default, 10 s);
+    ``connect`` to the 101 before the attempt counts as failed (websockets' ``open_timeout``, 10 s, which
+    ``millionws.client`` keeps); after the 101 the ``subscribed`` reply is awaited as long as the connection
+    lasts, as ``millionws.client`` does;
     ``min_delay`` / ``max_delay``: the backoff bounds of ``millionws.client``."""
 
     def __init__(self, host: str, ports: list[int], indices: range, channels: list[str], sources: list[str],
@@ -308,7 +310,7 @@ class Fleet:
         while self.deadlines and self.deadlines[0][0] <= now:
             _t, index, gen = heapq.heappop(self.deadlines)
             s = self.subs[index - self.subs[0].index]
-            if s.gen == gen and s.state in (CONNECTING, HANDSHAKE, WAIT_SUB):
+            if s.gen == gen and s.state in (CONNECTING, HANDSHAKE):
                 self.retry(s, "timeout")
         if self.wake:
             timeout = max(0.0, min(timeout, self.wake[0][0] - now))
