@@ -40,7 +40,9 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -255,24 +257,33 @@ class Storm:
         return result
 
     def cleanup(self) -> dict[str, Any]:
-        """Stop everything this run started, the subscribers first (a node stopping would make them reconnect)."""
-        out: dict[str, Any] = {}
-        if self.publisher is not None and self.publisher.is_alive():
-            self.publisher.stop()
-        if self.pool is not None:
-            out["fleet_killed"] = self.pool.stop()
-        sids = [p.pid for p in [*self.nodes, self.nats] if p is not None]
-        for proc in [*self.nodes, self.nats]:
-            if proc is not None:
-                stop_process(proc)
-        left = [pid for sid in sids for pid in session_pids(sid)]
-        for pid in left:
+        """Stop everything this run started, the subscribers first (a node stopping would make them reconnect).
+
+        Each step runs whatever the one before did: a failure is recorded, never a reason to leave a process."""
+        out: dict[str, Any] = {"errors": []}
+
+        def step(what: str, fn: Callable[[], Any]) -> Any:
             try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+                return fn()
+            except Exception as exc:
+                out["errors"].append(f"{what}: {type(exc).__name__}: {exc}")
+                return None
+
+        if self.publisher is not None and self.publisher.is_alive():
+            step("publisher", self.publisher.stop)
+        if self.pool is not None:
+            out["fleet_killed"] = step("load generators", self.pool.stop)
+        procs = [p for p in [*self.nodes, self.nats] if p is not None]
+        out["pids"] = [p.pid for p in procs] + ([p.pid for p in self.pool.procs] if self.pool else [])
+        for proc in procs:
+            step(f"process {proc.pid}", lambda proc=proc: stop_process(proc))
+        left = [pid for proc in procs for pid in session_pids(proc.pid)]
+        for pid in left:
+            step(f"kill {pid}", lambda pid=pid: os.kill(pid, signal.SIGKILL))
         out["leftover_processes"] = left  # killed; should always be empty
         shutil.rmtree(self.workdir, ignore_errors=True)
+        if not out["errors"]:
+            del out["errors"]
         return out
 
 
@@ -307,9 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     result = storm.result
     try:
         storm.run()
-    except (RuntimeError, KeyboardInterrupt) as exc:
+    except (Exception, KeyboardInterrupt) as exc:  # whatever went wrong, the cleanup below runs and is reported
         result.setdefault("problems", []).append(f"{type(exc).__name__}: {exc}")
-        log(f"stopped: {exc}")
+        log(f"stopped: {type(exc).__name__}: {exc}")
+        if not isinstance(exc, RuntimeError | KeyboardInterrupt):
+            traceback.print_exc()
     finally:
         cleanup = storm.cleanup()
     result["cleanup"] = cleanup
