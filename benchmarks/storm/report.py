@@ -132,7 +132,8 @@ def plot(result: dict[str, Any], path: Path) -> bool:
         f"node B ({s['workers']} workers) takes them; NATS\n"
         f"99 % back in {storm['t99_s']} s, 100 % in {storm['t100_s']} s; "
         f"lost {result['messages']['lost']} of {result['messages']['expected']:,} deliveries "
-        f"(full-jitter backoff {s['min_delay']:g}-{s['max_delay']:g} s)",
+        f"(gaps announced: {sum(result['messages']['gaps'].values())})\nfull-jitter backoff "
+        f"{s['min_delay']:g}-{s['max_delay']:g} s{', server ' + s['server_args'] if s['server_args'] else ''}",
         fontsize=9,
     )
     ax2.plot(t, [r["handshakes_per_s_b"] for r in rows], label="handshakes/s on B")
