@@ -66,6 +66,10 @@ bench-full: bench-setup
 bench-million *ARGS: bench-setup
     timeout --signal=INT --kill-after=120 1200 .venv/bin/python -m benchmarks.million --patch-supervisor-poll {{ARGS}}
 
+# reconnect storm (issue 12, target 4): node A holding N subscribers drains, they come back on node B over NATS; <= 15 min
+bench-storm *ARGS: bench-setup
+    timeout --signal=INT --kill-after=60 900 .venv/bin/python -m benchmarks.storm {{ARGS}}
+
 # the load generator itself, e.g. just loadgen idle --url ws://127.0.0.1:8080/echo --connections 10000 --hold 30
 loadgen *ARGS:
     .venv/bin/python -m benchmarks.loadgen {{ARGS}}

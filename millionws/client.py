@@ -43,6 +43,15 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 log = logging.getLogger("millionws.client")
 
+MIN_DELAY = 0.1  # seconds: bound of the first reconnect delay
+MAX_DELAY = 10.0  # seconds: largest reconnect delay
+
+
+def backoff_delay(attempt: int, min_delay: float = MIN_DELAY, max_delay: float = MAX_DELAY) -> float:
+    """The delay before reconnect ``attempt`` (0 after a connection that worked): full jitter, a uniform
+    draw in ``[0, min(max_delay, min_delay * 2**attempt)]``, so clients dropped together come back spread."""
+    return random.uniform(0, min(max_delay, min_delay * 2 ** min(attempt, 64)))
+
 
 @dataclass(frozen=True)
 class Message:
@@ -71,7 +80,7 @@ class ServerError(Exception):
 class Client:
     """See the module docstring.  Use as ``async with``, or call :meth:`start` / :meth:`close`."""
 
-    def __init__(self, url: str, *, min_delay: float = 0.1, max_delay: float = 10.0,
+    def __init__(self, url: str, *, min_delay: float = MIN_DELAY, max_delay: float = MAX_DELAY,
                  request_timeout: float = 10.0, **connect_kwargs: Any) -> None:
         self.url = url
         self.min_delay = min_delay
@@ -185,7 +194,7 @@ class Client:
                         future.set_exception(ConnectionError("connection lost"))
             if self._closing:
                 return
-            delay = random.uniform(0, min(self.max_delay, self.min_delay * 2 ** attempt))  # full jitter
+            delay = backoff_delay(attempt, self.min_delay, self.max_delay)
             attempt += 1
             self.reconnects += 1
             await asyncio.sleep(delay)

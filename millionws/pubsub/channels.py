@@ -29,7 +29,9 @@ What stays here is what every route shares:
   the connection is *held*: not yet a subscriber, the live messages of the channel are kept for it, and
   the route asks for the replay.  :meth:`Hub.resolve` writes the answer (a ``gap`` first when ``since``
   is older than what is kept, naming the first ``seq`` to come), then makes the connection a
-  subscriber.  A hold whose answer never comes gets ``gap`` ``unknown`` and what was kept.
+  subscriber.  A hold whose answer does not come in time gets ``gap`` ``unknown`` and what was kept; if
+  nothing was kept, the answer is still written when it comes before any other message or gap of the
+  channel (the answer precedes them on its way from the sequencer), which makes that gap's ``first`` true.
 * **Answers before consequences.**  ``subscribe`` writes its acknowledgement before any replayed
   message, so a client learns it is subscribed before it gets messages of the channel.
 * Records are input like any other: a route raises before anything changes when a record is not
@@ -106,6 +108,7 @@ class Hub:
         self.replay_max_messages = replay_max_messages
         self.registry = Registry(self.c, max_channels_per_connection, max_subscribers)
         self._subs, self._holds = self.registry.subs, self.registry.holds  # bound once: the delivery path
+        self._late: dict[str, set[Hold]] = {}  # channel -> expired holds whose answer may still come
         self.pending = Pending(self.c, publish_timeout, replay_timeout, call_later, self._hold_expired)
         self.remote: Any = None  # the brokers.Bridge with --bus (its state is /health's)
         self.route: MeshRoute | BrokerRoute
@@ -204,6 +207,8 @@ class Hub:
         if holds is not None:
             for hold in holds.values():
                 hold.held.append((seq, t0, data))
+        if self._late:
+            self._too_late(channel)
         subs = self._subs.get(channel)
         if not subs:
             return
@@ -217,6 +222,8 @@ class Hub:
 
     def gap(self, channel: str, since: int, first: int, reason: int) -> None:
         """Every subscriber of ``channel`` missed what lies between ``since`` and ``first``."""
+        if self._late:
+            self._too_late(channel)
         subs = self._subs.get(channel)
         if subs:
             self.fanout(tuple(subs), gap_frame(channel, since, first, reason))
@@ -227,13 +234,40 @@ class Hub:
         conn, channel = hold.conn, hold.channel
         if conn is None:  # unsubscribed or closed meanwhile: the replay is for nobody
             return
+        if hold.late:  # nothing of the channel reached it since its gap (see _too_late): still in order
+            self._forget_late(hold)
+            if conn in self._subs.get(channel, ()):
+                self._write_replay(conn, channel, hold.since, reason, first, entries)
+            return
         self.registry.release(conn, channel)
         self._write_replay(conn, channel, hold.since, reason, first, entries)
 
-    def _hold_expired(self, hold: Hold) -> None:
-        """The replay of ``hold`` never came: a gap, what was kept meanwhile, then a plain subscriber."""
+    def _hold_expired(self, hold: Hold) -> bool:
+        """The replay of ``hold`` did not come in time: a gap, what was kept meanwhile, then a plain subscriber.
+        True: nothing was kept, so the answer, if it comes before anything else of the channel, is still
+        written (``first`` = ``since + 1`` of that gap holds then; before, those messages were never sent)."""
+        if hold.late:  # the second deadline: given up
+            self._forget_late(hold)
+            return False
         first = hold.held[0][0] if hold.held else hold.since + 1
         self.resolve(hold, GAP_UNKNOWN, first, hold.held)
+        if hold.held or hold.conn is None:
+            return False
+        hold.late = True
+        self._late.setdefault(hold.channel, set()).add(hold)
+        return True
+
+    def _too_late(self, channel: str) -> None:
+        """A message or gap of ``channel`` went out: an answer still to come would arrive out of order."""
+        for hold in self._late.pop(channel, ()):
+            hold.conn = None
+
+    def _forget_late(self, hold: Hold) -> None:
+        late = self._late.get(hold.channel)
+        if late is not None:
+            late.discard(hold)
+            if not late:
+                del self._late[hold.channel]
 
     def _write_replay(self, conn: Any, channel: str, since: int, reason: int, first: int,
                       entries: list[Entry]) -> None:

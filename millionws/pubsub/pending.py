@@ -13,8 +13,11 @@ Theory of operation:
 * **Every wait ends.**  No answer within ``publish_timeout``: ``done(0, "publish_timeout", -1)``, the
   outcome unknown (the message may have been sequenced).  No replay within ``replay_timeout``:
   ``on_hold_expired(hold)``, and the hub gives that connection ``gap`` ``unknown`` and what it kept
-  meanwhile.  An answer that comes after its deadline finds nothing and is ignored; so is the replay of
-  a connection that left meanwhile (the registry cancelled its hold: ``hold.conn`` is None).
+  meanwhile.  When it kept nothing, the answer can still be placed if it comes before any other message
+  of the channel (it precedes them on its way here): ``on_hold_expired`` then returns True and the
+  request waits one more ``replay_timeout`` (``hold.late``), after which it is given up for good.  An
+  answer that comes after its deadline finds nothing and is ignored; so is the replay of a connection
+  that left meanwhile (the registry or the hub cancelled its hold: ``hold.conn`` is None).
 * Each timeout is one constant, so deadlines arrive in the order they were set: a deque per kind, not
   a heap.  One reactor timer (0.1 s) runs while anything waits, and comes again even when an answer
   raised, so that one bug does not leave the others waiting forever.
@@ -46,13 +49,14 @@ monotonic = time.monotonic
 class Hold:
     """A connection waiting for its replay of ``channel`` after ``since``, and the live messages meanwhile."""
 
-    __slots__ = ("conn", "channel", "since", "held")
+    __slots__ = ("conn", "channel", "since", "held", "late")
 
     def __init__(self, conn: Any, channel: str, since: int) -> None:
         self.conn: Any = conn  # None once it left: the replay is then for nobody
         self.channel = channel
         self.since = since
         self.held: list[Entry] = []
+        self.late = False  # past its first deadline: the connection is a subscriber, told gap unknown
 
 
 class Pending:
@@ -63,7 +67,7 @@ class Pending:
 
     def __init__(self, counters: list[int], publish_timeout: float = 5.0, replay_timeout: float = 10.0,
                  call_later: Callable[[float, Callable[[], None]], None] | None = None,
-                 on_hold_expired: Callable[[Hold], None] | None = None) -> None:
+                 on_hold_expired: Callable[[Hold], bool | None] | None = None) -> None:
         self.c = counters
         self.publish_timeout = publish_timeout
         self.replay_timeout = replay_timeout
@@ -115,11 +119,14 @@ class Pending:
         self.c[_C_PENDING] = len(self.acks)
         deadlines = self._hold_deadlines
         while deadlines and deadlines[0][0] <= now:
-            hold = self.requests.pop(deadlines.popleft()[1], None)
+            req = deadlines.popleft()[1]
+            hold = self.requests.pop(req, None)
             if hold is not None and hold.conn is not None:
-                self.c[_C_HOLDS_EXPIRED] += 1
-                if self.on_hold_expired is not None:
-                    self.on_hold_expired(hold)
+                if not hold.late:
+                    self.c[_C_HOLDS_EXPIRED] += 1
+                if self.on_hold_expired is not None and self.on_hold_expired(hold):
+                    self.requests[req] = hold  # its answer may still be placed: one more timeout
+                    deadlines.append((now + self.replay_timeout, req))
 
     def _expire_soon(self) -> None:
         if not self._expiry_scheduled and self._call_later is not None:

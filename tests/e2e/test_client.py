@@ -76,3 +76,16 @@ def test_full_jitter_backoff_stays_within_its_bounds():
     values = [next(delays) for _ in caps]
     assert all(0 <= v <= cap for v, cap in zip(values, caps, strict=True))
     wait_for(lambda: True)
+
+
+def test_client_reconnect_delay_is_full_jitter_under_its_cap():
+    import random
+
+    from millionws.client import MAX_DELAY, MIN_DELAY, backoff_delay
+
+    random.seed(12)
+    for attempt in (0, 1, 3, 7, 20, 5000):  # 5000: far past the cap, where 2**attempt would not fit a float
+        cap = min(MAX_DELAY, MIN_DELAY * 2 ** min(attempt, 64))
+        draws = [backoff_delay(attempt) for _ in range(400)]
+        assert all(0 <= d <= cap for d in draws)
+        assert max(draws) > 0.8 * cap and min(draws) < 0.2 * cap  # spread over the whole interval

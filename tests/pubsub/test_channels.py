@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -11,6 +12,7 @@ from millionws import metrics
 from millionws.protocol.websocket import encode_frame
 from millionws.pubsub import channels
 from millionws.pubsub.channels import ChannelError, Hub
+from millionws.pubsub.records import GAP_EXPIRED
 
 
 class Conn:
@@ -208,3 +210,47 @@ def test_a_held_connection_whose_replay_cannot_be_written_is_not_made_a_subscrib
     assert conn in node.hubs[1].registry.holds[ch]
     node.pump()  # the replay arrives, its write fails
     assert conn not in node.hubs[1].registry.of_conn and node.hubs[1].registry.subs == {}
+
+
+def _late_replay_setup() -> tuple[Node, str, Conn]:
+    """Worker 1 holds a connection for the replay of a channel of worker 0, whose answer is late."""
+    node = Node(2)
+    ch = node.channel_owned_by(0)
+    node.hubs[0].publish(ch, b"1", 0.0)
+    node.hubs[0].publish(ch, b"2", 0.0)
+    conn = Conn("c")
+    node.hubs[1].subscribe(conn, [ch], since={ch: 0})
+    node.hubs[1].expire(time.monotonic() + 10.5)  # --replay-timeout passed, the request still unanswered
+    assert conn.docs == [{"op": "gap", "channel": ch, "since": 0, "first": 1, "reason": "unknown"}]
+    return node, ch, conn
+
+
+def test_a_replay_later_than_its_timeout_is_still_written_when_nothing_of_the_channel_came_first():
+    """The reconnect storm (benchmarks/storm) lost messages this way: the gap said first = since + 1, then the
+    messages since + 1 ... were never sent and the next live one jumped past them."""
+    node, ch, conn = _late_replay_setup()
+    node.pump()  # the answer arrives; on its way it is ahead of every later message of the channel
+    node.hubs[0].publish(ch, b"3", 0.0)
+    node.pump()
+    assert conn.seqs(ch) == [1, 2, 3]
+    hub = node.hubs[1]
+    assert hub._late == {} and hub.pending.requests == {} and node.counter(1, "replay_holds_expired") == 1
+
+
+def test_a_late_replay_is_dropped_once_a_message_or_gap_of_the_channel_went_out_or_its_second_deadline_passed():
+    node, ch, conn = _late_replay_setup()
+    node.hubs[1].deliver(ch, 3, b"3", 0.0)  # a live message before the answer: the answer can no longer go first
+    node.pump()
+    assert conn.seqs(ch) == [3] and node.hubs[1]._late == {}
+
+    node, ch, conn = _late_replay_setup()
+    node.hubs[1].gap(ch, 2, 4, GAP_EXPIRED)
+    node.pump()
+    assert conn.seqs(ch) == [] and node.hubs[1]._late == {}
+
+    node, ch, conn = _late_replay_setup()
+    hub = node.hubs[1]
+    hub.expire(time.monotonic() + 21)  # the second deadline: given up, nothing left behind
+    assert hub._late == {} and hub.pending.requests == {}
+    node.pump()
+    assert conn.seqs(ch) == [] and len(conn.docs) == 1  # the gap alone; the answer found nobody

@@ -95,3 +95,25 @@ def test_without_a_timer_only_explicit_expiry_ends_waits(clock):
     p.wait(Hold("a", "x", 0))  # no on_hold_expired: the hold is just forgotten
     p.expire(clock[0] + 100)
     assert answers == [(0, "publish_timeout", -1)] and p.requests == {} and c[EXPIRED] == 1
+
+
+def test_a_hold_whose_late_answer_may_still_be_placed_waits_one_more_timeout_then_is_given_up(clock):
+    expired: list[Hold] = []
+
+    def on_expired(hold: Hold) -> bool:
+        expired.append(hold)
+        if hold.late:
+            return False
+        hold.late = True  # what the hub does when it kept nothing for the connection
+        return True
+
+    c = [0] * len(metrics.FIELDS)
+    p = Pending(c, replay_timeout=10.0, on_hold_expired=on_expired)
+    hold = Hold("a", "x", 3)
+    req = p.wait(hold)
+    p.expire(110.0)
+    assert expired == [hold] and p.requests == {req: hold} and c[EXPIRED] == 1  # still findable by its answer
+    p.expire(119.9)
+    assert expired == [hold]
+    p.expire(120.0)
+    assert expired == [hold, hold] and p.requests == {} and c[EXPIRED] == 1  # counted once

@@ -12,6 +12,8 @@ subscribers get a ``gap`` (``expired``); when the broker's sequence went backwar
 data was lost), a ``gap`` ``unknown``.  A ``subscribe`` with ``since`` is answered by the
 thread in order with the live events of that channel: the answer holds ``since+1 ..
 cursor`` and every later live message follows it, so the worker needs no hold buffer.
+The replays waiting for a channel are answered from one read of the stream, from the
+lowest ``since`` among them.
 One task at a time brings a channel up to date (:meth:`Delivery.sync`, ``Channel.busy``);
 what arrives meanwhile waits in the channel's buffer, so order never depends on task
 scheduling.
@@ -107,7 +109,6 @@ class Delivery(BackendBase):
         if state is None or state.busy or not self.connected:
             return
         state.busy = True
-        emit = self.bridge.emit
         try:
             while self.connected and self.channels.get(channel) is state:
                 if state.live is None:
@@ -131,9 +132,7 @@ class Delivery(BackendBase):
                 if state.catchup:
                     continue
                 while state.replays:
-                    req, since = state.replays[0]
-                    emit(await self._replay(channel, req, since, state.cursor))
-                    state.replays.popleft()
+                    await self._answer_replays(channel, state)
                 if not state.buffer and not state.catchup:
                     break
         except asyncio.CancelledError:
@@ -187,25 +186,44 @@ class Delivery(BackendBase):
             emit((E_GAP, channel, state.cursor, last + 1, GAP_EXPIRED if state.cursor == cursor else GAP_UNKNOWN))
             state.cursor = last
 
-    async def _replay(self, channel: str, req: int, since: int, cursor: int) -> tuple:
+    async def _answer_replays(self, channel: str, state: Channel) -> None:
+        """Answer every replay waiting for the channel from one read of the stream.
+
+        Subscribers that come back together (a node drained, a network blip) mostly ask from the same
+        ``since``; a read per request cost the broker a round trip per missing message for each of them,
+        and under a reconnect storm the replays fell behind ``--replay-timeout``."""
+        cursor = state.cursor
+        assert cursor is not None
+        waiting = list(state.replays)
+        low = min(since for _req, since in waiting)
+        entries = await self.fetch(channel, low + 1, cursor) if low < cursor else []
+        bad = sum(1 for entry in entries if entry[2] is None)
+        if bad:
+            self._malformed(bad, f"stored record(s) of {channel!r} left out of a replay")
+        for req, since in waiting:
+            self.bridge.emit(self._replay(req, since, cursor, entries))
+            state.replays.popleft()  # requests that arrived during the read stay for the next round
+
+    @staticmethod
+    def _replay(req: int, since: int, cursor: int, entries: list[Entry]) -> tuple:
+        """The answer to a replay from ``since``; ``entries``: what the stream holds of some range ending at
+        ``cursor`` that starts at or below ``since + 1``."""
         if since > cursor:
             return (E_REPLAY, req, GAP_UNKNOWN, cursor + 1, [])
         if since == cursor:
             return (E_REPLAY, req, GAP_NONE, cursor + 1, [])
-        entries = await self.fetch(channel, since + 1, cursor)
         # The answer is contiguous up to the cursor: cut it after its last hole or malformed record.
         run: list[tuple[int, float, bytes]] = []
         expect = cursor
         anomaly = False
         for seq, t_wall, data in reversed(entries):
+            if seq <= since:
+                break
             if seq != expect or data is None:
                 anomaly = True
                 break
             run.append((seq, to_monotonic(t_wall), data))
             expect -= 1
-        bad = sum(1 for entry in entries if entry[2] is None)
-        if bad:
-            self._malformed(bad, f"stored record(s) of {channel!r} left out of a replay")
         run.reverse()
         if expect == since:
             return (E_REPLAY, req, GAP_NONE, since + 1, run)

@@ -122,3 +122,36 @@ def test_records_from_the_broker_deeper_than_the_configured_depth_are_malformed(
         assert delivered(fake) == [3] and fake.c[F["dropped_broker_malformed"]] == 1
 
     asyncio.run(main())
+
+
+def test_replays_waiting_for_a_channel_are_answered_from_one_read_of_the_stream():
+    """A node drained: its subscribers come back together and ask from the same few seqs. One read each
+    cost a round trip per message per subscriber and fell behind --replay-timeout at 100 000 (the storm)."""
+
+    async def main():
+        fake = Fake({"c": [3, 4, 5, 6]})  # 1 and 2 expired
+        fake.channels["c"] = base.Channel()
+        await fake.sync("c")  # cursor 6
+        reads = []
+        fetch = fake.fetch
+
+        async def counting(channel, first, last):
+            reads.append((first, last))
+            return await fetch(channel, first, last)
+
+        fake.fetch = counting
+        for req, since in enumerate([4, 4, 5, 1, 6, 9, 4], start=1):
+            fake.channels["c"].replays.append((req, since))
+        await fake.sync("c")
+        assert reads == [(2, 6)]  # one read, from the lowest since
+        answers = {e[1]: (e[2], e[3], [x[0] for x in e[4]]) for e in fake.events if e[0] == E_REPLAY}
+        assert answers == {
+            1: (GAP_NONE, 5, [5, 6]), 2: (GAP_NONE, 5, [5, 6]), 7: (GAP_NONE, 5, [5, 6]),
+            3: (GAP_NONE, 6, [6]),
+            4: (GAP_EXPIRED, 3, [3, 4, 5, 6]),  # since 1: 2 is gone
+            5: (GAP_NONE, 7, []),  # up to date
+            6: (GAP_UNKNOWN, 7, []),  # beyond the stream: its sequence restarted
+        }
+        assert not fake.channels["c"].replays
+
+    asyncio.run(main())

@@ -1,0 +1,5 @@
+import sys
+
+from benchmarks.storm.driver import main
+
+sys.exit(main())
