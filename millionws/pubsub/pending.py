@@ -65,7 +65,7 @@ class Pending:
     ``call_later(delay, fn)``: the reactor's timer (None: only explicit :meth:`expire` calls end waits).
     """
 
-    def __init__(self, counters: list[int], publish_timeout: float = 5.0, replay_timeout: float = 10.0,
+    def __init__(self, counters: list[int], publish_timeout: float = 5.0, replay_timeout: float = 30.0,
                  call_later: Callable[[float, Callable[[], None]], None] | None = None,
                  on_hold_expired: Callable[[Hold], bool | None] | None = None) -> None:
         self.c = counters

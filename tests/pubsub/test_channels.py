@@ -214,7 +214,7 @@ def test_a_held_connection_whose_replay_cannot_be_written_is_not_made_a_subscrib
 
 def _late_replay_setup() -> tuple[Node, str, Conn]:
     """Worker 1 holds a connection for the replay of a channel of worker 0, whose answer is late."""
-    node = Node(2)
+    node = Node(2, replay_timeout=10.0)
     ch = node.channel_owned_by(0)
     node.hubs[0].publish(ch, b"1", 0.0)
     node.hubs[0].publish(ch, b"2", 0.0)
