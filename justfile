@@ -74,6 +74,14 @@ bench-storm *ARGS: bench-setup
 loadgen *ARGS:
     .venv/bin/python -m benchmarks.loadgen {{ARGS}}
 
+# issue 12's side-by-side runs with uWebSockets and Go gorilla (echo 1 and 8 in flight, memory, fan-out at 10 000), medians of 3, then the README table (~15 min)
+bench-peers: bench-setup
+    .venv/bin/python -m benchmarks.throughput --mode echo --runs 3 --pin 0 --loadgen-cpus 1 --server millionws='.venv/bin/millionws serve --host {host} --port {port} --workers 1 --ping-interval 0' --peer picows --peer uws --peer gorilla --loadgen-args '--connections 100 --inflight 1 --size 64 --duration 5' --json-out benchmarks/results/issue12_echo1_peers.json
+    .venv/bin/python -m benchmarks.throughput --mode echo --runs 3 --pin 0 --loadgen-cpus 1 --server millionws='.venv/bin/millionws serve --host {host} --port {port} --workers 1 --ping-interval 0' --peer picows --peer uws --peer gorilla --loadgen-args '--connections 100 --inflight 8 --size 64 --duration 5' --json-out benchmarks/results/issue12_echo8_peers.json
+    .venv/bin/python -m benchmarks.memory --connections 10000 --runs 3 --pin 0 --loadgen-cpus 1 --server millionws='.venv/bin/millionws serve --host {host} --port {port} --workers 1 --ping-interval 0' --peer picows --peer uws --peer gorilla --json-out benchmarks/results/issue12_memory.json
+    .venv/bin/python -m benchmarks.fanout --servers millionws:1,uws,gorilla --n 10000 --runs 3 --json-out benchmarks/results/issue12_fanout10000.json --md-out benchmarks/results/issue12_fanout10000.md
+    .venv/bin/python -m benchmarks.table --write
+
 # broadcast fan-out (issue 4, seed 002): N subscribers, a message every 200 ms; millionws 1/2 workers, the peers, the bare-send floor
 bench-fanout runs="3" n="100,1000,10000": bench-setup
     .venv/bin/python -m benchmarks.fanout --servers millionws:1,millionws:2,websockets,aiohttp,picows,floor --n {{n}} --runs {{runs}} --json-out benchmarks/results/fanout.json --md-out benchmarks/results/fanout.md --png benchmarks/results/fanout.png
