@@ -13,9 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+DASH, TIMES, MICRO, ELLIPSIS, ARROW = "\u2013", "\u00d7", "\u00b5", "\u2026", "\u2192"  # as the README writes them
 
 RESULTS = Path(__file__).resolve().parent / "results"
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -33,7 +34,7 @@ def load(name: str) -> dict[str, Any] | None:
 
 def number(value: float | None, digits: int = 0) -> str:
     if value is None:
-        return "–"
+        return DASH
     return f"{value:,.{digits}f}".replace(",", " ")
 
 
@@ -41,7 +42,7 @@ def ratio(ours: float | None, theirs: float | None, lower_is_better: bool) -> st
     """How many times better millionws is (memory, time: theirs / ours; rates: ours / theirs)."""
     if not ours or not theirs:
         return ""
-    return f"{(theirs / ours if lower_is_better else ours / theirs):.2f}×"
+    return f"{(theirs / ours if lower_is_better else ours / theirs):.2f}{TIMES}"
 
 
 def row(figure: str, values: dict[str, float | None], file: str, digits: int = 0,
@@ -65,7 +66,7 @@ def echo_rows(lines: list[str]) -> None:
         result = load(name)
         if result is None:
             continue
-        label = f"echo 100 conn. × {inflight} in flight × 64 B"
+        label = f"echo 100 conn. {TIMES} {inflight} in flight {TIMES} 64 B"
         lines.append(row(f"{label}, messages per server CPU-second", medians(result, "messages_per_server_cpu_s"),
                          name))
         lines.append(row(f"{label}, messages/s", medians(result, "messages_per_s"), name))
@@ -97,12 +98,15 @@ def fanout_rows(lines: list[str]) -> None:
     if result is None:
         return
     by_server = {r["server"].split(":")[0]: r for r in result["sections"]["latency"]["summary"]["rows"]}
-    pick: Callable[[str], dict[str, float | None]] = lambda key: {s: r.get(key) for s, r in by_server.items()}
-    lines.append(row("fan-out to 10 000 subscribers, server CPU µs per delivered copy",
+
+    def pick(key: str) -> dict[str, float | None]:
+        return {server: r.get(key) for server, r in by_server.items()}
+
+    lines.append(row(f"fan-out to 10 000 subscribers, server CPU {MICRO}s per delivered copy",
                      pick("server_cpu_us_per_delivery"), name, digits=2, lower_is_better=True))
-    lines.append(row("… P99 publish → subscriber's kernel, ms", pick("sock_ms.p99"), name, digits=1,
+    lines.append(row(f"{ELLIPSIS} P99 publish {ARROW} subscriber's kernel, ms", pick("sock_ms.p99"), name, digits=1,
                      lower_is_better=True))
-    lines.append(row("… P50, ms", pick("sock_ms.p50"), name, digits=1, lower_is_better=True))
+    lines.append(row(f"{ELLIPSIS} P50, ms", pick("sock_ms.p50"), name, digits=1, lower_is_better=True))
 
 
 def million_line() -> str | None:
