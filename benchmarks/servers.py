@@ -345,6 +345,14 @@ def core_busy() -> dict[str, float]:
     return out
 
 
+def busy_pct_over(seconds: float) -> float:
+    """Mean busy share of all cores over the next ``seconds`` (preflights: is another heavy run going?)."""
+    b0, t0 = core_busy(), time.monotonic()
+    time.sleep(seconds)
+    b1, t1 = core_busy(), time.monotonic()
+    return round(100 * sum(b1[c] - b0[c] for c in b1) / (t1 - t0) / max(1, len(b1)), 1)
+
+
 class CpuSampler:
     """Samples the CPU seconds (user + system) of process trees every ``interval`` s in a thread.
 

@@ -49,7 +49,7 @@ from typing import Any
 from benchmarks import servers
 from benchmarks.fanout.driver import free_port, nats_binary, start_nats, wait_bus_up
 from benchmarks.memory import meminfo
-from benchmarks.servers import REPO_ROOT, CpuSampler, core_busy, machine, stop_process, wait_until
+from benchmarks.servers import REPO_ROOT, CpuSampler, busy_pct_over, machine, stop_process, wait_until
 from benchmarks.storm import report
 from benchmarks.storm.fleet_pool import FleetPool
 from benchmarks.storm.publisher import Publisher
@@ -123,10 +123,7 @@ class Storm:
     def preflight(self) -> dict[str, Any]:
         args = self.args
         n = args.subscribers
-        b0, t0 = core_busy(), time.monotonic()
-        time.sleep(2.0)
-        b1, t1 = core_busy(), time.monotonic()
-        busy = round(100 * sum(b1[c] - b0[c] for c in b1) / (t1 - t0) / max(1, len(b1)), 1)
+        busy = busy_pct_over(2.0)
         available = meminfo().get("MemAvailable", 0)
         pre = {
             "loadavg": [round(x, 2) for x in os.getloadavg()],
