@@ -34,6 +34,11 @@ send compressed messages (RSV1), which are inflated (in echo mode) with a per-co
 the first compressed message, so idle connections cost nothing more. Echo messages to such a connection go out
 compressed too (one compressor per worker, fully flushed after each message), so the server inflates as well.
 
+Adaptive ramp (``Plan.adaptive``, :mod:`benchmarks.loadgen.ramp`): the parent sets this worker's share of the
+window of handshakes in flight (``("window", n)``) instead of a fixed ``max_pending``; the worker reports, four times
+a second, the latencies of the handshakes it completed since and the age of its oldest one in flight. A ``rate``
+is then a ceiling (a token bucket with a burst of 50 ms), not a schedule to catch up with. Nothing is retried.
+
 Deadlines live in two FIFO deques (handshake, close) rather than a heap or a timer per connection: each
 kind has a fixed timeout, so deadlines are appended in order and expire from the left.
 """
@@ -108,6 +113,7 @@ class Plan:
     insecure: bool = False  # TLS: do not verify the server's certificate
     tls_max_version: str = ""  # TLS: "1.2" caps the protocol (default: the best both sides have, 1.3 here)
     deflate: bool = False  # offer permessage-deflate
+    adaptive: bool = False  # max_pending is the parent's share of the adaptive window, changed by "window"
 
 
 def client_context(ca: str, insecure: bool, max_version: str = "") -> ssl.SSLContext:
@@ -188,6 +194,12 @@ class Worker:
         self.on_messages = self.on_echoes if self.template is not None else self.count_unexpected
         self.phase = OPENING
         self.phase_deadline = plan.hard_deadline
+        self.max_pending = plan.max_pending  # adaptive: set by the parent
+        self.recent: list[float] | None = [] if plan.adaptive else None  # handshake latencies (s) since the report
+        self.progress_period = 0.25 if plan.adaptive else 1.0
+        self.tokens = 1.0  # adaptive with a rate ceiling: opens allowed now
+        self.tokens_at = 0.0
+        self.burst = max(1.0, plan.rate * 0.05)
         self.src_i = plan.index
         # counters
         self.started = 0
@@ -364,7 +376,10 @@ class Worker:
         self.last_established = now = time.monotonic()
         if now <= self.window_end:
             self.in_window += 1
-        self.handshake_hist.record(time.perf_counter_ns() - conn.t0)
+        latency = time.perf_counter_ns() - conn.t0
+        self.handshake_hist.record(latency)
+        if self.recent is not None:
+            self.recent.append(latency / 1e9)
         rest = buf[end + 4 :]
         self.on_established(conn)
         if rest and conn.state == OPEN:
@@ -806,7 +821,9 @@ class Worker:
             return
         kind = msg[0]
         now = time.monotonic()
-        if kind == "go" and self.phase in (OPENING, READY) and self.plan.mode == "echo":
+        if kind == "window":
+            self.max_pending = int(msg[1])
+        elif kind == "go" and self.phase in (OPENING, READY) and self.plan.mode == "echo":
             self.phase = RUNNING
             self.window_start = now
             self.window_start_unix = time.time()
@@ -869,8 +886,8 @@ class Worker:
 
         phase = self.phase
         if now >= self.next_progress and phase == OPENING:
-            self.next_progress = now + 1.0
-            self.report_progress()
+            self.next_progress = now + self.progress_period
+            self.report_progress(now)
         if plan.mode == "connect-rate":
             if phase == OPENING:
                 if now >= self.window_end or (plan.connections and self.started >= plan.connections):
@@ -890,12 +907,19 @@ class Worker:
         if phase == OPENING:
             todo = plan.connections - self.started
             if todo > 0:
-                if plan.rate > 0:
+                if plan.rate > 0 and plan.adaptive:
+                    # a ceiling: time spent under it (window full) earns no burst later
+                    self.tokens = min(self.burst, self.tokens + (now - self.tokens_at) * plan.rate)
+                    self.tokens_at = now
+                    todo = min(todo, int(self.tokens))
+                elif plan.rate > 0:
                     due = int((now - self.window_start) * plan.rate) + 1 - self.started
                     todo = min(todo, due)
-                todo = min(todo, plan.max_pending - self.pending, _OPEN_BATCH)
+                todo = min(todo, self.max_pending - self.pending, _OPEN_BATCH)
                 for _ in range(todo):
                     self.open_one(now)
+                if todo > 0 and plan.adaptive:
+                    self.tokens -= todo
             elif self.pending == 0 and not self.ready_sent:
                 self.send_ready()
         elif phase == RUNNING:
@@ -912,9 +936,21 @@ class Worker:
             self.abort_all("timeout")
             self.phase = DONE
 
-    def report_progress(self) -> None:
+    def oldest_pending_age(self, now: float) -> float:
+        """Seconds since the oldest handshake still in flight started (0: none). Settled entries are dropped
+        from the front of the deadline queue on the way: their deadline no longer matters."""
+        dq = self.hs_deadlines
+        while dq and dq[0][1].state not in (CONNECTING, HANDSHAKE):
+            dq.popleft()
+        return now - (dq[0][0] - self.plan.connect_timeout) if dq else 0.0
+
+    def report_progress(self, now: float) -> None:
+        msg: tuple = ("progress", self.plan.index, self.established, sum(self.failures.values()))
+        if self.recent is not None:
+            msg += (self.pending, self.oldest_pending_age(now), self.recent)
+            self.recent = []
         try:
-            self.ctrl.send(("progress", self.plan.index, self.established, sum(self.failures.values())))
+            self.ctrl.send(msg)
         except OSError:
             self.abort_all("parent_gone")
             self.phase = DONE
