@@ -76,3 +76,14 @@ def test_the_trace_records_each_decision_and_the_p90_of_its_period():
 def test_bounds_and_target_are_checked(lo, hi, target):
     with pytest.raises(ValueError):
         AdaptiveWindow(lo, hi, target)
+
+
+def test_a_window_busy_on_average_grows_though_nothing_is_in_flight_at_the_instant_of_the_decision():
+    w = AdaptiveWindow(2, 100, target=0.1, step=4)
+    w.window = 10
+    w.slow_start = False
+    w.decide(0.0, inflight=0)
+    w.observe([0.01] * 600, 0.0)  # 600 handshakes of 10 ms in one second: 6 in flight on average
+    assert w.decide(1.0, inflight=0) == 14
+    w.observe([0.01] * 300, 0.0)  # 3 on average: less than half of 14, a ceiling elsewhere holds it back
+    assert w.decide(2.0, inflight=0) == 14

@@ -200,6 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     idle.add_argument("--verify-ping", action="store_true", help="at the end, ping every connection")
     idle.add_argument("--verify-timeout", type=float, default=10.0)
+    idle.add_argument(
+        "--close",
+        dest="close_mode",
+        choices=("ws", "fin", "rst"),
+        default="ws",
+        help="how the connections end after the hold: ws: close handshake; fin: plain close(); rst: abortive "
+        "close (no TIME_WAIT; the cheapest teardown of a million on both sides)",
+    )
 
     echo = sub.add_parser("echo", parents=[common], help="messages in flight on C connections for T s")
     echo.add_argument("--inflight", type=int, default=1, help="messages in flight per connection")

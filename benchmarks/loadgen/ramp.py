@@ -15,9 +15,10 @@ and the window follows the measured handshake latency.
   than ``stall`` still in flight counts as over target too (a server that stopped answering completes
   nothing, so it would otherwise send no signal at all).
 * Slow start: the window grows by half each period until the first period over target, then AIMD: one
-  ``step`` more per period under target (only while the window is in use: a ceiling ``--rate`` leaves it
-  partly empty and then it must not grow without bound), times ``decrease`` over target. Never below
-  ``window_min`` (one per process) nor above ``window_max``.
+  ``step`` more per period under target (only while at least half the window is in use, now or on average
+  over the period by Little's law, the sum of the latencies completed in it over its length: a ceiling
+  ``--rate`` leaves it partly empty and then it must not grow without bound), times ``decrease`` over target.
+  Never below ``window_min`` (one per process) nor above ``window_max``.
 * No retries. A handshake that fails (a timeout after ``--connect-timeout``, a reset) is counted as failed
   and not opened again, so "no failure" in a report means every first attempt succeeded; the window shrinks
   long before a healthy server makes a handshake time out.
@@ -62,9 +63,10 @@ class AdaptiveWindow:
         self.slow_start = True
         self.samples: list[float] = []
         self.oldest_pending = 0.0
-        self.trace: list[list[float]] = []  # [t, window, in flight, p90 ms of the period, completed in it]
+        self.trace: list[list[float]] = []  # see summary()
         self.periods_over = 0
         self.periods_under = 0
+        self.last_t: float | None = None
 
     def observe(self, latencies: list[float], oldest_pending: float) -> None:
         """One process's report: handshake latencies (s) completed since its last, age (s) of its oldest."""
@@ -84,6 +86,10 @@ class AdaptiveWindow:
             p90 is not None and len(self.samples) >= self.min_samples and p90 > self.target
         )
         under = not over and p90 is not None and len(self.samples) >= self.min_samples
+        length = t - self.last_t if self.last_t is not None else 0.0
+        self.last_t = t
+        if length > 0:
+            inflight = max(inflight, round(sum(self.samples) / length))
         if over:
             self.periods_over += 1
             self.slow_start = False
@@ -120,6 +126,6 @@ class AdaptiveWindow:
             "periods_grown": self.periods_under,
             "window_median": sorted(windows)[len(windows) // 2] if windows else None,
             "window_max_reached": max(windows) if windows else None,
-            # [seconds since the start, window, handshakes in flight, p90 ms of the period (-1: none), completed]
+            # [s since start, window, in flight (now or the period's mean, the larger), p90 ms (-1: none), completed]
             "trace": self.trace,
         }

@@ -104,7 +104,7 @@ class Plan:
     inflight: int
     size: int
     text: bool
-    close_mode: str  # connect-rate: "ws" (close handshake) | "fin" | "rst"
+    close_mode: str  # connect-rate and idle: "ws" (close handshake) | "fin" | "rst"
     max_size: int
     hard_deadline: float  # absolute time.monotonic(): finish no matter what
     tls: bool = False  # wss://
@@ -794,9 +794,10 @@ class Worker:
     def start_close_phase(self) -> None:
         self.phase = CLOSE
         self.phase_deadline = min(self.plan.hard_deadline, time.monotonic() + self.plan.close_timeout)
+        how = self.plan.close_mode if self.plan.mode == "idle" else "ws"
         for conn in list(self.conns.values()):
             if conn.state == OPEN:
-                self.close_conn(conn, "ws")
+                self.close_conn(conn, how)
             elif conn.state in (CONNECTING, HANDSHAKE):
                 self.fail(conn, "aborted")
 
