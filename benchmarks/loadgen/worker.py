@@ -972,6 +972,14 @@ class Worker:
             self.phase = DONE
 
     def wakeup_in(self, now: float) -> float:
+        if self.phase == OPENING and self.started < self.plan.connections and self.plan.adaptive:
+            # A full window opens again only after a handshake settles or the parent changes it, and either
+            # wakes epoll: polling every 5 ms in 56 processes would cost the ramp a good share of a core.
+            if self.pending >= self.max_pending:
+                return max(0.0, min(0.1, self.next_progress - now))
+            if self.plan.rate > 0 and self.tokens < 1:
+                return min(0.1, (1 - self.tokens) / self.plan.rate)
+            return 0.0
         if self.phase == OPENING and self.started < self.plan.connections:
             return 0.005
         if self.phase == OPENING and self.plan.mode == "connect-rate":
