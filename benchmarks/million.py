@@ -1,6 +1,6 @@
 """Scenario 2: a million concurrent idle WebSocket connections on this machine (``just bench-million``).
 
-    python -m benchmarks.million           # 1 000 000, 55 workers, pings every 120 s
+    python -m benchmarks.million           # 1 000 000, 55 workers, pings every 180 s
     python -m benchmarks.million --connections 100000 --ping-interval 30 --idle-window 20  # rehearsal
 
 What it does, in order, bounded by ``--time-limit`` (default 17 minutes) plus a cleanup of at most ~2:
@@ -14,9 +14,13 @@ What it does, in order, bounded by ``--time-limit`` (default 17 minutes) plus a 
    drops new connections' packets once full): a table of our own with ``notrack`` for ``lo`` in the raw
    hooks (nft, else iptables' raw table), deleted afterwards; with neither tool, nf_conntrack_max is raised
    above what the run needs and put back (all of it in ``conntrack`` of the report);
-3. the server: ``millionws serve --workers W --ping-interval 120`` in its own session (not pinned); the
-   first ping of each connection comes at a fraction of the interval that spreads the ramp's connections
-   evenly (millionws/server/keepalive.py), and every connection is pinged within one interval of its open;
+3. the server: ``millionws serve --workers W --ping-interval 180 --timer-resolution 1`` in its own session
+   (not pinned); the first ping of each connection comes at a fraction of the interval that spreads the
+   ramp's connections evenly (millionws/server/keepalive.py), and every connection is pinged within one
+   interval of its open. A wheel tick of 1 s instead of 50 ms sends each worker's due pings in one batch a
+   second, so pings and pongs cross in batches instead of one wake-up each: at 100 000 connections pinged
+   5 556 times a second (55 workers, 56 load generator processes) both cores were 32 % and 30 % busy instead
+   of 54 % and 52 %. 180 s keeps the pings of a million under a core while the last connections open;
 4. the load generator: ``benchmarks.loadgen idle --adaptive`` with ``--procs P`` over many loopback source
    addresses: a self-paced ramp (benchmarks/loadgen/ramp.py: one window of handshakes in flight for all
    processes, grown while their p90 latency is under ``--latency-target-ms``, cut when over; ``--rate`` is
@@ -501,8 +505,11 @@ class Run:
             str(a.ping_timeout),
             "--handshake-timeout",
             "30",
+            "--timer-resolution",
+            str(a.timer_resolution),
             "--log-level",
             "warning",
+            *shlex.split(a.server_args),
         ]
 
     def loadgen_cmd(self, ready: Path, report: Path) -> list[str]:
@@ -606,6 +613,7 @@ class Run:
                 "window_max": args.window_max if args.ramp == "adaptive" else None,
                 "latency_target_ms": args.latency_target_ms if args.ramp == "adaptive" else None,
                 "ping_interval": args.ping_interval,
+                "timer_resolution": args.timer_resolution,
                 "ping_timeout": args.ping_timeout,
                 "idle_window_s": args.idle_window,
                 "time_limit_s": args.time_limit,
@@ -1007,7 +1015,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-pending", type=int, default=64, help="fixed: handshakes in flight per process")
     parser.add_argument("--window-max", type=int, default=1024, help="adaptive: handshakes in flight, all processes")
     parser.add_argument("--latency-target-ms", type=float, default=500.0, help="adaptive: p90 handshake latency")
-    parser.add_argument("--ping-interval", type=float, default=120.0, help="server keepalive ping interval (s)")
+    parser.add_argument("--ping-interval", type=float, default=180.0, help="server keepalive ping interval (s)")
+    parser.add_argument(
+        "--timer-resolution",
+        type=float,
+        default=1.0,
+        help="server timer wheel tick (s): 1.0 sends each worker's due pings once a second, in one batch",
+    )
+    parser.add_argument("--server-args", default="", help="more options for millionws serve, shell-quoted")
     parser.add_argument(
         "--ping-margin",
         type=float,
