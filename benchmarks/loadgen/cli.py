@@ -201,6 +201,12 @@ def build_parser() -> argparse.ArgumentParser:
     idle.add_argument("--verify-ping", action="store_true", help="at the end, ping every connection")
     idle.add_argument("--verify-timeout", type=float, default=10.0)
     idle.add_argument(
+        "--verify-window",
+        type=int,
+        default=0,
+        help="--verify-ping: our pings outstanding at once, all processes (0: every connection at once)",
+    )
+    idle.add_argument(
         "--close",
         dest="close_mode",
         choices=("ws", "fin", "rst"),
@@ -316,6 +322,7 @@ def make_plans(args: argparse.Namespace, start: float) -> list[Plan]:
                 tls_max_version=args.tls_max_version or "",
                 deflate=args.deflate,
                 adaptive=adaptive,
+                verify_window=max(1, args.verify_window // procs) if getattr(args, "verify_window", 0) else 0,
             )
         )
     if mode == "connect-rate" and args.connections:
@@ -569,6 +576,7 @@ class Runner:
             ok = ok and declined == 0
         if args.mode == "idle":
             sent = sum(r["verify_sent"] for r in results)
+            unsent = sum(r.get("verify_unsent", 0) for r in results)
             pongs = sum(r["verify_pongs"] for r in results)
             report["idle"] = {
                 "hold_s": args.hold,
@@ -583,7 +591,14 @@ class Runner:
                 "unexpected_messages": sum(r["unexpected_messages"] for r in results),
             }
             if args.verify_ping:
-                report["idle"]["verify"] = {"sent": sent, "pongs": pongs, "missing": sent - pongs}
+                # missing: those pinged that did not answer, and those the verify timeout left unpinged
+                report["idle"]["verify"] = {
+                    "sent": sent,
+                    "pongs": pongs,
+                    "missing": sent + unsent - pongs,
+                    "unsent": unsent,
+                    "window": args.verify_window,
+                }
                 ok = ok and sent == pongs == established
             ok = ok and established == args.connections
         elif args.mode == "echo":

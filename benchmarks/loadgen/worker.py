@@ -114,6 +114,7 @@ class Plan:
     tls_max_version: str = ""  # TLS: "1.2" caps the protocol (default: the best both sides have, 1.3 here)
     deflate: bool = False  # offer permessage-deflate
     adaptive: bool = False  # max_pending is the parent's share of the adaptive window, changed by "window"
+    verify_window: int = 0  # idle --verify-ping: our pings outstanding at once (0: every connection at once)
 
 
 def client_context(ca: str, insecure: bool, max_version: str = "") -> ssl.SSLContext:
@@ -220,6 +221,8 @@ class Worker:
         self.unexpected_messages = 0
         self.verify_sent = 0
         self.verify_pongs = 0
+        self.verify_queue: collections.deque[Conn] = collections.deque()  # to ping yet (--verify-window)
+        self.verify_outstanding = 0
         self.sent = 0
         self.received = 0
         self.received_late = 0
@@ -642,6 +645,9 @@ class Worker:
             if conn.inflight and self.phase == VERIFY and payload == _VERIFY_PAYLOAD:
                 conn.inflight = 0
                 self.verify_pongs += 1
+                self.verify_outstanding -= 1
+                if self.verify_queue:
+                    self.verify_more()
         elif opcode == wscodec.OP_CLOSE:
             if conn.state == OPEN:
                 # The server closes first: answer as RFC 6455 asks, then wait for it to drop TCP.
@@ -755,6 +761,8 @@ class Worker:
             return
         if conn.inflight and self.template is not None:
             self.inflight_total -= conn.inflight
+        elif conn.inflight and self.phase == VERIFY:
+            self.verify_outstanding -= 1  # its pong will never come: make room for the next
         conn.inflight = 0
         conn.state = DEAD
         self.live -= 1
@@ -854,14 +862,27 @@ class Worker:
     def start_verify(self) -> None:
         self.phase = VERIFY
         self.phase_deadline = min(self.plan.hard_deadline, time.monotonic() + self.plan.verify_timeout)
-        ping = _VERIFY_PAYLOAD
         for conn in list(self.conns.values()):
             if conn.state == OPEN:
-                conn.inflight = 1
-                self.verify_sent += 1
-                self.send(conn, wscodec.encode(wscodec.OP_PING, ping))
+                self.verify_queue.append(conn)
             elif conn.state in (CONNECTING, HANDSHAKE):
                 self.fail(conn, "aborted")
+        self.verify_more()
+
+    def verify_more(self) -> None:
+        """Ping the next connections, keeping at most verify_window outstanding: a million pings at once would be
+        a storm of our own making, with the server's keepalive pings answered late behind it."""
+        window = self.plan.verify_window or len(self.verify_queue)
+        ping = wscodec.encode(wscodec.OP_PING, _VERIFY_PAYLOAD)
+        queue = self.verify_queue
+        while queue and self.verify_outstanding < window:
+            conn = queue.popleft()
+            if conn.state != OPEN:
+                continue  # dropped meanwhile: counted there, and never answers
+            conn.inflight = 1
+            self.verify_sent += 1
+            self.verify_outstanding += 1
+            self.send(conn, ping)
 
     # ------------------------------------------------------------------ loop
     def tick(self, now: float) -> None:
@@ -931,7 +952,9 @@ class Worker:
             if self.inflight_total <= 0 or now >= self.phase_deadline:
                 self.start_close_phase()
         elif phase == VERIFY:
-            if self.verify_pongs >= self.verify_sent or now >= self.phase_deadline:
+            if self.verify_queue and self.verify_outstanding < (plan.verify_window or 1):
+                self.verify_more()  # room made by connections that died with a ping out
+            if (not self.verify_queue and self.verify_outstanding <= 0) or now >= self.phase_deadline:
                 self.start_close_phase()
         elif phase == CLOSE and (self.live == 0 or now >= self.phase_deadline):
             self.abort_all("timeout")
@@ -1040,6 +1063,7 @@ class Worker:
             "pings_answered": self.pings_answered,
             "unexpected_messages": self.unexpected_messages,
             "verify_sent": self.verify_sent,
+            "verify_unsent": len(self.verify_queue),
             "verify_pongs": self.verify_pongs,
             "pinged_open": self.pinged_open,
             "open_at_stop": self.open_at_stop,
