@@ -387,9 +387,11 @@ class Run:
                 "server_cpu_pct": shares.get("server"),
                 "loadgen_cpu_pct": shares.get("loadgen"),
             }
-            # /stats walks every worker's descriptor table: every 10 s, and never inside the idle window
-            if self.phase != "idle-window" and now >= next_stats and self.server is not None:
-                next_stats = now + 10.0
+            # /stats walks every worker's descriptor table (a million entries at the end of the ramp, seconds of
+            # CPU): only during the ramp, every 30 s. In a 1M run that polled it every 10 s through the hold, the
+            # requests piled up behind each other and /metrics at the end of the hold timed out.
+            if self.phase == "ramp" and now >= next_stats and self.server is not None:
+                next_stats = now + 30.0
                 s = stats(self.args.port)
                 if s:
                     per_worker = [w["connections"] for w in s["workers"]]
@@ -773,7 +775,8 @@ class Run:
             result["ramp_window_trace"] = window.get("trace")
 
     def pick_metrics(self) -> dict[str, Any] | None:
-        m = metrics_sum(self.args.port)
+        # a scrape reads every worker's open descriptors (psutil): seconds at a million; one retry
+        m = metrics_sum(self.args.port, 60.0) or metrics_sum(self.args.port, 60.0)
         if m is None:
             return None
         keep = {}
