@@ -1035,11 +1035,11 @@ def main(argv: list[str] | None = None) -> int:
         help="hold this long beyond one ping interval after the last connection opened",
     )
     parser.add_argument("--idle-window", type=float, default=60.0, help="seconds of CPU measurement while idle")
-    parser.add_argument("--verify-timeout", type=float, default=300.0)
+    parser.add_argument("--verify-timeout", type=float, default=360.0)
     parser.add_argument(
         "--verify-window",
         type=int,
-        default=1024,
+        default=2048,
         help="the load generator's own pings outstanding at once, all processes (all at once: a storm)",
     )
     parser.add_argument("--close-timeout", type=float, default=90.0)
