@@ -30,7 +30,7 @@ What it does, in order, bounded by ``--time-limit`` (default 17 minutes) plus a 
    server ping; then it resets every connection (``--close rst``: the cheapest teardown of a million);
 5. sampling every 2 s (the ramp): connections established (load generator), TCP sockets in use
    (/proc/net/sockstat), memory available, slab, CPU per core and of each side; /stats of the server
-   every 10 s (it lists every worker's descriptors, so it is not free at this scale);
+   every 30 s during the ramp only (it reads every worker's descriptors: seconds of CPU at this scale);
 6. once all are open: memory of the server (PSS split anonymous/file, RSS over the whole tree) and of
    the kernel (slab caches, sockstat), then CPU over ``--idle-window`` s while the server pings every
    connection every ``--ping-interval`` s; the hold lasts until every connection has had the time to be
