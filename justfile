@@ -62,9 +62,9 @@ bench: bench-setup
 bench-full: bench-setup
     .venv/bin/python -m benchmarks.run
 
-# 1 000 000 idle WebSockets here, <= 20 min; root: sets/restores sysctls; --patch-supervisor-poll: see benchmarks/million.py
+# 1 000 000 idle WebSockets here, <= 20 min: self-paced ramp, server pings every 120 s, each verified; root: sets/restores sysctls and exempts loopback from conntrack (nft); see benchmarks/million.py
 bench-million *ARGS: bench-setup
-    timeout --signal=INT --kill-after=120 1200 .venv/bin/python -m benchmarks.million --patch-supervisor-poll {{ARGS}}
+    timeout --signal=INT --kill-after=120 1200 .venv/bin/python -m benchmarks.million {{ARGS}}
 
 # reconnect storm (issue 12, target 4): node A holding N subscribers drains, they come back on node B over NATS; <= 15 min
 bench-storm *ARGS: bench-setup

@@ -1,7 +1,7 @@
 """Scenario 2: a million concurrent idle WebSocket connections on this machine (``just bench-million``).
 
-    python -m benchmarks.million --patch-supervisor-poll           # 1 000 000, 55 workers, pings every 30 s
-    python -m benchmarks.million --connections 100000 --workers 6 --ping-interval 10 --idle-window 20  # rehearsal
+    python -m benchmarks.million           # 1 000 000, 55 workers, pings every 180 s
+    python -m benchmarks.million --connections 100000 --ping-interval 30 --idle-window 20  # rehearsal
 
 What it does, in order, bounded by ``--time-limit`` (default 17 minutes) plus a cleanup of at most ~2:
 
@@ -9,21 +9,42 @@ What it does, in order, bounded by ``--time-limit`` (default 17 minutes) plus a 
    connection pair + user space), at most 19 000 connections per server worker and 18 999 per load
    generator process (the open-files hard limit here is 20 000 per process and cannot be raised);
 2. kernel settings: each one it needs is read, raised when below what the run needs (``sysctl -w``,
-   root) and put back afterwards; the report lists what was found and what was set;
-3. the server: ``millionws serve --workers W --ping-interval 30`` in its own session (not pinned);
-4. the load generator: ``benchmarks.loadgen idle`` with ``--procs P`` over many loopback source
-   addresses, paced at ``--rate``; it answers every server ping and, at the end, pings every connection
-   itself (``--verify-ping``); it also counts, per connection, whether it answered a server ping;
+   root) and put back afterwards; the report lists what was found and what was set. Loopback is exempted
+   from connection tracking (nf_conntrack, which podman's networking loads, holds 262 144 entries here and
+   drops new connections' packets once full): a table of our own with ``notrack`` for ``lo`` in the raw
+   hooks (nft, else iptables' raw table), deleted afterwards; with neither tool, nf_conntrack_max is raised
+   above what the run needs and put back (all of it in ``conntrack`` of the report);
+3. the server: ``millionws serve --workers W --ping-interval 180 --timer-resolution 1`` in its own session
+   (not pinned); the first ping of each connection comes at a fraction of the interval that spreads the
+   ramp's connections evenly (millionws/server/keepalive.py), and every connection is pinged within one
+   interval of its open. A wheel tick of 1 s instead of 50 ms sends each worker's due pings in one batch a
+   second, so pings and pongs cross in batches instead of one wake-up each: at 100 000 connections pinged
+   5 556 times a second (55 workers, 56 load generator processes) both cores were 32 % and 30 % busy instead
+   of 54 % and 52 %. 180 s keeps the pings of a million under a core while the last connections open;
+4. the load generator: ``benchmarks.loadgen idle --adaptive`` with ``--procs P`` over many loopback source
+   addresses: a self-paced ramp (benchmarks/loadgen/ramp.py: one window of handshakes in flight for all
+   processes, grown while their p90 latency is under ``--latency-target-ms``, cut when over; ``--rate`` is
+   only a ceiling; no retries, so "no failure" means every first attempt succeeded; ``--ramp fixed`` is the
+   old fixed ``--rate`` with ``--max-pending`` per process); it answers every server ping and, at the end,
+   pings every connection itself (``--verify-ping``); it also counts, per connection, whether it answered a
+   server ping; then it resets every connection (``--close rst``: the cheapest teardown of a million);
 5. sampling every 2 s (the ramp): connections established (load generator), TCP sockets in use
    (/proc/net/sockstat), memory available, slab, CPU per core and of each side; /stats of the server
-   every 10 s (it lists every worker's descriptors, so it is not free at this scale);
+   every 30 s during the ramp only (it reads every worker's descriptors: seconds of CPU at this scale);
 6. once all are open: memory of the server (PSS split anonymous/file, RSS over the whole tree) and of
    the kernel (slab caches, sockstat), then CPU over ``--idle-window`` s while the server pings every
    connection every ``--ping-interval`` s; the hold lasts until every connection has had the time to be
    pinged (``ping-interval`` + margin after the last one opened);
 7. then /metrics (no keepalive timeout may have fired), the load generator's verification, close,
    stop the server, check that no process of the run is left, restore the kernel settings;
-8. ``benchmarks/results/million.json`` and ``million.png`` (the ramp), with what bound the run.
+8. ``benchmarks/results/million.json`` and ``million.png`` (the ramp and its window), with what bound the run.
+
+Memory per connection (``memory_per_conn``), GUIDE section 4: ``server_pss`` is the PSS of the server's whole
+tree (supervisor and workers) after the ramp minus before, divided by the connections established: Python
+objects, the kernel's view of nothing. ``kernel_slab_per_pair`` is the growth of ``Slab`` over the same interval
+per connection: on loopback it holds *both* ends (TCP socket, socket inode, dentry, file and epoll item of the
+server's end and of the load generator's), so ``kernel_slab_per_end`` (half of it) estimates the kernel cost
+of one server connection; socket buffers are not in it (an idle socket holds none: ``tcp_mem`` pages).
 """
 
 from __future__ import annotations
@@ -61,14 +82,6 @@ FD_LIMIT_NOTE = (
     "18 999 each; on a real node one worker per core holds them all once `ulimit -n` (LimitNOFILE) "
     "and fs.nr_open are raised above the connections per worker"
 )
-# millionws's supervisor waits with select.select() on its signal pipe. With the worker mesh (one Unix
-# socketpair per pair of workers, both ends kept by the supervisor: W * (W - 1) descriptors, 2 970 for
-# 55 workers) that pipe's descriptor is above 1023, and select() refuses it (FD_SETSIZE): "ValueError:
-# filedescriptor out of range in select()", the server exits before any worker serves. This harness may
-# not change millionws/, so --patch-supervisor-poll applies the smallest fix to the *snapshot* the run
-# uses (the same wait with select.poll, which has no such limit) and records it in the result.
-SUPERVISOR_SELECT = "select.select([r], [], [], self._timeout())"
-SUPERVISOR_POLL = "(lambda p: (p.register(r, select.POLLIN), p.poll(self._timeout() * 1000)))(select.poll())"
 KERNEL_PER_PAIR = 10_500  # bytes of slab per loopback connection pair (both ends), measured at 10^4..10^5
 USER_PER_CONN = 1_500  # server + load generator user space per connection, with margin
 
@@ -133,6 +146,87 @@ def value_to_set(name: str, wanted: str) -> str:
     return "1024 65535" if name == "net.ipv4.ip_local_port_range" else wanted
 
 
+# ------------------------------------------------------------------------------------------ conntrack
+NOTRACK_TABLE = "millionws_notrack"
+NOTRACK_NFT = (
+    f"table inet {NOTRACK_TABLE} {{\n"
+    "  chain pre { type filter hook prerouting priority raw; iif lo notrack; }\n"
+    "  chain out { type filter hook output priority raw; oif lo notrack; }\n"
+    "}\n"
+)
+NOTRACK_IPTABLES = (("PREROUTING", "-i"), ("OUTPUT", "-o"))
+
+
+def run_tool(cmd: list[str], stdin: str | None = None) -> tuple[bool, str]:
+    try:
+        done = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return False, str(exc)
+    return done.returncode == 0, (done.stdout + done.stderr).strip()
+
+
+def exempt_loopback_from_conntrack(n: int) -> dict[str, Any]:
+    """Keep connection tracking off loopback for the run; what was done, for the report and for the restore.
+
+    The rules go in even when nf_conntrack is not loaded yet: another tenant (podman) may load it mid-run.
+    """
+    import shutil
+
+    entry: dict[str, Any] = {
+        "nf_conntrack_loaded": sysctl_get("net.netfilter.nf_conntrack_max") is not None,
+        "nf_conntrack_max": sysctl_get("net.netfilter.nf_conntrack_max"),
+        "nf_conntrack_count_before": sysctl_get("net.netfilter.nf_conntrack_count"),
+        "method": None,
+        "applied": False,
+    }
+    nft, iptables = shutil.which("nft"), shutil.which("iptables")
+    if nft:
+        run_tool([nft, "delete", "table", "inet", NOTRACK_TABLE])  # a leftover of a killed run
+        ok, out = run_tool([nft, "-f", "-"], NOTRACK_NFT)
+        entry.update(method="nft: raw-priority prerouting/output chains, notrack on lo", rules=NOTRACK_NFT)
+        entry["applied"] = ok and run_tool([nft, "list", "table", "inet", NOTRACK_TABLE])[0]
+        if not ok:
+            entry["error"] = out
+    elif iptables:
+        entry["method"] = "iptables -t raw: NOTRACK on lo"
+        results = [
+            run_tool([iptables, "-t", "raw", "-A", chain, flag, "lo", "-j", "NOTRACK"])
+            for chain, flag in NOTRACK_IPTABLES
+        ]
+        entry["applied"] = all(ok for ok, _ in results)
+        if not entry["applied"]:
+            entry["error"] = "; ".join(out for ok, out in results if not ok)
+    if not entry["applied"] and entry["nf_conntrack_loaded"]:
+        # Neither tool: at least let the table hold both directions' worth of the run's connections.
+        wanted = str(2 * n + 65_536)
+        current = entry["nf_conntrack_max"]
+        entry["fallback"] = "no nft nor iptables: raised net.netfilter.nf_conntrack_max instead"
+        if current is not None and int(current) < int(wanted) and sysctl_set("net.netfilter.nf_conntrack_max", wanted):
+            entry.update(method="nf_conntrack_max raised", max_set=wanted, applied=True)
+    log(f"conntrack: {entry['method']} applied={entry['applied']}")
+    return entry
+
+
+def restore_conntrack(entry: dict[str, Any]) -> None:
+    import shutil
+
+    method = entry.get("method") or ""
+    if not entry.get("applied"):
+        return
+    if method.startswith("nft"):
+        entry["restored"] = run_tool(["nft", "delete", "table", "inet", NOTRACK_TABLE])[0]
+    elif method.startswith("iptables"):
+        iptables = shutil.which("iptables") or "iptables"
+        entry["restored"] = all(
+            run_tool([iptables, "-t", "raw", "-D", chain, flag, "lo", "-j", "NOTRACK"])[0]
+            for chain, flag in NOTRACK_IPTABLES
+        )
+    elif entry.get("max_set") and entry.get("nf_conntrack_max") is not None:
+        entry["restored"] = sysctl_set("net.netfilter.nf_conntrack_max", entry["nf_conntrack_max"])
+    entry["nf_conntrack_count_after"] = sysctl_get("net.netfilter.nf_conntrack_count")
+    log(f"conntrack restored: {entry.get('restored')}")
+
+
 # ------------------------------------------------------------------------------------------ helpers
 def http_get(port: int, path: str, timeout: float = 10.0) -> tuple[int, bytes] | None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
@@ -193,6 +287,16 @@ def kernel_snapshot() -> dict[str, Any]:
     return snap
 
 
+def tcp_drops() -> dict[str, int]:
+    """Counters of SYNs and handshakes the kernel dropped (/proc/net/netstat, machine-wide, cumulative)."""
+    wanted = ("ListenOverflows", "ListenDrops", "TCPReqQFullDrop", "TCPBacklogDrop")
+    lines = [line.split() for line in Path("/proc/net/netstat").read_text().splitlines() if line.startswith("TcpExt:")]
+    if len(lines) < 2:
+        return {}
+    table = dict(zip(lines[0][1:], lines[1][1:], strict=False))
+    return {name: int(table[name]) for name in wanted if name in table}
+
+
 def softnet_dropped() -> int:
     """Packets dropped because a CPU's backlog was full (/proc/net/softnet_stat, 2nd column, all CPUs)."""
     total = 0
@@ -230,7 +334,6 @@ class Run:
         self.cpu: CpuSampler | None = None
         self.events: list[tuple[float, str]] = []
         self.report: dict[str, Any] = {}
-        self.patches: list[dict[str, Any]] = []
         self.result: dict[str, Any] = {}
         self.workdir = Path(args.workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -277,14 +380,18 @@ class Run:
                 "mem_available": k["mem_available"],
                 "slab": k["slab"],
                 "softnet_dropped": softnet_dropped(),
+                "nf_conntrack_count": k["nf_conntrack_count"],
+                "tcp_drops": tcp_drops(),
                 "loadavg": os.getloadavg()[0],
                 "core_busy_pct": cores,
                 "server_cpu_pct": shares.get("server"),
                 "loadgen_cpu_pct": shares.get("loadgen"),
             }
-            # /stats walks every worker's descriptor table: every 10 s, and never inside the idle window
-            if self.phase != "idle-window" and now >= next_stats and self.server is not None:
-                next_stats = now + 10.0
+            # /stats walks every worker's descriptor table (a million entries at the end of the ramp, seconds of
+            # CPU): only during the ramp, every 30 s. In a 1M run that polled it every 10 s through the hold, the
+            # requests piled up behind each other and /metrics at the end of the hold timed out.
+            if self.phase == "ramp" and now >= next_stats and self.server is not None:
+                next_stats = now + 30.0
                 s = stats(self.args.port)
                 if s:
                     per_worker = [w["connections"] for w in s["workers"]]
@@ -400,8 +507,11 @@ class Run:
             str(a.ping_timeout),
             "--handshake-timeout",
             "30",
+            "--timer-resolution",
+            str(a.timer_resolution),
             "--log-level",
             "warning",
+            *shlex.split(a.server_args),
         ]
 
     def loadgen_cmd(self, ready: Path, report: Path) -> list[str]:
@@ -419,12 +529,23 @@ class Run:
             str(a.procs),
             "--sources",
             a.sources,
+            *(
+                [
+                    "--adaptive",
+                    "--window-max",
+                    str(a.window_max),
+                    "--latency-target-ms",
+                    str(a.latency_target_ms),
+                ]
+                if a.ramp == "adaptive"
+                else ["--max-pending", str(a.max_pending)]
+            ),
             "--rate",
             str(a.rate),
-            "--max-pending",
-            str(a.max_pending),
             "--connect-timeout",
             "30",
+            "--close",
+            "rst",
             "--hold",
             str(a.hold_cap),
             "--ready-file",
@@ -432,6 +553,8 @@ class Run:
             "--verify-ping",
             "--verify-timeout",
             str(a.verify_timeout),
+            "--verify-window",
+            str(a.verify_window),
             "--close-timeout",
             str(a.close_timeout),
             "--duration",
@@ -482,16 +605,19 @@ class Run:
             "command": shlex.join([sys.executable, "-m", "benchmarks.million", *args.argv]),
             "machine": machine(),
             "fd_limit_note": FD_LIMIT_NOTE,
-            "code_patches": self.patches,
             "settings": {
                 "connections": args.connections,
                 "workers": args.workers,
                 "loadgen_procs": args.procs,
                 "sources": args.sources,
                 "source_count": len(self.sources()),
+                "ramp": args.ramp,
                 "rate": args.rate,
-                "max_pending_per_proc": args.max_pending,
+                "max_pending_per_proc": args.max_pending if args.ramp == "fixed" else None,
+                "window_max": args.window_max if args.ramp == "adaptive" else None,
+                "latency_target_ms": args.latency_target_ms if args.ramp == "adaptive" else None,
                 "ping_interval": args.ping_interval,
+                "timer_resolution": args.timer_resolution,
                 "ping_timeout": args.ping_timeout,
                 "idle_window_s": args.idle_window,
                 "time_limit_s": args.time_limit,
@@ -504,6 +630,9 @@ class Run:
             result["error"] = "preflight: " + "; ".join(pre["problems"])
             return result
         settings = result["sysctl"] = self.apply_sysctls()
+        conntrack = result["conntrack"] = (
+            exempt_loopback_from_conntrack(args.connections) if not args.no_sysctl else {"applied": False}
+        )
         report_path = self.workdir / "loadgen.json"
         report_path.unlink(missing_ok=True)
         sampler = threading.Thread(target=self.sample_loop, daemon=True)
@@ -514,6 +643,7 @@ class Run:
             baseline = self.memory_reading()
             result["memory_before"] = baseline
             drops_before = softnet_dropped()
+            tcp_drops_before = tcp_drops()
 
             ready = self.workdir / "ready.json"
             for p in (ready, Path(str(ready) + ".done")):
@@ -558,6 +688,8 @@ class Run:
                         self.cpu.percent(f"core{i}", t_ramp, t_ready) for i in range(os.cpu_count() or 1)
                     ],
                     "softnet_dropped": softnet_dropped() - drops_before,
+                    # machine-wide: another tenant's run would count here too
+                    "tcp_drops": {k: v - tcp_drops_before.get(k, 0) for k, v in tcp_drops().items()},
                 }
                 time.sleep(5)
                 self.mark("memory-reading")
@@ -618,16 +750,33 @@ class Run:
                 self.cpu.__exit__(None, None, None)
             result["cleanup"] = self.cleanup()
             self.restore_sysctls(settings)
+            restore_conntrack(conntrack)
         if self.loadgen is not None and report_path.exists():
             result["loadgen_report"] = json.loads(report_path.read_text())
+            self.ramp_summary(result)
         result["samples"] = self.samples
         result["events"] = self.events
         result["verdict"] = self.verdict(result)
         result["ok"] = result["verdict"]["ok"]
         return result
 
+    @staticmethod
+    def ramp_summary(result: dict[str, Any]) -> None:
+        """The load generator's view of the ramp next to ours: its rate, handshake latency and window."""
+        rep = result["loadgen_report"]
+        ramp = result.setdefault("ramp", {})
+        connect = rep.get("connect", {})
+        ramp["loadgen_rate_per_s"] = connect.get("rate_per_s")
+        ramp["loadgen_elapsed_s"] = connect.get("elapsed_s")
+        ramp["handshake_ms"] = connect.get("handshake_ms")
+        window = rep.get("ramp")
+        if window:
+            ramp["window"] = {k: v for k, v in window.items() if k != "trace"}
+            result["ramp_window_trace"] = window.get("trace")
+
     def pick_metrics(self) -> dict[str, Any] | None:
-        m = metrics_sum(self.args.port)
+        # a scrape reads every worker's open descriptors (psutil): seconds at a million; one retry
+        m = metrics_sum(self.args.port, 60.0) or metrics_sum(self.args.port, 60.0)
         if m is None:
             return None
         keep = {}
@@ -659,6 +808,8 @@ class Run:
             "server_rss": round((s1["rss"] - s0["rss"]) / n, 1),
             "server_uss": round((s1["uss"] - s0["uss"]) / n, 1),
             "kernel_slab_per_pair": round((k1["slab"] - k0["slab"]) / n, 1),
+            # both ends are the same objects (TCP sock, inode, dentry, file, epoll item): half is one end's
+            "kernel_slab_per_end": round((k1["slab"] - k0["slab"]) / n / 2, 1),
             "kernel_sunreclaim_per_pair": round((k1["sunreclaim"] - k0["sunreclaim"]) / n, 1),
             "kernel_slab_sockets_per_pair": round((k1["slab_sockets"] - k0["slab_sockets"]) / n, 1),
             "kernel_slab_caches_per_pair": {
@@ -746,11 +897,14 @@ class Run:
         cores = ramp.get("core_busy_pct") or []
         if cores and None not in cores:
             busy = "/".join(f"{c:.0f}" for c in cores)
-            limit = (
-                "CPU (both cores saturated)"
-                if min(cores) >= 90
-                else f"the pacing (--rate {self.args.rate:g} over all load generator processes), CPU not saturated"
+            window = ramp.get("window") or {}
+            pacing = (
+                f"the adaptive window (median {window.get('window_median')} handshakes in flight, p90 target "
+                f"{window.get('target_p90_ms')} ms)"
+                if self.args.ramp == "adaptive"
+                else f"--rate {self.args.rate:g} over all load generator processes"
             )
+            limit = "CPU (both cores saturated)" if min(cores) >= 90 else f"the pacing ({pacing}), CPU not saturated"
             bound.append(
                 f"ramp speed: {limit}: {ramp.get('rate_per_s')} connections/s with cores {busy} % busy (server "
                 f"{ramp.get('cpu_server_pct')} %, load generator {ramp.get('cpu_loadgen_pct')} % of one core; the "
@@ -773,29 +927,6 @@ class Run:
         return {"ok": all(checks.values()), "checks": checks, "bound": bound}
 
 
-def patch_snapshot(root: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Apply the opt-in patches to the snapshot of millionws/ (never to the checkout); say what was done."""
-    patches: list[dict[str, Any]] = []
-    supervisor = root / "millionws" / "supervisor.py"
-    text = supervisor.read_text()
-    needed = SUPERVISOR_SELECT in text and args.workers * (args.workers - 1) > 900
-    entry: dict[str, Any] = {
-        "name": "supervisor: select.select -> select.poll",
-        "why": "the supervisor's signal pipe is fd > 1023 once the worker mesh holds W*(W-1) descriptors "
-        f"({args.workers * (args.workers - 1)} here); select() refuses it and the server exits at start",
-        "needed": needed,
-        "applied": False,
-    }
-    if needed and args.patch_supervisor_poll:
-        supervisor.write_text(text.replace(SUPERVISOR_SELECT, SUPERVISOR_POLL))
-        entry["applied"] = True
-        log(f"patched the snapshot: {entry['name']} ({entry['why']})")
-    elif needed:
-        log(f"warning: {entry['why']}; --patch-supervisor-poll works around it in the snapshot")
-    patches.append(entry)
-    return patches
-
-
 def plot(result: dict[str, Any], path: Path) -> None:
     try:
         import matplotlib
@@ -809,7 +940,12 @@ def plot(result: dict[str, Any], path: Path) -> None:
     if not samples:
         return
     t = [s["t"] for s in samples]
-    fig, (ax1, ax2, ax4) = plt.subplots(3, 1, figsize=(10, 9), sharex=True, height_ratios=(3, 2, 1.4))
+    trace = result.get("ramp_window_trace") or []
+    panels = 4 if trace else 3
+    fig, axes = plt.subplots(
+        panels, 1, figsize=(10, 11 if trace else 9), sharex=True, height_ratios=(3, 2, 1.6, 1.4)[-panels:]
+    )
+    ax1, ax2, ax4 = axes[0], axes[1], axes[-1]
     ax1.plot(t, [s["loadgen_established"] for s in samples], label="established (load generator, while opening)")
     ax1.plot(t, [((s["tcp_inuse"] or 0) / 2) for s in samples], label="TCP sockets in use / 2", alpha=0.7)
     st = [(s["t"], s["server_connections"]) for s in samples if "server_connections" in s]
@@ -832,6 +968,18 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax2.plot(t, [s["slab"] / 2**30 for s in samples], label="kernel slab (GiB)")
     ax2.set_ylabel("GiB")
     ax2.legend(loc="upper left", fontsize=8)
+    if trace:
+        # the trace's clock starts with the load generator, at the "ramp" event of ours
+        start = next((when for when, what in result.get("events", []) if what == "ramp"), 0.0)
+        ax3 = axes[2]
+        tt = [start + row[0] for row in trace]
+        ax3.plot(tt, [row[1] for row in trace], label="window (handshakes allowed in flight)")
+        ax3.plot(tt, [row[2] for row in trace], label="in flight", alpha=0.6)
+        ax3.set_ylabel("handshakes")
+        ax3.legend(loc="upper left", fontsize=8)
+        ax3b = ax3.twinx()
+        ax3b.plot(tt, [row[3] if row[3] >= 0 else None for row in trace], color="tab:red", lw=0.7, label="p90 ms")
+        ax3b.set_ylabel("p90 handshake ms", color="tab:red")
     ncores = len(samples[-1].get("core_busy_pct") or [])
     for i in range(ncores):
         ax4.plot(t, [(s.get("core_busy_pct") or [None] * ncores)[i] for s in samples], label=f"core {i} busy %")
@@ -860,9 +1008,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=55, help="server workers (<= 19 000 connections each)")
     parser.add_argument("--procs", type=int, default=0, help="load generator processes (default ceil(N / 18 000))")
     parser.add_argument("--sources", default="127.0.0.2-127.0.0.201", help="loopback source addresses")
-    parser.add_argument("--rate", type=float, default=6000.0, help="new connections per second (0 = unpaced)")
-    parser.add_argument("--max-pending", type=int, default=64, help="handshakes in flight per load generator process")
-    parser.add_argument("--ping-interval", type=float, default=30.0, help="server keepalive ping interval (s)")
+    parser.add_argument(
+        "--ramp",
+        choices=("adaptive", "fixed"),
+        default="adaptive",
+        help="adaptive: a window of handshakes in flight that follows their latency; fixed: --rate and --max-pending",
+    )
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="new connections per second: adaptive: a ceiling (0 = none)"
+    )
+    parser.add_argument("--max-pending", type=int, default=64, help="fixed: handshakes in flight per process")
+    parser.add_argument("--window-max", type=int, default=1024, help="adaptive: handshakes in flight, all processes")
+    parser.add_argument("--latency-target-ms", type=float, default=500.0, help="adaptive: p90 handshake latency")
+    parser.add_argument("--ping-interval", type=float, default=180.0, help="server keepalive ping interval (s)")
+    parser.add_argument(
+        "--timer-resolution",
+        type=float,
+        default=1.0,
+        help="server timer wheel tick (s): 1.0 sends each worker's due pings once a second, in one batch",
+    )
+    parser.add_argument("--server-args", default="", help="more options for millionws serve, shell-quoted")
     parser.add_argument(
         "--ping-margin",
         type=float,
@@ -870,7 +1035,13 @@ def main(argv: list[str] | None = None) -> int:
         help="hold this long beyond one ping interval after the last connection opened",
     )
     parser.add_argument("--idle-window", type=float, default=60.0, help="seconds of CPU measurement while idle")
-    parser.add_argument("--verify-timeout", type=float, default=120.0)
+    parser.add_argument("--verify-timeout", type=float, default=360.0)
+    parser.add_argument(
+        "--verify-window",
+        type=int,
+        default=2048,
+        help="the load generator's own pings outstanding at once, all processes (all at once: a storm)",
+    )
     parser.add_argument("--close-timeout", type=float, default=90.0)
     parser.add_argument(
         "--ping-timeout",
@@ -887,11 +1058,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--force", action="store_true", help="start despite preflight problems")
     parser.add_argument("--no-sysctl", action="store_true", help="only check kernel settings, never set them")
-    parser.add_argument(
-        "--patch-supervisor-poll",
-        action="store_true",
-        help="run a snapshot whose supervisor waits with poll() instead of select() (see SUPERVISOR_SELECT)",
-    )
     parser.add_argument("--out", type=Path, default=RESULTS / "million.json")
     parser.add_argument("--workdir", default="/tmp/millionws-million")
     args = parser.parse_args(argv)
@@ -910,7 +1076,6 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, interrupt)
     snapshot = servers.use_snapshot()
     log(f"the server runs a snapshot of millionws/ taken now: {snapshot}")
-    run.patches = patch_snapshot(snapshot, args)
     try:
         result = run.run()
     finally:

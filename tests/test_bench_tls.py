@@ -81,7 +81,7 @@ def test_wss_idle_verifies_every_connection(wss_peer: Peer, cert: TestCert) -> N
                      "--verify-ping")
     assert_clean(report, n)
     assert_tls(report)
-    assert report["idle"]["verify"] == {"sent": n, "pongs": n, "missing": 0}
+    assert report["idle"]["verify"] == {"sent": n, "pongs": n, "missing": 0, "unsent": 0, "window": 0}
     # The peer (asyncio TLS) sends its FIN only after our close_notify answered its own.
     assert report["closes"] == {"clean": n}
     assert report["loadgen_memory"]["pss_bytes_per_conn"] is not None

@@ -75,11 +75,36 @@ def test_idle_holds_answers_server_pings_and_verifies(ping_server: Server) -> No
     # the server pinged every connection at least once during the hold (interval 1 s), and each answered
     assert idle["pings_answered"] >= n
     assert idle["server_pinged"] == {"open_at_stop": n, "connections_pinged": n}
-    assert idle["verify"] == {"sent": n, "pongs": n, "missing": 0}
+    assert idle["verify"] == {"sent": n, "pongs": n, "missing": 0, "unsent": 0, "window": 0}
     assert idle["unexpected_messages"] == 0
     assert report["loadgen_memory"]["pss_bytes_per_conn"] is not None
     assert report["closes"].get("clean") == n
     wait_for(lambda: ping_server.stats()["total"]["connections"] == 0, 10, what="server sees every close")
+
+
+def test_idle_adaptive_ramp_opens_all_within_the_window_and_reports_its_trace(ping_server: Server) -> None:
+    n = 400
+    report = loadgen(
+        ping_server, "idle", "--connections", str(n), "--procs", "3", "--hold", "0.5", "--adaptive",
+        "--window-max", "24", "--latency-target-ms", "500", "--control-period", "0.05",
+    )
+    assert_clean(report, n)
+    ramp = report["ramp"]
+    assert ramp["retries"] == 0 and ramp["window_min"] == 3 and ramp["window_max"] == 24
+    assert ramp["periods"] == len(ramp["trace"]) >= 1
+    # every decision kept the window within its bounds, and the workers never had more in flight than it
+    assert all(3 <= row[1] <= 24 and row[2] <= 24 for row in ramp["trace"])
+    assert report["connect"]["handshake_ms"]["count"] == n
+
+
+def test_idle_verify_window_pings_every_connection_with_few_outstanding(ping_server: Server) -> None:
+    n = 300
+    report = loadgen(
+        ping_server, "idle", "--connections", str(n), "--procs", "2", "--hold", "0.2", "--verify-ping",
+        "--verify-window", "4",
+    )
+    assert_clean(report, n)
+    assert report["idle"]["verify"] == {"sent": n, "pongs": n, "missing": 0, "unsent": 0, "window": 4}
 
 
 def test_echo_binary_counts_echoes_and_rtts(ping_server: Server) -> None:

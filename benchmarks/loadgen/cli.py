@@ -6,7 +6,9 @@
     python -m benchmarks.loadgen echo         --url wss://127.0.0.1:8443/echo --ca /tmp/ca.pem   # or --insecure
 
 The parent holds no sockets: it forks the workers, splits connections, rate, concurrency and source
-addresses between them, runs the phases (ready -> hold/go -> stop) and merges their results.
+addresses between them, runs the phases (ready -> hold/go -> stop) and merges their results. With
+``--adaptive`` it also paces the opening: one window of handshakes in flight for all workers, following the
+measured handshake latency (:mod:`benchmarks.loadgen.ramp`); ``--rate`` is then a ceiling only.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from benchmarks.loadgen.ramp import AdaptiveWindow
 from benchmarks.loadgen.stats import Histogram
 from benchmarks.loadgen.worker import Plan, client_context, run_worker
 
@@ -158,6 +161,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=512,
         help="handshakes in progress per worker (keeps bursts under the server's accept backlog)",
     )
+    common.add_argument(
+        "--adaptive",
+        action="store_true",
+        help="idle/echo: a self-paced ramp: one window of handshakes in flight for all processes, grown while "
+        "their p90 latency is under --latency-target-ms and cut when over (--max-pending is then ignored, "
+        "--rate is a ceiling; see benchmarks/loadgen/ramp.py)",
+    )
+    common.add_argument("--window-max", type=int, default=256, help="adaptive: handshakes in flight, all procs")
+    common.add_argument("--window-min", type=int, default=0, help="adaptive: floor of the window (default: procs)")
+    common.add_argument("--latency-target-ms", type=float, default=200.0, help="adaptive: p90 handshake latency")
+    common.add_argument("--control-period", type=float, default=0.5, help="adaptive: seconds between decisions")
     common.add_argument("--connect-timeout", type=float, default=10.0, help="seconds to reach 101")
     common.add_argument("--close-timeout", type=float, default=5.0, help="seconds to wait for the server's FIN")
     common.add_argument(
@@ -186,6 +200,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     idle.add_argument("--verify-ping", action="store_true", help="at the end, ping every connection")
     idle.add_argument("--verify-timeout", type=float, default=10.0)
+    idle.add_argument(
+        "--verify-window",
+        type=int,
+        default=0,
+        help="--verify-ping: our pings outstanding at once, all processes (0: every connection at once)",
+    )
+    idle.add_argument(
+        "--close",
+        dest="close_mode",
+        choices=("ws", "fin", "rst"),
+        default="ws",
+        help="how the connections end after the hold: ws: close handshake; fin: plain close(); rst: abortive "
+        "close (no TIME_WAIT; the cheapest teardown of a million on both sides)",
+    )
 
     echo = sub.add_parser("echo", parents=[common], help="messages in flight on C connections for T s")
     echo.add_argument("--inflight", type=int, default=1, help="messages in flight per connection")
@@ -253,7 +281,14 @@ def make_plans(args: argparse.Namespace, start: float) -> list[Plan]:
         window = duration or 10.0
         hard = start + window + args.connect_timeout + args.close_timeout + 30
 
+    adaptive = bool(getattr(args, "adaptive", False)) and mode != "connect-rate"
+    if adaptive:
+        window_min = args.window_min or procs
+        if not procs <= window_min <= args.window_max:
+            raise ValueError(f"--window-min/--window-max: need {procs} (--procs) <= min <= max")
     conns = split(args.connections, procs)
+    # adaptive: each starts with its share of the floor, one at least; the parent grows them
+    pending = split(window_min, procs) if adaptive else [args.max_pending] * procs
     concurrency = split(args.concurrency, procs) if mode == "connect-rate" else [0] * procs
     plans = []
     for i in range(procs):
@@ -267,7 +302,7 @@ def make_plans(args: argparse.Namespace, start: float) -> list[Plan]:
                 sources=sources,
                 connections=conns[i],
                 rate=args.rate / procs if args.rate else 0.0,
-                max_pending=args.max_pending,
+                max_pending=pending[i],
                 concurrency=max(1, concurrency[i]),
                 connect_timeout=args.connect_timeout,
                 close_timeout=args.close_timeout,
@@ -286,6 +321,8 @@ def make_plans(args: argparse.Namespace, start: float) -> list[Plan]:
                 insecure=args.insecure,
                 tls_max_version=args.tls_max_version or "",
                 deflate=args.deflate,
+                adaptive=adaptive,
+                verify_window=max(1, args.verify_window // procs) if getattr(args, "verify_window", 0) else 0,
             )
         )
     if mode == "connect-rate" and args.connections:
@@ -312,6 +349,16 @@ class Runner:
         self.last_print = 0.0
         self.t_ready = 0.0
         self.held = 0.0
+        self.t_start = time.monotonic()
+        self.inflight: dict[int, int] = {}  # adaptive: handshakes in flight per worker, from its last report
+        self.shares: dict[int, int] = {}
+        self.next_decision = 0.0
+        self.ramp: AdaptiveWindow | None = None
+        if plans[0].adaptive:
+            self.ramp = AdaptiveWindow(
+                args.window_min or len(plans), args.window_max, args.latency_target_ms / 1000.0
+            )
+            self.shares = {plan.index: plan.max_pending for plan in plans}
 
     def log(self, msg: str) -> None:
         if not self.args.quiet:
@@ -349,6 +396,9 @@ class Runner:
             kind = msg[0]
             if kind == "progress":
                 self.progress[msg[1]] = (msg[2], msg[3])
+                if self.ramp is not None and len(msg) > 4:
+                    self.inflight[msg[1]] = msg[4]
+                    self.ramp.observe(msg[6], msg[5])
             elif kind == "ready":
                 self.ready[msg[1]] = (msg[2], msg[3])
                 self.progress[msg[1]] = (msg[2], msg[3])
@@ -376,7 +426,26 @@ class Runner:
     def wait_for(self, which: dict, deadline: float) -> None:
         while not self.settled(which) and not self.stop_requested and time.monotonic() < deadline:
             self.pump(0.1)
-            self.print_progress(time.monotonic())
+            now = time.monotonic()
+            self.print_progress(now)
+            if self.ramp is not None and now >= self.next_decision:
+                self.control(now)
+
+    def control(self, now: float) -> None:
+        """Adaptive ramp: decide the window for the next period and give the workers still opening their share."""
+        assert self.ramp is not None
+        self.next_decision = now + self.args.control_period
+        opening = [i for i in range(len(self.plans)) if i not in self.ready and i not in self.dead]
+        self.ramp.decide(now - self.t_start, sum(self.inflight.get(i, 0) for i in opening))
+        shares = self.ramp.shares(opening)
+        for pipe, index in self.pipes.items():
+            share = shares.get(index)
+            if share is not None and share != self.shares.get(index):
+                self.shares[index] = share
+                try:
+                    pipe.send(("window", share))
+                except OSError:
+                    self.dead.add(index)
 
     def run(self) -> None:
         args = self.args
@@ -507,6 +576,7 @@ class Runner:
             ok = ok and declined == 0
         if args.mode == "idle":
             sent = sum(r["verify_sent"] for r in results)
+            unsent = sum(r.get("verify_unsent", 0) for r in results)
             pongs = sum(r["verify_pongs"] for r in results)
             report["idle"] = {
                 "hold_s": args.hold,
@@ -521,7 +591,14 @@ class Runner:
                 "unexpected_messages": sum(r["unexpected_messages"] for r in results),
             }
             if args.verify_ping:
-                report["idle"]["verify"] = {"sent": sent, "pongs": pongs, "missing": sent - pongs}
+                # missing: those pinged that did not answer, and those the verify timeout left unpinged
+                report["idle"]["verify"] = {
+                    "sent": sent,
+                    "pongs": pongs,
+                    "missing": sent + unsent - pongs,
+                    "unsent": unsent,
+                    "window": args.verify_window,
+                }
                 ok = ok and sent == pongs == established
             ok = ok and established == args.connections
         elif args.mode == "echo":
@@ -563,6 +640,9 @@ class Runner:
                 "handshake_ms": handshake.summary_ms(),
             }
             ok = ok and in_window > 0
+        if self.ramp is not None:
+            # No retries (ramp.py): every connection counted established succeeded at its first attempt.
+            report["ramp"] = {**self.ramp.summary(), "retries": 0}
         report["interrupted"] = self.interrupted
         report["ok"] = bool(ok) and not self.interrupted
         return report

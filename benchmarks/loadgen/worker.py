@@ -34,6 +34,11 @@ send compressed messages (RSV1), which are inflated (in echo mode) with a per-co
 the first compressed message, so idle connections cost nothing more. Echo messages to such a connection go out
 compressed too (one compressor per worker, fully flushed after each message), so the server inflates as well.
 
+Adaptive ramp (``Plan.adaptive``, :mod:`benchmarks.loadgen.ramp`): the parent sets this worker's share of the
+window of handshakes in flight (``("window", n)``) instead of a fixed ``max_pending``; the worker reports, four times
+a second, the latencies of the handshakes it completed since and the age of its oldest one in flight. A ``rate``
+is then a ceiling (a token bucket with a burst of 50 ms), not a schedule to catch up with. Nothing is retried.
+
 Deadlines live in two FIFO deques (handshake, close) rather than a heap or a timer per connection: each
 kind has a fixed timeout, so deadlines are appended in order and expire from the left.
 """
@@ -99,7 +104,7 @@ class Plan:
     inflight: int
     size: int
     text: bool
-    close_mode: str  # connect-rate: "ws" (close handshake) | "fin" | "rst"
+    close_mode: str  # connect-rate and idle: "ws" (close handshake) | "fin" | "rst"
     max_size: int
     hard_deadline: float  # absolute time.monotonic(): finish no matter what
     tls: bool = False  # wss://
@@ -108,6 +113,8 @@ class Plan:
     insecure: bool = False  # TLS: do not verify the server's certificate
     tls_max_version: str = ""  # TLS: "1.2" caps the protocol (default: the best both sides have, 1.3 here)
     deflate: bool = False  # offer permessage-deflate
+    adaptive: bool = False  # max_pending is the parent's share of the adaptive window, changed by "window"
+    verify_window: int = 0  # idle --verify-ping: our pings outstanding at once (0: every connection at once)
 
 
 def client_context(ca: str, insecure: bool, max_version: str = "") -> ssl.SSLContext:
@@ -188,6 +195,12 @@ class Worker:
         self.on_messages = self.on_echoes if self.template is not None else self.count_unexpected
         self.phase = OPENING
         self.phase_deadline = plan.hard_deadline
+        self.max_pending = plan.max_pending  # adaptive: set by the parent
+        self.recent: list[float] | None = [] if plan.adaptive else None  # handshake latencies (s) since the report
+        self.progress_period = 0.25 if plan.adaptive else 1.0
+        self.tokens = 1.0  # adaptive with a rate ceiling: opens allowed now
+        self.tokens_at = 0.0
+        self.burst = max(1.0, plan.rate * 0.05)
         self.src_i = plan.index
         # counters
         self.started = 0
@@ -208,6 +221,8 @@ class Worker:
         self.unexpected_messages = 0
         self.verify_sent = 0
         self.verify_pongs = 0
+        self.verify_queue: collections.deque[Conn] = collections.deque()  # to ping yet (--verify-window)
+        self.verify_outstanding = 0
         self.sent = 0
         self.received = 0
         self.received_late = 0
@@ -364,7 +379,10 @@ class Worker:
         self.last_established = now = time.monotonic()
         if now <= self.window_end:
             self.in_window += 1
-        self.handshake_hist.record(time.perf_counter_ns() - conn.t0)
+        latency = time.perf_counter_ns() - conn.t0
+        self.handshake_hist.record(latency)
+        if self.recent is not None:
+            self.recent.append(latency / 1e9)
         rest = buf[end + 4 :]
         self.on_established(conn)
         if rest and conn.state == OPEN:
@@ -627,6 +645,9 @@ class Worker:
             if conn.inflight and self.phase == VERIFY and payload == _VERIFY_PAYLOAD:
                 conn.inflight = 0
                 self.verify_pongs += 1
+                self.verify_outstanding -= 1
+                if self.verify_queue:
+                    self.verify_more()
         elif opcode == wscodec.OP_CLOSE:
             if conn.state == OPEN:
                 # The server closes first: answer as RFC 6455 asks, then wait for it to drop TCP.
@@ -740,6 +761,8 @@ class Worker:
             return
         if conn.inflight and self.template is not None:
             self.inflight_total -= conn.inflight
+        elif conn.inflight and self.phase == VERIFY:
+            self.verify_outstanding -= 1  # its pong will never come: make room for the next
         conn.inflight = 0
         conn.state = DEAD
         self.live -= 1
@@ -779,9 +802,10 @@ class Worker:
     def start_close_phase(self) -> None:
         self.phase = CLOSE
         self.phase_deadline = min(self.plan.hard_deadline, time.monotonic() + self.plan.close_timeout)
+        how = self.plan.close_mode if self.plan.mode == "idle" else "ws"
         for conn in list(self.conns.values()):
             if conn.state == OPEN:
-                self.close_conn(conn, "ws")
+                self.close_conn(conn, how)
             elif conn.state in (CONNECTING, HANDSHAKE):
                 self.fail(conn, "aborted")
 
@@ -806,7 +830,9 @@ class Worker:
             return
         kind = msg[0]
         now = time.monotonic()
-        if kind == "go" and self.phase in (OPENING, READY) and self.plan.mode == "echo":
+        if kind == "window":
+            self.max_pending = int(msg[1])
+        elif kind == "go" and self.phase in (OPENING, READY) and self.plan.mode == "echo":
             self.phase = RUNNING
             self.window_start = now
             self.window_start_unix = time.time()
@@ -836,14 +862,27 @@ class Worker:
     def start_verify(self) -> None:
         self.phase = VERIFY
         self.phase_deadline = min(self.plan.hard_deadline, time.monotonic() + self.plan.verify_timeout)
-        ping = _VERIFY_PAYLOAD
         for conn in list(self.conns.values()):
             if conn.state == OPEN:
-                conn.inflight = 1
-                self.verify_sent += 1
-                self.send(conn, wscodec.encode(wscodec.OP_PING, ping))
+                self.verify_queue.append(conn)
             elif conn.state in (CONNECTING, HANDSHAKE):
                 self.fail(conn, "aborted")
+        self.verify_more()
+
+    def verify_more(self) -> None:
+        """Ping the next connections, keeping at most verify_window outstanding: a million pings at once would be
+        a storm of our own making, with the server's keepalive pings answered late behind it."""
+        window = self.plan.verify_window or len(self.verify_queue)
+        ping = wscodec.encode(wscodec.OP_PING, _VERIFY_PAYLOAD)
+        queue = self.verify_queue
+        while queue and self.verify_outstanding < window:
+            conn = queue.popleft()
+            if conn.state != OPEN:
+                continue  # dropped meanwhile: counted there, and never answers
+            conn.inflight = 1
+            self.verify_sent += 1
+            self.verify_outstanding += 1
+            self.send(conn, ping)
 
     # ------------------------------------------------------------------ loop
     def tick(self, now: float) -> None:
@@ -869,8 +908,8 @@ class Worker:
 
         phase = self.phase
         if now >= self.next_progress and phase == OPENING:
-            self.next_progress = now + 1.0
-            self.report_progress()
+            self.next_progress = now + self.progress_period
+            self.report_progress(now)
         if plan.mode == "connect-rate":
             if phase == OPENING:
                 if now >= self.window_end or (plan.connections and self.started >= plan.connections):
@@ -890,12 +929,19 @@ class Worker:
         if phase == OPENING:
             todo = plan.connections - self.started
             if todo > 0:
-                if plan.rate > 0:
+                if plan.rate > 0 and plan.adaptive:
+                    # a ceiling: time spent under it (window full) earns no burst later
+                    self.tokens = min(self.burst, self.tokens + (now - self.tokens_at) * plan.rate)
+                    self.tokens_at = now
+                    todo = min(todo, int(self.tokens))
+                elif plan.rate > 0:
                     due = int((now - self.window_start) * plan.rate) + 1 - self.started
                     todo = min(todo, due)
-                todo = min(todo, plan.max_pending - self.pending, _OPEN_BATCH)
+                todo = min(todo, self.max_pending - self.pending, _OPEN_BATCH)
                 for _ in range(todo):
                     self.open_one(now)
+                if todo > 0 and plan.adaptive:
+                    self.tokens -= todo
             elif self.pending == 0 and not self.ready_sent:
                 self.send_ready()
         elif phase == RUNNING:
@@ -906,15 +952,29 @@ class Worker:
             if self.inflight_total <= 0 or now >= self.phase_deadline:
                 self.start_close_phase()
         elif phase == VERIFY:
-            if self.verify_pongs >= self.verify_sent or now >= self.phase_deadline:
+            if self.verify_queue and self.verify_outstanding < (plan.verify_window or 1):
+                self.verify_more()  # room made by connections that died with a ping out
+            if (not self.verify_queue and self.verify_outstanding <= 0) or now >= self.phase_deadline:
                 self.start_close_phase()
         elif phase == CLOSE and (self.live == 0 or now >= self.phase_deadline):
             self.abort_all("timeout")
             self.phase = DONE
 
-    def report_progress(self) -> None:
+    def oldest_pending_age(self, now: float) -> float:
+        """Seconds since the oldest handshake still in flight started (0: none). Settled entries are dropped
+        from the front of the deadline queue on the way: their deadline no longer matters."""
+        dq = self.hs_deadlines
+        while dq and dq[0][1].state not in (CONNECTING, HANDSHAKE):
+            dq.popleft()
+        return now - (dq[0][0] - self.plan.connect_timeout) if dq else 0.0
+
+    def report_progress(self, now: float) -> None:
+        msg: tuple = ("progress", self.plan.index, self.established, sum(self.failures.values()))
+        if self.recent is not None:
+            msg += (self.pending, self.oldest_pending_age(now), self.recent)
+            self.recent = []
         try:
-            self.ctrl.send(("progress", self.plan.index, self.established, sum(self.failures.values())))
+            self.ctrl.send(msg)
         except OSError:
             self.abort_all("parent_gone")
             self.phase = DONE
@@ -935,6 +995,14 @@ class Worker:
             self.phase = DONE
 
     def wakeup_in(self, now: float) -> float:
+        if self.phase == OPENING and self.started < self.plan.connections and self.plan.adaptive:
+            # A full window opens again only after a handshake settles or the parent changes it, and either
+            # wakes epoll: polling every 5 ms in 56 processes would cost the ramp a good share of a core.
+            if self.pending >= self.max_pending:
+                return max(0.0, min(0.1, self.next_progress - now))
+            if self.plan.rate > 0 and self.tokens < 1:
+                return min(0.1, (1 - self.tokens) / self.plan.rate)
+            return 0.0
         if self.phase == OPENING and self.started < self.plan.connections:
             return 0.005
         if self.phase == OPENING and self.plan.mode == "connect-rate":
@@ -995,6 +1063,7 @@ class Worker:
             "pings_answered": self.pings_answered,
             "unexpected_messages": self.unexpected_messages,
             "verify_sent": self.verify_sent,
+            "verify_unsent": len(self.verify_queue),
             "verify_pongs": self.verify_pongs,
             "pinged_open": self.pinged_open,
             "open_at_stop": self.open_at_stop,

@@ -24,7 +24,8 @@ Theory of operation:
 * The upgrade: the 101 is written, the connection moves to OPEN through ``advance(UPGRADED)``, the
   WebSocket application receives ``on_open`` and then any frames that arrived in the same read as the
   request (handed to the worker's ``ws_in``).  A token with an expiry is registered for
-  :mod:`keepalive`'s check.  The first keepalive ping is armed here, or the deadline cancelled.
+  :mod:`keepalive`'s check.  The first keepalive ping is armed here (at a fraction of the interval that
+  spreads a burst of upgrades, :func:`keepalive.first_ping_delay`), or the deadline cancelled.
 * Every deadline of this state (handshake, idle keep-alive, deferred answer) is the connection's one
   wheel slot: :meth:`HttpPipeline.on_timer` says what it meant.
 """
@@ -45,6 +46,7 @@ from ..protocol.lifecycle import HTTP, LAST_ANSWER, OPEN, UPGRADED, advance
 from .closing import Closer
 from .connection import F_ADMIN, F_PAUSED, F_WAITING, Connection, deflate_flags
 from .expiry import Expiries
+from .keepalive import first_ping_delay
 
 _CONNECTIONS = F["connections"]
 
@@ -59,7 +61,7 @@ class HttpPipeline:
     """
 
     __slots__ = ("c", "stats", "reactor", "handle", "write", "closer", "expiries", "ws_in", "max_head",
-                 "max_body", "budget", "handshake_timeout", "publish_timeout", "ping_interval")
+                 "max_body", "budget", "handshake_timeout", "publish_timeout", "ping_interval", "upgrades")
 
     def __init__(self, config: Config, stats: WorkerStats, reactor: Reactor, handle: Callable[..., Response | None],
                  write: Write, closer: Closer, expiries: Expiries, ws_in: Callable[[Connection, bytes], None]) -> None:
@@ -77,6 +79,7 @@ class HttpPipeline:
         self.handshake_timeout = config.handshake_timeout
         self.publish_timeout = config.publish_timeout
         self.ping_interval = config.ping_interval
+        self.upgrades = 0  # WebSockets opened by this worker: the k of first_ping_delay
 
     def http_in(self, conn: Connection, data: bytes | None, budget: int = 0) -> None:
         """Parse and answer requests; ``data`` None resumes what the parser already holds.  ``budget``: requests
@@ -250,7 +253,8 @@ class HttpPipeline:
         conn.app = ws_app
         self.c[_CONNECTIONS] += 1
         if self.ping_interval > 0:
-            self.reactor.wheel.schedule(conn, monotonic() + self.ping_interval)
+            self.upgrades = k = self.upgrades + 1
+            self.reactor.wheel.schedule(conn, monotonic() + first_ping_delay(self.ping_interval, k))
         else:
             self.reactor.wheel.cancel(conn)
         self.write(conn, response)

@@ -10,6 +10,12 @@ Theory of operation:
   what the WebSocket layer reports); when the pong deadline fires with it cleared, ``F_PONG_DUE`` is
   cleared and the next ping is armed for the rest of the interval; with it still set, the peer is
   silent: Close 1011 and linger without waiting for an answer it will not send.
+* The first ping of a new WebSocket (armed by the HTTP pipeline at the upgrade) is not one whole interval
+  after its open but :func:`first_ping_delay` of it, in (0, interval]: the k-th upgrade of a worker takes
+  the fraction 1 - frac(k * golden ratio), a low-discrepancy sequence, so any run of consecutive upgrades
+  (a reconnect storm, a benchmark's ramp) has its pings spread evenly across the interval instead of all
+  at once, and every later ping keeps that phase.  The k is one counter per worker, not a slot per
+  connection, and a connection is still pinged within one interval of its open.
 * Token expiry (SECURITY.md: no silent extension): the heap of :mod:`expiry`, checked once a second;
   an expired token gets Close 1008 and the normal closing handshake.
 * Drain (SIGTERM/SIGINT, decided by the worker, which owns the signals): every open WebSocket gets
@@ -34,6 +40,12 @@ from .connection import F_PING_SENT, F_PONG_DUE, Connection
 from .expiry import Expiries
 
 _CONNECTIONS = F["connections"]
+_GOLDEN = 0.6180339887498949  # (sqrt(5) - 1) / 2: its multiples modulo 1 are the most evenly spread of any
+
+
+def first_ping_delay(interval: float, k: int) -> float:
+    """Seconds from the k-th upgrade of a worker to its first ping: in (0, interval], evenly spread over k."""
+    return interval * (1.0 - (k * _GOLDEN) % 1.0)
 
 
 class Keepalive:

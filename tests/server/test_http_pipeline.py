@@ -251,3 +251,26 @@ def test_the_fast_path_answers_byte_for_byte_as_h11(extra: list[bytes], target: 
     fast, h11_path = answer_of(data, True), answer_of(data, False)
     assert fast == h11_path
     event(fast[0][:12].decode())
+
+
+def test_a_burst_of_upgrades_has_its_first_pings_spread_across_the_interval_not_at_its_end():
+    interval, n = 40.0, 400
+    rig = Rig(ping_interval=interval)
+    app = Ws()
+    before = time.monotonic()
+    conns = []
+    for fd in range(10, 10 + n):  # a reconnect storm: all upgraded in the same instant
+        conn = Connection(fd, None)
+        rig.reactor.conns[fd] = conn
+        rig.pipeline.upgraded(conn, b"HTTP/1.1 101 Switching Protocols\r\n\r\n", app, b"")
+        conns.append(conn)
+    after = time.monotonic()
+    resolution = rig.reactor.wheel.resolution
+    # Offsets from the burst to each first ping, to within the burst's own duration and one tick of the wheel.
+    offsets = [c.deadline * resolution - before for c in conns]
+    slack = (after - before) + 2 * resolution
+    assert all(-slack < o <= interval + slack for o in offsets)
+    quarters = [0] * 4
+    for o in offsets:
+        quarters[min(3, max(0, int(o / interval * 4)))] += 1
+    assert all(abs(q - n // 4) <= n // 20 for q in quarters), quarters  # each quarter of the interval ~n/4

@@ -8,7 +8,7 @@ from millionws.metrics import F
 from millionws.protocol.lifecycle import CLOSED, CLOSING, HTTP, LINGER, OPEN, PONG, R_POLICY, R_SHUTDOWN, R_TIMEOUT
 from millionws.protocol.websocket import PING_FRAME
 from millionws.server.connection import F_PING_SENT, F_PONG_DUE, Connection, apply
-from millionws.server.keepalive import Keepalive
+from millionws.server.keepalive import Keepalive, first_ping_delay
 from millionws.server.output import Output
 
 from .fakes import FakeReactor, FakeTransport, closer
@@ -112,3 +112,15 @@ def test_drain_finishes_even_when_the_last_goodbye_fails_to_be_written():
     keepalive.drain(lambda: None, grace=10.0)
     assert conn.state == CLOSED
     assert 0 in [delay for delay, _ in reactor.calls]
+
+
+def test_the_first_pings_of_consecutive_upgrades_cover_the_interval_evenly():
+    interval = 30.0
+    for start, n in ((1, 1000), (777, 200), (10**6, 5000)):  # any run of consecutive upgrades, not just the first
+        delays = [first_ping_delay(interval, k) for k in range(start, start + n)]
+        assert all(0.0 < d <= interval for d in delays)  # never later than one interval after the open
+        bins = [0] * 10
+        for d in delays:
+            bins[min(9, int(d / interval * 10))] += 1
+        assert max(bins) - min(bins) <= max(3, n // 100), bins  # uniform to within 1 %, not clustered
+    assert len({round(first_ping_delay(interval, k), 9) for k in range(1, 10_001)}) == 10_000  # no two alike
