@@ -73,7 +73,16 @@ if __package__ in (None, ""):  # `python benchmarks/million.py`: make `benchmark
 
 from benchmarks import servers
 from benchmarks.memory import meminfo, slab_caches, tcp_sockstat, tree_memory
-from benchmarks.servers import REPO_ROOT, CpuSampler, core_busy, machine, port_accepts, stop_process, wait_until
+from benchmarks.servers import (
+    REPO_ROOT,
+    CpuSampler,
+    busy_pct_over,
+    core_busy,
+    machine,
+    port_accepts,
+    stop_process,
+    wait_until,
+)
 
 RESULTS = REPO_ROOT / "benchmarks" / "results"
 FD_LIMIT_NOTE = (
@@ -418,10 +427,7 @@ class Run:
     def preflight(self) -> dict[str, Any]:
         args = self.args
         n = args.connections
-        b0, t0 = core_busy(), time.time()
-        time.sleep(3.0)
-        b1, t1 = core_busy(), time.time()
-        busy = round(100 * sum(b1[c] - b0[c] for c in b1) / (t1 - t0) / max(1, len(b1)), 1)
+        busy = busy_pct_over(3.0)
         info = meminfo()
         need = n * (KERNEL_PER_PAIR + USER_PER_CONN)
         per_worker = n / args.workers
