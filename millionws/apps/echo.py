@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..metrics import F
-from ..protocol.websocket import encode_frame
+from ..protocol.websocket import BINARY_HEADERS, TEXT_HEADERS, encode_frame
 
 _MSG_IN, _MSG_OUT = F["messages_in"], F["messages_out"]
 
@@ -25,6 +25,9 @@ class Echo:
         c = self.c
         c[_MSG_IN] += 1
         c[_MSG_OUT] += 1
+        n = len(payload)
+        if n < 126:  # the header from the table here: one Python call less per message than encode_frame
+            return (TEXT_HEADERS if is_text else BINARY_HEADERS)[n] + payload
         return encode_frame(1 if is_text else 2, payload)
 
     def on_close(self, conn: Any) -> None:

@@ -105,6 +105,7 @@ class FramePool:
 # The 2-byte headers of short text and binary frames, made once: nearly every frame the server sends is one,
 # and indexing a tuple is a fraction of building bytes from a tuple of ints (issue 12's per-message profile).
 _SHORT_HEADERS = (None, *(tuple(bytes((0x80 | op, n)) for n in range(126)) for op in (OP_TEXT, OP_BINARY)))
+TEXT_HEADERS, BINARY_HEADERS = _SHORT_HEADERS[OP_TEXT], _SHORT_HEADERS[OP_BINARY]  # [n]: header of n < 126 bytes
 
 
 def frame_header(opcode: int, length: int) -> bytes:

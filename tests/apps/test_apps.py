@@ -16,6 +16,7 @@ from millionws.apps.pubsub import PubSub
 from millionws.apps.routes import App
 from millionws.config import Config
 from millionws.protocol.http import HttpError
+from millionws.protocol.websocket import encode_frame
 
 
 class FakeMesh:
@@ -152,3 +153,12 @@ def test_an_upgrade_accepts_permessage_deflate_only_when_configured_and_offered(
     assert (b"Sec-WebSocket-Extensions: permessage-deflate" in head) == bool(deflate)
     if deflate == 10:
         assert b"server_max_window_bits=10\r\n" in head
+
+
+@pytest.mark.parametrize("n", [0, 1, 125, 126, 65535, 65536])
+@pytest.mark.parametrize("is_text", [True, False])
+def test_echo_reply_is_the_encoded_frame_whatever_the_length(n: int, is_text: bool) -> None:
+    """Echo builds short replies from the header table itself: the bytes are encode_frame's at every length."""
+    payload = b"a" * n
+    assert Echo([0] * len(metrics.FIELDS)).on_message(None, is_text, payload) == encode_frame(1 if is_text else 2,
+                                                                                               payload)
