@@ -78,8 +78,8 @@ def memory_row(lines: list[str]) -> None:
     if result is None:
         return
     values = {server: entry["median_bytes_per_conn"].get("pss_anon") for server, entry in result["summary"].items()}
-    lines.append(row(f"bytes per idle connection, PSS anonymous, N = {result['connections']:,}".replace(",", " "),
-                     values, name, lower_is_better=True))
+    lines.append(row(f"bytes per idle connection, PSS anonymous, N = {number(result['connections'])}", values, name,
+                     lower_is_better=True))
 
 
 def handshake_row(lines: list[str]) -> None:
