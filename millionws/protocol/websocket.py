@@ -110,9 +110,7 @@ TEXT_HEADERS, BINARY_HEADERS = _SHORT_HEADERS[OP_TEXT], _SHORT_HEADERS[OP_BINARY
 
 def frame_header(opcode: int, length: int) -> bytes:
     """Header of a final, unmasked (server) frame."""
-    if length < 126:
-        if opcode == OP_TEXT or opcode == OP_BINARY:
-            return _SHORT_HEADERS[opcode][length]
+    if length < 126:  # short text and binary frames take encode_frame's table before they get here
         return bytes((0x80 | opcode, length))
     if length < 65536:
         return bytes((0x80 | opcode, 126, length >> 8, length & 0xFF))

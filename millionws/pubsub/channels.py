@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
+from ..config import DEFAULTS
 from ..metrics import F, WorkerStats
 from ..protocol.websocket import encode_frame
 from .names import ChannelError, user_channel, valid_channel, valid_user
@@ -95,7 +96,7 @@ class Hub:
                  write: Callable[[Any, bytes], None], fanout: Callable[[Iterable[Any], bytes], int],
                  stats: WorkerStats, replay_seconds: float = 120.0, replay_max_messages: int = 1000,
                  max_channels_per_connection: int = 100, max_subscribers: int = 2_000_000,
-                 publish_timeout: float = 5.0, replay_timeout: float = 30.0,
+                 publish_timeout: float = DEFAULTS.publish_timeout, replay_timeout: float = DEFAULTS.replay_timeout,
                  call_later: Callable[[float, Callable[[], None]], None] | None = None,
                  replay_max_bytes: int = 4 << 20, max_owned: int = 2_000_000) -> None:
         self.index = index

@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ..config import DEFAULTS
 from ..metrics import F
 from .sequencer import Entry
 
@@ -65,7 +66,8 @@ class Pending:
     ``call_later(delay, fn)``: the reactor's timer (None: only explicit :meth:`expire` calls end waits).
     """
 
-    def __init__(self, counters: list[int], publish_timeout: float = 5.0, replay_timeout: float = 30.0,
+    def __init__(self, counters: list[int], publish_timeout: float = DEFAULTS.publish_timeout,
+                 replay_timeout: float = DEFAULTS.replay_timeout,
                  call_later: Callable[[float, Callable[[], None]], None] | None = None,
                  on_hold_expired: Callable[[Hold], bool | None] | None = None) -> None:
         self.c = counters
