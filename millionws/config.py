@@ -15,6 +15,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from .namespaces import namespaces_of
+
 
 def _cpus() -> int:
     try:
@@ -114,6 +116,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("rate_limit_messages", float, 0.0, "messages per second per connection, burst of one second (0: off)"),
     Option("rate_limit_bytes", float, 0.0, "bytes per second per connection, burst of one second (0: off)"),
     Option("rate_limit_publishes", float, 0.0, "publishes per second per channel (0: off)"),
+    Option("channel_options", str, "",
+           "rules by channel namespace, ';'-separated: 'chat:* presence=on replay-messages=200; ticker:* "
+           "publish=backend' (keys: docs/api.md, Channel options); unset keys take the global flags"),
     Option("max_connect_rate_per_ip", float, 0.0, "new connections per second per source address (0: off)"),
     Option("max_connections_per_ip", int, 0, "concurrent connections per source address (0: off)"),
     # -- across nodes (millionws/pubsub/brokers/) -----------------------------------------------------
@@ -218,6 +223,7 @@ class Config:
     rate_limit_messages: float = 0.0
     rate_limit_bytes: float = 0.0
     rate_limit_publishes: float = 0.0
+    channel_options: str = ""
     max_connect_rate_per_ip: float = 0.0
     max_connections_per_ip: int = 0
     bus: str = ""
@@ -267,6 +273,7 @@ class Config:
                      "max_connections_per_ip"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0: off)")
+        namespaces_of(self)  # raises ValueError naming the rule that does not parse
         if self.auth_required and not (self.auth_jwt_secret or self.auth_jwks):
             raise ValueError("auth_required needs auth_jwt_secret or auth_jwks")
         if not 0 <= self.admin_port <= 65535 or (self.admin_port and self.admin_port == self.port):

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "millionws"
 
 # Lowest first.  A module may import modules of its layer or of a layer above it in this list.
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
-    ("foundation", frozenset({"config", "jsonsafe", "ratelimit", "auth"})),
+    ("foundation", frozenset({"config", "namespaces", "jsonsafe", "ratelimit", "auth"})),
     ("core", frozenset({"core"})),
     ("protocol", frozenset({"protocol"})),
     ("observability", frozenset({"metrics", "boundary"})),
