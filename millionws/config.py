@@ -118,7 +118,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("rate_limit_publishes", float, 0.0, "publishes per second per channel (0: off)"),
     Option("channel_options", str, "",
            "rules by channel namespace, ';'-separated: 'chat:* presence=on replay-messages=200; ticker:* "
-           "publish=backend' (keys: docs/api.md, Channel options); unset keys take the global flags"),
+           "publish=backend' (keys: docs/channel-options.md); unset keys take the global flags"),
     Option("max_connect_rate_per_ip", float, 0.0, "new connections per second per source address (0: off)"),
     Option("max_connections_per_ip", int, 0, "concurrent connections per source address (0: off)"),
     # -- across nodes (millionws/pubsub/brokers/) -----------------------------------------------------
