@@ -11,11 +11,15 @@ Theory of operation:
   ``seq``, so what follows ``since`` is an index, not a search, and what is no longer there is
   named exactly: ``gap`` ``expired`` (older than the buffer, with the first ``seq`` still held) or
   ``unknown`` (a ``since`` beyond the latest ``seq``: a sequence from before a restart or an eviction).
+* **Each channel's limits are its namespace's** (``--channel-options``, :mod:`namespaces`).  They are
+  looked up once, when the channel's state is made, and its buffer keeps them: numbering, trimming and
+  the sweep read the buffer, never the rules.  A channel whose rule turns replay off gets its rule's one
+  shared empty buffer (it keeps nothing, so it may be shared), not a deque of its own.
 * **Interest is per worker, not per subscriber.**  :attr:`Owned.interest` holds the other workers that
   have subscribers, so a message costs one record per interested worker whatever their number of
   subscribers.
 * **Memory follows the live channels.**  A channel whose buffer emptied, with no interested worker
-  and no local subscriber, untouched for a replay window, is forgotten (:meth:`Sequencer.sweep`);
+  and no local subscriber, untouched for its own replay window, is forgotten (:meth:`Sequencer.sweep`);
   its sequence then starts again at 1.  At most ``max_owned`` channels are held: beyond that a new
   one is refused (``None``), so a flood of one-message channels cannot grow the table without bound.
 * The sequence of a restarted worker starts again at 1 too: persistence across restarts is the job of
@@ -28,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from ..namespaces import ChannelOptions, Namespaces
 from .records import GAP_EXPIRED, GAP_NONE, GAP_UNKNOWN
 
 # A buffered message: (seq, monotonic time it was sequenced or published, data).
@@ -88,27 +93,36 @@ class ReplayBuffer:
 
 
 class Owned:
-    """A channel this worker sequences."""
+    """A channel this worker sequences.  ``replay`` holds its namespace's limits (and, for the sweep, the
+    time it stays after its last use: its ``seconds``)."""
 
     __slots__ = ("seq", "replay", "interest", "touched")
 
-    def __init__(self, seconds: float, max_messages: int, max_bytes: int = 4 << 20) -> None:
+    def __init__(self, replay: ReplayBuffer) -> None:
         self.seq = 0
         self.touched = monotonic()  # last publish or interest: for eviction
-        self.replay = ReplayBuffer(seconds, max_messages, max_bytes)
+        self.replay = replay
         self.interest: set[int] = set()  # other workers with subscribers
 
 
 class Sequencer:
-    """The channels one worker sequences, by name.  See the module docstring."""
+    """The channels one worker sequences, by name.  See the module docstring.
+
+    ``namespaces`` gives each channel its replay limits; without it every channel gets ``replay_seconds``,
+    ``replay_max_messages`` and ``replay_max_bytes``.  At most ``max_owned`` channels are held.
+    """
 
     def __init__(self, replay_seconds: float = 120.0, replay_max_messages: int = 1000,
-                 replay_max_bytes: int = 4 << 20, max_owned: int = 2_000_000) -> None:
-        self.replay_seconds = replay_seconds
-        self.replay_max_messages = replay_max_messages
-        self.replay_max_bytes = replay_max_bytes
+                 replay_max_bytes: int = 4 << 20, max_owned: int = 2_000_000,
+                 namespaces: Namespaces | None = None) -> None:
+        if namespaces is None:
+            namespaces = Namespaces("", ChannelOptions("", replay_seconds, replay_max_messages, replay_max_bytes,
+                                                       0.0))
+        self.namespaces = namespaces
         self.max_owned = max_owned
         self.owned: dict[str, Owned] = {}
+        # One empty buffer per rule whose channels keep nothing: bounded by the number of rules.
+        self._no_replay: dict[ChannelOptions, ReplayBuffer] = {}
 
     def take(self, channel: str) -> Owned | None:
         """The state of ``channel``, made if new; None when a new one would pass ``max_owned``."""
@@ -116,8 +130,19 @@ class Sequencer:
         if owned is None:
             if len(self.owned) >= self.max_owned:
                 return None
-            self.owned[channel] = owned = Owned(self.replay_seconds, self.replay_max_messages, self.replay_max_bytes)
+            self.owned[channel] = owned = Owned(self._buffer(self.namespaces.of(channel)))
         return owned
+
+    def _buffer(self, options: ChannelOptions) -> ReplayBuffer:
+        """A new channel's buffer, with its rule's limits."""
+        if options.replays:
+            return ReplayBuffer(options.replay_seconds, options.replay_max_messages, options.replay_max_bytes)
+        buffer = self._no_replay.get(options)
+        if buffer is None:
+            # max_messages 0: append keeps nothing, so the channels of the rule can share it; its seconds
+            # still say how long an idle channel's sequence is kept (the sweep).
+            buffer = self._no_replay[options] = ReplayBuffer(options.replay_seconds, 0, options.replay_max_bytes)
+        return buffer
 
     def number(self, channel: str, data: bytes) -> Owned | None:
         """Give ``data`` the next ``seq`` of ``channel`` and buffer it; the channel's state (its ``seq`` is
@@ -164,13 +189,14 @@ class Sequencer:
             owned.interest.discard(worker)
 
     def sweep(self, now: float, in_use: Callable[[str], bool]) -> int:
-        """Let time expire buffered messages; forget the channels idle past the replay window that
+        """Let time expire buffered messages; forget the channels idle past their own replay window that
         ``in_use`` (local subscribers) does not keep.  Returns how many were forgotten."""
         idle: list[str] = []
-        horizon = now - self.replay_seconds
         for channel, owned in self.owned.items():
-            owned.replay.trim(now)
-            if not owned.replay.entries and not owned.interest and owned.touched < horizon and not in_use(channel):
+            replay = owned.replay
+            replay.trim(now)  # its own window: the buffer holds its rule's seconds
+            if (not replay.entries and not owned.interest and owned.touched < now - replay.seconds
+                    and not in_use(channel)):
                 idle.append(channel)
         for channel in idle:
             del self.owned[channel]

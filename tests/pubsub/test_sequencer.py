@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from millionws.namespaces import ChannelOptions, Namespaces
 from millionws.pubsub import sequencer
 from millionws.pubsub.records import GAP_EXPIRED, GAP_NONE, GAP_UNKNOWN
 from millionws.pubsub.sequencer import ReplayBuffer, Sequencer
@@ -131,3 +132,57 @@ def test_sweep_keeps_a_channel_touched_within_the_window(clock):
     seqr.number("a", b"x")
     assert seqr.sweep(clock[0] + 9, lambda ch: False) == 0 and "a" in seqr.owned
     assert seqr.sweep(clock[0] + 11, lambda ch: False) == 1 and seqr.owned == {}
+
+
+# -- limits by namespace (--channel-options) --------------------------------------------------------------------
+
+def namespaces(spec: str) -> Namespaces:
+    return Namespaces(spec, ChannelOptions("", 30.0, 1000, 4 << 20, 0.0))
+
+
+def test_each_channel_keeps_what_its_namespace_says(clock):
+    seqr = Sequencer(namespaces=namespaces("chat:* replay-messages=3; big:* replay-bytes=10; "
+                                           "chat:vip replay-messages=5"))
+    for i in range(8):
+        for ch in ("chat:1", "chat:vip", "news", "big:1"):
+            seqr.number(ch, b"%d" % i)
+    kept = {ch: [e[0] for e in seqr.owned[ch].replay.entries] for ch in ("chat:1", "chat:vip", "news", "big:1")}
+    assert kept == {"chat:1": [6, 7, 8], "chat:vip": [4, 5, 6, 7, 8], "news": list(range(1, 9)),
+                    "big:1": list(range(1, 9))}
+    for i in range(10, 14):  # two bytes each: with two of one byte they fill the 10 bytes of big:*
+        seqr.number("big:1", b"%d" % i)
+    assert [e[0] for e in seqr.owned["big:1"].replay.entries] == [7, 8, 9, 10, 11, 12]
+    assert seqr.after("chat:1", 2) == (8, GAP_EXPIRED, 6, list(seqr.owned["chat:1"].replay.entries))
+    assert seqr.after("news", 2)[1:3] == (GAP_NONE, 3)
+
+
+def test_a_channel_without_replay_keeps_no_buffer_of_its_own_and_answers_since_with_a_gap(clock):
+    seqr = Sequencer(namespaces=namespaces("ticker:* replay-seconds=0; quiet:* replay-messages=0"))
+    for ch in ("ticker:a", "ticker:b", "quiet:a", "news"):
+        for i in range(3):
+            seqr.number(ch, b"%d" % i)
+    a, b, quiet = (seqr.owned[ch].replay for ch in ("ticker:a", "ticker:b", "quiet:a"))
+    assert a is b and a is not quiet and a is not seqr.owned["news"].replay  # one shared empty buffer per rule
+    assert not a.entries and not quiet.entries and len(seqr.owned["news"].replay.entries) == 3
+    assert len(seqr._no_replay) == 2
+    assert seqr.after("ticker:a", 1) == (3, GAP_EXPIRED, 4, [])  # as with --replay-max-messages 0
+    assert seqr.after("ticker:a", 3) == (3, GAP_NONE, 4, [])
+    assert seqr.after("ticker:a", 9) == (3, GAP_UNKNOWN, 4, [])
+
+
+def test_the_sweep_gives_each_channel_its_own_window(clock):
+    seqr = Sequencer(namespaces=namespaces("short:* replay-seconds=5; off:* replay-seconds=2 replay-messages=0"))
+    for ch in ("short:a", "off:a", "news"):
+        seqr.number(ch, b"x")
+    assert seqr.sweep(clock[0] + 3, lambda ch: False) == 1 and "off:a" not in seqr.owned  # past its 2 s
+    assert seqr.sweep(clock[0] + 6, lambda ch: False) == 1 and set(seqr.owned) == {"news"}  # short:a past its 5
+    assert len(seqr.owned["news"].replay.entries) == 1  # the default 30 s window still holds it
+    assert seqr.sweep(clock[0] + 31, lambda ch: False) == 1 and seqr.owned == {}
+
+
+def test_without_namespaces_every_channel_gets_the_global_limits():
+    seqr = Sequencer(replay_seconds=7, replay_max_messages=2, replay_max_bytes=99)
+    options = seqr.namespaces.of("anything")
+    assert (options.replay_seconds, options.replay_max_messages, options.replay_max_bytes) == (7, 2, 99)
+    replay = seqr.take("anything").replay
+    assert (replay.seconds, replay.max_messages, replay.max_bytes) == (7, 2, 99)
