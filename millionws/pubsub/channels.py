@@ -51,6 +51,7 @@ from typing import Any
 
 from ..config import DEFAULTS
 from ..metrics import F, WorkerStats
+from ..namespaces import Namespaces
 from ..protocol.websocket import encode_frame
 from .names import ChannelError, user_channel, valid_channel, valid_user
 from .pending import Done, Hold, Pending
@@ -90,6 +91,9 @@ class Hub:
     ``send(dest, record)``: queue a record for another worker (the local bus).
     ``write(conn, data)``: the worker's write path for one connection.
     ``fanout(conns, frame)``: the same frame to many connections (slow-consumer policy inside).
+    ``namespaces``: each channel's replay limits (``--channel-options``), for its sequencer on this worker or
+    its stream on the broker; without it every channel gets ``replay_seconds``, ``replay_max_messages`` and
+    ``replay_max_bytes``.
     """
 
     def __init__(self, index: int, workers: int, send: Callable[[int, bytes], None],
@@ -98,24 +102,23 @@ class Hub:
                  max_channels_per_connection: int = 100, max_subscribers: int = 2_000_000,
                  publish_timeout: float = DEFAULTS.publish_timeout, replay_timeout: float = DEFAULTS.replay_timeout,
                  call_later: Callable[[float, Callable[[], None]], None] | None = None,
-                 replay_max_bytes: int = 4 << 20, max_owned: int = 2_000_000) -> None:
+                 replay_max_bytes: int = 4 << 20, max_owned: int = 2_000_000,
+                 namespaces: Namespaces | None = None) -> None:
         self.index = index
         self.workers = workers
         self.write = write
         self.fanout = fanout
         self.stats = stats
         self.c = stats.c
-        self.replay_seconds = replay_seconds
-        self.replay_max_messages = replay_max_messages
+        sequencer = Sequencer(replay_seconds, replay_max_messages, replay_max_bytes, max_owned, namespaces)
+        self.namespaces = sequencer.namespaces  # the bus takes the same (connect_bus)
         self.registry = Registry(self.c, max_channels_per_connection, max_subscribers)
         self._subs, self._holds = self.registry.subs, self.registry.holds  # bound once: the delivery path
         self._late: dict[str, set[Hold]] = {}  # channel -> expired holds whose answer may still come
         self.pending = Pending(self.c, publish_timeout, replay_timeout, call_later, self._hold_expired)
         self.remote: Any = None  # the brokers.Bridge with --bus (its state is /health's)
         self.route: MeshRoute | BrokerRoute
-        self._take(MeshRoute(index, workers, send,
-                             Sequencer(replay_seconds, replay_max_messages, replay_max_bytes, max_owned),
-                             self.registry, self.pending, self))
+        self._take(MeshRoute(index, workers, send, sequencer, self.registry, self.pending, self))
 
     def _take(self, route: MeshRoute | BrokerRoute) -> None:
         if self.registry.of_conn or self.pending.acks or self.pending.requests:
@@ -128,8 +131,7 @@ class Hub:
         ``limits`` are the ``--bus-*`` bounds, as :class:`brokers.Bridge` names them."""
         from .brokers import Bridge
 
-        connect = partial(Bridge, url, reactor, self.c, replay_seconds=self.replay_seconds,
-                          replay_max_messages=self.replay_max_messages, **limits)
+        connect = partial(Bridge, url, reactor, self.c, namespaces=self.namespaces, **limits)
         route = BrokerRoute(connect, self.pending, self)
         self._take(route)
         self.remote = route.bridge

@@ -135,10 +135,10 @@ def test_a_record_about_a_channel_of_another_worker_changes_nothing():
 class FakeBridge:
     """What BrokerRoute uses of brokers.Bridge; records the commands, events are handed in by the test."""
 
-    def __init__(self, url, reactor, counters, on_event, replay_seconds=120.0, replay_max_messages=1000,
-                 **limits) -> None:
+    def __init__(self, url, reactor, counters, on_event, *, namespaces, **limits) -> None:
         self.on_event = on_event
-        self.limits = (url, replay_seconds, replay_max_messages, limits)
+        self.namespaces = namespaces
+        self.limits = (url, limits)
         self.up = True
         self.started = False
         self.commands: list[tuple] = []
@@ -169,7 +169,10 @@ def bus(monkeypatch):
 def test_connect_bus_takes_the_broker_route_with_the_replay_bounds_and_limits(bus):
     node, hub, bridge = bus
     assert isinstance(hub.route, BrokerRoute) and hub.route.bridge is bridge
-    assert bridge.limits == ("nats://broker:4222", 30.0, 7, {"fetch_batch": 3})
+    assert bridge.limits == ("nats://broker:4222", {"fetch_batch": 3})
+    assert bridge.namespaces is hub.namespaces  # the broker's streams get the limits the sequencer would have
+    options = bridge.namespaces.of("any")
+    assert (options.replay_seconds, options.replay_max_messages) == (30.0, 7)
     assert bridge.on_event == hub.route.on_event
     hub.hello()  # no worker depends on another with a bus
     hub.start_bus()

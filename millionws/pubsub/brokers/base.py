@@ -54,6 +54,7 @@ from ...config import DEFAULTS
 from ...jsonsafe import MAX_SAFE_INTEGER, JsonError
 from ...jsonsafe import parse as parse_json
 from ...metrics import F
+from ...namespaces import Namespaces
 
 log = logging.getLogger("millionws.pubsub.brokers")
 
@@ -232,9 +233,9 @@ class BridgeSide(Protocol):
     closing: bool
     error: str
     reconnects: int
-    # The --bus-* bounds (config.OPTIONS) and the replay window, as the Bridge's keywords name them.
-    replay_seconds: float
-    replay_max_messages: int
+    # Each channel's replay limits (--channel-options), and the --bus-* bounds (config.OPTIONS), as the
+    # Bridge's keywords name them.
+    namespaces: Namespaces
     outbox_messages: int
     publish_batch: int
     fetch_batch: int

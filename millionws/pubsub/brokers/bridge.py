@@ -42,6 +42,7 @@ from ... import boundary
 from ...config import DEFAULTS
 from ...core.reactor import EPOLLIN, Reactor
 from ...metrics import F
+from ...namespaces import ChannelOptions, Namespaces
 from .backend import Backend
 from .base import E_ACK, E_STATE, log, redact
 from .schemes import backend_for
@@ -56,12 +57,15 @@ class Bridge:
     ``(E_GAP, channel, last, first, reason)``, ``(E_REPLAY, req, reason, first, entries)``,
     ``(E_STATE, up)`` or ``(E_ACK, req, seq, error)``.
 
-    The keyword arguments are the ``--bus-*`` bounds of the same names (``config.OPTIONS``);
-    the thread reads them from here.
+    ``namespaces`` gives each channel its replay limits (``--channel-options``), which the broker applies
+    to the channel's stream (:mod:`nats`, :mod:`redis`); without it every channel gets the defaults of
+    ``--replay-seconds``, ``--replay-max-messages`` and ``--replay-max-bytes``.  The other keyword
+    arguments are the ``--bus-*`` bounds of the same names (``config.OPTIONS``); the thread reads them
+    from here.
     """
 
-    def __init__(self, url: str, reactor: Reactor, counters: list[int], on_event: Callable[[tuple], None],
-                 replay_seconds: float = 120.0, replay_max_messages: int = 1000, *,
+    def __init__(self, url: str, reactor: Reactor, counters: list[int], on_event: Callable[[tuple], None], *,
+                 namespaces: Namespaces | None = None,
                  outbox_messages: int = DEFAULTS.bus_outbox_messages, publish_batch: int = DEFAULTS.bus_publish_batch,
                  fetch_batch: int = DEFAULTS.bus_fetch_batch, events_per_wake: int = DEFAULTS.bus_events_per_wake,
                  backoff_min: float = DEFAULTS.bus_backoff_min, backoff_max: float = DEFAULTS.bus_backoff_max,
@@ -74,8 +78,10 @@ class Bridge:
         self.reactor = reactor
         self.c = counters  # the thread writes only the bus_* fields and dropped_broker_malformed
         self.on_event = on_event
-        self.replay_seconds = replay_seconds
-        self.replay_max_messages = replay_max_messages
+        if namespaces is None:
+            namespaces = Namespaces("", ChannelOptions("", DEFAULTS.replay_seconds, DEFAULTS.replay_max_messages,
+                                                       DEFAULTS.replay_max_bytes, 0.0))
+        self.namespaces = namespaces  # read-only: the thread looks channels up in it too
         self.outbox_messages = outbox_messages
         self.publish_batch = publish_batch
         self.fetch_batch = fetch_batch

@@ -13,7 +13,7 @@ data was lost), a ``gap`` ``unknown``.  A ``subscribe`` with ``since`` is answer
 thread in order with the live events of that channel: the answer holds ``since+1 ..
 cursor`` and every later live message follows it, so the worker needs no hold buffer.
 The replays waiting for a channel are answered from one read of the stream, from the
-lowest ``since`` among them.
+lowest ``since`` among them (none when the channel's rule turns replay off: a ``gap``).
 One task at a time brings a channel up to date (:meth:`Delivery.sync`, ``Channel.busy``);
 what arrives meanwhile waits in the channel's buffer, so order never depends on task
 scheduling.
@@ -196,7 +196,10 @@ class Delivery(BackendBase):
         assert cursor is not None
         waiting = list(state.replays)
         low = min(since for _req, since in waiting)
-        entries = await self.fetch(channel, low + 1, cursor) if low < cursor else []
+        # A channel whose rule turns replay off answers since as one node does (a gap), whatever its stream
+        # holds: a broker cannot keep nothing, its stream keeps the last message (for the live path's catch-up).
+        replays = self.bridge.namespaces.of(channel).replays
+        entries = await self.fetch(channel, low + 1, cursor) if low < cursor and replays else []
         bad = sum(1 for entry in entries if entry[2] is None)
         if bad:
             self._malformed(bad, f"stored record(s) of {channel!r} left out of a replay")

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from typing import Any
 
 from .backend import Backend
@@ -157,24 +158,39 @@ class NatsBackend(Backend):
         return isinstance(exc, APIError | NoStreamResponseError | NoRespondersError | MaxPayloadError)
 
     def _config(self, channel: str) -> Any:
+        """The stream of ``channel``, with its namespace's replay limits (``--channel-options``)."""
         from nats.js.api import RePublish, StorageType, StreamConfig
 
         stream, subject, live = nats_names(channel)
-        bridge = self.bridge
-        age = max(1.0, bridge.replay_seconds)
+        options = self.bridge.namespaces.of(channel)  # once per stream made or checked, never per message
+        # JetStream has no "keep nothing" (0 means no limit): replay off keeps one message for one second,
+        # which no since can reach in practice; the nodes still answer such a since with a gap.
+        age = max(1.0, options.replay_seconds)
         return StreamConfig(name=stream, subjects=[subject], storage=StorageType.FILE,
-                            max_msgs=max(1, bridge.replay_max_messages), max_age=age,
-                            duplicate_window=min(age, 120.0), allow_direct=True,
+                            max_msgs=max(1, options.replay_max_messages), max_age=age,
+                            max_bytes=options.replay_max_bytes, duplicate_window=min(age, 120.0), allow_direct=True,
                             republish=RePublish(src=subject, dest=live), description=f"millionws {channel}")
 
     async def ensure_stream(self, channel: str) -> Any:
-        from nats.js.errors import BadRequestError
+        """Create the channel's stream, or bring an existing one to this node's limits.
+
+        A stream outlives the nodes, so one made under other rules (a deployment before ``--channel-options``
+        changed) is updated: the rules in the configuration are the ones that hold.  Should the update be
+        refused (an operator changed what cannot be changed, like the storage), the stream is used as it is
+        and the reason logged.
+        """
+        from nats.js.errors import BadRequestError, Error
 
         config = self._config(channel)
         try:
             info = await self.js.add_stream(config)
-        except BadRequestError:  # exists with another configuration (another node's flags)
-            info = await self.js.stream_info(config.name)
+        except BadRequestError:  # exists with another configuration (other rules, another version)
+            try:
+                info = await self.js.update_stream(config)
+            except Error as exc:
+                self.log("stream-update", describe(exc), logging.WARNING,
+                         "bus %s: the stream of %r keeps its limits: %s", self.name, channel, describe(exc))
+                info = await self.js.stream_info(config.name)
         self.streams.add(config.name)
         return info
 

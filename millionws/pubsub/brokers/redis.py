@@ -15,10 +15,18 @@ per-publisher sorted set ``mws:{C}:acks:<publisher>`` (score: the publisher's me
 number, member: the seq) makes a retried publish a no-op that returns the original seq.
 The publisher passes the number of its oldest unacknowledged message, and the function
 forgets everything older, so the set holds at most the messages in flight and expires
-with the window.  Replay reads the stream with ``XRANGE`` (age checked here: the stream is
-trimmed by count only).  The ``{C}`` hash tag keeps a channel's keys in one cluster slot,
-the slot of the key ``C`` the function declares.  The function is loaded at every connect
-(``REPLACE``) and again when a publish finds it gone (``FUNCTION FLUSH``).
+with the window.  Replay reads the stream with ``XRANGE`` (age checked here, with the
+channel's own window: the stream is trimmed by count only).  The ``{C}`` hash tag keeps a
+channel's keys in one cluster slot, the slot of the key ``C`` the function declares.  The
+function is loaded at every connect (``REPLACE``) and again when a publish finds it gone
+(``FUNCTION FLUSH``).
+
+**Limits per channel.**  A node passes the channel's ``MAXLEN`` and time to live with every
+call (its namespace's rule, ``--channel-options``), so one function serves every rule.  The
+function records the last limits a node gave in ``mws:{C}:limits`` (and a node records them
+when it subscribes to the channel), so a backend's ``FCALL`` without them gets the channel's
+rule too; the record lasts a day past its last use (:data:`LIMITS_TTL`).  A channel no node
+has touched gets the defaults of the node that loaded the function last (its global flags).
 
 **Backends publish without a WebSocket.**  ``FCALL mws_publish 1 news '{"x":1}'``.  Only
 the broker may publish on ``mws:live:*`` (Redis ACLs): a well-formed message forged there
@@ -39,6 +47,7 @@ import time
 from typing import Any
 
 from ...config import DEFAULTS
+from ...namespaces import ChannelOptions
 from .backend import Backend
 from .base import (
     BridgeSide,
@@ -105,6 +114,11 @@ async def probe(url: str, timeout: float) -> None:
         await quietly(r.aclose())
 
 
+# How long a channel's recorded limits outlive their last use (seconds): long enough for a channel whose
+# subscribers wait quietly, short enough that channels of the past do not keep a key each.
+LIMITS_TTL = 86_400
+
+# args: data, [time, publisher, message number, oldest unanswered number, maxlen, ttl]
 REDIS_FUNCTION = """#!lua name=millionws
 local function publish(keys, args)
   local ch = keys[1]
@@ -117,25 +131,47 @@ local function publish(keys, args)
   else
     t = string.format('%%.6f', tn)
   end
+  local maxlen, ttl
+  if args[6] ~= nil and args[6] ~= '' then
+    maxlen, ttl = string.match(args[6] .. ' ' .. (args[7] or ''), '^(%%d+) (%%d+)$')
+    if maxlen == nil or tonumber(ttl) < 1 then
+      return redis.error_reply('mws_publish: maxlen is an integer >= 0 and ttl an integer >= 1')
+    end
+    redis.call('SET', base .. 'limits', maxlen .. ' ' .. ttl, 'EX', math.max(tonumber(ttl), %(keep)d))
+  else
+    local kept = redis.call('GET', base .. 'limits')
+    if kept then
+      maxlen, ttl = string.match(kept, '^(%%d+) (%%d+)$')
+      redis.call('EXPIRE', base .. 'limits', math.max(tonumber(ttl or 1), %(keep)d))
+    end
+    if maxlen == nil then
+      maxlen, ttl = '%(maxlen)d', '%(ttl)d'
+    end
+  end
   local acks = nil
-  if args[3] ~= nil and args[4] ~= nil then
+  if args[3] ~= nil and args[3] ~= '' and args[4] ~= nil then
     acks = base .. 'acks:' .. args[3]
     local seen = redis.call('ZRANGEBYSCORE', acks, args[4], args[4])
     if seen[1] ~= nil then return tonumber(seen[1]) end
     if args[5] ~= nil then redis.call('ZREMRANGEBYSCORE', acks, '-inf', '(' .. args[5]) end
   end
   local seq = redis.call('INCR', base .. 'seq')
-  redis.call('XADD', base .. 'log', 'MAXLEN', %(maxlen)d, '0-' .. seq, 'd', args[1], 't', t)
-  redis.call('EXPIRE', base .. 'log', %(ttl)d)
+  redis.call('XADD', base .. 'log', 'MAXLEN', maxlen, '0-' .. seq, 'd', args[1], 't', t)
+  redis.call('EXPIRE', base .. 'log', ttl)
   redis.call('PUBLISH', 'mws:live:' .. ch, seq .. ' ' .. t .. ' ' .. args[1])
   if acks ~= nil then
     redis.call('ZADD', acks, args[4], seq)
-    redis.call('EXPIRE', acks, %(ttl)d)
+    redis.call('EXPIRE', acks, ttl)
   end
   return seq
 end
 redis.register_function('mws_publish', publish)
 """
+
+
+def stream_limits(options: ChannelOptions) -> tuple[int, int]:
+    """``(MAXLEN, time to live in seconds)`` of a channel's stream under its rule."""
+    return options.replay_max_messages, max(1, int(options.replay_seconds + 1))
 
 
 class RedisBackend(Backend):
@@ -152,8 +188,8 @@ class RedisBackend(Backend):
     async def _load_function(self, r: Any) -> None:
         from redis.exceptions import ResponseError
 
-        code = REDIS_FUNCTION % {"ttl": max(1, int(self.bridge.replay_seconds + 1)),
-                                 "maxlen": self.bridge.replay_max_messages}
+        maxlen, ttl = stream_limits(self.bridge.namespaces.default)  # for a call that brings no limits
+        code = REDIS_FUNCTION % {"ttl": ttl, "maxlen": maxlen, "keep": LIMITS_TTL}
         try:
             await r.function_load(code, replace=True)
         except ResponseError as exc:
@@ -230,6 +266,9 @@ class RedisBackend(Backend):
         return isinstance(exc, ResponseError)
 
     async def subscribe_live(self, channel: str) -> Any:
+        # Recorded first, for the backends that publish with FCALL alone (the module docstring).
+        maxlen, ttl = stream_limits(self.bridge.namespaces.of(channel))
+        await self.r.set(f"mws:{{{channel}}}:limits", f"{maxlen} {ttl}", ex=max(ttl, LIMITS_TTL))
         await self.ps.subscribe("mws:live:" + channel)
         return True
 
@@ -247,7 +286,7 @@ class RedisBackend(Backend):
 
     async def fetch(self, channel: str, first: int, last: int) -> list[Entry]:
         rows = await self.r.xrange(f"mws:{{{channel}}}:log", f"0-{first}", f"0-{last}")
-        horizon = time.time() - self.bridge.replay_seconds
+        horizon = time.time() - self.bridge.namespaces.of(channel).replay_seconds  # once per read
         entries: dict[int, Entry] = {}
         bad = 0
         for row in rows:
@@ -271,8 +310,10 @@ class RedisBackend(Backend):
         pipe = self.r.pipeline(transaction=False)
         pid = self.publisher_id
         floor = batch[0].n  # everything older is answered: the function may forget it
+        of = self.bridge.namespaces.of
         for p in batch:
-            pipe.fcall("mws_publish", 1, p.channel, p.data, repr(p.t_wall), pid, p.n, floor)
+            maxlen, ttl = stream_limits(of(p.channel))
+            pipe.fcall("mws_publish", 1, p.channel, p.data, repr(p.t_wall), pid, p.n, floor, maxlen, ttl)
         replies = await pipe.execute(raise_on_error=False)
         if any(isinstance(reply, ResponseError) and "function not found" in str(reply).lower() for reply in replies):
             await self._load_function(self.r)  # flushed by someone: the retry will find it

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from millionws import metrics
 from millionws.config import DEFAULTS
 from millionws.core.reactor import Reactor
+from millionws.namespaces import ChannelOptions, Namespaces
 from millionws.pubsub.brokers.backend import Backend
 from millionws.pubsub.brokers.base import E_ACK, E_GAP, E_MSG
 from millionws.pubsub.brokers.bridge import Bridge
@@ -21,8 +22,15 @@ F = metrics.F
 CHANNEL = "hostile"  # of the tests that put junk on a real broker (test_nats, test_redis)
 
 
-def fake_bridge(url: str = "nats://x", **limits) -> types.SimpleNamespace:
-    """What a Backend reads of its Bridge; ``limits`` override the ``--bus-*`` defaults (Bridge's keywords)."""
+def namespaces(spec: str = "", replay_seconds: float = 120.0, replay_max_messages: int = 1000,
+               replay_max_bytes: int = 4 << 20) -> Namespaces:
+    """``--channel-options`` ``spec`` over these global replay flags."""
+    return Namespaces(spec, ChannelOptions("", replay_seconds, replay_max_messages, replay_max_bytes, 0.0))
+
+
+def fake_bridge(url: str = "nats://x", spec: str = "", **limits) -> types.SimpleNamespace:
+    """What a Backend reads of its Bridge; ``limits`` override the ``--bus-*`` defaults (Bridge's keywords),
+    ``spec`` is its ``--channel-options``."""
     events: list[tuple] = []
     bounds = {"outbox_messages": DEFAULTS.bus_outbox_messages, "publish_batch": DEFAULTS.bus_publish_batch,
               "fetch_batch": DEFAULTS.bus_fetch_batch, "events_per_wake": DEFAULTS.bus_events_per_wake,
@@ -33,15 +41,16 @@ def fake_bridge(url: str = "nats://x", **limits) -> types.SimpleNamespace:
     assert limits.keys() <= bounds.keys(), limits
     bounds.update(limits)
     return types.SimpleNamespace(emit=events.append, events=events, c=[0] * len(metrics.FIELDS), url=url, error="",
-                                 replay_seconds=120.0, replay_max_messages=1000, **bounds)
+                                 namespaces=namespaces(spec), **bounds)
 
 
 class Fake(Backend):
     """A broker in memory: a stream per channel, ``stored[channel]`` the seqs still there
     (``poison``: the seqs whose stored record is malformed)."""
 
-    def __init__(self, stored: dict[str, list[int]], poison: set[int] = frozenset(), **limits) -> None:
-        bridge = fake_bridge(**limits)
+    def __init__(self, stored: dict[str, list[int]], poison: set[int] = frozenset(), spec: str = "",
+                 **limits) -> None:
+        bridge = fake_bridge(spec=spec, **limits)
         super().__init__(bridge)  # type: ignore[arg-type]
         self.events = bridge.events
         self.stored = stored

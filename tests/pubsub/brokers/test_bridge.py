@@ -14,7 +14,7 @@ from millionws.core.reactor import EPOLLIN, Reactor
 from millionws.pubsub.brokers.base import E_ACK
 from millionws.pubsub.brokers.bridge import Bridge
 from tests.conftest import free_port
-from tests.pubsub.brokers.harness import stored
+from tests.pubsub.brokers.harness import namespaces, stored
 
 F = metrics.F
 
@@ -84,7 +84,7 @@ def test_a_publish_while_the_broker_is_down_is_refused_at_once(scheme, harness, 
 
 def test_a_broker_killed_with_publishes_in_flight_answers_each_once_and_stores_each_once(broker, harness, caplog):
     caplog.set_level(logging.INFO, "millionws.pubsub.brokers")
-    h = harness(broker.url, replay_max_messages=100_000).start()
+    h = harness(broker.url, namespaces=namespaces(replay_max_messages=100_000)).start()
     h.run_until(h.up, what="bus up")
     first = [h.publish("kill", {"i": i}) for i in range(200)]
     h.run_until(lambda: len(h.acks()) == 200, what="the first publishes answered")

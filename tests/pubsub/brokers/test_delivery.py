@@ -155,3 +155,26 @@ def test_replays_waiting_for_a_channel_are_answered_from_one_read_of_the_stream(
         assert not fake.channels["c"].replays
 
     asyncio.run(main())
+
+
+def test_a_channel_without_replay_answers_since_with_a_gap_and_still_catches_up_the_live_path():
+    """As on one node: its rule keeps nothing for since, whatever the stream holds (a broker keeps at least
+    one message); the live path still reads a lost message back from the stream."""
+
+    async def main():
+        fake = Fake({"ticker:a": [1, 2, 3], "news": [1, 2, 3]}, spec="ticker:* replay-seconds=0")
+        for channel in ("ticker:a", "news"):
+            fake.channels[channel] = base.Channel()
+            await fake.sync(channel)
+            fake.channels[channel].replays.extend([(1, 1), (2, 3)])
+            await fake.sync(channel)
+        assert [(e[2], e[3], [x[0] for x in e[4]]) for e in fake.events if e[0] == E_REPLAY] == [
+            (GAP_EXPIRED, 4, []), (GAP_NONE, 4, []),  # ticker:a: a gap to the next message, as one node says
+            (GAP_NONE, 2, [2, 3]), (GAP_NONE, 4, []),  # news: the stream's messages
+        ]
+        fake.stored["ticker:a"] += [4, 5]
+        fake.on_live("ticker:a", 5, 0.0, b"5")  # 4 was lost on the live path
+        await asyncio.sleep(0)
+        assert delivered(fake) == [4, 5]
+
+    asyncio.run(main())

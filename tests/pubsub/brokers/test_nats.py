@@ -168,3 +168,55 @@ def test_nats_without_jetstream_is_refused_at_preflight_and_never_up(nats_withou
     h.run_until(lambda: req in h.acks(), what="the answer")
     assert h.acks()[req] == (0, "unavailable: broker not connected")
     assert json.loads(json.dumps(h.bridge.detail()))["up"] is False
+
+
+# -- each channel's stream has its namespace's limits (--channel-options) ---------------------------------------
+
+SPEC = "chat:* replay-messages=3 replay-seconds=10 replay-bytes=5000; ticker:* replay-seconds=0 replay-messages=0"
+
+
+def test_each_stream_is_configured_with_its_namespaces_limits():
+    backend = NatsBackend(fake_bridge(spec=SPEC))  # type: ignore[arg-type]
+    limits = {ch: (c.max_msgs, c.max_age, c.max_bytes, c.duplicate_window)
+              for ch in ("chat:1", "news", "ticker:a") for c in [backend._config(ch)]}
+    assert limits == {"chat:1": (3, 10.0, 5000, 10.0),
+                      "news": (1000, 120.0, 4 << 20, 120.0),  # the global flags
+                      "ticker:a": (1, 1.0, 4 << 20, 1.0)}  # JetStream cannot keep nothing: the least it can
+    assert backend._config("chat:1").name == nats_names("chat:1")[0]
+
+
+def test_a_stream_made_under_other_rules_is_brought_to_the_rules_in_force(nats_broker, caplog):
+    """Streams outlive nodes: after a deployment changes --channel-options, the next node to use a channel
+    applies the new limits (and JetStream drops what no longer fits).  One it may not change is used as is."""
+    import nats
+    from nats.js.api import StorageType, StreamConfig
+
+    async def main():
+        old = NatsBackend(fake_bridge(nats_broker.url, spec="chat:* replay-messages=5"))  # type: ignore[arg-type]
+        await old.connect()
+        assert (await old.ensure_stream("chat:1")).config.max_msgs == 5
+        for i in range(5):
+            await old.js.publish("mws.in.chat:1", b"%d" % i)
+        await old.close()
+
+        new = NatsBackend(fake_bridge(nats_broker.url, spec=SPEC))  # type: ignore[arg-type]
+        await new.connect()
+        info = await new.ensure_stream("chat:1")
+        assert (info.config.max_msgs, info.config.max_age, info.config.max_bytes) == (3, 10.0, 5000)
+        assert (info.state.messages, info.state.first_seq, info.state.last_seq) == (3, 3, 5)
+        assert (await new.last_seq("chat:1")) == 5  # the sequence goes on
+
+        # An operator made this one in memory: storage cannot be changed, so it keeps what it has.
+        nc = await nats.connect(nats_broker.url)
+        stream, subject, _live = nats_names("chat:mem")
+        await nc.jetstream().add_stream(StreamConfig(name=stream, subjects=[subject], storage=StorageType.MEMORY,
+                                                     max_msgs=7))
+        await nc.close()
+        info = await new.ensure_stream("chat:mem")
+        assert (info.config.storage, info.config.max_msgs) == (StorageType.MEMORY, 7)
+        await new.close()
+
+    caplog.set_level(logging.WARNING, "millionws.pubsub.brokers")
+    asyncio.run(main())
+    warnings = [r.getMessage() for r in caplog.records if "keeps its limits" in r.getMessage()]
+    assert len(warnings) == 1 and "'chat:mem'" in warnings[0] and "can not change storage type" in warnings[0]

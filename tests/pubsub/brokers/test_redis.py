@@ -9,12 +9,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from redis.exceptions import ResponseError
 
-from millionws.pubsub.brokers.base import E_GAP, GAP_UNKNOWN, BusConfigError
+from millionws.pubsub.brokers.base import E_GAP, E_REPLAY, GAP_EXPIRED, GAP_NONE, GAP_UNKNOWN, BusConfigError
 from millionws.pubsub.brokers.redis import REDIS_TOO_OLD, redis_connect
 from millionws.pubsub.brokers.schemes import preflight
 from tests.conftest import free_port
-from tests.pubsub.brokers.harness import CHANNEL, gaps, malformed, subscribed
+from tests.pubsub.brokers.harness import CHANNEL, gaps, malformed, namespaces, stored, subscribed
 
 
 def test_the_module_named_redis_drives_the_client_library_not_itself():
@@ -123,3 +124,66 @@ def test_a_redis_older_than_7_is_refused(old_redis, harness):
     h = harness(old_redis).start()
     h.run_until(lambda: h.bridge.error.startswith(REDIS_TOO_OLD), what="the reason")
     assert not h.up()
+
+
+# -- each channel's stream has its namespace's limits (--channel-options) ---------------------------------------
+
+def test_each_channel_is_trimmed_expired_and_replayed_by_its_namespace(redis_broker, harness):
+    import redis.asyncio as aioredis
+
+    h = harness(redis_broker.url, namespaces=namespaces("chat:* replay-messages=2 replay-seconds=5")).start()
+    h.run_until(h.up, what="bus up (function loaded)")
+    for i in range(5):
+        for channel in ("chat:1", "news"):
+            h.publish(channel, {"i": i})
+    h.run_until(lambda: len(h.acks()) == 10, what="the publishes answered")
+    assert [seq for seq, _ in stored(redis_broker.url, "chat:1")] == [4, 5]  # MAXLEN of its rule, per call
+    assert [seq for seq, _ in stored(redis_broker.url, "news")] == [1, 2, 3, 4, 5]  # the global flags
+
+    async def check() -> None:
+        r = aioredis.Redis.from_url(redis_broker.url)
+        assert 0 < await r.ttl("mws:{chat:1}:log") <= 6 and await r.ttl("mws:{news}:log") > 100
+        assert await r.get("mws:{chat:1}:limits") == b"2 6"  # recorded for the backends below
+        assert await r.ttl("mws:{chat:1}:limits") > 86_000
+        await r.fcall("mws_publish", 1, "chat:1", b"{}")  # a backend without limits: the channel's rule
+        assert await r.xlen("mws:{chat:1}:log") == 2 and 0 < await r.ttl("mws:{chat:1}:log") <= 6
+        await r.fcall("mws_publish", 1, "fresh", b"{}")  # no node touched it: the loading node's global flags
+        assert await r.ttl("mws:{fresh}:log") > 100
+        await r.fcall("mws_publish", 1, "fresh", b"{}", "", "", "", "", 1, 3)  # a backend that passes limits
+        assert await r.xlen("mws:{fresh}:log") == 1 and 0 < await r.ttl("mws:{fresh}:log") <= 3
+        for bad in ((1,), (-1, 5), (1, 0), ("x", 5)):
+            with pytest.raises(ResponseError, match="maxlen is an integer"):
+                await r.fcall("mws_publish", 1, "fresh", b"{}", "", "", "", "", *bad)
+        assert await r.get("mws:{fresh}:seq") == b"2"  # refused calls numbered nothing
+        # Published 30 s ago: outside chat:*'s 5 s window, inside the default 120 s.
+        for channel in ("chat:old", "old"):
+            await r.fcall("mws_publish", 1, channel, b'{"old":1}', repr(time.time() - 30))
+        await r.aclose()
+
+    asyncio.run(check())
+    for req, channel in ((101, "chat:old"), (102, "old")):
+        h.bridge.interest(channel, True)
+        h.run_until(lambda channel=channel: h.subscribed(channel), what=f"subscribed to {channel}")
+        h.bridge.replay(req, channel, 0)
+    h.run_until(lambda: sum(e[0] == E_REPLAY for e in h.events) == 2, what="the replay answers")
+    answers = {e[1]: (e[2], e[3], [x[0] for x in e[4]]) for e in h.events if e[0] == E_REPLAY}
+    assert answers == {101: (GAP_EXPIRED, 2, []), 102: (GAP_NONE, 1, [1])}
+
+
+def test_a_node_records_a_channels_limits_when_it_subscribes(redis_broker, harness):
+    """The ticker case: only backends publish (FCALL, no limits given), a node only subscribes."""
+    import redis.asyncio as aioredis
+
+    h = harness(redis_broker.url, namespaces=namespaces("ticker:* replay-messages=3 replay-seconds=10")).start()
+    h.bridge.interest("ticker:a", True)
+    h.run_until(lambda: h.up() and h.subscribed("ticker:a"), what="bus up, subscribed")
+
+    async def backend() -> None:
+        r = aioredis.Redis.from_url(redis_broker.url)
+        for i in range(5):
+            await r.fcall("mws_publish", 1, "ticker:a", b"%d" % i)
+        assert await r.xlen("mws:{ticker:a}:log") == 3 and 0 < await r.ttl("mws:{ticker:a}:log") <= 11
+        await r.aclose()
+
+    asyncio.run(backend())
+    h.run_until(lambda: len(h.messages("ticker:a")) == 5, what="the live messages")
