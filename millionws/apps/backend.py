@@ -77,6 +77,7 @@ class Backend:
             message = f"the body must be one JSON document in UTF-8: {exc.message}"
             raise refused(self.stats, 400, message, exc.code) from None
         now = monotonic()
+        # Whatever the rule's publish= says (it is about /pubsub clients); at the rule's publish rate.
         if not self.pubsub.allow_publish(channel, now):
             raise HttpError(429, "too many publishes on this channel", http.HS_RATE_LIMITED, (("Retry-After", "1"),),
                             code="rate_limited")
@@ -90,10 +91,10 @@ class Backend:
             return refused(self.stats, 503, PUBLISH_ERRORS[error], error, (("Retry-After", "1"),))
         document: dict[str, Any] = {"status": "published", "channel": channel, "seq": seq or None}
         if user is not None:
-            cfg = self.config
             document["user"] = user
-            # Stored: the user can resume it with since (docs/protocol.md, Users) for the replay window.
-            document["stored"] = cfg.replay_max_messages > 0 and cfg.replay_seconds > 0
+            # Stored: the user can resume it with since (docs/protocol.md, Users) for the replay window of the
+            # user channels' rule (@user:* in --channel-options, else the global flags).
+            document["stored"] = self.pubsub.namespaces.of(channel).replays
             if reach >= 0:  # known on one node: were any of the user's connections subscribed here
                 document["online"] = bool(reach)
         return Response(http.render_json(200, document, keep_alive), 200, keep_alive)

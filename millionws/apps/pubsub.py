@@ -5,6 +5,11 @@ Theory of operation: every byte a client sends is checked here, once, before the
 alphabets, the token's grants.  A refusal is an error reply with a code, counted in
 ``millionws_input_refused_total{code}``.
 
+What a channel's namespace allows (``--channel-options``, :mod:`namespaces`) is looked up here once per
+publish: who may publish (``publish=backend`` refuses the clients of ``/pubsub``, ``publish_forbidden``) and
+the publish rate, one table of buckets per rule that sets one (``rate_limited``).  The replay limits go to
+the hub, which gives them to each channel's sequencer or stream when it makes it.
+
 Replies follow the convention of ``apps/__init__.py``: an error or an unsubscribe acknowledgement is
 returned; a subscription's acknowledgement is handed to the hub, which sends it before the replay it
 causes; a publish is acknowledged only once its channel's sequencer numbered it (``seq`` in the answer),
@@ -20,6 +25,7 @@ from ..auth import Identity
 from ..core.reactor import monotonic
 from ..jsonsafe import JsonError
 from ..metrics import REFUSED, F
+from ..namespaces import ChannelOptions, namespaces_of
 from ..protocol.websocket import encode_frame
 from ..pubsub.channels import ChannelError, Hub, user_channel, valid_channel
 from ..ratelimit import KeyedBuckets, Rate
@@ -43,7 +49,7 @@ def _valid_id(value: object) -> bool:
 class PubSub:
     """``/pubsub``: the JSON operations of docs/protocol.md.  Every refusal is an error reply."""
 
-    __slots__ = ("c", "call_later", "hub", "max_depth", "publish_rate", "send", "sweep_interval")
+    __slots__ = ("c", "call_later", "hub", "max_depth", "namespaces", "publish_rates", "send", "sweep_interval")
 
     def __init__(self, host: Host) -> None:
         cfg = host.config
@@ -52,11 +58,15 @@ class PubSub:
         self.send = host.send
         self.max_depth = cfg.max_json_depth
         self.sweep_interval = cfg.sweep_interval
-        self.publish_rate = KeyedBuckets(Rate(cfg.rate_limit_publishes)) if cfg.rate_limit_publishes else None
+        self.namespaces = ns = namespaces_of(cfg)
+        # Buckets per channel, a table per rule with a publish rate (the global flag's is the defaults' rule):
+        # as many tables as rules, each keeping only the channels active within a refill (KeyedBuckets).
+        self.publish_rates = {options: KeyedBuckets(Rate(options.rate_limit_publishes))
+                              for options in (ns.default, *ns.rules) if options.rate_limit_publishes}
         self.hub = Hub(host.index, cfg.workers, host.mesh.send, host.send, host.fanout, host.stats,
                        cfg.replay_seconds, cfg.replay_max_messages, cfg.max_channels_per_connection,
                        cfg.max_subscribers_per_worker, cfg.publish_timeout, cfg.replay_timeout,
-                       host.call_later, cfg.replay_max_bytes, cfg.max_channels_per_worker)
+                       host.call_later, cfg.replay_max_bytes, cfg.max_channels_per_worker, ns)
         host.mesh.on_record = self.hub.on_record
         if cfg.bus:  # across nodes: millionws/pubsub/brokers/
             self.hub.connect_bus(cfg.bus, host.reactor, outbox_messages=cfg.bus_outbox_messages,
@@ -75,8 +85,8 @@ class PubSub:
         self.call_later(self.sweep_interval, self._sweep)  # first: one that raises is skipped once, not forever
         now = monotonic()
         self.hub.sweep(now)
-        if self.publish_rate is not None:
-            self.publish_rate.sweep(now)
+        for buckets in self.publish_rates.values():
+            buckets.sweep(now)
 
     def _reply(self, document: dict[str, Any], request_id: Any = None) -> bytes:
         if request_id is not None:
@@ -130,8 +140,12 @@ class PubSub:
                     raise ChannelError("bad_request", "publish needs \"data\"")
                 if identity is not None:
                     _authorize(identity, channel)
+                options = self.namespaces.of(channel)  # once per publish: who may, and how often
+                if not options.clients_publish:
+                    raise ChannelError("publish_forbidden", f"{options.pattern} channels are published by backends "
+                                       "only (publish=backend in --channel-options)", channel)
                 now = monotonic()
-                if not self.allow_publish(channel, now):
+                if not self.allow_publish(channel, now, options):
                     raise ChannelError("rate_limited", "too many publishes on this channel, retry later", channel)
                 self.hub.publish(channel, jsonsafe.dump(msg["data"]), now, self._publish_answer(conn, channel,
                                                                                                 request_id))
@@ -175,9 +189,14 @@ class PubSub:
     def on_close(self, conn: Any) -> None:
         self.hub.drop(conn)
 
-    def allow_publish(self, channel: str, now: float) -> bool:
-        """Per-channel publish rate (--rate-limit-publishes), per worker."""
-        if self.publish_rate is None or self.publish_rate.take(channel, now):
+    def allow_publish(self, channel: str, now: float, options: ChannelOptions | None = None) -> bool:
+        """Per-channel publish rate, per worker: the rate of the channel's rule (``options``, looked up when
+        not given), which is --rate-limit-publishes unless the rule sets its own."""
+        rates = self.publish_rates
+        if not rates:
+            return True
+        buckets = rates.get(options if options is not None else self.namespaces.of(channel))
+        if buckets is None or buckets.take(channel, now):
             return True
         self.c[_RATE_PUBLISHES] += 1
         return False

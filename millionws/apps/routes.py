@@ -15,7 +15,7 @@ path        method      answer
 /health     GET, HEAD   200 {"status":"ok",...}; 503 {"status":"draining"} while draining;
                         ``?ready``: also 503 while the --bus broker is unreachable
 /metrics    GET, HEAD   Prometheus text exposition for every worker of the pod
-/stats      GET, HEAD   JSON snapshot: per worker and total
+/stats      GET, HEAD   JSON snapshot: per worker and total; the channel options in effect
 ==========  ==========  ===================================================================
 
 Cheap refusals come first on an upgrade (origin, drain, capacity) so that a flood of upgrades costs no
@@ -195,4 +195,9 @@ class App:
         self.host.stats.flush()
         document = metrics.snapshot(self.host.stats.shared)
         document["served_by"] = self.host.index
+        # What the running server applies (--channel-options over the global flags), for an operator who
+        # wonders why a channel keeps what it keeps: the rules as given; the longest matching pattern wins.
+        namespaces = self.pubsub.namespaces
+        document["channel_options"] = {"default": namespaces.default.as_dict(),
+                                       "rules": [rule.as_dict() for rule in namespaces.rules]}
         return 200, http.render_json(200, document, keep_alive, head)
