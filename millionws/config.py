@@ -72,6 +72,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_channels_per_connection", int, 100, "channels one /pubsub connection may subscribe to"),
     Option("max_subscribers_per_worker", int, 2_000_000,
            "channel subscriptions (connection x channel) one worker holds; over it subscribe gets an error"),
+    # The replay flags and rate_limit_publishes are the defaults of every channel; --channel-options rules
+    # override them per namespace (millionws/namespaces.py).
     Option("replay_seconds", float, 120.0, "seconds a channel's messages stay available to subscribe with since"),
     Option("replay_max_messages", int, 1000, "messages per channel kept for replay (0: no replay)"),
     Option("replay_max_bytes", int, 4 << 20, "bytes of message data per channel kept for replay (oldest go first)"),
@@ -115,7 +117,8 @@ OPTIONS: tuple[Option, ...] = (
            "comma-separated Origin values allowed to open WebSockets, '*' for any (empty: any)"),
     Option("rate_limit_messages", float, 0.0, "messages per second per connection, burst of one second (0: off)"),
     Option("rate_limit_bytes", float, 0.0, "bytes per second per connection, burst of one second (0: off)"),
-    Option("rate_limit_publishes", float, 0.0, "publishes per second per channel (0: off)"),
+    Option("rate_limit_publishes", float, 0.0,
+           "publishes per second per channel (0: off); a --channel-options rule may set its own"),
     Option("channel_options", str, "",
            "rules by channel namespace, ';'-separated: 'chat:* presence=on replay-messages=200; ticker:* "
            "publish=backend' (keys: docs/channel-options.md); unset keys take the global flags"),

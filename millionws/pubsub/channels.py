@@ -300,5 +300,5 @@ class Hub:
         self.pending.expire(now)
 
     def sweep(self, now: float) -> None:
-        """Let time expire buffered messages; forget channels idle past the replay window."""
+        """Let time expire buffered messages; forget channels idle past their replay window."""
         self.c[_C_EVICTED] += self.route.sweep(now)
