@@ -198,8 +198,9 @@ def _config(variant: int) -> tuple[Config, auth.Identity | None]:
     if variant == 1:  # tight limits: the refusals and evictions are reachable in a few requests
         return Config(workers=2, trust_user_param=True, max_channels_per_connection=3, max_subscribers_per_worker=8,
                       replay_max_messages=2, replay_max_bytes=64, max_channels_per_worker=4, max_json_depth=4), None
-    if variant == 2:
-        return Config(workers=2, trust_user_param=True, rate_limit_publishes=2.0, replay_max_messages=0), None
+    if variant == 2:  # and namespaces: publish_forbidden, a rule without a publish rate, one with replay
+        return Config(workers=2, trust_user_param=True, rate_limit_publishes=2.0, replay_max_messages=0,
+                      channel_options="b.* publish=backend; news.* rate-limit-publishes=0 replay-messages=2"), None
     if variant == 3:
         identity = auth.identity_of({"sub": "u1", "channels": ["news.*", "a", "[!x]*.4?"], "exp": 2e9})
         return Config(workers=2, trust_user_param=True), identity
