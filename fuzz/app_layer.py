@@ -116,6 +116,10 @@ class FakeWorker:
     def websocket_count(self) -> int:
         return 0
 
+    def expire_at(self, conn: FakeConn, expires: float | None) -> None:
+        # No configuration here verifies tokens, so no refresh succeeds: a call is a bug of the harness's input.
+        raise AssertionError(f"expiry of {conn!r} moved to {expires} without a verifier")
+
     def write(self, conn: FakeConn, data: bytes) -> None:
         conn.out.append(bytes(data))
 
@@ -137,7 +141,7 @@ class Node:
         self.queue: list[tuple[int, int, bytes]] = []
         self.workers = [FakeWorker(self, i, config) for i in range(2)]
         self.apps = [App(Host(w.index, w.config, w.stats, w.reactor, w.bus, w.write, w.fanout, w.answer,
-                              w.websocket_count, lambda w=w: w.draining), 1000) for w in self.workers]
+                              w.websocket_count, lambda w=w: w.draining, w.expire_at), 1000) for w in self.workers]
         for app in self.apps:
             app.start()  # HELLO to the peer; the sweep goes to the fake reactor
         self.pump()

@@ -11,6 +11,9 @@ call to the worker's own method costs:
 * ``fanout(conns, frame)``: one encoded frame to many connections (a broadcast encodes once).
 * ``answer(conn, response)``: the deferred answer of an HTTP request (a publish waiting for its ``seq``).
 * ``websocket_count()``, ``draining()``: what admission decisions need to know.
+* ``expire_at(conn, expires)``: the connection's token now expires at ``expires`` (a Unix time; None:
+  never), after a ``refresh`` on ``/pubsub``.  The server closes it 1008 then, and no longer at the
+  time its upgrade's token said (``server/expiry.py``).
 * ``index``, ``config``, ``stats``, ``mesh``, ``call_later``, ``reactor``: identity, settings, counters,
   the link to the other workers of the node, timers, and the loop (a broker registers its wake-up
   descriptor there).
@@ -34,13 +37,13 @@ from ..metrics import WorkerStats
 
 
 class Host:
-    __slots__ = ("answer", "call_later", "config", "draining", "fanout", "index", "mesh", "reactor", "send",
-                 "stats", "websocket_count")
+    __slots__ = ("answer", "call_later", "config", "draining", "expire_at", "fanout", "index", "mesh", "reactor",
+                 "send", "stats", "websocket_count")
 
     def __init__(self, index: int, config: Config, stats: WorkerStats, reactor: Any, mesh: Any,
                  send: Callable[[Any, bytes], None], fanout: Callable[[Iterable[Any], bytes], int],
                  answer: Callable[[Any, Any], None], websocket_count: Callable[[], int],
-                 draining: Callable[[], bool]) -> None:
+                 draining: Callable[[], bool], expire_at: Callable[[Any, float | None], None]) -> None:
         self.index = index
         self.config = config
         self.stats = stats
@@ -52,6 +55,7 @@ class Host:
         self.answer = answer
         self.websocket_count = websocket_count
         self.draining = draining
+        self.expire_at = expire_at
 
 
 class Response:

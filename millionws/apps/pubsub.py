@@ -14,6 +14,13 @@ Replies follow the convention of ``apps/__init__.py``: an error or an unsubscrib
 returned; a subscription's acknowledgement is handed to the hub, which sends it before the replay it
 causes; a publish is acknowledged only once its channel's sequencer numbered it (``seq`` in the answer),
 so acknowledged publishes keep their order, and a publish the sequencer cannot take gets ``unavailable``.
+
+``refresh`` hands the connection a newer token (SECURITY.md, "Expiry during a connection"): it is
+verified like the upgrade's, must name the same user, and then replaces the connection's grants (the
+:class:`Session`'s identity) and its expiry (``host.expire_at``).  Channels the new grants no longer
+allow are left at once and the client is told so in an ``unsubscribed`` push with ``reason``
+``forbidden``, before the ``refreshed`` reply, so it never sees a message it may no longer read after
+that reply.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import jsonsafe
-from ..auth import Identity
+from ..auth import AuthError, Identity, Verifier
 from ..core.reactor import monotonic
 from ..jsonsafe import JsonError
 from ..metrics import REFUSED, F
@@ -49,13 +56,20 @@ def _valid_id(value: object) -> bool:
 class PubSub:
     """``/pubsub``: the JSON operations of docs/protocol.md.  Every refusal is an error reply."""
 
-    __slots__ = ("c", "call_later", "hub", "max_depth", "namespaces", "publish_rates", "send", "sweep_interval")
+    __slots__ = ("c", "call_later", "expire_at", "hub", "max_depth", "max_token", "namespaces", "publish_rates",
+                 "send", "sweep_interval", "verifier")
 
-    def __init__(self, host: Host) -> None:
+    def __init__(self, host: Host, verifier: Verifier | None = None) -> None:
+        """``verifier``: the server's token verifier (``--auth-jwt-secret``, ``--auth-jwks``), which ``refresh``
+        uses; None when the server verifies no tokens, and then ``refresh`` is refused."""
         cfg = host.config
         self.c = host.stats.c
         self.call_later = host.call_later
         self.send = host.send
+        self.expire_at = host.expire_at
+        self.verifier = verifier
+        # A token in a refresh is bounded like one in an upgrade, where the head holds it.
+        self.max_token = cfg.max_request_head
         self.max_depth = cfg.max_json_depth
         self.sweep_interval = cfg.sweep_interval
         self.namespaces = ns = namespaces_of(cfg)
@@ -149,8 +163,10 @@ class PubSub:
                     raise ChannelError("rate_limited", "too many publishes on this channel, retry later", channel)
                 self.hub.publish(channel, jsonsafe.dump(msg["data"]), now, self._publish_answer(conn, channel,
                                                                                                 request_id))
+            elif op == "refresh":
+                return self.refresh(conn, msg.get("token"), session, request_id)
             else:
-                raise ChannelError("unknown_op", "op must be subscribe, unsubscribe or publish")
+                raise ChannelError("unknown_op", "op must be subscribe, unsubscribe, publish or refresh")
         except ChannelError as exc:
             return self._error(exc.code, exc.message, request_id, exc.channel)
         return None
@@ -162,6 +178,37 @@ class PubSub:
             elif request_id is not None:  # acknowledged only when the client can match the answer
                 self.send(conn, self._reply({"op": "published", "channel": channel, "seq": seq or None}, request_id))
         return done
+
+    def refresh(self, conn: Any, token: Any, session: Session | None, request_id: Any) -> bytes:
+        """A newer token for this connection: the ``refreshed`` reply, after an ``unsubscribed`` push for the
+        channels the new grants no longer allow.  Raises ChannelError, changing nothing."""
+        if type(token) is not str or not token:
+            raise ChannelError("bad_request", "refresh needs \"token\": the new JWT")
+        if self.verifier is None:
+            raise ChannelError("bad_request", "this server verifies no tokens: there is nothing to refresh")
+        if session is None or session.identity is None:
+            raise ChannelError("bad_request", "this connection was opened without a token: reconnect with one")
+        if len(token) > self.max_token:
+            raise ChannelError("bad_request", f"a token is at most {self.max_token} characters (--max-request-head)")
+        try:
+            identity = self.verifier.verify(token)
+        except AuthError as exc:
+            raise ChannelError("bad_token", exc.message) from None
+        if identity.user != session.identity.user:
+            raise ChannelError("forbidden", "the new token names another user (sub) than this connection's")
+        session.identity = identity
+        user = user_channel(session.user) if session.user is not None else None
+        # Sorted: the push names them in an order a test (and a person reading a log) can rely on.
+        lost = sorted(ch for ch in self.hub.channels_of(conn) if ch != user and not identity.may_use(ch))
+        push = b""
+        if lost:
+            self.hub.unsubscribe(conn, lost)
+            push = self._reply({"op": "unsubscribed", "channels": lost, "reason": "forbidden"})
+        self.expire_at(conn, identity.expires)
+        expires = identity.expires
+        if expires is not None and expires.is_integer():
+            expires = int(expires)  # the claim was most likely an integer: say it back as one
+        return push + self._reply({"op": "refreshed", "expires": expires}, request_id)
 
     def subscribe(self, conn: Any, channels: list[str], since: Any, request_id: Any, user: str | None) -> None:
         if since is not None:
@@ -224,7 +271,8 @@ def _channel_list(msg: dict[str, Any], user: str | None, most: int) -> list[str]
 
 
 class Session:
-    """The ``/pubsub`` application of a connection with a user id or a token's identity."""
+    """The ``/pubsub`` application of a connection with a user id or a token's identity.  ``identity`` is
+    the newest token's: :meth:`PubSub.refresh` replaces it (the user stays: a refresh may not change it)."""
 
     __slots__ = ("identity", "pubsub", "user")
 

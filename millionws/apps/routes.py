@@ -53,7 +53,9 @@ class App:
         self.host = host
         self.max_connections = max_connections
         self.echo = Echo(host.stats.c)
-        self.pubsub = PubSub(host)
+        self.verifier = (Verifier(cfg.auth_jwt_secret, cfg.auth_jwks, cfg.auth_audience, cfg.auth_issuer)
+                         if cfg.auth_jwt_secret or cfg.auth_jwks else None)
+        self.pubsub = PubSub(host, self.verifier)  # the same verifier: a refresh is checked as an upgrade is
         self.backend = Backend(host, self.pubsub)
         self.trust_user_param = cfg.trust_user_param
         self.websocket_routes: dict[bytes, Any] = {b"/echo": self.echo, b"/ws": self.echo,
@@ -61,8 +63,6 @@ class App:
         self.http_routes = {b"/health": self.health, b"/metrics": self.metrics, b"/stats": self.stats}
         # With an admin port, /metrics and /stats leave the public port (and the admin port serves nothing else).
         self.admin_split = cfg.admin_port != 0
-        self.verifier = (Verifier(cfg.auth_jwt_secret, cfg.auth_jwks, cfg.auth_audience, cfg.auth_issuer)
-                         if cfg.auth_jwt_secret or cfg.auth_jwks else None)
         self.auth_required = cfg.auth_required
         origins = {o.strip().lower().encode() for o in cfg.allowed_origins.split(",") if o.strip()}
         self.origins = None if not origins or b"*" in origins else origins

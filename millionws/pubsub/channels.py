@@ -198,6 +198,11 @@ class Hub:
         for hold in self.registry.remove(conn, channels):
             hold.conn = None  # its replay, when it comes, is for nobody
 
+    def channels_of(self, conn: Any) -> tuple[str, ...]:
+        """The channels ``conn`` holds (subscribed, or waiting for its replay); a copy, so the caller may
+        unsubscribe while it goes through them."""
+        return tuple(self.registry.of_conn.get(conn, ()))
+
     def drop(self, conn: Any) -> None:
         """``conn`` closed: forget every subscription of it (idempotent)."""
         for hold in self.registry.drop(conn):

@@ -17,7 +17,8 @@ Theory of operation:
   at once, and every later ping keeps that phase.  The k is one counter per worker, not a slot per
   connection, and a connection is still pinged within one interval of its open.
 * Token expiry (SECURITY.md: no silent extension): the heap of :mod:`expiry`, checked once a second;
-  an expired token gets Close 1008 and the normal closing handshake.
+  an expired token gets Close 1008 and the normal closing handshake.  Only a newer token, verified as
+  the upgrade's was (``refresh`` on ``/pubsub``), moves a connection's expiry (``Expiries.move``).
 * Drain (SIGTERM/SIGINT, decided by the worker, which owns the signals): every open WebSocket gets
   Close 1001 and the closing handshake; the worker is finished once none is left or the grace period
   is over, whichever comes first.  Upgrades are refused meanwhile by the application (``draining``).

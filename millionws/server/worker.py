@@ -32,11 +32,12 @@ Theory of operation:
 * Drain (SIGTERM/SIGINT) is its own part (:mod:`drain`): keep accepting so probes see 503 ``draining``,
   refuse upgrades, send 1001 to every WebSocket, exit once none is left or the grace period is over.
 * The application never sees the worker: it gets a ``Host`` (apps/host.py) holding :meth:`send`,
-  :meth:`fanout`, :meth:`answer`, :meth:`websocket_count`, whether the worker drains, and the few
-  objects it needs (config, stats, reactor, mesh).  While a connection's input is handled, what the
-  application sends to it joins that read's output (``_out``, which ``websocket.receive`` fills with
-  the replies and pongs): every byte to a connection leaves in the order it was produced, and the
-  eight replies to a read of eight messages leave in one write.
+  :meth:`fanout`, :meth:`answer`, :meth:`websocket_count`, whether the worker drains, the token-expiry
+  heap's ``move`` (for a ``refresh`` on ``/pubsub``), and the few objects it needs (config, stats,
+  reactor, mesh).  While a connection's input is handled, what the application sends to it joins that
+  read's output (``_out``, which ``websocket.receive`` fills with the replies and pongs): every byte to a
+  connection leaves in the order it was produced, and the eight replies to a read of eight messages
+  leave in one write.
 """
 
 from __future__ import annotations
@@ -138,7 +139,7 @@ class Worker:
         self._out: list[bytes] = []
         self._reading: Connection | None = None
         self.app = App(Host(index, cfg, self.stats, reactor, self.bus, self.send, self.fanout, self.answer,
-                            self.websocket_count, self.drain.is_draining), cfg.max_connections)
+                            self.websocket_count, self.drain.is_draining, self.expiries.move), cfg.max_connections)
         self.pipeline = HttpPipeline(cfg, self.stats, reactor, self.app.handle, output.write, closer,
                                      self.expiries, self.ws_in)
         start_tls = self.tls.start if self.tls is not None else None

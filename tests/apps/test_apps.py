@@ -37,6 +37,7 @@ class FakeReactor:
 class Conn:
     def __init__(self) -> None:
         self.sent: list[bytes] = []
+        self.expires: list[float | None] = []  # what the application asked of the expiry heap (host.expire_at)
 
 
 def host(draining: bool = False, count: int = 0, **settings: Any) -> tuple[Host, list[tuple[Any, Any]]]:
@@ -51,10 +52,13 @@ def host(draining: bool = False, count: int = 0, **settings: Any) -> tuple[Host,
             conn.sent.append(frame)
         return len(conns)
 
+    def expire_at(conn: Conn, expires: float | None) -> None:
+        conn.expires.append(expires)
+
     config = Config(workers=1, **settings)
     stats = metrics.WorkerStats(metrics.SharedStats(1), 0)
     return Host(0, config, stats, FakeReactor(), FakeMesh(), send, fanout, lambda c, r: answers.append((c, r)),
-                lambda: count, lambda: draining), answers
+                lambda: count, lambda: draining, expire_at), answers
 
 
 def documents(data: list[bytes] | bytes | None) -> list[dict]:

@@ -214,3 +214,87 @@ def test_unauthenticated_is_refused_even_for_echo(secured):
             await connect(secured.url("/echo"))
         assert info.value.response.status_code == 401
     asyncio.run(main())
+
+
+# -- refresh: a newer token over the open connection (docs/protocol.md, SECURITY.md "Expiry during a connection") --
+
+async def _ask(ws, document):
+    """Send ``document``; the frames up to and including the one that carries its id."""
+    await ws.send(json.dumps(document))
+    frames = []
+    while True:
+        frames.append(json.loads(await asyncio.wait_for(ws.recv(), 5)))
+        if frames[-1].get("id") == document["id"]:
+            return frames
+
+
+def test_a_refreshed_token_keeps_the_connection_past_its_first_exp_and_the_new_exp_closes_it(start_server):
+    server = start_server("--auth-jwt-secret", SECRET, "--close-timeout", "1", workers=1)
+
+    async def main():
+        opened = time.time()
+        async with connect(server.url("/pubsub"), additional_headers={"Authorization": f"Bearer {token(ttl=2)}"}) as ws:
+            await asyncio.sleep(1)
+            second_exp = time.time() + 3
+            second = jwt.encode({"sub": "alice", "channels": ["chat"], "exp": second_exp}, SECRET, algorithm="HS256")
+            frames = await _ask(ws, {"op": "refresh", "token": second, "id": 7})
+            assert frames == [{"op": "refreshed", "expires": second_exp, "id": 7}]
+            # Past the first exp and at least one expiry check (once a second): still open and answering.
+            await asyncio.sleep(max(0.0, opened + 3.2 - time.time()))
+            frames = await _ask(ws, {"op": "subscribe", "channels": ["chat"], "id": 8})
+            assert frames[-1]["op"] == "subscribed"
+            with pytest.raises(ConnectionClosedError) as info:
+                await asyncio.wait_for(ws.recv(), 10)
+            closed = time.time()
+            assert info.value.rcvd.code == 1008 and "expired" in info.value.rcvd.reason
+            assert second_exp <= closed < second_exp + 2.5  # at the second exp (checked once a second), not before
+    asyncio.run(main())
+
+
+def test_a_refresh_with_another_users_token_is_forbidden_and_the_connection_stays(secured):
+    async def main():
+        async with connect(secured.url("/pubsub"), additional_headers={"Authorization": f"Bearer {token()}"}) as ws:
+            frames = await _ask(ws, {"op": "refresh", "token": token(sub="mallory"), "id": 1})
+            assert [(f["op"], f["code"]) for f in frames] == [("error", "forbidden")]
+            frames = await _ask(ws, {"op": "subscribe", "channels": ["chat"], "id": 2})
+            assert frames[-1]["op"] == "subscribed"
+    asyncio.run(main())
+
+
+def test_a_refresh_with_a_bad_token_is_bad_token_saying_why_and_counted(secured):
+    before = metric_total(secured.port, "millionws_input_refused_total", code="bad_token")
+
+    async def main():
+        async with connect(secured.url("/pubsub"), additional_headers={"Authorization": f"Bearer {token()}"}) as ws:
+            frames = await _ask(ws, {"op": "refresh", "token": token(ttl=-60), "id": 1})
+            assert [(f["op"], f["code"]) for f in frames] == [("error", "bad_token")]
+            assert "expired" in frames[0]["message"]
+            frames = await _ask(ws, {"op": "refresh", "token": token(secret="another-secret-that-is-32-bytes!!"),
+                                     "id": 2})
+            assert frames[0]["code"] == "bad_token" and "signature" in frames[0]["message"]
+    asyncio.run(main())
+    wait_for(lambda: metric_total(secured.port, "millionws_input_refused_total", code="bad_token") == before + 2)
+
+
+def test_a_refresh_that_shrinks_the_grants_unsubscribes_the_lost_channels_with_a_push(secured):
+    async def main():
+        headers = {"Authorization": f"Bearer {token(sub='carol', channels=['news.*', 'chat.r'])}"}
+        async with connect(secured.url("/pubsub"), additional_headers=headers) as ws:
+            frames = await _ask(ws, {"op": "subscribe", "channels": ["news.r", "chat.r"], "since": {"chat.r": 0},
+                                     "id": 1})
+            assert frames[0] == {"op": "subscribed", "channels": ["news.r", "chat.r"], "id": 1}
+            frames = await _ask(ws, {"op": "refresh", "token": token(sub="carol", channels=["news.*"]), "id": 2})
+            assert [f["op"] for f in frames] == ["unsubscribed", "refreshed"]
+            assert frames[0] == {"op": "unsubscribed", "channels": ["chat.r"], "reason": "forbidden"}
+            # The lost channel's messages stop; the kept one's still come.
+            for channel in ("chat.r", "news.r"):
+                status = await asyncio.to_thread(post, secured.port, f"/publish/{channel}", {"on": channel}, BACKEND)
+                assert status == 200
+            got = [json.loads(await asyncio.wait_for(ws.recv(), 5))]
+            while got[-1].get("channel") != "news.r":
+                got.append(json.loads(await asyncio.wait_for(ws.recv(), 5)))
+            # A request after it: the chat message, sequenced before news.r was published, had time to arrive.
+            got += await _ask(ws, {"op": "subscribe", "channels": ["chat.r"], "id": 3})
+            assert (got[-1]["op"], got[-1]["code"]) == ("error", "forbidden")
+            assert [(f["channel"], f["data"]) for f in got if f["op"] == "message"] == [("news.r", {"on": "news.r"})]
+    asyncio.run(main())

@@ -80,6 +80,18 @@ def test_an_expired_token_gets_1008_and_the_closing_handshake_and_the_check_come
     assert reactor.calls == [(1.0, keepalive.check_expiries)]
 
 
+def test_a_refreshed_token_is_not_closed_at_its_old_expiry_but_at_its_new_one():
+    keepalive, transport, _reactor = make()
+    conn = websocket(keepalive, 3)
+    keepalive.expiries.add(conn, time.time() - 1)  # the upgrade's token: expired by the time the check runs
+    keepalive.expiries.move(conn, time.time() + 3600)  # as the Host's expire_at does after a refresh
+    keepalive.check_expiries()
+    assert conn.state == OPEN and 3 not in transport.sent
+    keepalive.expiries.move(conn, time.time() - 1)  # a later refresh whose token is already at its end
+    keepalive.check_expiries()
+    assert (conn.state, conn.reason) == (CLOSING, R_POLICY) and transport.sent[3][2:4] == (1008).to_bytes(2, "big")
+
+
 def test_drain_says_1001_to_every_websocket_and_finishes_when_the_last_one_is_gone():
     keepalive, transport, reactor = make()
     first, second = websocket(keepalive, 3), websocket(keepalive, 4)
