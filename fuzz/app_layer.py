@@ -94,14 +94,16 @@ class FakeReactor:
 
 
 class FakeBus:
-    def __init__(self, node: Node, index: int) -> None:
-        self.node = node
+    node = "f0" * 8  # the node's id, as the supervisor's mesh names it (pubsub/mesh.py)
+
+    def __init__(self, owner: Node, index: int) -> None:
+        self.owner = owner
         self.index = index
         self.on_record: Any = None
 
     def send(self, dest: int, record: bytes) -> None:
         assert dest != self.index and 0 <= dest < 2, dest
-        self.node.queue.append((self.index, dest, bytes(record)))
+        self.owner.queue.append((self.index, dest, bytes(record)))
 
 
 class FakeWorker:

@@ -78,10 +78,12 @@ FIELDS: tuple[str, ...] = (
     "bus_outbox", "publishes_pending", "replay_holds_expired", "admission_keys",
     # permessage-deflate (protocol/deflate.py): each pair is (compressed, uncompressed), adjacent on purpose
     "compressed_in", "uncompressed_in", "compressed_out", "uncompressed_out",
+    # the control plane (pubsub/control.py)
+    "control_partial", "control_peers",
 )
 F = {name: i for i, name in enumerate(FIELDS)}
 GAUGES = ("pid", "started", "draining", "connections", "channels", "subscriptions", "bus_up", "bus_outbox",
-          "publishes_pending", "admission_keys")
+          "publishes_pending", "admission_keys", "control_peers")
 DISCONNECT0 = F["disconnect_normal"]
 HANDSHAKE0 = F["handshake_failed_bad_request"]
 TLS_FAILED0 = F["tls_failed_" + TLS_FAILURES[0]]
@@ -312,6 +314,11 @@ class _Collector:
              "never came (owner worker or broker away): resolved with gap unknown.", "replay_holds_expired"),
             (GaugeMetricFamily, "millionws_admission_keys", "Source addresses and channels tracked by rate "
              "limits (swept when idle).", "admission_keys"),
+            (CounterMetricFamily, "millionws_control_partial", "Questions to every worker (API calls across "
+             "workers and nodes) that ended without every answer: deadline, an error answer, or the bus down.",
+             "control_partial"),
+            (GaugeMetricFamily, "millionws_control_peers", "Workers of other nodes this worker knows on the bus "
+             "(announced within 3 intervals).", "control_peers"),
             (CounterMetricFamily, "millionws_bus_catchups", "Missed ranges read back from the broker's stream "
              "(after a loss on the live path or an outage).", "bus_catchups"),
         ):

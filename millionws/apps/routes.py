@@ -12,6 +12,7 @@ path        method      answer
 /pubsub     GET+Upgrade WebSocket; channels, JSON protocol of docs/protocol.md (``pubsub``)
 /publish/C  POST        body: one JSON document, published to channel C (``backend``)
 /users/U/messages POST  body: one JSON document, to every connection of user U (``backend``)
+/channels   GET         active channels with their subscribers, every worker and node (``api``)
 /health     GET, HEAD   200 {"status":"ok",...}; 503 {"status":"draining"} while draining;
                         ``?ready``: also 503 while the --bus broker is unreachable
 /metrics    GET, HEAD   Prometheus text exposition for every worker of the pod
@@ -36,6 +37,7 @@ from ..auth import AuthError, Identity, Verifier, bearer, extract_token
 from ..protocol import extensions, http
 from ..protocol.http import HttpError
 from ..pubsub.channels import valid_user
+from .api import Api
 from .backend import Backend, refused
 from .echo import Echo
 from .host import Host, Response
@@ -43,6 +45,8 @@ from .pubsub import BAD_USER, PubSub, Session
 
 _AUTH_FAILED0 = metrics.F["auth_failed_missing"]
 _PROTOCOL_HEADER = b"Sec-WebSocket-Protocol: millionws\r\n\r\n"
+# The backend's API (docs/api.md): every path under these needs the backend credential.
+_BACKEND_PATHS = (b"/publish/", b"/users/", b"/channels", b"/broadcast")
 
 
 class App:
@@ -55,6 +59,7 @@ class App:
         self.echo = Echo(host.stats.c)
         self.pubsub = PubSub(host)
         self.backend = Backend(host, self.pubsub)
+        self.api = Api(host, self.pubsub)
         self.trust_user_param = cfg.trust_user_param
         self.websocket_routes: dict[bytes, Any] = {b"/echo": self.echo, b"/ws": self.echo,
                                                    b"/pubsub": self.pubsub}
@@ -110,9 +115,11 @@ class App:
                     ws_app = self.user_session(query)
             return Response(accepted, 101, True, ws_app, identity, deflate)
         keep_alive = http.keep_alive(request)
-        if not admin and (path.startswith(b"/publish/") or path.startswith(b"/users/")):
+        if not admin and path.startswith(_BACKEND_PATHS):  # docs/api.md
             self.check_backend(request)
-            return self.backend.post(request, path, body, keep_alive, conn)
+            if path.startswith(b"/publish/") or (path.startswith(b"/users/") and path.endswith(b"/messages")):
+                return self.backend.post(request, path, body, keep_alive, conn)
+            return self.api.handle(request, path, query, body, keep_alive, conn)
         route = self.http_routes.get(path)
         if self.admin_split and not admin and path != b"/health":
             route = None  # /metrics and /stats live on the admin port

@@ -116,7 +116,8 @@ class Worker:
                                if deflating else self.frames)
         self.bus = LocalBus(index, mesh.take(index) if mesh is not None else {}, reactor, c,
                             max_datagram=cfg.mesh_max_datagram, max_outbox=cfg.mesh_max_outbox,
-                            datagrams_per_wake=cfg.mesh_datagrams_per_wake)
+                            datagrams_per_wake=cfg.mesh_datagrams_per_wake,
+                            node=mesh.node if mesh is not None else None)
         # Abuse limits (SECURITY.md); each is off unless configured, so an unused limit costs nothing.
         self.admission = Admission(c, cfg.max_connect_rate_per_ip, cfg.max_connections_per_ip)
         self.expiries = Expiries()

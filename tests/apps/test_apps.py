@@ -21,6 +21,7 @@ from millionws.protocol.websocket import encode_frame
 
 class FakeMesh:
     on_record: Any = None
+    node = "ab" * 8  # the node's id (pubsub/mesh.py)
 
     def send(self, dest: int, record: bytes) -> None:
         raise AssertionError("one worker: no record leaves it")

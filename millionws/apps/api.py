@@ -1,0 +1,216 @@
+"""The backend's API beyond publishing (docs/api.md): what the channels hold, across workers and nodes.
+
+Theory of operation.  ``apps/backend.py`` publishes; this module answers questions whose answer is spread
+over every worker of every node, through the control plane (:mod:`pubsub.control`): the worker that got the
+request *gathers* the answers of a handler registered under a kind on every worker, merges them, and answers
+the HTTP request once all came or the deadline passed (``--control-timeout``), with ``"partial": true`` then.
+The answer is deferred like a publish's (:class:`Deferred`, ``host.answer``); the server holds the request
+meanwhile, never longer than its backstop.
+
+Input is checked where it enters, twice: the request here (path segment, query string: strict, bounded,
+unknown or repeated parameters refused, integers as ASCII digits in range; a refusal is 400 with a ``code``,
+counted), and the arguments a handler receives from another worker (they crossed a process boundary, maybe
+the broker: a handler that finds one out of range raises, and its worker answers an error).  Answers from
+other workers are checked too, and one that fails is left out (``partial``).
+
+``GET /channels`` costs each worker one pass over its channels (:meth:`Registry.page`) and at most
+``limit`` names in its answer, whatever the number of channels: the merge is bounded by workers x limit.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import h11
+
+from ..jsonsafe import MAX_SAFE_INTEGER
+from ..metrics import WorkerStats
+from ..protocol import http
+from ..protocol.http import HttpError
+from ..pubsub.records import USER_PREFIX, valid_internal
+from .backend import refused
+from .host import Host, Response
+from .pubsub import PubSub
+
+MAX_QUERY = 2048  # bytes of a query string: far more than the parameters of any endpoint need
+_PREFIX_RE = re.compile(r"[A-Za-z0-9._:@+=|-]{0,128}\Z")  # what channel names (clients' and users') are made of
+
+
+class Deferred:
+    """The answer to one HTTP request: given at once when it is known before the handler returns, else later
+    through ``host.answer``."""
+
+    __slots__ = ("answer", "conn", "outcome", "waiting")
+
+    def __init__(self, answer: Callable[[Any, Any], None], conn: Any) -> None:
+        self.answer = answer
+        self.conn = conn
+        self.outcome: Response | HttpError | None = None
+        self.waiting = False
+
+    def give(self, outcome: Response | HttpError) -> None:
+        if self.waiting:
+            self.answer(self.conn, outcome)
+        else:
+            self.outcome = outcome
+
+    def returned(self) -> Response | None:
+        """What :meth:`App.handle` returns: the answer if it is known already, else None (deferred)."""
+        outcome = self.outcome
+        if isinstance(outcome, HttpError):
+            raise outcome
+        self.waiting = outcome is None
+        return outcome
+
+
+# -- the query string --------------------------------------------------------------------------------------
+
+def integer(low: int, high: int) -> Callable[[str], int]:
+    """A parameter that is a decimal integer in ``low`` .. ``high``: ASCII digits only (no sign, no space)."""
+    def convert(text: str) -> int:
+        if not (0 < len(text) <= 16 and text.isascii() and text.isdigit()):
+            raise ValueError(f"an integer {low}..{high}")
+        value = int(text)
+        if not low <= value <= high:
+            raise ValueError(f"an integer {low}..{high}")
+        return value
+    return convert
+
+
+def flag(text: str) -> bool:
+    if text not in ("0", "1"):
+        raise ValueError("0 or 1")
+    return text == "1"
+
+
+def channel_name(text: str) -> str:
+    """A channel's name as the API may name it: a client's, or a user's own (``@user:<id>``)."""
+    if not valid_internal(text):
+        raise ValueError("a channel name (1 to 128 of A-Z a-z 0-9 . _ : -, or @user:<id>)")
+    return text
+
+
+def prefix_of(text: str) -> str:
+    if not _PREFIX_RE.match(text):
+        raise ValueError("at most 128 of the characters of channel names")
+    return text
+
+
+def parse_query(stats: WorkerStats, raw: bytes, spec: dict[str, Callable[[str], Any]]) -> dict[str, Any]:
+    """The parameters of ``raw`` (percent-decoded; ``+`` is a plus), each converted by ``spec``; 400
+    ``bad_request`` for an unknown, repeated or invalid one."""
+    if len(raw) > MAX_QUERY:
+        raise refused(stats, 400, f"the query string is over {MAX_QUERY} bytes", "bad_request")
+    params: dict[str, Any] = {}
+    for part in raw.split(b"&"):
+        if not part:
+            continue
+        key, _, value = part.partition(b"=")
+        try:
+            name = unquote_to_bytes(key).decode("ascii")
+            text = unquote_to_bytes(value).decode("ascii")
+        except UnicodeDecodeError:
+            raise refused(stats, 400, "query parameters are ASCII", "bad_request") from None
+        convert = spec.get(name)
+        if convert is None:
+            known = ", ".join(spec) or "none"
+            raise refused(stats, 400, f"unknown parameter {name[:40]!r} (known: {known})", "bad_request")
+        if name in params:
+            raise refused(stats, 400, f"parameter {name!r} given twice", "bad_request")
+        try:
+            params[name] = convert(text)
+        except ValueError as exc:
+            raise refused(stats, 400, f"parameter {name!r} must be {exc}", "bad_request") from None
+    return params
+
+
+def allow(request: h11.Request, *methods: bytes) -> None:
+    if request.method not in methods:
+        raise HttpError(405, "method not allowed", http.HS_METHOD, (("Allow", ", ".join(m.decode() for m in methods)),))
+
+
+def answered(document: dict[str, Any], keep_alive: bool) -> Response:
+    return Response(http.render_json(200, document, keep_alive), 200, keep_alive)
+
+
+# -- the endpoints ------------------------------------------------------------------------------------------
+
+class Api:
+    """``/channels...``: see the module docstring and docs/api.md."""
+
+    def __init__(self, host: Host, pubsub: PubSub) -> None:
+        cfg = host.config
+        self.stats = host.stats
+        self.answer = host.answer
+        self.hub = pubsub.hub
+        self.control = pubsub.control
+        self.max_page = cfg.channels_max_limit
+        self.control.register("channels", self._channels_here)
+
+    def handle(self, request: h11.Request, path: bytes, query: bytes, body: bytes, keep_alive: bool,
+               conn: Any) -> Response | None:
+        """One request to a path of this API (the backend credential was checked); None: deferred."""
+        if path == b"/channels":
+            allow(request, b"GET")
+            return self.channels(query, keep_alive, conn)
+        raise HttpError(404, "no such path", http.HS_NOT_FOUND)
+
+    # -- GET /channels -----------------------------------------------------------------------------------
+    def channels(self, query: bytes, keep_alive: bool, conn: Any) -> Response | None:
+        params = parse_query(self.stats, query, {"cursor": channel_name, "limit": integer(1, self.max_page),
+                                                 "prefix": prefix_of, "users": flag})
+        limit = params.get("limit", min(100, self.max_page))
+        args = {"after": params.get("cursor", ""), "prefix": params.get("prefix", ""), "limit": limit,
+                "users": params.get("users", False)}
+        deferred = Deferred(self.answer, conn)
+        self.control.gather("channels", args, partial(self._channels_merged, deferred, args, keep_alive))
+        return deferred.returned()
+
+    def _channels_here(self, args: dict[str, Any]) -> list[tuple[str, int]]:
+        """This worker's part of a page (the ``channels`` handler): its channels after the cursor, by name."""
+        after, prefix, limit, users = args.get("after"), args.get("prefix"), args.get("limit"), args.get("users")
+        if not (type(after) is str and (after == "" or valid_internal(after)) and type(prefix) is str
+                and _PREFIX_RE.match(prefix) and type(limit) is int and 1 <= limit <= self.max_page
+                and type(users) is bool):
+            raise ValueError(f"channels: arguments out of range {args!r:.200}")
+        return self.hub.registry.page(after, prefix, limit, users)
+
+    def _channels_merged(self, deferred: Deferred, args: dict[str, Any], keep_alive: bool, answers: list[Any],
+                         complete: bool) -> None:
+        limit = args["limit"]
+        counts: dict[str, int] = {}
+        more = False  # a worker may hold names beyond its part: there is a next page
+        for rows in answers:
+            if not self._valid_part(rows, args):
+                complete = False  # a worker answered junk: left out, said
+                continue
+            more = more or len(rows) == limit
+            for name, count in rows:
+                counts[name] = counts.get(name, 0) + count
+        names = sorted(counts)
+        page = names[:limit]
+        more = more or len(names) > limit
+        deferred.give(answered({"channels": [{"channel": name, "subscribers": counts[name]} for name in page],
+                                "next_cursor": page[-1] if more and page else None, "partial": not complete},
+                               keep_alive))
+
+    @staticmethod
+    def _valid_part(rows: Any, args: dict[str, Any]) -> bool:
+        """One worker's answer: at most ``limit`` ``[name, count]`` after the cursor, with the prefix, unique."""
+        if type(rows) is not list or len(rows) > args["limit"]:
+            return False
+        seen = set()
+        for row in rows:
+            if type(row) is not list or len(row) != 2:
+                return False
+            name, count = row
+            if (type(name) is not str or not valid_internal(name) or name <= args["after"] or name in seen
+                    or not name.startswith(args["prefix"]) or (not args["users"] and name.startswith(USER_PREFIX))
+                    or type(count) is not int or not 0 <= count <= MAX_SAFE_INTEGER):
+                return False
+            seen.add(name)
+        return True
