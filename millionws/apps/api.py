@@ -1,5 +1,8 @@
 """The backend's API beyond publishing (docs/api.md): what the channels hold, across workers and nodes.
 
+Routes: ``GET /channels`` and ``/channels/{c}/<what>``, one method per ``<what>`` in ``Api.channel_routes``
+(``history`` here; a new one adds its entry there).
+
 Theory of operation.  ``apps/backend.py`` publishes; this module answers questions whose answer is spread
 over every worker of every node, through the control plane (:mod:`pubsub.control`): the worker that got the
 request *gathers* the answers of a handler registered under a kind on every worker, merges them, and answers
@@ -19,6 +22,7 @@ other workers are checked too, and one that fails is left out (``partial``).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from functools import partial
@@ -29,10 +33,12 @@ import h11
 
 from ..jsonsafe import MAX_SAFE_INTEGER
 from ..metrics import WorkerStats
+from ..namespaces import namespaces_of
 from ..protocol import http
 from ..protocol.http import HttpError
+from ..pubsub.history import History, Page
 from ..pubsub.records import USER_PREFIX, valid_internal
-from .backend import refused
+from .backend import refused, segment
 from .host import Host, Response
 from .pubsub import PubSub
 
@@ -149,7 +155,12 @@ class Api:
         self.hub = pubsub.hub
         self.control = pubsub.control
         self.max_page = cfg.channels_max_limit
+        self.max_history = cfg.history_max_limit
+        self.namespaces = namespaces_of(cfg)
         self.control.register("channels", self._channels_here)
+        self.histories = History(self.hub, self.control, cfg.history_max_limit)
+        # /channels/{c}/<what>: method(request, channel, query, keep_alive, conn) -> Response | None.
+        self.channel_routes: dict[bytes, Callable[..., Response | None]] = {b"history": self.history}
 
     def handle(self, request: h11.Request, path: bytes, query: bytes, body: bytes, keep_alive: bool,
                conn: Any) -> Response | None:
@@ -157,7 +168,42 @@ class Api:
         if path == b"/channels":
             allow(request, b"GET")
             return self.channels(query, keep_alive, conn)
+        parts = path.split(b"/")
+        if len(parts) == 4 and parts[1] == b"channels" and parts[3] in self.channel_routes:
+            channel = segment(parts[2])  # may be percent-encoded; a user's own: @user:<id>
+            if not valid_internal(channel):
+                raise refused(self.stats, 400, "a channel name is 1 to 128 characters of A-Z a-z 0-9 . _ : - "
+                              "(or @user:<id>)", "bad_channel")
+            return self.channel_routes[parts[3]](request, channel, query, keep_alive, conn)
         raise HttpError(404, "no such path", http.HS_NOT_FOUND)
+
+    # -- GET /channels/{c}/history -------------------------------------------------------------------------
+    def history(self, request: h11.Request, channel: str, query: bytes, keep_alive: bool,
+                conn: Any) -> Response | None:
+        allow(request, b"GET")
+        if not self.namespaces.of(channel).history:
+            raise refused(self.stats, 403, "this channel's history is off (--channel-options history=off)",
+                          "history_disabled")
+        params = parse_query(self.stats, query, {"since": integer(0, MAX_SAFE_INTEGER),
+                                                 "limit": integer(1, self.max_history)})
+        deferred = Deferred(self.answer, conn)
+        self.histories.read(channel, params.get("since", 0), params.get("limit", min(100, self.max_history)),
+                            partial(self._history_read, deferred, channel, keep_alive))
+        return deferred.returned()
+
+    def _history_read(self, deferred: Deferred, channel: str, keep_alive: bool, page: Page | None,
+                      error: str) -> None:
+        if page is None:
+            deferred.give(refused(self.stats, 503, f"the channel's history cannot be read now ({error})",
+                                  "unavailable", (("Retry-After", "1"),)))
+            return
+        last, epoch, first, reset, entries = page
+        head = json.dumps({"channel": channel, "seq": last, "epoch": epoch, "first": first, "reset": reset},
+                          separators=(",", ":")).encode()
+        # The data are JSON documents already (checked where they entered): put in as they are.
+        body = b"%s,\"messages\":[%s]}" % (head[:-1], b",".join(b'{"seq":%d,"data":%s}' % (seq, data)
+                                                                for seq, data in entries))
+        deferred.give(Response(http.render(200, body, "application/json", keep_alive), 200, keep_alive))
 
     # -- GET /channels -----------------------------------------------------------------------------------
     def channels(self, query: bytes, keep_alive: bool, conn: Any) -> Response | None:

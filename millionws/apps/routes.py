@@ -13,6 +13,7 @@ path        method      answer
 /publish/C  POST        body: one JSON document, published to channel C (``backend``)
 /users/U/messages POST  body: one JSON document, to every connection of user U (``backend``)
 /channels   GET         active channels with their subscribers, every worker and node (``api``)
+/channels/C/history GET what C's sequencer holds after ?since=, with seq and epoch (``api``)
 /health     GET, HEAD   200 {"status":"ok",...}; 503 {"status":"draining"} while draining;
                         ``?ready``: also 503 while the --bus broker is unreachable
 /metrics    GET, HEAD   Prometheus text exposition for every worker of the pod

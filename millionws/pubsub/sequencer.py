@@ -20,10 +20,16 @@ Theory of operation:
   one is refused (``None``), so a flood of one-message channels cannot grow the table without bound.
 * The sequence of a restarted worker starts again at 1 too: persistence across restarts is the job of
   an external bus (:mod:`brokers`), which then numbers the messages instead of this module.
+* **Epochs.**  So that a reader of a channel's history can tell "the sequence started again" from "nothing
+  new", each sequence has an epoch (:meth:`Sequencer.epoch`): this table's random incarnation (a restart
+  makes another) and the number of the channel's state in it (an eviction and a new start make another),
+  one int per channel.
 """
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable
@@ -90,10 +96,11 @@ class ReplayBuffer:
 class Owned:
     """A channel this worker sequences."""
 
-    __slots__ = ("seq", "replay", "interest", "touched")
+    __slots__ = ("seq", "replay", "interest", "touched", "born")
 
-    def __init__(self, seconds: float, max_messages: int, max_bytes: int = 4 << 20) -> None:
+    def __init__(self, seconds: float, max_messages: int, max_bytes: int = 4 << 20, born: int = 0) -> None:
         self.seq = 0
+        self.born = born  # the how-manieth channel state of its sequencer: with its incarnation, the epoch
         self.touched = monotonic()  # last publish or interest: for eviction
         self.replay = ReplayBuffer(seconds, max_messages, max_bytes)
         self.interest: set[int] = set()  # other workers with subscribers
@@ -109,6 +116,8 @@ class Sequencer:
         self.replay_max_bytes = replay_max_bytes
         self.max_owned = max_owned
         self.owned: dict[str, Owned] = {}
+        self.incarnation = secrets.token_hex(8)  # this table's: a restarted worker has another
+        self.created = 0  # channel states made so far
 
     def take(self, channel: str) -> Owned | None:
         """The state of ``channel``, made if new; None when a new one would pass ``max_owned``."""
@@ -116,8 +125,14 @@ class Sequencer:
         if owned is None:
             if len(self.owned) >= self.max_owned:
                 return None
-            self.owned[channel] = owned = Owned(self.replay_seconds, self.replay_max_messages, self.replay_max_bytes)
+            self.created += 1
+            self.owned[channel] = owned = Owned(self.replay_seconds, self.replay_max_messages, self.replay_max_bytes,
+                                                self.created)
         return owned
+
+    def epoch(self, owned: Owned) -> str:
+        """The epoch of ``owned``'s sequence: 16 hex digits, another one whenever the sequence starts again."""
+        return hashlib.blake2b(b"%s.%d" % (self.incarnation.encode(), owned.born), digest_size=8).hexdigest()
 
     def number(self, channel: str, data: bytes) -> Owned | None:
         """Give ``data`` the next ``seq`` of ``channel`` and buffer it; the channel's state (its ``seq`` is

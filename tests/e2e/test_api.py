@@ -8,10 +8,13 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
+import signal
 import time
 
 import pytest
 
+from millionws.pubsub.channels import owner_of
 from tests.conftest import wait_for
 from tests.e2e.test_bus import bus_up
 from tests.e2e.test_pubsub import open_on_both_workers, subscribed
@@ -165,3 +168,112 @@ def test_channels_with_the_bus_down_answers_this_node_partial(start_server, nats
             await ws.close()
 
     asyncio.run(main())
+
+
+# -- GET /channels/{c}/history ------------------------------------------------------------------------------
+
+def publish(port: int, channel: str, documents: list) -> list[int]:
+    """POST /publish on one keep-alive connection (so the publishes keep their order); their seqs."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    seqs = []
+    try:
+        for doc in documents:
+            conn.request("POST", f"/publish/{channel}", json.dumps(doc).encode(),
+                         {"Authorization": f"Bearer {TOKEN}"})
+            response = conn.getresponse()
+            answer = json.loads(response.read())
+            assert response.status == 200, answer
+            seqs.append(answer["seq"])
+    finally:
+        conn.close()
+    return seqs
+
+
+def history(port: int, channel: str, query: str = "") -> dict:
+    status, doc = get(port, f"/channels/{channel}/history{query}")
+    assert status == 200, doc
+    return doc
+
+
+def test_history_on_two_workers_reads_the_owner_whichever_worker_answers(start_server):
+    server = api_node(start_server, "--channel-options", "secret.* history=off")
+    channel = "hist"
+    assert publish(server.port, channel, [{"n": n} for n in range(1, 13)]) == list(range(1, 13))
+    before = metrics(server.port)
+    epochs = set()
+    for _ in range(16):  # one connection each: both workers answer some
+        doc = history(server.port, channel, "?since=3&limit=4")
+        assert {k: doc[k] for k in ("channel", "seq", "first", "reset")} == \
+            {"channel": channel, "seq": 12, "first": 1, "reset": False}
+        assert doc["messages"] == [{"seq": n, "data": {"n": n}} for n in range(4, 8)]
+        epochs.add(doc["epoch"])
+    assert len(epochs) == 1 and len(next(iter(epochs))) == 16
+
+    def both_answered():
+        after = metrics(server.port)
+        return all(total(after, "millionws_http_requests_total", status="200", worker=w)
+                   > total(before, "millionws_http_requests_total", status="200", worker=w) for w in ("0", "1"))
+    wait_for(both_answered, TIMEOUT, what="history answered by both workers")
+    assert history(server.port, channel)["messages"][0]["seq"] == 1  # since 0, limit 100 by default
+    assert history(server.port, channel, "?since=12")["messages"] == []
+    ahead = history(server.port, channel, "?since=500&limit=2")
+    assert ahead["reset"] is True and [m["seq"] for m in ahead["messages"]] == [1, 2]
+    never = history(server.port, "never.used")
+    assert (never["seq"], never["epoch"], never["first"], never["messages"]) == (0, None, 1, [])
+    status, doc = get(server.port, "/channels/secret.plans/history")
+    assert (status, doc["code"]) == (403, "history_disabled")
+    wait_for(lambda: total(metrics(server.port), "millionws_input_refused_total", code="history_disabled") == 1,
+             TIMEOUT, what="counted")
+
+
+def test_history_epoch_changes_when_the_owner_restarts_and_its_sequence_starts_again(start_server):
+    server = api_node(start_server)
+    channel = "restarts"
+    publish(server.port, channel, [1, 2, 3])
+    before = history(server.port, channel)
+    pid = server.worker_pids()[owner_of(channel, 2)]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: pid not in server.worker_pids() and all(server.worker_pids()), TIMEOUT, what="restarted")
+    after = wait_for(lambda: (doc := history(server.port, channel)) and doc["seq"] == 0 and doc, TIMEOUT,
+                     what="the owner's new sequence")
+    assert publish(server.port, channel, ["again"]) == [1]
+    again = history(server.port, channel)
+    assert again["seq"] == 1 and again["epoch"] != before["epoch"] and after["epoch"] is None
+    assert again["messages"] == [{"seq": 1, "data": "again"}]
+
+
+@pytest.mark.parametrize("path", ["/channels/c/history?since=-1", "/channels/c/history?since=x",
+                                  "/channels/c/history?since=9007199254740992", "/channels/c/history?limit=0",
+                                  "/channels/c/history?limit=1001", "/channels/c/history?limit=1&limit=1",
+                                  "/channels/c/history?from=1", "/channels/bad%20name/history",
+                                  "/channels/%ff/history", "/channels/@user:/history"])
+def test_history_refuses_bad_requests(server_with_token, path):
+    status, doc = get(server_with_token.port, path)
+    assert status == 400 and doc["code"] in ("bad_request", "bad_channel"), doc
+    assert doc["code"] == ("bad_channel" if "?" not in path else "bad_request")
+
+
+def test_history_method_and_credential(server_with_token):
+    status, _, headers = call(server_with_token.port, "POST", "/channels/c/history", b"")
+    assert (status, headers["Allow"]) == (405, "GET")
+    assert get(server_with_token.port, "/channels/c/history", token=None)[0] == 401
+    assert get(server_with_token.port, "/channels/c/nothing")[0] == 404
+
+
+def test_history_across_nodes_is_the_brokers_with_one_epoch(start_server, broker):
+    a, b = bus_node(start_server, broker), bus_node(start_server, broker)
+    wait_bus_up(a, b)
+    assert publish(a.port, "shared", [{"k": k} for k in range(1, 8)]) == list(range(1, 8))
+    on_b = history(b.port, "shared", "?since=2&limit=3")
+    on_a = history(a.port, "shared", "?since=2&limit=3")
+    assert on_a == on_b
+    assert (on_b["seq"], on_b["first"], on_b["reset"]) == (7, 1, False)
+    assert on_b["messages"] == [{"seq": k, "data": {"k": k}} for k in (3, 4, 5)]
+    assert len(on_b["epoch"]) == 16
+    never = history(b.port, "never.used")
+    assert (never["seq"], never["epoch"], never["messages"]) == (0, None, [])
+    assert history(a.port, "shared", "?since=99")["reset"] is True
+    broker.kill()
+    wait_for(lambda: total(metrics(b.port), "millionws_bus_up") == 0, TIMEOUT, what="bus down")
+    status, doc, headers = call(b.port, "GET", "/channels/shared/history")
+    assert (status, doc["code"], headers["Retry-After"]) == (503, "unavailable", "1")
