@@ -114,6 +114,7 @@ class FakeWorker:
         self.stats = metrics.WorkerStats(node.shared, index)
         self.bus = FakeBus(node, index)
         self.reactor = FakeReactor()
+        self.closed: list[tuple[FakeConn, int, str]] = []
 
     def websocket_count(self) -> int:
         return 0
@@ -130,6 +131,10 @@ class FakeWorker:
     def answer(self, conn: FakeConn, response: Any) -> None:
         conn.answers.append(response)
 
+    def close(self, conn: FakeConn, code: int, reason: str) -> bool:
+        self.closed.append((conn, code, reason))  # a backend's disconnect (the closing itself is the server's)
+        return True
+
 
 class Node:
     """Two workers of one node, their mesh a queue that :meth:`pump` empties."""
@@ -139,7 +144,7 @@ class Node:
         self.queue: list[tuple[int, int, bytes]] = []
         self.workers = [FakeWorker(self, i, config) for i in range(2)]
         self.apps = [App(Host(w.index, w.config, w.stats, w.reactor, w.bus, w.write, w.fanout, w.answer,
-                              w.websocket_count, lambda w=w: w.draining), 1000) for w in self.workers]
+                              w.websocket_count, lambda w=w: w.draining, w.close), 1000) for w in self.workers]
         for app in self.apps:
             app.start()  # HELLO to the peer; the sweep goes to the fake reactor
         self.pump()

@@ -158,6 +158,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("channels_max_limit", int, 1000,
            "largest page of GET /channels (?limit=); each worker answers at most this many names"),
     Option("history_max_limit", int, 1000, "most messages one GET /channels/{c}/history answers (?limit=)"),
+    Option("api_max_channels", int, 1000, "channels one POST /broadcast or /users/{id}/unsubscribe may name"),
     # -- between the workers of one node (millionws/pubsub/mesh.py) ----------------------------------------
     Option("mesh_socket_buffer", int, 4 << 20,
            "bytes in flight per direction on each worker-to-worker socket; past it records wait in an outbox"),
@@ -258,6 +259,7 @@ class Config:
     control_announce_interval: float = 2.0
     channels_max_limit: int = 1000
     history_max_limit: int = 1000
+    api_max_channels: int = 1000
     mesh_socket_buffer: int = 4 << 20
     mesh_max_datagram: int = 256 << 10
     mesh_max_outbox: int = 64 << 20
@@ -280,7 +282,7 @@ class Config:
                     "bus_backoff_min", "bus_backoff_max", "bus_connect_timeout", "bus_heartbeat",
                     "bus_live_pending_messages", "bus_live_pending_bytes",
                     "bus_max_json_depth", "control_timeout", "control_max_peers", "control_announce_interval",
-                    "channels_max_limit", "history_max_limit",
+                    "channels_max_limit", "history_max_limit", "api_max_channels",
                     "mesh_socket_buffer", "mesh_max_datagram", "mesh_max_outbox",
                     "mesh_datagrams_per_wake", "receive_buffer", "accept_batch", "pipeline_budget",
                     "timer_resolution", "stats_interval", "sweep_interval")

@@ -53,7 +53,7 @@ DROPPED_RECORDS = ("mesh_malformed", "mesh_outbox_full", "broker_malformed")
 INPUT_CODES = ("bad_json", "too_deep", "bad_unicode", "bad_number", "bad_request", "bad_id", "unknown_op",
                "bad_channel", "bad_since", "bad_user", "forbidden", "too_many_channels", "too_many_subscribers",
                "binary_not_supported", "rate_limited", "unavailable", "publish_timeout", "channel_limit",
-               "history_disabled")
+               "history_disabled", "bad_code")
 FANOUT_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 FIELDS: tuple[str, ...] = (

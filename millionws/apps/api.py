@@ -7,8 +7,9 @@ Theory of operation.  ``apps/backend.py`` publishes; this module answers questio
 over every worker of every node, through the control plane (:mod:`pubsub.control`): the worker that got the
 request *gathers* the answers of a handler registered under a kind on every worker, merges them, and answers
 the HTTP request once all came or the deadline passed (``--control-timeout``), with ``"partial": true`` then.
-The answer is deferred like a publish's (:class:`Deferred`, ``host.answer``); the server holds the request
-meanwhile, never longer than its backstop.
+The answer is deferred like a publish's (:class:`apikit.Deferred`, ``host.answer``); the server holds the
+request meanwhile, never longer than its backstop.  The commands about users and the broadcast are in
+:mod:`commands`; what every endpoint shares (strict parsing, the deferred answer) in :mod:`apikit`.
 
 Input is checked where it enters, twice: the request here (path segment, query string: strict, bounded,
 unknown or repeated parameters refused, integers as ASCII digits in range; a refusal is 400 with a ``code``,
@@ -23,125 +24,22 @@ other workers are checked too, and one that fails is left out (``partial``).
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from functools import partial
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
 import h11
 
 from ..jsonsafe import MAX_SAFE_INTEGER
-from ..metrics import WorkerStats
 from ..namespaces import namespaces_of
 from ..protocol import http
 from ..protocol.http import HttpError
 from ..pubsub.history import History, Page
 from ..pubsub.records import USER_PREFIX, valid_internal
+from .apikit import PREFIX_RE, Deferred, allow, answered, channel_name, flag, integer, parse_query, prefix_of
 from .backend import refused, segment
 from .host import Host, Response
 from .pubsub import PubSub
-
-MAX_QUERY = 2048  # bytes of a query string: far more than the parameters of any endpoint need
-_PREFIX_RE = re.compile(r"[A-Za-z0-9._:@+=|-]{0,128}\Z")  # what channel names (clients' and users') are made of
-
-
-class Deferred:
-    """The answer to one HTTP request: given at once when it is known before the handler returns, else later
-    through ``host.answer``."""
-
-    __slots__ = ("answer", "conn", "outcome", "waiting")
-
-    def __init__(self, answer: Callable[[Any, Any], None], conn: Any) -> None:
-        self.answer = answer
-        self.conn = conn
-        self.outcome: Response | HttpError | None = None
-        self.waiting = False
-
-    def give(self, outcome: Response | HttpError) -> None:
-        if self.waiting:
-            self.answer(self.conn, outcome)
-        else:
-            self.outcome = outcome
-
-    def returned(self) -> Response | None:
-        """What :meth:`App.handle` returns: the answer if it is known already, else None (deferred)."""
-        outcome = self.outcome
-        if isinstance(outcome, HttpError):
-            raise outcome
-        self.waiting = outcome is None
-        return outcome
-
-
-# -- the query string --------------------------------------------------------------------------------------
-
-def integer(low: int, high: int) -> Callable[[str], int]:
-    """A parameter that is a decimal integer in ``low`` .. ``high``: ASCII digits only (no sign, no space)."""
-    def convert(text: str) -> int:
-        if not (0 < len(text) <= 16 and text.isascii() and text.isdigit()):
-            raise ValueError(f"an integer {low}..{high}")
-        value = int(text)
-        if not low <= value <= high:
-            raise ValueError(f"an integer {low}..{high}")
-        return value
-    return convert
-
-
-def flag(text: str) -> bool:
-    if text not in ("0", "1"):
-        raise ValueError("0 or 1")
-    return text == "1"
-
-
-def channel_name(text: str) -> str:
-    """A channel's name as the API may name it: a client's, or a user's own (``@user:<id>``)."""
-    if not valid_internal(text):
-        raise ValueError("a channel name (1 to 128 of A-Z a-z 0-9 . _ : -, or @user:<id>)")
-    return text
-
-
-def prefix_of(text: str) -> str:
-    if not _PREFIX_RE.match(text):
-        raise ValueError("at most 128 of the characters of channel names")
-    return text
-
-
-def parse_query(stats: WorkerStats, raw: bytes, spec: dict[str, Callable[[str], Any]]) -> dict[str, Any]:
-    """The parameters of ``raw`` (percent-decoded; ``+`` is a plus), each converted by ``spec``; 400
-    ``bad_request`` for an unknown, repeated or invalid one."""
-    if len(raw) > MAX_QUERY:
-        raise refused(stats, 400, f"the query string is over {MAX_QUERY} bytes", "bad_request")
-    params: dict[str, Any] = {}
-    for part in raw.split(b"&"):
-        if not part:
-            continue
-        key, _, value = part.partition(b"=")
-        try:
-            name = unquote_to_bytes(key).decode("ascii")
-            text = unquote_to_bytes(value).decode("ascii")
-        except UnicodeDecodeError:
-            raise refused(stats, 400, "query parameters are ASCII", "bad_request") from None
-        convert = spec.get(name)
-        if convert is None:
-            known = ", ".join(spec) or "none"
-            raise refused(stats, 400, f"unknown parameter {name[:40]!r} (known: {known})", "bad_request")
-        if name in params:
-            raise refused(stats, 400, f"parameter {name!r} given twice", "bad_request")
-        try:
-            params[name] = convert(text)
-        except ValueError as exc:
-            raise refused(stats, 400, f"parameter {name!r} must be {exc}", "bad_request") from None
-    return params
-
-
-def allow(request: h11.Request, *methods: bytes) -> None:
-    if request.method not in methods:
-        raise HttpError(405, "method not allowed", http.HS_METHOD, (("Allow", ", ".join(m.decode() for m in methods)),))
-
-
-def answered(document: dict[str, Any], keep_alive: bool) -> Response:
-    return Response(http.render_json(200, document, keep_alive), 200, keep_alive)
-
 
 # -- the endpoints ------------------------------------------------------------------------------------------
 
@@ -220,7 +118,7 @@ class Api:
         """This worker's part of a page (the ``channels`` handler): its channels after the cursor, by name."""
         after, prefix, limit, users = args.get("after"), args.get("prefix"), args.get("limit"), args.get("users")
         if not (type(after) is str and (after == "" or valid_internal(after)) and type(prefix) is str
-                and _PREFIX_RE.match(prefix) and type(limit) is int and 1 <= limit <= self.max_page
+                and PREFIX_RE.match(prefix) and type(limit) is int and 1 <= limit <= self.max_page
                 and type(users) is bool):
             raise ValueError(f"channels: arguments out of range {args!r:.200}")
         return self.hub.registry.page(after, prefix, limit, users)

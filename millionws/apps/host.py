@@ -10,6 +10,10 @@ call to the worker's own method costs:
   kernel refuses is kept (backpressure: ``server/output.py``).
 * ``fanout(conns, frame)``: one encoded frame to many connections (a broadcast encodes once).
 * ``answer(conn, response)``: the deferred answer of an HTTP request (a publish waiting for its ``seq``).
+* ``close(conn, code, reason) -> bool``: end an open WebSocket from the server side, through the server's
+  own closing path (our Close frame with that code and reason, the closing handshake, the close timeout;
+  counted as ``backend`` in ``millionws_disconnections_total``).  False when the connection is not open, or
+  is the one whose message is being handled (its reply comes first: close it after).
 * ``websocket_count()``, ``draining()``: what admission decisions need to know.
 * ``index``, ``config``, ``stats``, ``mesh``, ``call_later``, ``reactor``: identity, settings, counters,
   the link to the other workers of the node, timers, and the loop (a broker registers its wake-up
@@ -34,13 +38,13 @@ from ..metrics import WorkerStats
 
 
 class Host:
-    __slots__ = ("answer", "call_later", "config", "draining", "fanout", "index", "mesh", "reactor", "send",
-                 "stats", "websocket_count")
+    __slots__ = ("answer", "call_later", "close", "config", "draining", "fanout", "index", "mesh", "reactor",
+                 "send", "stats", "websocket_count")
 
     def __init__(self, index: int, config: Config, stats: WorkerStats, reactor: Any, mesh: Any,
                  send: Callable[[Any, bytes], None], fanout: Callable[[Iterable[Any], bytes], int],
                  answer: Callable[[Any, Any], None], websocket_count: Callable[[], int],
-                 draining: Callable[[], bool]) -> None:
+                 draining: Callable[[], bool], close: Callable[[Any, int, str], bool]) -> None:
         self.index = index
         self.config = config
         self.stats = stats
@@ -52,6 +56,7 @@ class Host:
         self.answer = answer
         self.websocket_count = websocket_count
         self.draining = draining
+        self.close = close
 
 
 class Response:

@@ -5,20 +5,26 @@ bytes of the answer, or, for a WebSocket route, the 101 answer and the applicati
 connection's messages (``apps/__init__.py`` states their interface).  Refusals are raised as
 ``HttpError`` and rendered by the server.  Nothing here blocks or touches a socket.
 
-==========  ==========  ===================================================================
-path        method      answer
-==========  ==========  ===================================================================
-/echo, /ws  GET+Upgrade WebSocket; every text and binary message back unchanged (``echo``)
-/pubsub     GET+Upgrade WebSocket; channels, JSON protocol of docs/protocol.md (``pubsub``)
-/publish/C  POST        body: one JSON document, published to channel C (``backend``)
-/users/U/messages POST  body: one JSON document, to every connection of user U (``backend``)
-/channels   GET         active channels with their subscribers, every worker and node (``api``)
-/channels/C/history GET what C's sequencer holds after ?since=, with seq and epoch (``api``)
-/health     GET, HEAD   200 {"status":"ok",...}; 503 {"status":"draining"} while draining;
-                        ``?ready``: also 503 while the --bus broker is unreachable
-/metrics    GET, HEAD   Prometheus text exposition for every worker of the pod
-/stats      GET, HEAD   JSON snapshot: per worker and total
-==========  ==========  ===================================================================
+======================  ===========  ================================================================
+path                    method       answer
+======================  ===========  ================================================================
+/echo, /ws              GET+Upgrade  WebSocket; every text and binary message back unchanged (``echo``)
+/pubsub                 GET+Upgrade  WebSocket; channels, JSON protocol of docs/protocol.md (``pubsub``)
+/publish/C              POST         body: one JSON document, published to channel C (``backend``)
+/users/U/messages       POST         body: one JSON document, to every connection of user U (``backend``)
+/channels               GET          active channels and their subscribers, every worker and node (``api``)
+/channels/C/history     GET          what C's sequencer holds after ?since=, with seq and epoch (``api``)
+/users/U/disconnect     POST         close every connection of user U, everywhere (``commands``)
+/users/U/unsubscribe    POST         take user U's connections out of channels, everywhere (``commands``)
+/broadcast              POST         one message to many channels (``commands``)
+/health                 GET, HEAD    200 {"status":"ok",...}; 503 {"status":"draining"} while draining;
+                                     ``?ready``: also 503 while the --bus broker is unreachable
+/metrics                GET, HEAD    Prometheus text exposition for every worker of the pod
+/stats                  GET, HEAD    JSON snapshot: per worker and total
+======================  ===========  ================================================================
+
+Every path under ``/publish/``, ``/users/``, ``/channels`` and ``/broadcast`` is the backend's API
+(docs/api.md) and needs the backend credential (``check_backend``) before anything else is looked at.
 
 Cheap refusals come first on an upgrade (origin, drain, capacity) so that a flood of upgrades costs no
 signature verification each.
@@ -40,6 +46,7 @@ from ..protocol.http import HttpError
 from ..pubsub.channels import valid_user
 from .api import Api
 from .backend import Backend, refused
+from .commands import Commands
 from .echo import Echo
 from .host import Host, Response
 from .pubsub import BAD_USER, PubSub, Session
@@ -61,6 +68,7 @@ class App:
         self.pubsub = PubSub(host)
         self.backend = Backend(host, self.pubsub)
         self.api = Api(host, self.pubsub)
+        self.commands = Commands(host, self.pubsub)
         self.trust_user_param = cfg.trust_user_param
         self.websocket_routes: dict[bytes, Any] = {b"/echo": self.echo, b"/ws": self.echo,
                                                    b"/pubsub": self.pubsub}
@@ -120,7 +128,9 @@ class App:
             self.check_backend(request)
             if path.startswith(b"/publish/") or (path.startswith(b"/users/") and path.endswith(b"/messages")):
                 return self.backend.post(request, path, body, keep_alive, conn)
-            return self.api.handle(request, path, query, body, keep_alive, conn)
+            if path.startswith(b"/channels"):
+                return self.api.handle(request, path, query, body, keep_alive, conn)
+            return self.commands.handle(request, path, body, keep_alive, conn)
         route = self.http_routes.get(path)
         if self.admin_split and not admin and path != b"/health":
             route = None  # /metrics and /stats live on the admin port

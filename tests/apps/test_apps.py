@@ -38,6 +38,7 @@ class FakeReactor:
 class Conn:
     def __init__(self) -> None:
         self.sent: list[bytes] = []
+        self.closed: tuple[int, str] | None = None
 
 
 def host(draining: bool = False, count: int = 0, **settings: Any) -> tuple[Host, list[tuple[Any, Any]]]:
@@ -54,8 +55,12 @@ def host(draining: bool = False, count: int = 0, **settings: Any) -> tuple[Host,
 
     config = Config(workers=1, **settings)
     stats = metrics.WorkerStats(metrics.SharedStats(1), 0)
+    def close(conn: Conn, code: int, reason: str) -> bool:
+        conn.closed = (code, reason)
+        return True
+
     return Host(0, config, stats, FakeReactor(), FakeMesh(), send, fanout, lambda c, r: answers.append((c, r)),
-                lambda: count, lambda: draining), answers
+                lambda: count, lambda: draining, close), answers
 
 
 def documents(data: list[bytes] | bytes | None) -> list[dict]:

@@ -13,11 +13,12 @@ import signal
 import time
 
 import pytest
+from websockets.asyncio.client import connect
 
 from millionws.pubsub.channels import owner_of
 from tests.conftest import wait_for
 from tests.e2e.test_bus import bus_up
-from tests.e2e.test_pubsub import open_on_both_workers, subscribed
+from tests.e2e.test_pubsub import channel_owned_by, open_on_both_workers, subscribed
 from tests.e2e.test_routes import metrics, total
 
 TIMEOUT = 20
@@ -277,3 +278,155 @@ def test_history_across_nodes_is_the_brokers_with_one_epoch(start_server, broker
     wait_for(lambda: total(metrics(b.port), "millionws_bus_up") == 0, TIMEOUT, what="bus down")
     status, doc, headers = call(b.port, "GET", "/channels/shared/history")
     assert (status, doc["code"], headers["Retry-After"]) == (503, "unavailable", "1")
+
+
+# -- POST /users/{id}/disconnect, /users/{id}/unsubscribe, /broadcast -----------------------------------------
+
+def post(port: int, path: str, doc: object | None = None) -> tuple[int, dict]:
+    status, answer, _ = call(port, "POST", path, json.dumps(doc).encode() if doc is not None else b"")
+    return status, answer
+
+
+def control_settled(*servers) -> None:
+    """Every worker of every node heard from: a question gets every answer (membership has settled)."""
+    for server in servers:
+        wait_for(lambda server=server: not get(server.port, "/channels?limit=1")[1]["partial"], TIMEOUT,
+                 interval=0.1, what="complete answers")
+
+
+async def user_on_both_workers(server, user: str, channels: list[str] | None = None, others: int = 0) -> list:
+    """Connections of ``user`` on both workers of ``server`` (``others``: WebSockets open there already)."""
+    async def one():
+        return await subscribed(server, channels, query=f"?user={user}") if channels else \
+            await connect_user(server, user)
+    return await open_on_both_workers(server, 3, one, others)
+
+
+async def connect_user(server, user: str):
+    return await connect(server.url(f"/pubsub?user={user}"), compression=None, max_queue=None)
+
+
+async def closed_with(ws) -> tuple[int | None, str | None]:
+    await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
+    return ws.close_code, ws.close_reason
+
+
+async def still_open(ws) -> bool:
+    await ws.send(json.dumps({"op": "unsubscribe", "channels": ["nothing"], "id": 1}))
+    reply = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+    return reply["op"] == "unsubscribed"
+
+
+def test_disconnect_closes_the_users_connections_on_both_workers_with_the_code(start_server):
+    server = api_node(start_server, "--trust-user-param")
+
+    async def main():
+        alice = await user_on_both_workers(server, "alice")
+        bob = await connect_user(server, "bob")
+        others = len(alice) + 1
+        status, doc = await asyncio.to_thread(post, server.port, "/users/alice/disconnect",
+                                              {"code": 4001, "reason": "logged out"})
+        assert (status, doc) == (200, {"user": "alice", "disconnected": len(alice), "partial": False})
+        for ws in alice:
+            assert await closed_with(ws) == (4001, "logged out")
+        assert await still_open(bob)
+        status, doc = await asyncio.to_thread(post, server.port, "/users/alice/disconnect")
+        assert doc["disconnected"] == 0
+        status, doc = await asyncio.to_thread(post, server.port, "/users/bob/disconnect")  # default: 4500
+        assert (status, doc["disconnected"]) == (200, 1) and await closed_with(bob) == (4500, "")
+        return others
+
+    others = asyncio.run(main())
+    wait_for(lambda: total(metrics(server.port), "millionws_disconnections_total", reason="backend") == others,
+             TIMEOUT, what="counted as backend")
+
+
+def test_unsubscribe_pushes_to_the_users_connections_on_both_workers_and_stops_their_messages(start_server):
+    server = api_node(start_server, "--trust-user-param")
+
+    async def main():
+        alice = await user_on_both_workers(server, "alice", ["news", "chat"])
+        bob = await subscribed(server, ["chat"], query="?user=bob")
+        status, doc = await asyncio.to_thread(post, server.port, "/users/alice/unsubscribe", {"channels": ["chat"]})
+        assert (status, doc) == (200, {"user": "alice", "unsubscribed": len(alice), "partial": False})
+        for ws in alice:
+            push = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+            assert push == {"op": "unsubscribed", "channels": ["chat"], "reason": "server"}
+        assert await asyncio.to_thread(publish, server.port, "chat", ["after"]) == [1]
+        assert await asyncio.to_thread(publish, server.port, "news", ["still"]) == [1]
+        for ws in alice:  # news still comes; chat no more
+            doc = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+            assert (doc["channel"], doc["data"]) == ("news", "still")
+        doc = json.loads(await asyncio.wait_for(bob.recv(), TIMEOUT))
+        assert (doc["channel"], doc["data"]) == ("chat", "after")
+        for ws in [*alice, bob]:
+            await ws.close()
+
+    asyncio.run(main())
+
+
+def test_broadcast_to_channels_owned_by_both_workers(start_server):
+    server = api_node(start_server)
+    channels = [channel_owned_by(0, "b"), channel_owned_by(1, "b"), channel_owned_by(0, "c")]
+
+    async def main():
+        subs = await open_on_both_workers(server, 2, lambda: subscribed(server, channels,
+                                                                        {c: 0 for c in channels}))
+        status, doc = await asyncio.to_thread(post, server.port, "/broadcast", {"channels": channels,
+                                                                                "data": {"hello": 1}})
+        assert (status, doc) == (200, {"results": [{"channel": c, "seq": 1} for c in channels]})
+        for ws in subs:
+            got = sorted((d["channel"], d["seq"], json.dumps(d["data"]))
+                         for d in [json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)) for _ in channels])
+            assert got == sorted((c, 1, '{"hello": 1}') for c in channels)
+        for ws in subs:
+            await ws.close()
+
+    asyncio.run(main())
+
+
+def test_commands_across_two_nodes(start_server, broker):
+    a = bus_node(start_server, broker, "--trust-user-param")
+    b = bus_node(start_server, broker, "--trust-user-param")
+    wait_bus_up(a, b)
+    control_settled(a, b)
+
+    async def main():
+        on_b = await user_on_both_workers(b, "alice", ["news", "chat"])
+        alice = [*await user_on_both_workers(a, "alice", ["news", "chat"]), *on_b]
+        listeners = await open_on_both_workers(b, 2, lambda: subscribed(b, ["x.1", "x.2"], {"x.1": 0, "x.2": 0}),
+                                               others=len(on_b))
+        # unsubscribe from A reaches B's connections of alice
+        status, doc = await asyncio.to_thread(post, a.port, "/users/alice/unsubscribe", {"channels": ["chat"]})
+        assert (status, doc) == (200, {"user": "alice", "unsubscribed": len(alice), "partial": False})
+        for ws in alice:
+            push = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+            assert push == {"op": "unsubscribed", "channels": ["chat"], "reason": "server"}
+        await asyncio.to_thread(settled, b.port, "/channels?prefix=chat", {})
+        # broadcast from A reaches listeners on B, numbered by the broker
+        status, doc = await asyncio.to_thread(post, a.port, "/broadcast", {"channels": ["x.1", "x.2"], "data": 7})
+        assert (status, doc) == (200, {"results": [{"channel": "x.1", "seq": 1}, {"channel": "x.2", "seq": 1}]})
+        for ws in listeners:
+            got = sorted((d["channel"], d["seq"], d["data"])
+                         for d in [json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)) for _ in range(2)])
+            assert got == [("x.1", 1, 7), ("x.2", 1, 7)]
+        # disconnect from B closes alice on both nodes
+        status, doc = await asyncio.to_thread(post, b.port, "/users/alice/disconnect", {"code": 4403})
+        assert (status, doc) == (200, {"user": "alice", "disconnected": len(alice), "partial": False})
+        for ws in alice:
+            assert (await closed_with(ws))[0] == 4403
+        for ws in listeners:
+            await ws.close()
+
+    asyncio.run(main())
+
+
+def test_broadcast_with_the_broker_down_is_503_when_nothing_could_be_published(start_server, nats_broker):
+    a = bus_node(start_server, nats_broker)
+    wait_bus_up(a)
+    nats_broker.kill()
+    wait_for(lambda: total(metrics(a.port), "millionws_bus_up") == 0, TIMEOUT, what="bus down")
+    status, doc, headers = call(a.port, "POST", "/broadcast", b'{"channels": ["a", "b"], "data": 1}')
+    assert (status, doc["code"], headers["Retry-After"]) == (503, "unavailable", "1")
+    status, doc = post(a.port, "/users/alice/disconnect")
+    assert (status, doc["partial"]) == (200, True)  # this node was asked; the others could not be
