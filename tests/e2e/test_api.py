@@ -430,3 +430,57 @@ def test_broadcast_with_the_broker_down_is_503_when_nothing_could_be_published(s
     assert (status, doc["code"], headers["Retry-After"]) == (503, "unavailable", "1")
     status, doc = post(a.port, "/users/alice/disconnect")
     assert (status, doc["partial"]) == (200, True)  # this node was asked; the others could not be
+
+
+def test_publish_and_user_messages_across_two_nodes(start_server, broker):
+    a = bus_node(start_server, broker, "--trust-user-param")
+    b = bus_node(start_server, broker, "--trust-user-param")
+    wait_bus_up(a, b)
+
+    async def main():
+        alice = await user_on_both_workers(b, "alice", ["news"])
+        bob = await connect_user(b, "bob")
+        for ws in alice:  # the user channel is subscribed at the upgrade: resume it from 0 so nothing is missed
+            await ws.send(json.dumps({"op": "subscribe", "channels": ["@user:alice"], "since": {"@user:alice": 0}}))
+            assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))["op"] == "subscribed"
+        status, doc = await asyncio.to_thread(post, a.port, "/users/alice/messages", {"text": "shipped"})
+        assert (status, doc["channel"], doc["seq"], doc["user"]) == (200, "@user:alice", 1, "alice")
+        assert await asyncio.to_thread(publish, a.port, "news", [{"n": 1}]) == [1]
+        for ws in alice:
+            got = [json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)) for _ in range(2)]
+            assert sorted((d["channel"], d["seq"], json.dumps(d["data"])) for d in got) == \
+                [("@user:alice", 1, '{"text": "shipped"}'), ("news", 1, '{"n": 1}')]
+        with pytest.raises(TimeoutError):  # not bob's
+            await asyncio.wait_for(bob.recv(), 0.3)
+        for ws in [*alice, bob]:
+            await ws.close()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("path, body, status, code", [
+    ("/users/alice/disconnect", b'{"code": 1006}', 400, "bad_code"),
+    ("/users/alice/disconnect", b'{"code": 70000}', 400, "bad_code"),
+    ("/users/alice/disconnect", b'{"reason": "' + b"r" * 200 + b'"}', 400, "bad_request"),
+    ("/users/alice/disconnect", b"{not json", 400, "bad_json"),
+    ("/users/alice/disconnect", b'{"code": 1e400}', 400, "bad_number"),
+    ("/users/bad%20user/disconnect", b"", 400, "bad_user"),
+    ("/users/alice/unsubscribe", b'{"channels": "news"}', 400, "bad_request"),
+    ("/users/alice/unsubscribe", b'{"channels": ["no spaces"]}', 400, "bad_channel"),
+    ("/users/alice/unsubscribe", b"[" * 100 + b"]" * 100, 400, "too_deep"),
+    ("/broadcast", json.dumps({"channels": [f"c{i}" for i in range(1001)], "data": 1}).encode(), 400,
+     "too_many_channels"),
+    ("/broadcast", b'{"channels": ["a", "a"], "data": 1}', 400, "bad_request"),
+    ("/broadcast", b'{"channels": ["a"], "data": "\\ud800"}', 400, "bad_unicode"),
+    ("/broadcast", b'{"channels": ["a"]}', 400, "bad_request"),
+])
+def test_commands_refuse_hostile_bodies_and_the_server_keeps_serving(server_with_token, path, body, status, code):
+    got, doc, _ = call(server_with_token.port, "POST", path, body)
+    assert (got, doc.get("code")) == (status, code), doc
+    assert get(server_with_token.port, "/channels")[0] == 200  # nothing broke
+
+
+def test_commands_need_the_backend_credential(server_with_token):
+    for path in ("/users/alice/disconnect", "/users/alice/unsubscribe", "/broadcast"):
+        status, doc, headers = call(server_with_token.port, "POST", path, b"{}", token=None)
+        assert (status, headers["WWW-Authenticate"]) == (401, "Bearer"), path

@@ -205,7 +205,7 @@ class Backend(Delivery, Outbox):
         elif kind == "control":
             _, to, body = cmd
             if self.connected:  # else dropped: control messages are at most once, their askers have deadlines
-                self._spawn(self.publish_control(to, body))
+                self._spawn(self._send_control(to, body))
         elif kind == "query":
             _, req, what, args = cmd
             if not self.connected:
@@ -229,6 +229,15 @@ class Backend(Delivery, Outbox):
             self._malformed(1, "a control message that is not bytes or is over --control-max-bytes")
             return
         self.bridge.emit((E_CTL, data))
+
+    async def _send_control(self, to: str | None, body: bytes) -> None:
+        try:
+            await self.publish_control(to, body)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # e.g. over NATS's max_payload: lost, like any at-most-once message; said once
+            self.log("control", describe(exc), logging.WARNING, "bus %s: a control message of %d bytes was not "
+                     "sent: %s (the question it belongs to ends partial)", self.name, len(body), describe(exc))
 
     async def query(self, req: int, what: str, args: tuple) -> None:
         """Answer the reactor's read ``what`` once: ``(E_ANSWER, req, "", result)`` or ``(E_ANSWER, req, error,

@@ -156,3 +156,12 @@ def test_an_unknown_query_is_an_error_answer(broker, harness, what):
     h.bridge.query(1, what, ())
     error, result = answer(h, 1)
     assert "no query" in error and result is None
+
+
+def test_a_control_message_the_broker_refuses_is_logged_not_a_bug(nats_broker, harness, caplog):
+    h = with_control(harness, nats_broker.url, "aa.0", control_max_bytes=64 << 20)
+    h.run_until(h.up, what="up")
+    send(h, None, b"x" * (2 << 20))  # over nats-server's max_payload (1 MiB)
+    send(h, None, b'{"small":1}')
+    h.run_until(lambda: b'{"small":1}' in received(h), what="the next one still goes")
+    assert "was not sent" in caplog.text and "unexpected error" not in caplog.text
