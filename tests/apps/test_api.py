@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from millionws import metrics
 from millionws.apps.apikit import integer, parse_query
@@ -58,6 +60,25 @@ def test_parse_query_is_strict():
             parse_query(stats, raw, spec)
         assert (refused.value.status, refused.value.code) == (400, "bad_request"), raw
     assert stats.c[REFUSED["bad_request"]] == 11
+
+
+@given(st.binary(max_size=200))
+def test_any_query_string_is_parsed_or_refused_400(raw):
+    stats = host()[0].stats
+    try:
+        params = parse_query(stats, raw, {"limit": integer(1, 10), "since": integer(0, 2 ** 53 - 1)})
+    except HttpError as exc:
+        assert (exc.status, exc.code) == (400, "bad_request")
+        return
+    assert set(params) <= {"limit", "since"} and all(type(v) is int for v in params.values())
+
+
+@given(st.binary(max_size=200))
+def test_any_body_of_a_command_is_answered_or_refused_never_a_crash(raw):
+    target = app()
+    for path in ("/users/alice/disconnect", "/users/alice/unsubscribe", "/broadcast"):
+        status, doc = call(target, path, raw)
+        assert status == 200 or (400 <= status < 500 and doc["code"]), (path, raw, doc)
 
 
 # -- POST /users/{id}/disconnect ---------------------------------------------------------------------------

@@ -482,5 +482,5 @@ def test_commands_refuse_hostile_bodies_and_the_server_keeps_serving(server_with
 
 def test_commands_need_the_backend_credential(server_with_token):
     for path in ("/users/alice/disconnect", "/users/alice/unsubscribe", "/broadcast"):
-        status, doc, headers = call(server_with_token.port, "POST", path, b"{}", token=None)
+        status, _doc, headers = call(server_with_token.port, "POST", path, b"{}", token=None)
         assert (status, headers["WWW-Authenticate"]) == (401, "Bearer"), path

@@ -9,6 +9,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from millionws import metrics
 from millionws.jsonsafe import JsonError
@@ -141,6 +143,22 @@ def test_what_is_not_one_bounded_json_document_is_refused(raw):
         decode(raw)
 
 
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                    max_leaves=12)
+
+
+@given(st.binary(max_size=300) | st.dictionaries(st.sampled_from(["op", "node", "w", "id", "kind", "args", "ok",
+                                                                  "answer", "error", "ask"]), JSON).map(
+    lambda doc: json.dumps(doc).encode()))
+def test_decoding_any_bytes_gives_checked_fields_or_a_value_error(raw):
+    try:
+        msg = decode(raw)
+    except ValueError:
+        return
+    assert msg[0] in ("req", "ans", "note", "hello") and records.NODE_RE.match(msg[1]) and 0 <= msg[2] <= 0xFFFF
+
+
 def test_a_control_message_over_the_limit_is_refused_before_it_is_parsed():
     body = records.control_message("hello", NODE_A, 0, ask=True)
     assert records.decode_control(body, len(body), 4)
@@ -202,6 +220,7 @@ def test_a_silent_worker_makes_the_gather_partial_at_its_deadline():
     node.timers.fire()
     assert got == [([0, 1], False)]
     assert node.counters[0][F["control_partial"]] == 1
+    assert node.controls[0].gathers == {}  # the table is back to empty
     node.drop = set()
     node.controls[0].gather("who", {}, done, timeout=9.0)
     assert node.timers.calls[-1][0] == 9.0  # the caller's own timeout
@@ -435,4 +454,4 @@ def test_query_broker_is_answered_once_unavailable_without_a_bus_or_timeout():
     assert got[-1] == ("the result", "") and len(got) == 2
     control.query_broker("history", ("c", 0, 10), lambda result, error: got.append((result, error)))
     a.timers.fire()
-    assert got[-1] == (None, "timeout")
+    assert got[-1] == (None, "timeout") and control.queries == {}
