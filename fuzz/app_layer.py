@@ -94,14 +94,16 @@ class FakeReactor:
 
 
 class FakeBus:
-    def __init__(self, node: Node, index: int) -> None:
-        self.node = node
+    node = "f0" * 8  # the node's id, as the supervisor's mesh names it (pubsub/mesh.py)
+
+    def __init__(self, owner: Node, index: int) -> None:
+        self.owner = owner
         self.index = index
         self.on_record: Any = None
 
     def send(self, dest: int, record: bytes) -> None:
         assert dest != self.index and 0 <= dest < 2, dest
-        self.node.queue.append((self.index, dest, bytes(record)))
+        self.owner.queue.append((self.index, dest, bytes(record)))
 
 
 class FakeWorker:
@@ -112,6 +114,7 @@ class FakeWorker:
         self.stats = metrics.WorkerStats(node.shared, index)
         self.bus = FakeBus(node, index)
         self.reactor = FakeReactor()
+        self.closed: list[tuple[FakeConn, int, str]] = []
 
     def websocket_count(self) -> int:
         return 0
@@ -132,6 +135,10 @@ class FakeWorker:
     def answer(self, conn: FakeConn, response: Any) -> None:
         conn.answers.append(response)
 
+    def close(self, conn: FakeConn, code: int, reason: str) -> bool:
+        self.closed.append((conn, code, reason))  # a backend's disconnect (the closing itself is the server's)
+        return True
+
 
 class Node:
     """Two workers of one node, their mesh a queue that :meth:`pump` empties."""
@@ -141,7 +148,8 @@ class Node:
         self.queue: list[tuple[int, int, bytes]] = []
         self.workers = [FakeWorker(self, i, config) for i in range(2)]
         self.apps = [App(Host(w.index, w.config, w.stats, w.reactor, w.bus, w.write, w.fanout, w.answer,
-                              w.websocket_count, lambda w=w: w.draining, w.expire_at), 1000) for w in self.workers]
+                              w.websocket_count, lambda w=w: w.draining, w.expire_at, w.close), 1000)
+                     for w in self.workers]
         for app in self.apps:
             app.start()  # HELLO to the peer; the sweep goes to the fake reactor
         self.pump()

@@ -147,6 +147,21 @@ OPTIONS: tuple[Option, ...] = (
            "NATS: live message bytes a subscription may buffer; past it the client drops them (then caught up)"),
     Option("bus_max_json_depth", int, 64,
            "deepest JSON accepted from the broker (<= 512; with --bus >= --max-json-depth); deeper: malformed, gap"),
+    # -- the control plane: questions to every worker of every node (millionws/pubsub/control.py) -------------
+    Option("control_timeout", float, 2.0,
+           "seconds a question to every worker (GET /channels, disconnect...) waits for answers; then partial: true"),
+    Option("control_max_bytes", int, 2 << 20,
+           "largest control message between workers (a question or an answer), bytes; at least the largest message "
+           "+ 64 KiB (a history answer carries one); answers between nodes over NATS also within its max_payload"),
+    Option("control_max_peers", int, 1024,
+           "workers of other nodes a worker keeps track of on the bus; beyond, gathers do not wait for newcomers"),
+    Option("control_announce_interval", float, 2.0,
+           "seconds between announcements of each worker on the bus; a peer silent for 3 of them is forgotten"),
+    # -- the API for backends (docs/api.md, millionws/apps/api.py) ---------------------------------------------
+    Option("channels_max_limit", int, 1000,
+           "largest page of GET /channels (?limit=); each worker answers at most this many names"),
+    Option("history_max_limit", int, 1000, "most messages one GET /channels/{c}/history answers (?limit=)"),
+    Option("api_max_channels", int, 1000, "channels one POST /broadcast or /users/{id}/unsubscribe may name"),
     # -- between the workers of one node (millionws/pubsub/mesh.py) ----------------------------------------
     Option("mesh_socket_buffer", int, 4 << 20,
            "bytes in flight per direction on each worker-to-worker socket; past it records wait in an outbox"),
@@ -241,6 +256,13 @@ class Config:
     bus_live_pending_messages: int = 1_000_000
     bus_live_pending_bytes: int = 256 << 20
     bus_max_json_depth: int = 64
+    control_timeout: float = 2.0
+    control_max_bytes: int = 2 << 20
+    control_max_peers: int = 1024
+    control_announce_interval: float = 2.0
+    channels_max_limit: int = 1000
+    history_max_limit: int = 1000
+    api_max_channels: int = 1000
     mesh_socket_buffer: int = 4 << 20
     mesh_max_datagram: int = 256 << 10
     mesh_max_outbox: int = 64 << 20
@@ -262,7 +284,9 @@ class Config:
                     "bus_outbox_messages", "bus_publish_batch", "bus_fetch_batch", "bus_events_per_wake",
                     "bus_backoff_min", "bus_backoff_max", "bus_connect_timeout", "bus_heartbeat",
                     "bus_live_pending_messages", "bus_live_pending_bytes",
-                    "bus_max_json_depth", "mesh_socket_buffer", "mesh_max_datagram", "mesh_max_outbox",
+                    "bus_max_json_depth", "control_timeout", "control_max_peers", "control_announce_interval",
+                    "channels_max_limit", "history_max_limit", "api_max_channels",
+                    "mesh_socket_buffer", "mesh_max_datagram", "mesh_max_outbox",
                     "mesh_datagrams_per_wake", "receive_buffer", "accept_batch", "pipeline_budget",
                     "timer_resolution", "stats_interval", "sweep_interval")
         for name in positive:
@@ -324,6 +348,13 @@ class Config:
                              f"({self.max_json_depth}): this node's own messages come back from the broker")
         if self.bus_backoff_min > self.bus_backoff_max:
             raise ValueError("bus_backoff_min must be at most bus_backoff_max")
+        if not 4096 <= self.control_max_bytes <= 64 << 20:
+            raise ValueError("control_max_bytes must be within 4096..67108864")
+        largest = max(self.max_message_size, self.max_request_body)
+        if self.control_max_bytes < largest + (64 << 10):
+            raise ValueError(f"control_max_bytes ({self.control_max_bytes}) must be at least the largest message "
+                             f"({largest}, max_message_size or max_request_body) + 65536: a channel's history "
+                             "between workers carries at least one message")
         if self.mesh_socket_buffer > 1 << 30:
             raise ValueError("mesh_socket_buffer must be at most 1073741824 (the kernel doubles it into an int)")
         if self.mesh_max_datagram < 1024:

@@ -53,7 +53,7 @@ DROPPED_RECORDS = ("mesh_malformed", "mesh_outbox_full", "broker_malformed")
 INPUT_CODES = ("bad_json", "too_deep", "bad_unicode", "bad_number", "bad_request", "bad_id", "unknown_op",
                "bad_channel", "bad_since", "bad_user", "forbidden", "too_many_channels", "too_many_subscribers",
                "binary_not_supported", "rate_limited", "unavailable", "publish_timeout", "channel_limit",
-               "publish_forbidden", "bad_token")
+               "publish_forbidden", "bad_token", "history_disabled", "bad_code")
 FANOUT_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 FIELDS: tuple[str, ...] = (
@@ -79,10 +79,12 @@ FIELDS: tuple[str, ...] = (
     "bus_outbox", "publishes_pending", "replay_holds_expired", "admission_keys",
     # permessage-deflate (protocol/deflate.py): each pair is (compressed, uncompressed), adjacent on purpose
     "compressed_in", "uncompressed_in", "compressed_out", "uncompressed_out",
+    # the control plane (pubsub/control.py)
+    "control_partial", "control_peers",
 )
 F = {name: i for i, name in enumerate(FIELDS)}
 GAUGES = ("pid", "started", "draining", "connections", "channels", "subscriptions", "bus_up", "bus_outbox",
-          "publishes_pending", "admission_keys")
+          "publishes_pending", "admission_keys", "control_peers")
 DISCONNECT0 = F["disconnect_normal"]
 HANDSHAKE0 = F["handshake_failed_bad_request"]
 TLS_FAILED0 = F["tls_failed_" + TLS_FAILURES[0]]
@@ -313,6 +315,11 @@ class _Collector:
              "never came (owner worker or broker away): resolved with gap unknown.", "replay_holds_expired"),
             (GaugeMetricFamily, "millionws_admission_keys", "Source addresses and channels tracked by rate "
              "limits (swept when idle).", "admission_keys"),
+            (CounterMetricFamily, "millionws_control_partial", "Questions to every worker (API calls across "
+             "workers and nodes) that ended without every answer: deadline, an error answer, or the bus down.",
+             "control_partial"),
+            (GaugeMetricFamily, "millionws_control_peers", "Workers of other nodes this worker knows on the bus "
+             "(announced within 3 intervals).", "control_peers"),
             (CounterMetricFamily, "millionws_bus_catchups", "Missed ranges read back from the broker's stream "
              "(after a loss on the live path or an outage).", "bus_catchups"),
         ):

@@ -33,7 +33,8 @@ def test_flag_beats_environment_beats_default():
 
 # "7" is out of range for a few options alone (the others' defaults constrain them): a value of their own.
 _IN_RANGE = {"port": "7007", "bus_backoff_min": "0.7", "mesh_socket_buffer": str(7 << 20),
-             "mesh_max_datagram": str(7 << 10), "timer_resolution": "0.7", "max_proxy_header": "777"}
+             "mesh_max_datagram": str(7 << 10), "timer_resolution": "0.7", "max_proxy_header": "777",
+             "control_max_bytes": str(7 << 20)}
 
 
 @pytest.mark.parametrize("option", [o for o in OPTIONS if o.type in (int, float)], ids=lambda o: o.name)
@@ -44,10 +45,22 @@ def test_each_numeric_option_reads_its_environment_variable(option):
 
 
 @pytest.mark.parametrize("argv", [["--workers", "0"], ["--max-message-size", "-1"], ["--port", "70000"],
-                                  ["--log-level", "loud"], ["--ping-interval", "-1"]])
+                                  ["--log-level", "loud"], ["--ping-interval", "-1"], ["--control-timeout", "0"],
+                                  ["--control-max-bytes", "100"], ["--control-max-bytes", str(65 << 20)],
+                                  ["--control-max-peers", "0"], ["--control-announce-interval", "0"]])
 def test_invalid_values_are_refused(argv):
     with pytest.raises(ValueError):
         config.from_argv(argv, environ={})
+
+
+def test_control_messages_must_hold_the_largest_message_a_history_answer_carries():
+    with pytest.raises(ValueError, match=r"control_max_bytes .* at least the largest message"):
+        config.from_argv(["--max-message-size", str(4 << 20)], environ={})
+    with pytest.raises(ValueError, match="control_max_bytes"):
+        config.from_argv(["--max-request-body", str(2 << 20)], environ={})
+    cfg = config.from_argv(["--max-message-size", str(4 << 20), "--control-max-bytes", str((4 << 20) + 65536)],
+                           environ={})
+    assert cfg.control_max_bytes == (4 << 20) + 65536
 
 
 def test_garbage_in_environment_names_the_variable():

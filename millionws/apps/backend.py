@@ -34,7 +34,7 @@ def refused(stats: WorkerStats, status: int, message: str, code: str,
     return HttpError(status, message, http.HS_UNAVAILABLE if status == 503 else http.HS_BAD_REQUEST, headers, code)
 
 
-def _segment(raw: bytes) -> str:
+def segment(raw: bytes) -> str:
     """A percent-decoded path segment; "" (valid as nothing) when it does not decode to ASCII."""
     try:
         return unquote_to_bytes(raw).decode("ascii")
@@ -58,12 +58,12 @@ class Backend:
         """
         parts = path.split(b"/")
         if parts[1] == b"publish" and len(parts) == 3:
-            name = _segment(parts[2])
+            name = segment(parts[2])
             if not valid_channel(name):
                 raise refused(self.stats, 400, BAD_NAME, "bad_channel")
             channel = name
         elif parts[1] == b"users" and len(parts) == 4 and parts[3] == b"messages":
-            name = _segment(parts[2])  # ids like auth0|5f7c... arrive percent-encoded from careful clients
+            name = segment(parts[2])  # ids like auth0|5f7c... arrive percent-encoded from careful clients
             if not valid_user(name):
                 raise refused(self.stats, 400, BAD_USER, "bad_user")
             channel = user_channel(name)

@@ -10,6 +10,10 @@ call to the worker's own method costs:
   kernel refuses is kept (backpressure: ``server/output.py``).
 * ``fanout(conns, frame)``: one encoded frame to many connections (a broadcast encodes once).
 * ``answer(conn, response)``: the deferred answer of an HTTP request (a publish waiting for its ``seq``).
+* ``close(conn, code, reason) -> bool``: end an open WebSocket from the server side, through the server's
+  own closing path (our Close frame with that code and reason, the closing handshake, the close timeout;
+  counted as ``backend`` in ``millionws_disconnections_total``).  False when the connection is not open, or
+  is the one whose message is being handled (its reply comes first: close it after).
 * ``websocket_count()``, ``draining()``: what admission decisions need to know.
 * ``expire_at(conn, expires)``: the connection's token now expires at ``expires`` (a Unix time; None:
   never), after a ``refresh`` on ``/pubsub``.  The server closes it 1008 then, and no longer at the
@@ -37,13 +41,14 @@ from ..metrics import WorkerStats
 
 
 class Host:
-    __slots__ = ("answer", "call_later", "config", "draining", "expire_at", "fanout", "index", "mesh", "reactor",
-                 "send", "stats", "websocket_count")
+    __slots__ = ("answer", "call_later", "close", "config", "draining", "expire_at", "fanout", "index", "mesh",
+                 "reactor", "send", "stats", "websocket_count")
 
     def __init__(self, index: int, config: Config, stats: WorkerStats, reactor: Any, mesh: Any,
                  send: Callable[[Any, bytes], None], fanout: Callable[[Iterable[Any], bytes], int],
                  answer: Callable[[Any, Any], None], websocket_count: Callable[[], int],
-                 draining: Callable[[], bool], expire_at: Callable[[Any, float | None], None]) -> None:
+                 draining: Callable[[], bool], expire_at: Callable[[Any, float | None], None],
+                 close: Callable[[Any, int, str], bool]) -> None:
         self.index = index
         self.config = config
         self.stats = stats
@@ -56,6 +61,7 @@ class Host:
         self.websocket_count = websocket_count
         self.draining = draining
         self.expire_at = expire_at
+        self.close = close
 
 
 class Response:

@@ -35,6 +35,7 @@ from ..metrics import REFUSED, F
 from ..namespaces import ChannelOptions, namespaces_of
 from ..protocol.websocket import encode_frame
 from ..pubsub.channels import ChannelError, Hub, user_channel, valid_channel
+from ..pubsub.control import Control
 from ..ratelimit import KeyedBuckets, Rate
 from .host import Host
 
@@ -56,8 +57,8 @@ def _valid_id(value: object) -> bool:
 class PubSub:
     """``/pubsub``: the JSON operations of docs/protocol.md.  Every refusal is an error reply."""
 
-    __slots__ = ("c", "call_later", "expire_at", "hub", "max_depth", "max_token", "namespaces", "publish_rates",
-                 "send", "sweep_interval", "verifier")
+    __slots__ = ("c", "call_later", "control", "expire_at", "hub", "max_depth", "max_token", "namespaces",
+                 "publish_rates", "send", "sweep_interval", "verifier")
 
     def __init__(self, host: Host, verifier: Verifier | None = None) -> None:
         """``verifier``: the server's token verifier (``--auth-jwt-secret``, ``--auth-jwks``), which ``refresh``
@@ -81,18 +82,27 @@ class PubSub:
                        cfg.replay_seconds, cfg.replay_max_messages, cfg.max_channels_per_connection,
                        cfg.max_subscribers_per_worker, cfg.publish_timeout, cfg.replay_timeout,
                        host.call_later, cfg.replay_max_bytes, cfg.max_channels_per_worker, ns)
-        host.mesh.on_record = self.hub.on_record
+        # The control plane (pubsub/control.py): questions to every worker of every node, for the API.  Its
+        # answers may carry channel data, so they may be as deep as that plus their own few levels.
+        self.control = Control(host.index, cfg.workers, host.mesh.send, host.call_later, self.c, host.mesh.node,
+                               cfg.control_timeout, cfg.control_max_bytes,
+                               max(cfg.max_json_depth, cfg.bus_max_json_depth) + 8, cfg.control_max_peers,
+                               cfg.control_announce_interval)
+        host.mesh.on_record = self.control.demux(self.hub.on_record)
         if cfg.bus:  # across nodes: millionws/pubsub/brokers/
             self.hub.connect_bus(cfg.bus, host.reactor, outbox_messages=cfg.bus_outbox_messages,
                                  publish_batch=cfg.bus_publish_batch, fetch_batch=cfg.bus_fetch_batch,
                                  events_per_wake=cfg.bus_events_per_wake, backoff_min=cfg.bus_backoff_min,
                                  backoff_max=cfg.bus_backoff_max, connect_timeout=cfg.bus_connect_timeout,
                                  heartbeat=cfg.bus_heartbeat, live_pending_messages=cfg.bus_live_pending_messages,
-                                 live_pending_bytes=cfg.bus_live_pending_bytes, max_json_depth=cfg.bus_max_json_depth)
+                                 live_pending_bytes=cfg.bus_live_pending_bytes, max_json_depth=cfg.bus_max_json_depth,
+                                 control_max_bytes=cfg.control_max_bytes)
+            self.control.connect_bus(self.hub.remote)
 
     def start(self) -> None:
         self.hub.hello()
         self.hub.start_bus()
+        self.control.start()
         self._sweep()
 
     def _sweep(self) -> None:

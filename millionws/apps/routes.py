@@ -5,7 +5,6 @@ bytes of the answer, or, for a WebSocket route, the 101 answer and the applicati
 connection's messages (``apps/__init__.py`` states their interface).  Refusals are raised as
 ``HttpError`` and rendered by the server.  Nothing here blocks or touches a socket.
 
-==========  ==========  ===================================================================
 path        method      answer
 ==========  ==========  ===================================================================
 /echo, /ws  GET+Upgrade WebSocket; every text and binary message back unchanged (``echo``)
@@ -17,6 +16,27 @@ path        method      answer
 /metrics    GET, HEAD   Prometheus text exposition for every worker of the pod
 /stats      GET, HEAD   JSON snapshot: per worker and total; the channel options in effect
 ==========  ==========  ===================================================================
+=======
+======================  ===========  ================================================================
+path                    method       answer
+======================  ===========  ================================================================
+/echo, /ws              GET+Upgrade  WebSocket; every text and binary message back unchanged (``echo``)
+/pubsub                 GET+Upgrade  WebSocket; channels, JSON protocol of docs/protocol.md (``pubsub``)
+/publish/C              POST         body: one JSON document, published to channel C (``backend``)
+/users/U/messages       POST         body: one JSON document, to every connection of user U (``backend``)
+/channels               GET          active channels and their subscribers, every worker and node (``api``)
+/channels/C/history     GET          what C's sequencer holds after ?since=, with seq and epoch (``api``)
+/users/U/disconnect     POST         close every connection of user U, everywhere (``commands``)
+/users/U/unsubscribe    POST         take user U's connections out of channels, everywhere (``commands``)
+/broadcast              POST         one message to many channels (``commands``)
+/health                 GET, HEAD    200 {"status":"ok",...}; 503 {"status":"draining"} while draining;
+                                     ``?ready``: also 503 while the --bus broker is unreachable
+/metrics                GET, HEAD    Prometheus text exposition for every worker of the pod
+/stats                  GET, HEAD    JSON snapshot: per worker and total; the channel options in effect
+======================  ===========  ================================================================
+
+Every path under ``/publish/``, ``/users/``, ``/channels`` and ``/broadcast`` is the backend's API
+(docs/api.md) and needs the backend credential (``check_backend``) before anything else is looked at.
 
 Cheap refusals come first on an upgrade (origin, drain, capacity) so that a flood of upgrades costs no
 signature verification each.
@@ -36,13 +56,17 @@ from ..auth import AuthError, Identity, Verifier, bearer, extract_token
 from ..protocol import extensions, http
 from ..protocol.http import HttpError
 from ..pubsub.channels import valid_user
+from .api import Api
 from .backend import Backend, refused
+from .commands import Commands
 from .echo import Echo
 from .host import Host, Response
 from .pubsub import BAD_USER, PubSub, Session
 
 _AUTH_FAILED0 = metrics.F["auth_failed_missing"]
 _PROTOCOL_HEADER = b"Sec-WebSocket-Protocol: millionws\r\n\r\n"
+# The backend's API (docs/api.md): every path under these needs the backend credential.
+_BACKEND_PATHS = (b"/publish/", b"/users/", b"/channels", b"/broadcast")
 
 
 class App:
@@ -57,6 +81,8 @@ class App:
                          if cfg.auth_jwt_secret or cfg.auth_jwks else None)
         self.pubsub = PubSub(host, self.verifier)  # the same verifier: a refresh is checked as an upgrade is
         self.backend = Backend(host, self.pubsub)
+        self.api = Api(host, self.pubsub)
+        self.commands = Commands(host, self.pubsub)
         self.trust_user_param = cfg.trust_user_param
         self.websocket_routes: dict[bytes, Any] = {b"/echo": self.echo, b"/ws": self.echo,
                                                    b"/pubsub": self.pubsub}
@@ -110,9 +136,13 @@ class App:
                     ws_app = self.user_session(query)
             return Response(accepted, 101, True, ws_app, identity, deflate)
         keep_alive = http.keep_alive(request)
-        if not admin and (path.startswith(b"/publish/") or path.startswith(b"/users/")):
+        if not admin and path.startswith(_BACKEND_PATHS):  # docs/api.md
             self.check_backend(request)
-            return self.backend.post(request, path, body, keep_alive, conn)
+            if path.startswith(b"/publish/") or (path.startswith(b"/users/") and path.endswith(b"/messages")):
+                return self.backend.post(request, path, body, keep_alive, conn)
+            if path.startswith(b"/channels"):
+                return self.api.handle(request, path, query, body, keep_alive, conn)
+            return self.commands.handle(request, path, body, keep_alive, conn)
         route = self.http_routes.get(path)
         if self.admin_split and not admin and path != b"/health":
             route = None  # /metrics and /stats live on the admin port

@@ -29,8 +29,8 @@ HTTP, OPEN, CLOSING, LINGER, CLOSED = range(5)
 STATE_NAMES = ("HTTP", "OPEN", "CLOSING", "LINGER", "CLOSED")
 
 # Why a WebSocket ended: the index is stored in the record, the name labels the metric.
-REASONS = ("normal", "error", "timeout", "protocol", "too_big", "slow_consumer", "shutdown", "policy")
-R_NORMAL, R_ERROR, R_TIMEOUT, R_PROTOCOL, R_TOO_BIG, R_SLOW, R_SHUTDOWN, R_POLICY = range(len(REASONS))
+REASONS = ("normal", "error", "timeout", "protocol", "too_big", "slow_consumer", "shutdown", "policy", "backend")
+R_NORMAL, R_ERROR, R_TIMEOUT, R_PROTOCOL, R_TOO_BIG, R_SLOW, R_SHUTDOWN, R_POLICY, R_BACKEND = range(len(REASONS))
 
 # Events of the lifecycle: what the protocol reported or the server decided.
 (UPGRADED,  # the 101 is sent: a WebSocket

@@ -24,6 +24,9 @@ Theory of operation (this module moves opaque records; :mod:`channels` says what
 * A peer that stays away long enough for its outbox to pass ``--mesh-max-outbox`` loses the
   records sent to it meanwhile: counted (``millionws_records_dropped_total{kind=
   "mesh_outbox_full"}``) and logged once per episode, never silent.
+* The mesh also names the node: :attr:`Mesh.node`, random hex made once by the supervisor, inherited by
+  every worker it forks (restarted ones too), so the workers of one node share an id that no other node
+  has.  The control plane (:mod:`control`) names a worker on the bus by it and its index.
 * What arrives is untrusted like any other input: each record is handed to ``on_record``
   inside an exception boundary (:mod:`boundary`), so a record that breaks the handler is
   dropped and counted, and the next one is read.
@@ -32,6 +35,7 @@ Theory of operation (this module moves opaque records; :mod:`channels` says what
 from __future__ import annotations
 
 import logging
+import secrets
 import socket
 import struct
 from collections.abc import Callable
@@ -61,6 +65,11 @@ def _grow_buffers(sock: socket.socket, size: int) -> None:
             sock.setsockopt(socket.SOL_SOCKET, plain, size)
 
 
+def new_node_id() -> str:
+    """A node's id: 16 hex digits, random (a clash between two nodes of a deployment is a 2^-64 event)."""
+    return secrets.token_hex(8)
+
+
 class Mesh:
     """One datagram socketpair per pair of workers, made before the fork.
 
@@ -69,6 +78,7 @@ class Mesh:
 
     def __init__(self, workers: int, socket_buffer: int = DEFAULTS.mesh_socket_buffer) -> None:
         self.workers = workers
+        self.node = new_node_id()
         self.ends: dict[tuple[int, int], socket.socket] = {}  # (holder, peer) -> socket
         for i in range(workers):
             for j in range(i + 1, workers):
@@ -96,13 +106,15 @@ class LocalBus:
 
     Bounds (``--mesh-*``): ``max_datagram`` bytes per datagram (less if the socket's buffer
     is smaller), ``max_outbox`` bytes queued per peer before its records are dropped,
-    ``datagrams_per_wake`` datagrams read from one peer per readiness."""
+    ``datagrams_per_wake`` datagrams read from one peer per readiness.  ``node``: the node's id
+    (:attr:`Mesh.node`; a fresh one when this worker has no supervisor's mesh)."""
 
     def __init__(self, index: int, peers: dict[int, socket.socket], reactor: Reactor,
                  counters: list[int] | None = None, on_record: RecordHandler | None = None,
                  max_datagram: int = DEFAULTS.mesh_max_datagram, max_outbox: int = DEFAULTS.mesh_max_outbox,
-                 datagrams_per_wake: int = DEFAULTS.mesh_datagrams_per_wake) -> None:
+                 datagrams_per_wake: int = DEFAULTS.mesh_datagrams_per_wake, node: str | None = None) -> None:
         self.index = index
+        self.node = node or new_node_id()
         self.c = counters if counters is not None else [0] * len(F)
         self.reactor = reactor
         self.on_record = on_record

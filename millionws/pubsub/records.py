@@ -11,8 +11,15 @@ whether it owns the channel) stays in the hub.
 Layouts (first byte = type; numbers big-endian; ``chan`` is the name's length then its ASCII):
 PUB ``t0 req chan data`` · PUBACK ``req seq reach`` · MSG ``t0 seq chan data`` ·
 INTEREST/UNINTEREST ``chan`` · REPLAY_REQ ``req since chan`` ·
-REPLAY ``req reason first last chan n (seq t0 len data)*`` · HELLO.
+REPLAY ``req reason first last chan n (seq t0 len data)*`` · HELLO · CTL ``json``.
 ``t0`` is the publisher's monotonic time (CLOCK_MONOTONIC is one clock for the whole machine).
+
+**Control messages** (:mod:`control`) are one JSON object, the same bytes whether a ``CTL`` record carries
+them to a worker of this node or the broker to a worker of another node: ``op`` (``req``, ``ans``, ``note``,
+``hello``), the sender as ``node`` (its node's id, hex) and ``w`` (its worker index), then per op
+``id`` (a request number), ``kind`` and ``args`` (an object), ``ok`` with ``answer`` or ``error``, ``ask``.
+:func:`decode_control` checks every field the receiver uses (size, depth, types, ranges, alphabets);
+other keys are ignored, so that a node of a later version may add some.
 """
 
 from __future__ import annotations
@@ -23,9 +30,10 @@ import struct
 import time
 from typing import Any
 
+from .. import jsonsafe
 from ..jsonsafe import MAX_SAFE_INTEGER
 
-T_PUB, T_MSG, T_INTEREST, T_UNINTEREST, T_REPLAY_REQ, T_REPLAY, T_HELLO, T_PUBACK = range(1, 9)
+T_PUB, T_MSG, T_INTEREST, T_UNINTEREST, T_REPLAY_REQ, T_REPLAY, T_HELLO, T_PUBACK, T_CTL = range(1, 10)
 _PUB = struct.Struct("!BdIH")
 _PUBACK = struct.Struct("!BIQB")
 _MSG = struct.Struct("!BdQH")
@@ -88,6 +96,69 @@ def replay(req: int, reason: int, first: int, last: int, channel: str,
     return b"".join(parts)
 
 
+def control(body: bytes) -> bytes:
+    """A control message (:func:`control_message`) as a record to a worker of this node."""
+    return bytes((T_CTL,)) + body
+
+
+# -- control messages ----------------------------------------------------------------------------
+CTL_REQ, CTL_ANS, CTL_NOTE, CTL_HELLO = "req", "ans", "note", "hello"
+NODE_RE = re.compile(r"[0-9a-f]{1,32}\Z")  # a node's id: random hex, made by the supervisor (mesh.Mesh)
+KIND_RE = re.compile(r"[a-z][a-z0-9_.:-]{0,31}\Z")  # what a handler is registered under
+MAX_WORKER = 0xFFFF
+MAX_REQ = 0xFFFFFFFF
+MAX_ERROR = 200  # characters of an answer's error text
+
+
+def control_message(op: str, node: str, worker: int, **fields: Any) -> bytes:
+    """One control message, as :func:`decode_control` reads it (``fields``: the op's own, see there)."""
+    return jsonsafe.dump({"op": op, "node": node, "w": worker, **fields})
+
+
+def decode_control(body: bytes | memoryview, max_bytes: int, max_depth: int) -> tuple[Any, ...]:
+    """The fields of one control message, checked; raises ValueError (a JsonError is one).
+
+    ``("req", node, w, id, kind, args)`` · ``("ans", node, w, id, ok, answer or error text)`` ·
+    ``("note", node, w, kind, args)`` · ``("hello", node, w, ask)``.
+    """
+    if len(body) > max_bytes:
+        raise ValueError(f"control message of {len(body)} bytes (at most {max_bytes})")
+    msg = jsonsafe.parse(bytes(body), max_depth)
+    if type(msg) is not dict:
+        raise ValueError("a control message is a JSON object")
+    op, node, worker = msg.get("op"), msg.get("node"), msg.get("w")
+    if type(node) is not str or not NODE_RE.match(node) or type(worker) is not int or not 0 <= worker <= MAX_WORKER:
+        raise ValueError("control message without a valid sender")
+    if op == CTL_REQ or op == CTL_NOTE:
+        kind, args = msg.get("kind"), msg.get("args")
+        if type(kind) is not str or not KIND_RE.match(kind) or type(args) is not dict:
+            raise ValueError("control request without a valid kind and args")
+        if op == CTL_NOTE:
+            return op, node, worker, kind, args
+        return op, node, worker, _req(msg), kind, args
+    if op == CTL_ANS:
+        req, ok = _req(msg), msg.get("ok")
+        if ok is True and "answer" in msg:
+            return op, node, worker, req, True, msg["answer"]
+        error = msg.get("error")
+        if ok is False and type(error) is str and len(error) <= MAX_ERROR:
+            return op, node, worker, req, False, error
+        raise ValueError("control answer without ok and answer, or a short error")
+    if op == CTL_HELLO:
+        ask = msg.get("ask")
+        if type(ask) is not bool:
+            raise ValueError("hello without ask")
+        return op, node, worker, ask
+    raise ValueError("unknown control op")
+
+
+def _req(msg: dict[str, Any]) -> int:
+    req = msg.get("id")
+    if type(req) is not int or not 1 <= req <= MAX_REQ:
+        raise ValueError("control message without a valid request number")
+    return req
+
+
 # -- checking what arrives ---------------------------------------------------------------------
 def decode(record: memoryview) -> tuple[Any, ...]:
     """The fields of one record, checked; its type first.  Raises ValueError or struct.error.
@@ -96,6 +167,7 @@ def decode(record: memoryview) -> tuple[Any, ...]:
     PUBACK ``(T_PUBACK, req, seq, reach)`` (seq 0 and reach ``REFUSED_CHANNEL_LIMIT`` when refused) ·
     INTEREST/UNINTEREST ``(kind, channel)`` · REPLAY_REQ ``(kind, req, since, channel)`` ·
     REPLAY ``(kind, req, reason, first, last, channel, entries)`` · HELLO ``(T_HELLO,)``.
+    CTL records never get here: :mod:`control` takes them (:func:`decode_control`) before the channels do.
     """
     kind = record[0]
     if kind == T_MSG:

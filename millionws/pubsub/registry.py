@@ -23,15 +23,20 @@ Theory of operation:
 * Subscribers are dicts used as ordered sets: delivery follows subscription order, removal is O(1).  The
   gauges (``channels``, ``subscriptions``) follow every change in O(1), from the interest transitions.
 * Nothing here knows where a channel is sequenced or what a ``seq`` is.
+* The API reads it too (:meth:`Registry.page`, :meth:`Registry.holders`): one page of channels costs one
+  pass over this worker's channels (no index is kept for a call that is rare next to a message), the
+  connections of one channel a dict lookup.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..metrics import F
 from .names import ChannelError
+from .records import USER_PREFIX
 
 _C_CHANNELS, _C_SUBS = F["channels"], F["subscriptions"]
 
@@ -65,6 +70,23 @@ class Registry:
     def channels(self) -> set[str]:
         """Every channel this worker is interested in."""
         return self.subs.keys() | self.holds.keys()
+
+    def page(self, after: str, prefix: str, limit: int, users: bool) -> list[tuple[str, int]]:
+        """Up to ``limit`` channels held here, by name, after ``after``, starting with ``prefix`` (``users``:
+        users' own channels too), each with its number of connections (subscribed or held)."""
+        subs, holds = self.subs, self.holds
+        names = (name for name in subs.keys() | holds.keys()
+                 if name > after and name.startswith(prefix) and (users or not name.startswith(USER_PREFIX)))
+        return [(name, len(subs.get(name, ())) + len(holds.get(name, ())))
+                for name in heapq.nsmallest(limit, names)]
+
+    def holders(self, channel: str) -> list[Any]:
+        """The connections of this worker holding ``channel`` (subscribed or held), a snapshot."""
+        return [*self.subs.get(channel, ()), *self.holds.get(channel, ())]
+
+    def channels_of(self, conn: Any) -> set[str]:
+        """The channels ``conn`` holds (the registry's own set: not to be changed)."""
+        return self.of_conn.get(conn) or set()
 
     def admit(self, conn: Any, channels: Iterable[str], internal: bool = False) -> list[str]:
         """The channels of ``channels`` new to ``conn``, in order, once; ChannelError if they would pass a

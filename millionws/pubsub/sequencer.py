@@ -24,10 +24,16 @@ Theory of operation:
   one is refused (``None``), so a flood of one-message channels cannot grow the table without bound.
 * The sequence of a restarted worker starts again at 1 too: persistence across restarts is the job of
   an external bus (:mod:`brokers`), which then numbers the messages instead of this module.
+* **Epochs.**  So that a reader of a channel's history can tell "the sequence started again" from "nothing
+  new", each sequence has an epoch (:meth:`Sequencer.epoch`): this table's random incarnation (a restart
+  makes another) and the number of the channel's state in it (an eviction and a new start make another),
+  one int per channel.
 """
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable
@@ -96,10 +102,11 @@ class Owned:
     """A channel this worker sequences.  ``replay`` holds its namespace's limits (and, for the sweep, the
     time it stays after its last use: its ``seconds``)."""
 
-    __slots__ = ("seq", "replay", "interest", "touched")
+    __slots__ = ("seq", "replay", "interest", "touched", "born")
 
-    def __init__(self, replay: ReplayBuffer) -> None:
+    def __init__(self, replay: ReplayBuffer, born: int = 0) -> None:
         self.seq = 0
+        self.born = born  # the how-manieth channel state of its sequencer: with its incarnation, the epoch
         self.touched = monotonic()  # last publish or interest: for eviction
         self.replay = replay
         self.interest: set[int] = set()  # other workers with subscribers
@@ -123,6 +130,8 @@ class Sequencer:
         self.owned: dict[str, Owned] = {}
         # One empty buffer per rule whose channels keep nothing: bounded by the number of rules.
         self._no_replay: dict[ChannelOptions, ReplayBuffer] = {}
+        self.incarnation = secrets.token_hex(8)  # this table's: a restarted worker has another
+        self.created = 0  # channel states made so far
 
     def take(self, channel: str) -> Owned | None:
         """The state of ``channel``, made if new; None when a new one would pass ``max_owned``."""
@@ -130,8 +139,13 @@ class Sequencer:
         if owned is None:
             if len(self.owned) >= self.max_owned:
                 return None
-            self.owned[channel] = owned = Owned(self._buffer(self.namespaces.of(channel)))
+            self.created += 1
+            self.owned[channel] = owned = Owned(self._buffer(self.namespaces.of(channel)), self.created)
         return owned
+
+    def epoch(self, owned: Owned) -> str:
+        """The epoch of ``owned``'s sequence: 16 hex digits, another one whenever the sequence starts again."""
+        return hashlib.blake2b(b"%s.%d" % (self.incarnation.encode(), owned.born), digest_size=8).hexdigest()
 
     def _buffer(self, options: ChannelOptions) -> ReplayBuffer:
         """A new channel's buffer, with its rule's limits."""

@@ -77,7 +77,8 @@ class HttpPipeline:
         self.max_body = config.max_request_body
         self.budget = config.pipeline_budget  # pipelined HTTP requests per connection per loop turn
         self.handshake_timeout = config.handshake_timeout
-        self.publish_timeout = config.publish_timeout
+        # The backstop of a deferred answer: a publish waits for its seq, an API call for every worker's answer.
+        self.publish_timeout = max(config.publish_timeout, config.control_timeout)
         self.ping_interval = config.ping_interval
         self.upgrades = 0  # WebSockets opened by this worker: the k of first_ping_delay
 

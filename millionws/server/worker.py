@@ -32,12 +32,12 @@ Theory of operation:
 * Drain (SIGTERM/SIGINT) is its own part (:mod:`drain`): keep accepting so probes see 503 ``draining``,
   refuse upgrades, send 1001 to every WebSocket, exit once none is left or the grace period is over.
 * The application never sees the worker: it gets a ``Host`` (apps/host.py) holding :meth:`send`,
-  :meth:`fanout`, :meth:`answer`, :meth:`websocket_count`, whether the worker drains, the token-expiry
-  heap's ``move`` (for a ``refresh`` on ``/pubsub``), and the few objects it needs (config, stats,
-  reactor, mesh).  While a connection's input is handled, what the application sends to it joins that
-  read's output (``_out``, which ``websocket.receive`` fills with the replies and pongs): every byte to a
-  connection leaves in the order it was produced, and the eight replies to a read of eight messages
-  leave in one write.
+  :meth:`fanout`, :meth:`answer`, :meth:`websocket_count`, :meth:`close_websocket`, whether the worker
+  drains, the token-expiry heap's ``move`` (for a ``refresh`` on ``/pubsub``), and the few objects it needs
+  (config, stats, reactor, mesh).  While a connection's input is handled, what the application sends to it
+  joins that read's output (``_out``, which ``websocket.receive`` fills with the replies and pongs): every
+  byte to a connection leaves in the order it was produced, and the eight replies to a read of eight
+  messages leave in one write.
 """
 
 from __future__ import annotations
@@ -58,7 +58,19 @@ from ..core.transport import PLAIN, Transport
 from ..metrics import TLS_FAILED0, F, SharedStats, WorkerStats
 from ..protocol import http, websocket
 from ..protocol.deflate import DeflatePool, Deflater
-from ..protocol.lifecycle import CLOSED, CLOSING, GOODBYE, HTTP, LINGER, NO_EVENT, OPEN, R_ERROR, R_SHUTDOWN, advance
+from ..protocol.lifecycle import (
+    CLOSED,
+    CLOSING,
+    GOODBYE,
+    HTTP,
+    LINGER,
+    NO_EVENT,
+    OPEN,
+    R_BACKEND,
+    R_ERROR,
+    R_SHUTDOWN,
+    advance,
+)
 from ..protocol.websocket import FramePool, receive
 from ..pubsub.mesh import LocalBus, Mesh
 from .acceptor import Acceptor
@@ -117,7 +129,8 @@ class Worker:
                                if deflating else self.frames)
         self.bus = LocalBus(index, mesh.take(index) if mesh is not None else {}, reactor, c,
                             max_datagram=cfg.mesh_max_datagram, max_outbox=cfg.mesh_max_outbox,
-                            datagrams_per_wake=cfg.mesh_datagrams_per_wake)
+                            datagrams_per_wake=cfg.mesh_datagrams_per_wake,
+                            node=mesh.node if mesh is not None else None)
         # Abuse limits (SECURITY.md); each is off unless configured, so an unused limit costs nothing.
         self.admission = Admission(c, cfg.max_connect_rate_per_ip, cfg.max_connections_per_ip)
         self.expiries = Expiries()
@@ -139,7 +152,8 @@ class Worker:
         self._out: list[bytes] = []
         self._reading: Connection | None = None
         self.app = App(Host(index, cfg, self.stats, reactor, self.bus, self.send, self.fanout, self.answer,
-                            self.websocket_count, self.drain.is_draining, self.expiries.move), cfg.max_connections)
+                            self.websocket_count, self.drain.is_draining, self.expiries.move,
+                            self.close_websocket), cfg.max_connections)
         self.pipeline = HttpPipeline(cfg, self.stats, reactor, self.app.handle, output.write, closer,
                                      self.expiries, self.ws_in)
         start_tls = self.tls.start if self.tls is not None else None
@@ -175,6 +189,16 @@ class Worker:
 
     def websocket_count(self) -> int:
         return self.c[_CONNECTIONS]
+
+    def close_websocket(self, conn: Connection, code: int, reason: str) -> bool:
+        """The application ends an open WebSocket (a backend's disconnect): our Close with ``code`` and
+        ``reason`` behind what the peer has not read yet, then the closing handshake as for a drain.  Not the
+        connection being read: what its read produced must leave first, and its frames are still being
+        parsed (False)."""
+        if conn.state != OPEN or conn is self._reading:
+            return False
+        self.keepalive.close_with(conn, code, reason, R_BACKEND, wait_for_peer=True)
+        return True
 
     def answer(self, conn: Connection, response: Response | http.HttpError) -> None:
         """The deferred answer of an HTTP request, to the pipeline.

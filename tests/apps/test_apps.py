@@ -21,6 +21,7 @@ from millionws.protocol.websocket import encode_frame
 
 class FakeMesh:
     on_record: Any = None
+    node = "ab" * 8  # the node's id (pubsub/mesh.py)
 
     def send(self, dest: int, record: bytes) -> None:
         raise AssertionError("one worker: no record leaves it")
@@ -38,6 +39,7 @@ class Conn:
     def __init__(self) -> None:
         self.sent: list[bytes] = []
         self.expires: list[float | None] = []  # what the application asked of the expiry heap (host.expire_at)
+        self.closed: tuple[int, str] | None = None
 
 
 def host(draining: bool = False, count: int = 0, **settings: Any) -> tuple[Host, list[tuple[Any, Any]]]:
@@ -57,8 +59,12 @@ def host(draining: bool = False, count: int = 0, **settings: Any) -> tuple[Host,
 
     config = Config(workers=1, **settings)
     stats = metrics.WorkerStats(metrics.SharedStats(1), 0)
+    def close(conn: Conn, code: int, reason: str) -> bool:
+        conn.closed = (code, reason)
+        return True
+
     return Host(0, config, stats, FakeReactor(), FakeMesh(), send, fanout, lambda c, r: answers.append((c, r)),
-                lambda: count, lambda: draining, expire_at), answers
+                lambda: count, lambda: draining, expire_at, close), answers
 
 
 def documents(data: list[bytes] | bytes | None) -> list[dict]:

@@ -98,3 +98,20 @@ def test_subscribers_are_kept_in_subscription_order():
     rig.reg.remove("c1", ["x"])
     rig.reg.add("c1", "x")
     assert list(rig.reg.subs["x"]) == ["c3", "c2", "c1"]
+
+
+def test_a_page_of_channels_is_by_name_after_the_cursor_filtered_and_counts_held_connections():
+    rig = Rig()
+    reg = rig.reg
+    for conn, channels in (("a", ["chat.2", "news", "@user:al"]), ("b", ["chat.1", "news"]), ("c", ["chat.10"])):
+        for channel in channels:
+            reg.add(conn, channel)
+    reg.hold("d", "chat.1", object())  # waiting for its replay: it holds the channel too
+    assert reg.page("", "", 10, False) == [("chat.1", 2), ("chat.10", 1), ("chat.2", 1), ("news", 2)]
+    assert reg.page("", "", 2, False) == [("chat.1", 2), ("chat.10", 1)]
+    assert reg.page("chat.10", "", 2, False) == [("chat.2", 1), ("news", 2)]
+    assert reg.page("", "chat.1", 10, False) == [("chat.1", 2), ("chat.10", 1)]
+    assert reg.page("", "", 10, True)[0] == ("@user:al", 1)  # users' channels only when asked
+    assert reg.page("news", "", 10, False) == []
+    assert sorted(reg.holders("chat.1"), key=str) == ["b", "d"] and reg.holders("nothing") == []
+    assert reg.channels_of("a") == {"chat.2", "news", "@user:al"} and reg.channels_of("zz") == set()

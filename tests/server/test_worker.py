@@ -263,3 +263,32 @@ def test_output_to_a_deflate_connection_is_compressed_in_order_and_control_frame
     assert got.startswith(b"\x8a\x01p" + encode_frame(1, b"tiny") + b"\xc1")  # pong and tiny reply as they are
     assert zlib.decompressobj(-15).decompress(got[11:] + TAIL) == b"x" * 100
     assert w.c[F["uncompressed_out"]] == 150 + 100
+
+
+def test_the_application_may_close_an_open_websocket_with_its_code_through_the_closing_handshake(worker):
+    w = worker()
+    conn, peer = client(w, OPEN)
+    assert w.close_websocket(conn, 4500, "logged out") is True
+    assert peer.recv(100) == b"\x88\x0c" + (4500).to_bytes(2, "big") + b"logged out"
+    assert conn.state == CLOSING and conn.deadline != 0  # waits for the peer's Close, then the close timeout
+    assert w.close_websocket(conn, 4500, "again") is False  # not open any more: nothing sent twice
+    peer.sendall(masked(8, (4500).to_bytes(2, "big")))
+    w.on_event(conn, EPOLLIN)
+    assert conn.state == LINGER
+    w.closer.close(conn)
+    assert w.c[F["disconnect_backend"]] == 1
+    http_conn, _ = client(w)
+    assert w.close_websocket(http_conn, 4500, "") is False  # not a WebSocket
+
+    class ClosesItself:
+        def on_message(self, conn, is_text, payload):
+            assert w.close_websocket(conn, 4000, "") is False  # its read's output would come after the Close
+            return None
+
+        def on_close(self, conn):
+            pass
+
+    reading, reading_peer = client(w, OPEN, ClosesItself())
+    reading_peer.sendall(masked(1, b"x"))
+    w.on_event(reading, EPOLLIN)
+    assert reading.state == OPEN

@@ -26,12 +26,26 @@ Only the names below are for the rest of millionws; tests reach into the modules
 
 from __future__ import annotations
 
-from .base import E_ACK, E_GAP, E_MSG, E_REPLAY, E_STATE, GAP_EXPIRED, GAP_NONE, GAP_UNKNOWN, BusConfigError
+from .base import (
+    E_ACK,
+    E_ANSWER,
+    E_CTL,
+    E_GAP,
+    E_MSG,
+    E_REPLAY,
+    E_STATE,
+    GAP_EXPIRED,
+    GAP_NONE,
+    GAP_UNKNOWN,
+    BusConfigError,
+)
 from .bridge import Bridge
 from .schemes import preflight
 
 __all__ = [
     "E_ACK",
+    "E_ANSWER",
+    "E_CTL",
     "E_GAP",
     "E_MSG",
     "E_REPLAY",

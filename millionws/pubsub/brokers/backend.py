@@ -20,6 +20,13 @@ Meanwhile the node serves everything local (WebSockets, subscriptions, HTTP, /he
 with ``bus.up: false``) and answers publishes as :mod:`outbox` says.
 ``millionws_bus_up`` and ``millionws_bus_reconnects_total`` show it.
 
+**The control plane.**  With a ``control_id`` (:mod:`..control`) every connect also subscribes the
+control subjects (:meth:`BackendBase.subscribe_control`); control messages go out as the reactor
+hands them (``control`` commands: at most once, dropped while disconnected) and come in as ``E_CTL``
+events, larger than ``--control-max-bytes`` dropped here and counted as malformed.  A ``query``
+command is a read of the broker for the reactor (:meth:`Backend.query`: the history of a channel),
+answered once with ``E_ANSWER``.
+
 **Loud.**  The connect checks what :func:`schemes.preflight` checks (a JetStream-less NATS
 counts as a failed connect, so ``bus.up`` stays false with the reason in ``/health``).  From
 the first failed connect and on every lost connection the thread logs a WARNING with the
@@ -35,6 +42,8 @@ import time
 from ...metrics import F
 from .base import (
     E_ACK,
+    E_ANSWER,
+    E_CTL,
     E_REPLAY,
     E_STATE,
     GAP_NONE,
@@ -86,7 +95,7 @@ class Backend(Delivery, Outbox):
         failures = 0
         while True:
             try:
-                await asyncio.wait_for(self.connect(), self.bridge.connect_timeout * 4)
+                await asyncio.wait_for(self._connect(), self.bridge.connect_timeout * 4)
             except TimeoutError:
                 failures += 1
                 self._down(f"no answer within {self.bridge.connect_timeout * 4:g} s", "cannot connect")
@@ -134,6 +143,11 @@ class Backend(Delivery, Outbox):
             if down_since - connected_at >= STABLE:  # a connection that drops at once must not spin
                 delays = self._backoff()
             await asyncio.sleep(next(delays))
+
+    async def _connect(self) -> None:
+        await self.connect()
+        if self.bridge.control_id is not None:
+            await self.subscribe_control(self.bridge.control_id)
 
     def _down(self, reason: str, what: str) -> None:
         # Logged first: whoever sees the error (the worker, /health, a test in another thread) finds the line.
@@ -188,6 +202,16 @@ class Backend(Delivery, Outbox):
                         emit((E_REPLAY, req, GAP_NONE, 0, []))
                     if state.live is not None and self.connected:
                         self._spawn(self._unsubscribe(channel, state.live))
+        elif kind == "control":
+            _, to, body = cmd
+            if self.connected:  # else dropped: control messages are at most once, their askers have deadlines
+                self._spawn(self._send_control(to, body))
+        elif kind == "query":
+            _, req, what, args = cmd
+            if not self.connected:
+                emit((E_ANSWER, req, "unavailable: broker not connected", None))
+            else:
+                self._spawn(self.query(req, what, args))
         elif kind == "replay":
             _, channel, req, since = cmd
             state = self.channels.get(channel)
@@ -197,3 +221,52 @@ class Backend(Delivery, Outbox):
                 state.replays.append((req, since))
                 self._spawn(self.sync(channel))
         return False
+
+    # -- the control plane ---------------------------------------------------------------------
+    def on_control_message(self, data: object) -> None:
+        """A message of a control subject, for the reactor (checked there, field by field)."""
+        if type(data) is not bytes or len(data) > self.bridge.control_max_bytes:
+            self._malformed(1, "a control message that is not bytes or is over --control-max-bytes")
+            return
+        self.bridge.emit((E_CTL, data))
+
+    async def _send_control(self, to: str | None, body: bytes) -> None:
+        try:
+            await self.publish_control(to, body)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # e.g. over NATS's max_payload: lost, like any at-most-once message; said once
+            self.log("control", describe(exc), logging.WARNING, "bus %s: a control message of %d bytes was not "
+                     "sent: %s (the question it belongs to ends partial)", self.name, len(body), describe(exc))
+
+    async def query(self, req: int, what: str, args: tuple) -> None:
+        """Answer the reactor's read ``what`` once: ``(E_ANSWER, req, "", result)`` or ``(E_ANSWER, req, error,
+        None)``.  ``"history"``: :meth:`history`."""
+        emit = self.bridge.emit
+        try:
+            if what != "history":
+                raise ValueError(f"no query {what!r}")
+            result = await self.history(*args)
+        except asyncio.CancelledError:
+            emit((E_ANSWER, req, "unavailable: broker connection lost", None))
+            raise
+        except Exception as exc:
+            emit((E_ANSWER, req, "unavailable: " + describe(exc), None))
+            return
+        emit((E_ANSWER, req, "", result))
+
+    async def history(self, channel: str, since: int, limit: int) -> tuple:
+        """What the broker holds of ``channel`` after ``since``, at most ``limit`` messages:
+        ``(last, epoch, first, reset, [(seq, data), ...])`` (docs/api.md).  ``since`` beyond ``last`` is a
+        sequence from before a restart: answered from the oldest message held, ``reset`` True."""
+        last, first, epoch = await self.history_head(channel)
+        reset = since > last
+        if reset:
+            since = 0
+        lo = max(since + 1, first)
+        hi = min(last, lo + limit - 1)
+        entries = await self.fetch(channel, lo, hi) if lo <= hi else []
+        kept = [(seq, data) for seq, _t, data in entries if data is not None]
+        if len(kept) < len(entries):
+            self._malformed(len(entries) - len(kept), f"stored record(s) of {channel!r} left out of a history")
+        return last, epoch, first, reset, kept

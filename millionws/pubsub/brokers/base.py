@@ -4,7 +4,8 @@ everything read from a broker, and the interface a broker implements.
 Theory of operation.
 
 **Events.**  The thread hands the worker tuples whose first item is one of ``E_MSG``,
-``E_GAP``, ``E_REPLAY``, ``E_STATE``, ``E_ACK`` (their shapes: :class:`bridge.Bridge`).  They
+``E_GAP``, ``E_REPLAY``, ``E_STATE``, ``E_ACK``, and for the control plane (:mod:`..control`)
+``E_CTL`` and ``E_ANSWER`` (their shapes: :class:`bridge.Bridge`).  They
 are plain tuples of ints, strings and bytes because they cross a thread boundary through a
 deque and must cost nothing to build; their values are fixed (a test pins them).
 
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import hashlib
 import importlib
 import logging
 import math
@@ -65,8 +67,8 @@ REFUSALS = 3
 # overflow its int64 sum.
 MAX_AGE = 86_400.0
 
-# Events for the worker (first item).
-E_MSG, E_GAP, E_REPLAY, E_STATE, E_ACK = range(5)
+# Events for the worker (first item); from E_CTL on, for the control plane rather than the channels.
+E_MSG, E_GAP, E_REPLAY, E_STATE, E_ACK, E_CTL, E_ANSWER = range(7)
 GAP_NONE, GAP_EXPIRED, GAP_UNKNOWN = 0, 1, 2  # as in channels
 
 _MALFORMED = F["dropped_broker_malformed"]
@@ -192,6 +194,16 @@ def checked_entry(raw_seq: object, raw_t: object, data: object,
     return (seq, t_wall, data)
 
 
+def epoch_of(*parts: str | bytes) -> str:
+    """A channel's epoch (docs/api.md, history) from what the broker says about when its sequence began:
+    16 hex digits, whatever the broker holds (read from it: untrusted, so never passed on as it is)."""
+    digest = hashlib.blake2b(digest_size=8)
+    for part in parts:
+        digest.update(part.encode() if isinstance(part, str) else part)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
 def to_monotonic(t_wall: float) -> float:
     """A broker's wall-clock time as this process's monotonic clock (for latency), at most MAX_AGE old."""
     return time.monotonic() - min(MAX_AGE, max(0.0, time.time() - t_wall))
@@ -246,6 +258,10 @@ class BridgeSide(Protocol):
     live_pending_messages: int
     live_pending_bytes: int
     max_json_depth: int
+    # The control plane (..control): this worker's id on the bus (None: no control subjects), and the
+    # largest control message accepted from the broker.
+    control_id: str | None
+    control_max_bytes: int
 
     def emit(self, event: tuple) -> None: ...
     def take_commands(self) -> list[tuple]: ...
@@ -339,6 +355,20 @@ class BackendBase(abc.ABC):
     @abc.abstractmethod
     async def publish_batch(self, batch: list[Pending]) -> list[int | BaseException]:
         """Publish in order; per message its seq (0: stored, seq unknown) or what went wrong."""
+
+    @abc.abstractmethod
+    async def subscribe_control(self, me: str) -> None:
+        """On the current connection, hand every message of the control subjects (everyone's, and ``me``'s
+        own) to ``on_control_message``."""
+
+    @abc.abstractmethod
+    async def publish_control(self, to: str | None, body: bytes) -> None:
+        """Publish a control message to every worker (``to`` None) or to worker ``to``'s own subject."""
+
+    @abc.abstractmethod
+    async def history_head(self, channel: str) -> tuple[int, int, str | None]:
+        """``(last seq, oldest seq held or last + 1, epoch)`` of the channel, creating nothing: ``(0, 1, None)``
+        for a channel never sequenced.  The epoch changes when the sequence starts again (:func:`epoch_of`)."""
 
     def refused(self, exc: BaseException) -> bool:
         """The broker answered that it did not store the message (as opposed to no answer)."""

@@ -20,6 +20,11 @@ and writes the eventfd again for the rest, so a burst from the broker cannot sta
 clients.  Each event runs inside an exception boundary (:mod:`boundary`): one that raises
 is counted and logged, the next one runs.
 
+**The control plane** (:mod:`..control`) rides on the same thread: control messages go out as
+commands (:meth:`Bridge.control_publish`) and come back as ``E_CTL`` events, a read of the broker
+itself (:meth:`Bridge.query`, the history of a channel) as ``E_ANSWER``; both, and ``E_STATE``, are
+handed to ``on_control``, which the control plane sets with ``control_id`` before the thread starts.
+
 **Who writes what.**  Commands and events cross only through the two deques (``append``
 and ``popleft`` are atomic) and the eventfd with its ``_wake_pending`` flag.  Besides those
 the thread writes only the ``bus_*`` counters, ``dropped_broker_malformed`` and the
@@ -44,7 +49,7 @@ from ...core.reactor import EPOLLIN, Reactor
 from ...metrics import F
 from ...namespaces import ChannelOptions, Namespaces
 from .backend import Backend
-from .base import E_ACK, E_STATE, log, redact
+from .base import E_ACK, E_ANSWER, E_CTL, E_STATE, log, redact
 from .schemes import backend_for
 
 _UP = F["bus_up"]
@@ -55,7 +60,8 @@ class Bridge:
 
     ``on_event(event)`` runs on the reactor with ``(E_MSG, channel, seq, data, t0)``,
     ``(E_GAP, channel, last, first, reason)``, ``(E_REPLAY, req, reason, first, entries)``,
-    ``(E_STATE, up)`` or ``(E_ACK, req, seq, error)``.
+    ``(E_STATE, up)`` or ``(E_ACK, req, seq, error)``; ``on_control(event)`` with ``(E_CTL, body)``,
+    ``(E_ANSWER, req, error, result)`` and ``(E_STATE, up)`` too.
 
     ``namespaces`` gives each channel its replay limits (``--channel-options``), which the broker applies
     to the channel's stream (:mod:`nats`, :mod:`redis`); without it every channel gets the defaults of
@@ -72,7 +78,8 @@ class Bridge:
                  connect_timeout: float = DEFAULTS.bus_connect_timeout, heartbeat: float = DEFAULTS.bus_heartbeat,
                  live_pending_messages: int = DEFAULTS.bus_live_pending_messages,
                  live_pending_bytes: int = DEFAULTS.bus_live_pending_bytes,
-                 max_json_depth: int = DEFAULTS.bus_max_json_depth) -> None:
+                 max_json_depth: int = DEFAULTS.bus_max_json_depth,
+                 control_max_bytes: int = DEFAULTS.control_max_bytes) -> None:
         self.url = url
         self.name = redact(url)
         self.reactor = reactor
@@ -93,6 +100,9 @@ class Bridge:
         self.live_pending_messages = live_pending_messages
         self.live_pending_bytes = live_pending_bytes
         self.max_json_depth = max_json_depth
+        self.control_max_bytes = control_max_bytes
+        self.control_id: str | None = None  # set by the control plane before start: subscribe its subjects
+        self.on_control: Callable[[tuple], None] | None = None
         self.backend: Backend = backend_for(self)
         self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._events: deque[tuple] = deque()
@@ -125,6 +135,19 @@ class Bridge:
 
     def replay(self, req: int, channel: str, since: int) -> None:
         self._command(("replay", channel, req, since))
+
+    def control_publish(self, to: str | None, body: bytes) -> None:
+        """A control message to every worker on the bus (``to`` None) or to one; at most once, never answered."""
+        if not self.stopped:
+            self._command(("control", to, body))
+
+    def query(self, req: int, what: str, args: tuple) -> None:
+        """A read of the broker (:meth:`backend.Backend.query`); answered once with ``(E_ANSWER, req, error,
+        result)``."""
+        if self.stopped:
+            self.emit((E_ANSWER, req, "unavailable: broker thread stopped", None))
+            return
+        self._command(("query", req, what, args))
 
     def detail(self) -> dict[str, Any]:
         """For /health."""
@@ -174,10 +197,16 @@ class Bridge:
             if not events:
                 return
             event = events.popleft()
-            if event[0] == E_STATE:
-                self.up = event[1]
+            kind = event[0]
             try:
-                on_event(event)
+                if kind < E_CTL:
+                    if kind == E_STATE:
+                        self.up = event[1]
+                    on_event(event)
+                    if kind == E_STATE and self.on_control is not None:
+                        self.on_control(event)
+                elif self.on_control is not None:
+                    self.on_control(event)
             except Exception as exc:  # one bad event must not cost the ones queued behind it
                 boundary.report(self.c, "broker", exc, "bus event")
         if events:  # the clients get a turn too; come back for the rest
@@ -211,6 +240,8 @@ class Bridge:
             for cmd in self.take_commands():  # nobody will send these
                 if cmd[0] == "publish":
                     self.emit((E_ACK, cmd[4], 0, "unavailable: broker thread stopped"))
+                elif cmd[0] == "query":
+                    self.emit((E_ANSWER, cmd[1], "unavailable: broker thread stopped", None))
             # Sent ones may be stored: no answer is honest (the worker's publish timeout tells the client).
             self.backend._refuse_unsent("unavailable: broker thread stopped")
             if self.up:

@@ -24,6 +24,12 @@ Channel names with an empty subject token (``a..b``, ``.a``) are spelt ``~<hex o
 name>`` in subjects (:func:`subject_token`).  Only the broker may publish on ``mws.live.>``
 (NATS permissions): a well-formed message forged there is indistinguishable from a real one.
 
+**Control plane.**  Core subjects, no stream: ``mws.ctl`` (every worker of every node) and
+``mws.ctl.r.<node>.<worker>`` (one worker's answers); at most once, like the live subjects.  A
+channel's history (:meth:`NatsBackend.history_head`) reads the stream's state without creating it;
+its epoch comes from the stream's creation time, so a stream deleted and made again (its sequence
+restarted) has another.
+
 **Liveness.**  The client pings every ``--bus-heartbeat`` seconds and gives up after two
 unanswered pings, so a black-holed server is noticed; it never reconnects by itself (the
 thread's own loop does, :mod:`backend`, then resubscribes and catches up).  A server
@@ -45,6 +51,7 @@ from .base import (
     Entry,
     Pending,
     describe,
+    epoch_of,
     int_of,
     quietly,
     require_libraries,
@@ -53,6 +60,12 @@ from .base import (
 EXTRA = "nats"  # pip install 'millionws[nats]'
 LIBRARIES = ("nats", "nats.js")
 NO_JETSTREAM = "JetStream is not enabled on this NATS server (start nats-server with -js)"
+CONTROL = "mws.ctl"  # every worker's questions and notices; "mws.ctl.r.<id>" one worker's answers
+
+
+def control_subject(to: str | None) -> str:
+    """The subject of a control message: everyone's, or worker ``to``'s own (``<node>.<index>``)."""
+    return CONTROL if to is None else f"{CONTROL}.r.{to}"
 
 
 def subject_token(channel: str) -> str:
@@ -256,6 +269,39 @@ class NatsBackend(Backend):
                 if not self._keep(entries, msg.seq, raw_t, msg.data or b"", first, last):
                     bad += 1
         return self._fetched(channel, entries, bad)
+
+    async def subscribe_control(self, me: str) -> None:
+        on_control = self.on_control_message
+
+        async def cb(msg: Any) -> None:
+            try:
+                on_control(msg.data)
+            except Exception as exc:
+                self._bug("control message handler", exc)
+
+        for subject in (control_subject(None), control_subject(me)):
+            await self.nc.subscribe(subject, cb=cb, pending_msgs_limit=self.bridge.live_pending_messages,
+                                    pending_bytes_limit=self.bridge.live_pending_bytes)
+
+    async def publish_control(self, to: str | None, body: bytes) -> None:
+        await self.nc.publish(control_subject(to), body)
+
+    async def history_head(self, channel: str) -> tuple[int, int, str | None]:
+        from nats.js.errors import NotFoundError
+
+        stream = nats_names(channel)[0]
+        try:
+            info = await self.js.stream_info(stream)
+        except NotFoundError:
+            return 0, 1, None  # never sequenced: reading creates nothing
+        state = getattr(info, "state", None)
+        last = int_of(getattr(state, "last_seq", None), 0)
+        first = int_of(getattr(state, "first_seq", None), 0)
+        if last is None or first is None:
+            raise BrokerDataError(f"stream info of {channel!r} has no valid first_seq or last_seq")
+        created = getattr(info, "created", None)
+        epoch = epoch_of(stream, created.isoformat()) if created is not None else epoch_of(stream)
+        return last, max(1, min(first, last + 1)), epoch
 
     async def publish_batch(self, batch: list[Pending]) -> list[int | BaseException]:
         from nats.js.errors import NoStreamResponseError

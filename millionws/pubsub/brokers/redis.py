@@ -28,6 +28,15 @@ when it subscribes to the channel), so a backend's ``FCALL`` without them gets t
 rule too; the record lasts a day past its last use (:data:`LIMITS_TTL`).  A channel no node
 has touched gets the defaults of the node that loaded the function last (its global flags).
 
+**Epoch.**  When ``INCR`` starts a channel's sequence (it returns 1) the function also sets
+``mws:{C}:epoch`` (the time and the publisher), so a sequence that starts again (its keys lost) has
+another epoch; a channel sequenced before the function set it gets one at its first history read
+(``SET NX``).  A history read (:meth:`RedisBackend.history_head`) creates nothing for a channel never
+sequenced.
+
+**Control plane.**  Pub/sub channels ``mws:ctl`` (every worker of every node) and
+``mws:ctl:r:<node>.<worker>`` (one worker's answers), on the pub/sub connection of the live channels.
+
 **Backends publish without a WebSocket.**  ``FCALL mws_publish 1 news '{"x":1}'``.  Only
 the broker may publish on ``mws:live:*`` (Redis ACLs): a well-formed message forged there
 is indistinguishable from a real one.
@@ -56,6 +65,7 @@ from .base import (
     Entry,
     Pending,
     describe,
+    epoch_of,
     int_of,
     quietly,
     require_libraries,
@@ -65,6 +75,14 @@ from .base import (
 EXTRA = "redis"  # pip install 'millionws[redis]'
 LIBRARIES = ("redis", "redis.asyncio")
 REDIS_TOO_OLD = "Redis >= 7 is needed (millionws sequences with a Redis function, FUNCTION LOAD)"
+CONTROL = "mws:ctl"  # every worker's questions and notices; "mws:ctl:r:<id>" one worker's answers
+_CONTROL = CONTROL.encode()
+OLDEST_BATCH = 64  # log entries read at once looking for the oldest one within the replay window
+
+
+def control_channel(to: str | None) -> str:
+    """The pub/sub channel of a control message: everyone's, or worker ``to``'s own (``<node>.<index>``)."""
+    return CONTROL if to is None else f"{CONTROL}:r:{to}"
 
 
 async def redis_connect(url: str, timeout: float, heartbeat: float = DEFAULTS.bus_heartbeat) -> Any:
@@ -156,6 +174,7 @@ local function publish(keys, args)
     if args[5] ~= nil then redis.call('ZREMRANGEBYSCORE', acks, '-inf', '(' .. args[5]) end
   end
   local seq = redis.call('INCR', base .. 'seq')
+  if seq == 1 then redis.call('SET', base .. 'epoch', t .. ' ' .. (args[3] or '')) end
   redis.call('XADD', base .. 'log', 'MAXLEN', maxlen, '0-' .. seq, 'd', args[1], 't', t)
   redis.call('EXPIRE', base .. 'log', ttl)
   redis.call('PUBLISH', 'mws:live:' .. ch, seq .. ' ' .. t .. ' ' .. args[1])
@@ -218,6 +237,9 @@ class RedisBackend(Backend):
                 if msg.get("type") != "message":
                     continue
                 name = msg.get("channel")
+                if isinstance(name, bytes) and name.startswith(_CONTROL):
+                    self.on_control_message(msg.get("data"))
+                    continue
                 if not isinstance(name, bytes) or not name.startswith(b"mws:live:"):
                     continue  # the heartbeat
                 try:
@@ -303,6 +325,42 @@ class RedisBackend(Backend):
             if not self._keep(entries, raw_seq, raw_t if raw_t is not None else b"", data, first, last):
                 bad += 1
         return self._fetched(channel, entries, bad)
+
+    async def subscribe_control(self, me: str) -> None:
+        await self.ps.subscribe(control_channel(None), control_channel(me))
+
+    async def publish_control(self, to: str | None, body: bytes) -> None:
+        await self.r.publish(control_channel(to), body)
+
+    async def history_head(self, channel: str) -> tuple[int, int, str | None]:
+        base = f"mws:{{{channel}}}:"
+        raw_seq, raw_epoch = await self.r.mget(base + "seq", base + "epoch")
+        if raw_seq is None:
+            return 0, 1, None  # never sequenced: reading creates nothing
+        last = int_of(raw_seq, 0)
+        if last is None:
+            raise BrokerDataError(f"{base}seq holds {raw_seq[:40]!r}, not a sequence number")
+        if raw_epoch is None:  # sequenced by a function that did not set it yet: from now on
+            await self.r.set(base + "epoch", repr(time.time()), nx=True)
+            raw_epoch = await self.r.get(base + "epoch")
+        return last, await self._oldest(channel, last), epoch_of(channel, raw_epoch or b"")
+
+    async def _oldest(self, channel: str, last: int) -> int:
+        """The oldest seq of the log still within the replay window (it is trimmed by count), else last + 1."""
+        log = f"mws:{{{channel}}}:log"
+        horizon = time.time() - self.bridge.replay_seconds
+        start = "-"
+        for _ in range(self.bridge.replay_max_messages // OLDEST_BATCH + 2):  # the log holds at most that many
+            rows = await self.r.xrange(log, start, "+", count=OLDEST_BATCH)
+            for entry_id, fields in rows:
+                seq = int_of(entry_id[2:] if isinstance(entry_id, bytes) and entry_id.startswith(b"0-") else None, 1)
+                t_wall = time_of(fields.get(b"t")) if isinstance(fields, dict) else None
+                if seq is not None and seq <= last and t_wall is not None and t_wall >= horizon:
+                    return seq
+            if len(rows) < OLDEST_BATCH:
+                break
+            start = "(" + rows[-1][0].decode("ascii", "replace")
+        return last + 1
 
     async def publish_batch(self, batch: list[Pending]) -> list[int | BaseException]:
         from redis.exceptions import ResponseError

@@ -41,7 +41,8 @@ def fake_bridge(url: str = "nats://x", spec: str = "", **limits) -> types.Simple
     assert limits.keys() <= bounds.keys(), limits
     bounds.update(limits)
     return types.SimpleNamespace(emit=events.append, events=events, c=[0] * len(metrics.FIELDS), url=url, error="",
-                                 namespaces=namespaces(spec), **bounds)
+                                 namespaces=namespaces(spec), control_id=None,
+                                 control_max_bytes=DEFAULTS.control_max_bytes, **bounds)
 
 
 class Fake(Backend):
@@ -80,6 +81,18 @@ class Fake(Backend):
 
     async def fetch(self, channel, first, last):
         return [(s, 0.0, None if s in self.poison else b"%d" % s) for s in self.stored[channel] if first <= s <= last]
+
+    async def subscribe_control(self, me):
+        raise AssertionError("no test of this fake has a control plane")
+
+    async def publish_control(self, to, body):
+        raise AssertionError("no test of this fake has a control plane")
+
+    async def history_head(self, channel):
+        stored = self.stored.get(channel)
+        if not stored:
+            return 0, 1, None
+        return max(stored), min(stored), "epoch"
 
 
 def delivered(fake: Fake) -> list[int]:

@@ -10,12 +10,23 @@ import pytest
 
 from millionws.pubsub.brokers import base
 from millionws.pubsub.brokers.backend import Backend
-from millionws.pubsub.brokers.base import E_ACK, E_GAP, E_MSG, E_REPLAY, E_STATE, checked_entry, redact
+from millionws.pubsub.brokers.base import (
+    E_ACK,
+    E_ANSWER,
+    E_CTL,
+    E_GAP,
+    E_MSG,
+    E_REPLAY,
+    E_STATE,
+    checked_entry,
+    epoch_of,
+    redact,
+)
 from tests.pubsub.brokers.harness import Fake
 
 
 def test_event_constants_keep_their_values():
-    assert (E_MSG, E_GAP, E_REPLAY, E_STATE, E_ACK) == (0, 1, 2, 3, 4)
+    assert (E_MSG, E_GAP, E_REPLAY, E_STATE, E_ACK, E_CTL, E_ANSWER) == (0, 1, 2, 3, 4, 5, 6)
 
 
 def test_redact_hides_passwords():
@@ -62,3 +73,12 @@ def test_a_broker_missing_an_operation_cannot_be_built():
     Fake({})  # the complete one builds
     with pytest.raises(TypeError, match="publish_batch"):
         Partial({})
+
+
+def test_an_epoch_is_short_hex_whatever_the_broker_holds_and_changes_with_it():
+    epoch = epoch_of("news", b"1700000000.123456 pub")
+    assert len(epoch) == 16 and int(epoch, 16) >= 0
+    assert epoch == epoch_of("news", b"1700000000.123456 pub")  # every node reads the same epoch
+    assert epoch != epoch_of("news", b"1700000000.123457 pub")  # the sequence started again
+    assert epoch_of("a", "b") != epoch_of("ab", "")  # parts are separated
+    assert len(epoch_of("x", b"\xff" * 10_000 + b'"<script>')) == 16  # untrusted bytes never pass as they are
