@@ -348,9 +348,10 @@ class RedisBackend(Backend):
     async def _oldest(self, channel: str, last: int) -> int:
         """The oldest seq of the log still within the replay window (it is trimmed by count), else last + 1."""
         log = f"mws:{{{channel}}}:log"
-        horizon = time.time() - self.bridge.replay_seconds
+        options = self.bridge.namespaces.of(channel)
+        horizon = time.time() - options.replay_seconds
         start = "-"
-        for _ in range(self.bridge.replay_max_messages // OLDEST_BATCH + 2):  # the log holds at most that many
+        for _ in range(options.replay_max_messages // OLDEST_BATCH + 2):  # the log holds at most that many
             rows = await self.r.xrange(log, start, "+", count=OLDEST_BATCH)
             for entry_id, fields in rows:
                 seq = int_of(entry_id[2:] if isinstance(entry_id, bytes) and entry_id.startswith(b"0-") else None, 1)

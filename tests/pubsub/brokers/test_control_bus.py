@@ -12,7 +12,7 @@ from millionws import metrics
 from millionws.pubsub.brokers.base import E_ANSWER, E_CTL
 from millionws.pubsub.brokers.nats import nats_names
 from tests.conftest import free_port
-from tests.pubsub.brokers.harness import Harness
+from tests.pubsub.brokers.harness import Harness, namespaces
 
 F = metrics.F
 
@@ -111,7 +111,7 @@ def restart_sequence(url: str, channel: str) -> None:
 
 
 def test_history_reads_the_stream_creating_nothing_and_its_epoch_follows_the_sequence(broker, harness):
-    h = with_control(harness, broker.url, None, replay_max_messages=5)  # the stream keeps 5
+    h = with_control(harness, broker.url, None, namespaces=namespaces(replay_max_messages=5))  # the stream keeps 5
     h.run_until(h.up, what="up")
     h.bridge.query(1, "history", ("never.used", 0, 10))
     assert answer(h, 1) == ("", (0, None, 1, False, []))
@@ -131,7 +131,7 @@ def test_history_reads_the_stream_creating_nothing_and_its_epoch_follows_the_seq
     assert (last, reset, [s for s, _ in entries]) == (8, True, [4, 5])
     h.bridge.query(5, "history", ("h", 8, 10))
     assert answer(h, 5)[1][4] == []
-    other = with_control(harness, broker.url, None, replay_max_messages=5)  # another node reads the same epoch
+    other = with_control(harness, broker.url, None, namespaces=namespaces(replay_max_messages=5))  # another node reads the same epoch
     other.run_until(other.up, what="up")
     other.bridge.query(1, "history", ("h", 0, 1))
     assert answer(other, 1)[1][1] == epoch
