@@ -26,7 +26,18 @@ Only the names below are for the rest of millionws; tests reach into the modules
 
 from __future__ import annotations
 
-from .base import E_ACK, E_GAP, E_MSG, E_REPLAY, E_STATE, GAP_EXPIRED, GAP_NONE, GAP_UNKNOWN, BusConfigError
+from .base import (
+    E_ACK,
+    E_GAP,
+    E_MSG,
+    E_REPLAY,
+    E_SIGNAL,
+    E_STATE,
+    GAP_EXPIRED,
+    GAP_NONE,
+    GAP_UNKNOWN,
+    BusConfigError,
+)
 from .bridge import Bridge
 from .schemes import preflight
 
@@ -35,6 +46,7 @@ __all__ = [
     "E_GAP",
     "E_MSG",
     "E_REPLAY",
+    "E_SIGNAL",
     "E_STATE",
     "GAP_EXPIRED",
     "GAP_NONE",

@@ -54,7 +54,8 @@ class Bridge:
 
     ``on_event(event)`` runs on the reactor with ``(E_MSG, channel, seq, data, t0)``,
     ``(E_GAP, channel, last, first, reason)``, ``(E_REPLAY, req, reason, first, entries)``,
-    ``(E_STATE, up)`` or ``(E_ACK, req, seq, error)``.
+    ``(E_STATE, up)``, ``(E_ACK, req, seq, error)`` or ``(E_SIGNAL, name, data)`` (a presence record,
+    unchecked: the worker checks it).
 
     The keyword arguments are the ``--bus-*`` bounds of the same names (``config.OPTIONS``);
     the thread reads them from here.
@@ -119,6 +120,14 @@ class Bridge:
 
     def replay(self, req: int, channel: str, since: int) -> None:
         self._command(("replay", channel, req, since))
+
+    def signal_subscribe(self, name: str, on: bool, first: bytes = b"") -> None:
+        """Follow (or stop following) the signal subject ``name``; ``first`` is published once followed."""
+        self._command(("signal_sub", name, on, first))
+
+    def signal_publish(self, name: str, data: bytes) -> None:
+        """Publish ``data`` on the signal subject ``name``, at most once (dropped while the broker is away)."""
+        self._command(("signal_pub", name, data))
 
     def detail(self) -> dict[str, Any]:
         """For /health."""
