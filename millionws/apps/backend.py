@@ -1,18 +1,20 @@
-"""The backend's HTTP API: ``POST /publish/{channel}`` and ``POST /users/{id}/messages``.
+"""The backend's HTTP API: ``POST /publish/{channel}``, ``POST /users/{id}/messages`` and
+``GET /channels/{channel}/presence``.
 
 Theory of operation: a backend (holding ``--backend-token`` when one is set; the check is in ``routes``)
 publishes one JSON document per request.  The body is checked like any client input (``jsonsafe``), the
 channel or user name is percent-decoded and checked against its alphabet, and the publish goes to the
 channel's sequencer.  The answer is 200 with the ``seq`` the sequencer gave, so a backend that publishes
 sequentially keeps its order; it is given at once when the sequencer is this worker, else later through
-``host.answer`` (the server holds the request meanwhile, bounded by ``--publish-timeout``).
+``host.answer`` (the server holds the request meanwhile, bounded by ``--publish-timeout``).  A presence
+list is answered the same way, once every worker answered (bounded by ``--presence-list-timeout``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
-from urllib.parse import unquote_to_bytes
+from urllib.parse import parse_qs, unquote_to_bytes
 
 import h11
 
@@ -22,7 +24,7 @@ from ..jsonsafe import JsonError
 from ..metrics import REFUSED, WorkerStats
 from ..protocol import http
 from ..protocol.http import HttpError
-from ..pubsub.channels import user_channel, valid_channel, valid_user
+from ..pubsub.channels import ChannelError, user_channel, valid_channel, valid_user
 from .host import Host, Response
 from .pubsub import BAD_NAME, BAD_USER, PUBLISH_ERRORS, PubSub
 
@@ -84,6 +86,41 @@ class Backend:
         self.pubsub.hub.publish(channel, data, now, answer.done)
         return answer.returned()
 
+    def presence(self, request: h11.Request, path: bytes, query: bytes, keep_alive: bool,
+                 conn: Any) -> Response | None:
+        """``GET /channels/{channel}/presence?limit=N``: ``{"channel","count","members","truncated","partial"}``,
+        once every worker answered (``partial``: some did not within ``--presence-list-timeout``)."""
+        parts = path.split(b"/")
+        if len(parts) != 4 or parts[3] != b"presence":
+            raise HttpError(404, "no such path", http.HS_NOT_FOUND)
+        if request.method != b"GET":
+            raise HttpError(405, "method not allowed", http.HS_METHOD, (("Allow", "GET"),))
+        channel = _segment(parts[2])
+        if not valid_channel(channel):
+            raise refused(self.stats, 400, BAD_NAME, "bad_channel")
+        most = self.config.presence_list_max
+        raw = parse_qs(query.decode("latin-1")).get("limit", ["100"])
+        if len(raw) != 1 or not raw[0].isdigit() or len(raw[0]) > 6 or int(raw[0]) > most:
+            raise refused(self.stats, 400, f"limit is an integer 0..{most} (--presence-list-max)", "bad_request")
+        presence = self.pubsub.hub.presence
+        if presence is None or not presence.tracked(channel):
+            self.stats.c[REFUSED["presence_disabled"]] += 1
+            raise HttpError(404, "this channel has no presence (--channel-options presence=on)", http.HS_NOT_FOUND,
+                            code="presence_disabled")
+        later = _Later(self.answer, conn)
+
+        def done(count: int, members: list[tuple[str, str]], truncated: bool, partial: bool) -> None:
+            later.settle(Response(http.render_json(200, {
+                "channel": channel, "count": count, "members": [{"user": u, "client": c} for u, c in members],
+                "truncated": truncated, "partial": partial}, keep_alive), 200, keep_alive))
+
+        try:
+            presence.list(channel, int(raw[0]), done)
+        except ChannelError as exc:  # too many lists in flight
+            self.stats.c[REFUSED[exc.code]] += 1
+            raise HttpError(429, exc.message, http.HS_RATE_LIMITED, (("Retry-After", "1"),), code=exc.code) from None
+        return later.returned()
+
     def publish_outcome(self, channel: str, user: str | None, keep_alive: bool, seq: int, error: str,
                         reach: int) -> Response | HttpError:
         if error:
@@ -99,24 +136,20 @@ class Backend:
         return Response(http.render_json(200, document, keep_alive), 200, keep_alive)
 
 
-class _DeferredAnswer:
-    """The HTTP answer to a publish: given at once when the sequencer is local, else later."""
+class _Later:
+    """An HTTP answer given at once when it is known before the request returns, else later through ``answer``."""
 
-    __slots__ = ("app", "channel", "conn", "keep_alive", "outcome", "user", "waiting")
+    __slots__ = ("answer", "conn", "outcome", "waiting")
 
-    def __init__(self, app: Backend, conn: Any, channel: str, user: str | None, keep_alive: bool) -> None:
-        self.app = app
+    def __init__(self, answer: Any, conn: Any) -> None:
+        self.answer = answer
         self.conn = conn
-        self.channel = channel
-        self.user = user
-        self.keep_alive = keep_alive
         self.outcome: Response | HttpError | None = None
         self.waiting = False
 
-    def done(self, seq: int, error: str, reach: int) -> None:
-        outcome = self.app.publish_outcome(self.channel, self.user, self.keep_alive, seq, error, reach)
+    def settle(self, outcome: Response | HttpError) -> None:
         if self.waiting:
-            self.app.answer(self.conn, outcome)
+            self.answer(self.conn, outcome)
         else:
             self.outcome = outcome
 
@@ -127,3 +160,19 @@ class _DeferredAnswer:
             raise outcome
         self.waiting = outcome is None
         return outcome
+
+
+class _DeferredAnswer(_Later):
+    """The HTTP answer to a publish: given at once when the sequencer is local, else later."""
+
+    __slots__ = ("app", "channel", "keep_alive", "user")
+
+    def __init__(self, app: Backend, conn: Any, channel: str, user: str | None, keep_alive: bool) -> None:
+        super().__init__(app.answer, conn)
+        self.app = app
+        self.channel = channel
+        self.user = user
+        self.keep_alive = keep_alive
+
+    def done(self, seq: int, error: str, reach: int) -> None:
+        self.settle(self.app.publish_outcome(self.channel, self.user, self.keep_alive, seq, error, reach))

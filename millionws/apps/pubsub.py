@@ -9,6 +9,10 @@ Replies follow the convention of ``apps/__init__.py``: an error or an unsubscrib
 returned; a subscription's acknowledgement is handed to the hub, which sends it before the replay it
 causes; a publish is acknowledged only once its channel's sequencer numbered it (``seq`` in the answer),
 so acknowledged publishes keep their order, and a publish the sequencer cannot take gets ``unavailable``.
+
+Presence (docs/presence.md): ``"presence": true`` in a subscribe asks for the join and leave events of those
+channels whose ``--channel-options`` rule has ``join-leave=on``; the ``subscribed`` reply names them in its
+``presence`` list.  ``presence_list`` answers once every worker answered (or the list timeout passed).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from ..auth import Identity
 from ..core.reactor import monotonic
 from ..jsonsafe import JsonError
 from ..metrics import REFUSED, F
+from ..namespaces import namespaces_of
 from ..protocol.websocket import encode_frame
 from ..pubsub.channels import ChannelError, Hub, user_channel, valid_channel
 from ..ratelimit import KeyedBuckets, Rate
@@ -43,7 +48,7 @@ def _valid_id(value: object) -> bool:
 class PubSub:
     """``/pubsub``: the JSON operations of docs/protocol.md.  Every refusal is an error reply."""
 
-    __slots__ = ("c", "call_later", "hub", "max_depth", "publish_rate", "send", "sweep_interval")
+    __slots__ = ("c", "call_later", "hub", "list_max", "max_depth", "publish_rate", "send", "sweep_interval")
 
     def __init__(self, host: Host) -> None:
         cfg = host.config
@@ -65,6 +70,12 @@ class PubSub:
                                  backoff_max=cfg.bus_backoff_max, connect_timeout=cfg.bus_connect_timeout,
                                  heartbeat=cfg.bus_heartbeat, live_pending_messages=cfg.bus_live_pending_messages,
                                  live_pending_bytes=cfg.bus_live_pending_bytes, max_json_depth=cfg.bus_max_json_depth)
+        self.list_max = cfg.presence_list_max
+        namespaces = namespaces_of(cfg)
+        if namespaces.any("presence"):  # else no presence state at all
+            self.hub.enable_presence(namespaces, interval=cfg.presence_interval, max_events=cfg.presence_max_events,
+                                     timeout=cfg.presence_timeout, max_sources=cfg.presence_max_sources,
+                                     list_timeout=cfg.presence_list_timeout, max_lists=cfg.presence_max_lists)
 
     def start(self) -> None:
         self.hub.hello()
@@ -108,7 +119,8 @@ class PubSub:
         if request_id is not None and not _valid_id(request_id):
             return self._error("bad_id", _ID_HELP)
         identity = session.identity if session is not None else None
-        user = user_channel(session.user) if session is not None and session.user is not None else None
+        name = session.user if session is not None and session.user is not None else ""
+        user = user_channel(name) if name else None
         try:
             op = msg.get("op")
             if op == "subscribe":
@@ -117,7 +129,10 @@ class PubSub:
                     for channel in channels:
                         if channel != user:
                             _authorize(identity, channel)
-                self.subscribe(conn, channels, msg.get("since"), request_id, user)
+                ask = msg.get("presence", False)
+                if type(ask) is not bool:
+                    raise ChannelError("bad_request", "presence is true or false")
+                self.subscribe(conn, channels, msg.get("since"), request_id, user, name, ask)
             elif op == "unsubscribe":
                 channels = _channel_list(msg, user, self.hub.max_channels)
                 self.hub.unsubscribe(conn, channels)
@@ -135,8 +150,10 @@ class PubSub:
                     raise ChannelError("rate_limited", "too many publishes on this channel, retry later", channel)
                 self.hub.publish(channel, jsonsafe.dump(msg["data"]), now, self._publish_answer(conn, channel,
                                                                                                 request_id))
+            elif op == "presence_list":
+                self.presence_list(conn, msg, request_id, identity)
             else:
-                raise ChannelError("unknown_op", "op must be subscribe, unsubscribe or publish")
+                raise ChannelError("unknown_op", "op must be subscribe, unsubscribe, publish or presence_list")
         except ChannelError as exc:
             return self._error(exc.code, exc.message, request_id, exc.channel)
         return None
@@ -149,7 +166,8 @@ class PubSub:
                 self.send(conn, self._reply({"op": "published", "channel": channel, "seq": seq or None}, request_id))
         return done
 
-    def subscribe(self, conn: Any, channels: list[str], since: Any, request_id: Any, user: str | None) -> None:
+    def subscribe(self, conn: Any, channels: list[str], since: Any, request_id: Any, user: str | None,
+                  name: str = "", ask: bool = False) -> None:
         if since is not None:
             if type(since) is not dict:
                 raise ChannelError("bad_since", "since is an object: {channel: last seq seen}")
@@ -159,18 +177,44 @@ class PubSub:
                     raise ChannelError("bad_since", "since names a channel that is not subscribed here", channel)
                 if not jsonsafe.safe_int(seq):
                     raise ChannelError("bad_since", "a since value is an integer 0..2^53-1", channel)
-        ack = self._reply({"op": "subscribed", "channels": channels}, request_id)
+        document: dict[str, Any] = {"op": "subscribed", "channels": channels}
+        if ask:  # which of them will have join and leave events
+            presence = self.hub.presence
+            document["presence"] = [c for c in channels if presence is not None and presence.events(c)]
+        ack = self._reply(document, request_id)
         if user is None or since is None or user not in since:
-            self.hub.subscribe(conn, channels, since, ack=ack)
+            self.hub.subscribe(conn, channels, since, ack=ack, user=name, presence=ask)
             return
         # Resuming the user's own channel, subscribed since the upgrade: the others first (they may be
         # refused, and then nothing has changed), then the user channel again, with since.
         others = [channel for channel in channels if channel != user]
         if others:
-            self.hub.subscribe(conn, others, since, ack=ack)
+            self.hub.subscribe(conn, others, since, ack=ack, user=name, presence=ask)
             ack = b""
         self.hub.unsubscribe(conn, [user])
-        self.hub.subscribe(conn, [user], {user: since[user]}, internal=True, ack=ack)
+        self.hub.subscribe(conn, [user], {user: since[user]}, internal=True, ack=ack, user=name, presence=ask)
+
+    def presence_list(self, conn: Any, msg: dict[str, Any], request_id: Any, identity: Identity | None) -> None:
+        """``{"op":"presence_list","channel":c,"limit":n}``: answered once every worker answered."""
+        channel = msg.get("channel")
+        if not valid_channel(channel):
+            raise ChannelError("bad_channel", BAD_NAME, channel)
+        if identity is not None:
+            _authorize(identity, channel)
+        limit = msg.get("limit", 100)
+        if not jsonsafe.safe_int(limit) or limit > self.list_max:
+            raise ChannelError("bad_request", f"limit is an integer 0..{self.list_max} (--presence-list-max)", channel)
+        presence = self.hub.presence
+        if presence is None or not presence.tracked(channel):
+            raise ChannelError("presence_disabled", "this channel has no presence (--channel-options presence=on)",
+                               channel)
+
+        def done(count: int, members: list[tuple[str, str]], truncated: bool, _partial: bool) -> None:
+            self.send(conn, self._reply({"op": "presence_list", "channel": channel, "count": count,
+                                         "members": [{"user": u, "client": c} for u, c in members],
+                                         "truncated": truncated}, request_id))
+
+        presence.list(channel, limit, done)
 
     def on_close(self, conn: Any) -> None:
         self.hub.drop(conn)
@@ -218,7 +262,7 @@ class Session:
         if self.user is None:
             return
         try:
-            self.pubsub.hub.subscribe(conn, [user_channel(self.user)], internal=True)
+            self.pubsub.hub.subscribe(conn, [user_channel(self.user)], internal=True, user=self.user)
         except ChannelError as exc:
             self.pubsub.send(conn, self.pubsub._error(exc.code, exc.message))
 

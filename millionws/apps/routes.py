@@ -12,6 +12,7 @@ path        method      answer
 /pubsub     GET+Upgrade WebSocket; channels, JSON protocol of docs/protocol.md (``pubsub``)
 /publish/C  POST        body: one JSON document, published to channel C (``backend``)
 /users/U/messages POST  body: one JSON document, to every connection of user U (``backend``)
+/channels/C/presence GET members of a presence channel, every worker's (``backend``)
 /health     GET, HEAD   200 {"status":"ok",...}; 503 {"status":"draining"} while draining;
                         ``?ready``: also 503 while the --bus broker is unreachable
 /metrics    GET, HEAD   Prometheus text exposition for every worker of the pod
@@ -113,6 +114,9 @@ class App:
         if not admin and (path.startswith(b"/publish/") or path.startswith(b"/users/")):
             self.check_backend(request)
             return self.backend.post(request, path, body, keep_alive, conn)
+        if not admin and path.startswith(b"/channels/"):
+            self.check_backend(request)
+            return self.backend.presence(request, path, query, keep_alive, conn)
         route = self.http_routes.get(path)
         if self.admin_split and not admin and path != b"/health":
             route = None  # /metrics and /stats live on the admin port
