@@ -209,7 +209,7 @@ class Hub:
                 registry.hold(conn, channel, hold)  # interest first: the request follows on the same link
                 requests.append(hold)
         if self.presence is not None:  # a member before the write that may close it: its drop finds it
-            self.presence.join(conn, channels, user, presence)
+            self.presence.join(conn, channels, user, presence, registry.of_conn.get(conn, ()))
         if ack:
             self.write(conn, ack)  # before any replayed message
         for channel, after, replay in replays:

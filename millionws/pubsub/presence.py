@@ -8,8 +8,10 @@ Theory of operation.
   presence channel costs nothing here: the connection record is untouched, the tables below are keyed by it.
 * **A member is a connection subscribed to a presence channel**, named by its user (the token's ``sub``, or
   ``""``) and a client id made here the first time it joins one (``<source>-<counter>``: the source is this
-  worker's random id, so client ids are unique across the deployment).  :attr:`Presence.ids` holds that
-  :class:`Member` only while the connection is in at least one presence channel.
+  worker's random id, so client ids are unique across the deployment).  Its :class:`Member` lives in the
+  rooms it is in and nowhere else: a connection in a second presence channel finds it there, through the
+  channels the registry knows it holds (at most ``--max-channels-per-connection``), so no table per
+  connection is kept here (it would cost ~50 bytes per member, a third of what a member costs).
 * **Join and leave are O(1).**  A :class:`Room` (one presence channel with local members) keeps its members
   in a dict and the changes since the last interval in two more (``joins``, ``leaves``: a join and a leave of
   the same member within an interval cancel out).  Past ``max_events`` changes in an interval it stops
@@ -76,12 +78,11 @@ class Link(Protocol):
 class Member:
     """A connection in at least one presence channel: its client number and user."""
 
-    __slots__ = ("n", "rooms", "user")
+    __slots__ = ("n", "user")
 
     def __init__(self, n: int, user: str) -> None:
         self.n = n  # the client id is made from it when needed: an int is cheaper to keep than the string
         self.user = user
-        self.rooms = 0  # presence channels it is in: the entry in Presence.ids goes with the last
 
 
 class Room:
@@ -130,7 +131,6 @@ class Presence:
         self.timeout = timeout
         self.max_sources = max_sources
         self.source = source or new_source()
-        self.ids: dict[Any, Member] = {}  # connection -> member, only while in a presence channel
         self.rooms: dict[str, Room] = {}
         self.dirty: dict[Room, None] = {}  # rooms to flush at the next tick
         self.sources: dict[str, tuple[float, int | None]] = {}  # other workers heard: (when, mesh peer or None)
@@ -158,10 +158,12 @@ class Presence:
         return f"{self.source}-{member.n:x}"
 
     # -- local subscribers ------------------------------------------------------------------
-    def join(self, conn: Any, channels: Iterable[str], user: str, ask: bool) -> None:
+    def join(self, conn: Any, channels: Iterable[str], user: str, ask: bool, holds: Iterable[str] = ()) -> None:
         """``conn`` (user ``user``, "" for none) subscribed to ``channels``; ``ask``: it wants events.
-        Channels without presence are skipped; a channel it is a member of already only takes ``ask``."""
+        Channels without presence are skipped; a channel it is a member of already only takes ``ask``.
+        ``holds``: every channel the connection holds (the registry's), where its member may be already."""
         of = self.namespaces.of
+        member: Member | None = None
         for channel in channels:
             options = of(channel)
             if not options.presence:
@@ -171,11 +173,11 @@ class Presence:
                 room = self.rooms[channel] = Room(channel, options.join_leave)
                 self.link.follow(channel, True, wire.sync(self.source, channel))
             if conn not in room.members:
-                member = self.ids.get(conn)
                 if member is None:
-                    self._counter += 1
-                    member = self.ids[conn] = Member(self._counter, user)
-                member.rooms += 1
+                    member = self._member_of(conn, holds)
+                    if member is None:
+                        self._counter += 1
+                        member = Member(self._counter, user)
                 room.members[conn] = member
                 self.memberships += 1
                 if room.events:
@@ -188,10 +190,24 @@ class Presence:
                 self.dirty[room] = None
         self.c[_C_MEMBERS] = self.memberships
 
+    def _member_of(self, conn: Any, holds: Iterable[str]) -> Member | None:
+        """The member ``conn`` is in another presence channel, if any."""
+        rooms = self.rooms
+        for channel in holds:
+            room = rooms.get(channel)
+            if room is not None:
+                member = room.members.get(conn)
+                if member is not None:
+                    return member
+        return None
+
+    def member(self, conn: Any, holds: Iterable[str]) -> tuple[str, str] | None:
+        """``(user, client)`` of ``conn`` if it is a member of a presence channel among ``holds``."""
+        member = self._member_of(conn, holds)
+        return None if member is None else (member.user, self.client_id(member))
+
     def leave(self, conn: Any, channels: Iterable[str]) -> None:
         """``conn`` left ``channels`` (unsubscribed, or closed); those it was not a member of are skipped."""
-        if conn not in self.ids:
-            return
         for channel in channels:
             room = self.rooms.get(channel)
             if room is None:
@@ -205,9 +221,6 @@ class Presence:
                 self._change(room, member, room.joins, room.leaves)
             room.announce = True
             self.dirty[room] = None
-            member.rooms -= 1
-            if not member.rooms:
-                del self.ids[conn]
         self.c[_C_MEMBERS] = self.memberships
 
     def _change(self, room: Room, member: Member, undo: dict[Member, None], do: dict[Member, None]) -> None:

@@ -280,11 +280,15 @@ def test_presence_follows_subscriptions_and_a_closed_connection_leaves_no_trace(
     assert [d["count"] for d in asker.docs if d["op"] == "presence"][-1] == 2
     with pytest.raises(ChannelError):  # refused by the registry: presence does not change either
         hub0.subscribe(Conn("greedy"), ["chat:1", "chat:2", "chat:3"], user="carol")
-    assert hub0.presence.memberships == 1 and len(hub0.presence.ids) == 1
+    assert hub0.presence.memberships == 1 and list(hub0.presence.rooms["chat:1"].members) == [other]
     hub0.drop(other)
-    assert hub0.presence.ids == {} and hub0.presence.memberships == 0 and hub0.registry.of_conn == {}
+    assert hub0.presence.rooms["chat:1"].members == {} and hub0.presence.memberships == 0
+    assert hub0.registry.of_conn == {}
     hub1.unsubscribe(asker, ["chat:1"])
-    assert hub1.presence.ids == {}
+    assert hub1.presence.memberships == 0
+    for hub in node.hubs:
+        hub.presence.tick()
+    assert hub0.presence.rooms == {} and hub1.presence.rooms == {}  # flushed, then gone: back to the baseline
 
 
 def test_a_malformed_presence_record_is_dropped_and_counted():

@@ -102,16 +102,21 @@ def test_a_member_costs_nothing_outside_presence_channels_and_leaves_no_trace(mo
     p = mesh.workers[0]
     conn = Conn("a")
     p.join(conn, ["news", "other"], "alice", True)
-    assert p.ids == {} and p.rooms == {}  # no rule: no state at all
-    p.join(conn, ["chat:1", "room:2", "news"], "alice", True)
-    assert set(p.rooms) == {"chat:1", "room:2"} and p.ids[conn].rooms == 2 and p.memberships == 2
+    assert p.rooms == {} and p.memberships == 0  # no rule: no state at all
+    p.join(conn, ["chat:1", "news"], "alice", True)
+    p.join(conn, ["room:2"], "alice", False, holds=["chat:1", "news", "room:2"])
+    assert set(p.rooms) == {"chat:1", "room:2"} and p.memberships == 2
+    assert p.rooms["chat:1"].members[conn] is p.rooms["room:2"].members[conn]  # one client id per connection
+    assert p.member(conn, ["room:2"]) == ("alice", p.source + "-1")
     assert mesh.c[0][metrics.F["presence_members"]] == 2
     p.leave(conn, ["chat:1"])
-    assert p.ids[conn].rooms == 1
+    assert p.memberships == 1 and p.member(conn, ["chat:1", "room:2"]) == ("alice", p.source + "-1")
     p.leave(conn, ["room:2", "news", "chat:1"])
-    assert p.ids == {} and p.memberships == 0
+    assert p.memberships == 0 and p.member(conn, ["chat:1", "room:2"]) is None
     p.tick()
     assert p.rooms == {} and not p.dirty  # the last batch went, the rooms with it
+    p.join(conn, ["chat:1"], "alice", False)
+    assert p.member(conn, ["chat:1"]) == ("alice", p.source + "-2")  # joining again: a new client id
 
 
 def test_askers_get_one_frame_per_interval_with_the_joins_and_leaves_of_that_interval(monkeypatch):
