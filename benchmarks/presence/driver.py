@@ -3,7 +3,8 @@
     python -m benchmarks.presence --members 10000 --workers 1,2 --runs 3 \\
         --json-out benchmarks/results/presence.json --md-out benchmarks/results/presence.md
 
-Per run, per worker count W and per mode, interleaved (drift on a shared machine hits every mode alike):
+Per run, per worker count W and per mode, interleaved, the order of the modes turning from run to run (drift
+on a shared machine hits every mode alike):
 
 * ``off``: no ``--channel-options`` rule: the same subscribes without presence (the baseline);
 * ``on``: ``chat:* presence=on join-leave=on``, the subscribers do not ask for events: membership, the
@@ -323,7 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for run in range(args.runs):
             for w in workers:
-                for mode in modes:
+                # the order of the modes turns with the run: a position in the sequence (the previous case's
+                # sockets closing, a warmer machine) must not favour one mode in every run
+                for mode in modes[run % len(modes):] + modes[:run % len(modes)]:
                     row = run_case(args, w, mode, workdir)
                     row["run"] = run
                     result["runs"].append(row)
