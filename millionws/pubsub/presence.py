@@ -376,6 +376,7 @@ class Presence:
         room = self.rooms.get(channel)
         if room is None:
             return 0, [], False, []
+        limit = min(limit, wire.MAX_MEMBERS)  # a request from elsewhere may ask for more than an answer holds
         members = []
         size = 0
         source = self.source

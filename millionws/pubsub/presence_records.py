@@ -36,6 +36,7 @@ OVERFLOW = 1  # BATCH: more changes than --presence-max-events: the count alone
 TRUNCATED = 1  # LIST_ANS: the answerer holds more members than it listed
 
 MAX_COUNT = (1 << 32) - 1
+MAX_MEMBERS = (1 << 16) - 1  # names in one record (joins, leaves, a list answer): a 16-bit count
 SOURCE_RE = re.compile(r"[0-9a-f]{1,32}\Z")
 CLIENT_RE = re.compile(r"[0-9a-f]{1,32}-[0-9a-f]{1,16}\Z")  # a source, "-", a counter (presence.Presence)
 

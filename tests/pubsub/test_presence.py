@@ -6,6 +6,8 @@ import json
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from benchmarks.wscodec import server_frames
 from millionws import metrics
@@ -396,3 +398,54 @@ def test_over_a_bus_a_list_waits_for_the_sources_the_answers_name(monkeypatch):
     p.join(Conn("me"), ["room:1"], "me", False)  # a member here, and no other source known: at once
     p.list("room:1", 10, lambda *answer: got.append(answer))
     assert got[-1][0] == 1
+
+
+def test_a_list_request_from_elsewhere_asking_for_more_than_a_record_holds_is_cut(monkeypatch):
+    Clock(monkeypatch)
+    p = Mesh(1).workers[0]
+    for i in range(3):
+        p.join(Conn(str(i)), ["room:1"], "u", False)
+    monkeypatch.setattr(wire, "MAX_MEMBERS", 2)
+    count, members, truncated, _ = p.local_list("room:1", 1 << 31)
+    assert (count, len(members), truncated) == (3, 2, True)
+
+
+# -- properties of the record parser --------------------------------------------------------------
+_sources = st.text("0123456789abcdef", min_size=1, max_size=32)
+_users = st.one_of(st.just(""), st.text("abcXYZ019._:-@+=|", min_size=1, max_size=128))
+_clients = st.builds(lambda s, n: f"{s}-{n:x}", _sources, st.integers(0, (1 << 64) - 1))
+_channels = st.text("abcXYZ019._:-", min_size=1, max_size=128)
+_changes = st.dictionaries(_clients, _users, max_size=20)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_sources, _channels, st.integers(0, wire.MAX_COUNT), _changes, _changes, st.booleans())
+def test_any_batch_round_trips(source, channel, count, joins, leaves, overflow):
+    kind, src, ch, n, over, j, lv = wire.decode(wire.batch(source, channel, count, joins, leaves, overflow))
+    assert (kind, src, ch, n, over) == (wire.T_BATCH, source, channel, count, overflow)
+    if overflow:
+        assert j == lv == []
+    else:
+        assert j == [(u, c) for c, u in joins.items()] and lv == [(u, c) for c, u in leaves.items()]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300))
+def test_no_bytes_make_the_parser_fail_otherwise_than_by_refusing(data):
+    try:
+        wire.decode(data)
+    except (ValueError, struct.error, IndexError):
+        pass  # what Hub.on_record and Hub.on_signal count as malformed
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=1, max_size=40), st.integers(0, 200))
+def test_a_valid_record_with_bytes_changed_is_refused_or_still_valid(noise, at):
+    record = bytearray(wire.list_ans("abc", 1, 5, True, "chat:1", ["def"], [("alice", "abc-1"), ("", "abc-2")]))
+    at %= len(record)
+    record[at:at + len(noise)] = noise
+    try:
+        fields = wire.decode(bytes(record))
+    except (ValueError, struct.error, IndexError):
+        return
+    assert fields[0] in range(wire.T_FIRST, wire.T_LAST + 1)  # whatever passed is checked all the same
