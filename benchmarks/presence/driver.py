@@ -288,6 +288,12 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {members:,} | {off['join_us']:.2f} | {on['join_us']:.2f} | "
                      f"{on['join_us'] - off['join_us']:+.2f} | {off['leave_us']:.2f} | {on['leave_us']:.2f} |"
                      .replace(",", " "))
+    rec = result.get("records")
+    if rec:
+        lines += ["", f"One batch of {rec['joins']} joins, per receiving worker (`micro.record_costs`): the binary "
+                  f"record {rec['bytes_binary']} B, built in {rec['build_binary_us']:.0f} us, checked in "
+                  f"{rec['check_binary_us']:.0f} us; as a JSON notice {rec['bytes_json']} B, "
+                  f"{rec['build_json_us']:.0f} us, parsed and checked in {rec['check_json_us']:.0f} us."]
     return "\n".join(lines) + "\n"
 
 
@@ -338,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         servers.remove_snapshot()
     result["summary"] = summarize(result["runs"], workers)
     result["micro"] = micro.measure(tuple(int(s) for s in args.micro_sizes.split(",")))
+    result["records"] = micro.record_costs()
     text = json.dumps(result, indent=1, default=str)
     if args.json_out:
         args.json_out.write_text(text + "\n")

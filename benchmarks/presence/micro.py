@@ -9,6 +9,10 @@ would do is measured by the server benchmark), median of ``repeat`` runs, each o
 
 A join that walked the members (a list, a broadcast of the member list) would cost 100 times more at 100 000
 than at 1 000; an O(1) join costs the same.
+
+:func:`record_costs`: what one batch (100 joins) costs to build and to check on arrival, as the binary record
+of :mod:`presence_records` and as the JSON document a generic notice (the control plane's ``notify``) would
+carry, parsed by :func:`jsonsafe.parse` as everything from another process is.  Per receiving worker.
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ import statistics
 import time
 from typing import Any
 
-from millionws import metrics
+from millionws import jsonsafe, metrics
 from millionws.namespaces import ChannelOptions, Namespaces
+from millionws.pubsub import presence_records as wire
 from millionws.pubsub.channels import Hub
+from millionws.pubsub.records import USER_RE, valid_internal
 
 CHANNEL = "chat:bench"
 
@@ -87,7 +93,39 @@ def measure(sizes: tuple[int, ...] = (1_000, 100_000), joins: int = 1_000, repea
     }
 
 
+def record_costs(joins: int = 100, repeat: int = 2000) -> dict[str, float]:
+    """Microseconds to build one batch of ``joins`` names and to check it on arrival: binary and JSON."""
+    names = {f"3f9a0c1b2d4e-{i:x}": f"user{i}@example.com" for i in range(joins)}
+
+    def timed(fn: Any) -> float:
+        t0 = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        return (time.perf_counter() - t0) / repeat * 1e6
+
+    record = wire.batch("3f9a0c1b2d4e", CHANNEL, 12345, names, {}, False)
+    document = {"kind": "presence.batch", "args": {"source": "3f9a0c1b2d4e", "channel": CHANNEL, "count": 12345,
+                                                   "joins": [{"user": u, "client": c} for c, u in names.items()],
+                                                   "leaves": []}}
+    encoded = jsonsafe.dump(document)
+
+    def check_json() -> None:  # what a handler of the notice must check before it believes it
+        args = jsonsafe.parse(encoded, 32)["args"]
+        if not (wire.SOURCE_RE.match(args["source"]) and valid_internal(args["channel"])
+                and type(args["count"]) is int):
+            raise ValueError
+        for entry in args["joins"]:
+            user, client = entry["user"], entry["client"]
+            if type(user) is not str or (user and not USER_RE.match(user)) or not wire.CLIENT_RE.match(client):
+                raise ValueError
+    return {"joins": joins, "bytes_binary": len(record), "bytes_json": len(encoded),
+            "build_binary_us": timed(lambda: wire.batch("3f9a0c1b2d4e", CHANNEL, 12345, names, {}, False)),
+            "check_binary_us": timed(lambda: wire.decode(record)),
+            "build_json_us": timed(lambda: jsonsafe.dump(document)),
+            "check_json_us": timed(check_json)}
+
+
 if __name__ == "__main__":
     import json
 
-    print(json.dumps(measure(), indent=1))
+    print(json.dumps({"joins": measure(), "records": record_costs()}, indent=1))

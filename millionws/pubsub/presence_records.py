@@ -154,14 +154,21 @@ def decode(record: memoryview | bytes) -> tuple[Any, ...]:
 
 
 def _read_members(record: memoryview, pos: int, count: int) -> tuple[int, list[Member]]:
-    if count > (len(record) - pos) // 4:  # each takes at least 4 bytes: a bogus count allocates nothing
-        raise ValueError(f"{count} members in {len(record) - pos} bytes")
+    """``count`` (user, client) pairs from ``pos``: the hot part of a batch, so inline rather than _text."""
+    size = len(record)
+    if count > (size - pos) // 4:  # each takes at least 4 bytes: a bogus count allocates nothing
+        raise ValueError(f"{count} members in {size - pos} bytes")
+    data = record.tobytes()
+    user_ok, client_ok = USER_RE.match, CLIENT_RE.match
     members = []
     for _ in range(count):
-        end = pos + 1 + record[pos]
-        user = _text(record, pos + 1, end, USER_RE, "user", empty=True)
-        pos = end + 1 + record[end]
-        members.append((user, _text(record, end + 1, pos, CLIENT_RE, "client")))
+        end = pos + 1 + data[pos]
+        user = data[pos + 1:end].decode("ascii")
+        pos = end + 1 + data[end]
+        client = data[end + 1:pos].decode("ascii")
+        if pos > size or (user and user_ok(user) is None) or client_ok(client) is None:
+            raise ValueError(f"invalid member {user[:40]!r} {client[:40]!r}")
+        members.append((user, client))
     return pos, members
 
 
