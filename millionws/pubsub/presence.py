@@ -251,33 +251,36 @@ class Presence:
             self._flush(room)
 
     def _flush(self, room: Room) -> None:
+        # Take the interval's changes and reset them first: the fan-out may close an asker, whose leave then
+        # belongs to the next interval (recorded in the fresh dicts), not to this one's (lost).
         local = len(room.members)
-        joins = self._named(room.joins)
-        leaves = self._named(room.leaves)
+        joins, leaves = self._named(room.joins), self._named(room.leaves)
+        rjoins, rleaves = room.rjoins, room.rleaves
+        overflow, roverflow, show = room.overflow, room.roverflow, room.show
         if room.announce:
-            self.link.to_channel(room.name, wire.batch(self.source, room.name, local, joins, leaves, room.overflow))
+            self.link.to_channel(room.name, wire.batch(self.source, room.name, local, joins, leaves, overflow))
             self.c[_C_BATCHES] += 1
-        if room.askers:
-            total = local + sum(room.remote.values())
-            listed = len(room.joins) + len(room.leaves) + len(room.rjoins) + len(room.rleaves)
-            if listed or room.overflow or room.roverflow or room.show or total != room.shown:
-                if room.overflow or room.roverflow or listed > self.max_events:
-                    frame = presence_frame(room.name, total, None, None)
-                else:
-                    joins.update(room.rjoins)
-                    leaves.update(room.rleaves)
-                    frame = presence_frame(room.name, total, joins, leaves)
-                self.c[_C_FRAMES] += self.fanout(tuple(room.askers), frame)  # a snapshot: a write may close one
-                room.shown = total
         room.announce = room.overflow = room.roverflow = room.show = False
         if room.joins:
             room.joins = {}
         if room.leaves:
             room.leaves = {}
-        if room.rjoins:
+        if rjoins:
             room.rjoins = {}
-        if room.rleaves:
+        if rleaves:
             room.rleaves = {}
+        if room.askers:
+            total = local + sum(room.remote.values())
+            listed = len(joins) + len(leaves) + len(rjoins) + len(rleaves)
+            if listed or overflow or roverflow or show or total != room.shown:
+                if overflow or roverflow or listed > self.max_events:
+                    frame = presence_frame(room.name, total, None, None)
+                else:
+                    joins.update(rjoins)
+                    leaves.update(rleaves)
+                    frame = presence_frame(room.name, total, joins, leaves)
+                room.shown = total
+                self.c[_C_FRAMES] += self.fanout(tuple(room.askers), frame)  # a snapshot: a write may close one
         if not room.members and self.rooms.get(room.name) is room:
             del self.rooms[room.name]
             self.link.follow(room.name, False, b"")

@@ -449,3 +449,27 @@ def test_a_valid_record_with_bytes_changed_is_refused_or_still_valid(noise, at):
     except (ValueError, struct.error, IndexError):
         return
     assert fields[0] in range(wire.T_FIRST, wire.T_LAST + 1)  # whatever passed is checked all the same
+
+
+def test_an_asker_closed_by_the_fan_out_of_a_frame_leaves_in_the_next_interval(monkeypatch):
+    Clock(monkeypatch)
+    mesh = Mesh(1)
+    p = mesh.workers[0]
+    slow, watcher = Conn("slow"), Conn("watcher")
+
+    def fanout(conns, frame):  # the slow consumer is closed by the write (as Output.fanout does: 1013)
+        for conn in conns:
+            if conn is slow:
+                p.leave(slow, ["chat:1"])
+            else:
+                conn.take(frame)
+        return len(conns)
+
+    p.fanout = fanout
+    p.join(slow, ["chat:1"], "slow", True)
+    p.join(watcher, ["chat:1"], "w", True)
+    p.tick()
+    assert watcher.presence()[-1]["count"] == 2
+    p.tick()
+    last = watcher.presence()[-1]
+    assert last["count"] == 1 and [x["user"] for x in last["leaves"]] == ["slow"]
