@@ -86,6 +86,10 @@ bench-peers: bench-setup
 bench-fanout runs="3" n="100,1000,10000": bench-setup
     .venv/bin/python -m benchmarks.fanout --servers millionws:1,millionws:2,websockets,aiohttp,picows,floor --n {{n}} --runs {{runs}} --json-out benchmarks/results/fanout.json --md-out benchmarks/results/fanout.md --png benchmarks/results/fanout.png
 
+# presence (issue 13): 10 000 members of one channel, 1 and 2 workers, presence off / on / every subscriber asking: server CPU per join, PSS per member, presence frames per subscriber per interval during the join storm, presence_list of all; medians of 3 (~8 min)
+bench-presence runs="3" members="10000":
+    .venv/bin/python -m benchmarks.presence --members {{members}} --runs {{runs}} --json-out benchmarks/results/presence.json --md-out benchmarks/results/presence.md
+
 # coverage-guided fuzzing (atheris) of the HTTP-upgrade and frame layers, /pubsub and the HTTP endpoints; findings and corpus in .fuzz/
 fuzz seconds="3600":
     mkdir -p .fuzz/corpus && .venv/bin/python fuzz/fuzz_server.py -dict=fuzz/http.dict -max_len=8192 -artifact_prefix=.fuzz/ -max_total_time={{seconds}} .fuzz/corpus fuzz/seeds

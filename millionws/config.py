@@ -122,6 +122,21 @@ OPTIONS: tuple[Option, ...] = (
     Option("channel_options", str, "",
            "rules by channel namespace, ';'-separated: 'chat:* presence=on replay-messages=200; ticker:* "
            "publish=backend' (keys: docs/channel-options.md); unset keys take the global flags"),
+    # -- presence (millionws/pubsub/presence.py, docs/presence.md) ----------------------------------------
+    Option("presence_interval", float, 1.0,
+           "seconds between presence flushes: a subscriber that asked gets at most one presence frame per channel "
+           "per interval"),
+    Option("presence_max_events", int, 100,
+           "joins and leaves of a channel listed per interval; beyond, the presence frame carries the count alone"),
+    Option("presence_timeout", float, 30.0,
+           "seconds a worker (of any node) may stay silent before its members leave the presence counts"),
+    Option("presence_max_sources", int, 4096,
+           "workers of the deployment whose presence counts a worker keeps; records of more are dropped, counted"),
+    Option("presence_list_max", int, 10000, "largest limit of presence_list and GET /channels/{c}/presence"),
+    Option("presence_list_timeout", float, 2.0,
+           "seconds a presence list waits for the other workers' answers; then it is answered partial"),
+    Option("presence_max_lists", int, 256,
+           "presence lists one worker gathers at once; beyond: error rate_limited (HTTP 429)"),
     Option("max_connect_rate_per_ip", float, 0.0, "new connections per second per source address (0: off)"),
     Option("max_connections_per_ip", int, 0, "concurrent connections per source address (0: off)"),
     # -- across nodes (millionws/pubsub/brokers/) -----------------------------------------------------
@@ -242,6 +257,13 @@ class Config:
     rate_limit_bytes: float = 0.0
     rate_limit_publishes: float = 0.0
     channel_options: str = ""
+    presence_interval: float = 1.0
+    presence_max_events: int = 100
+    presence_timeout: float = 30.0
+    presence_max_sources: int = 4096
+    presence_list_max: int = 10000
+    presence_list_timeout: float = 2.0
+    presence_max_lists: int = 256
     max_connect_rate_per_ip: float = 0.0
     max_connections_per_ip: int = 0
     bus: str = ""
@@ -288,7 +310,9 @@ class Config:
                     "channels_max_limit", "history_max_limit", "api_max_channels",
                     "mesh_socket_buffer", "mesh_max_datagram", "mesh_max_outbox",
                     "mesh_datagrams_per_wake", "receive_buffer", "accept_batch", "pipeline_budget",
-                    "timer_resolution", "stats_interval", "sweep_interval")
+                    "timer_resolution", "stats_interval", "sweep_interval", "presence_interval",
+                    "presence_max_events", "presence_timeout", "presence_max_sources", "presence_list_max",
+                    "presence_list_timeout", "presence_max_lists")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0")
@@ -362,6 +386,12 @@ class Config:
         if self.mesh_max_datagram > self.mesh_socket_buffer // 2:
             raise ValueError(f"mesh_max_datagram ({self.mesh_max_datagram}) must be at most half of "
                              f"mesh_socket_buffer ({self.mesh_socket_buffer}): a datagram must fit the socket's queue")
+        if self.presence_max_events > 65535 or self.presence_list_max > 65535:
+            raise ValueError("presence_max_events and presence_list_max must be at most 65535 (what a presence "
+                             "record carries)")
+        if self.presence_timeout < 3 * self.presence_interval:
+            raise ValueError(f"presence_timeout ({self.presence_timeout:g}) must be at least 3 x presence_interval "
+                             f"({self.presence_interval:g}): a worker announces itself every third of it")
         if not 0.001 <= self.timer_resolution <= 1.0:
             raise ValueError("timer_resolution must be within 0.001..1 seconds (epoll waits in milliseconds; "
                              "the loop wakes at least once a second)")

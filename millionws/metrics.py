@@ -48,12 +48,12 @@ LOOP_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05
 # Where an unexpected exception was caught (millionws_internal_errors_total{where}): the unit of work it ended.
 INTERNAL_ERROR_SITES = ("connection", "http", "mesh", "broker", "timer", "handler")
 # Records from another process dropped before they reached the core (millionws_records_dropped_total).
-DROPPED_RECORDS = ("mesh_malformed", "mesh_outbox_full", "broker_malformed")
+DROPPED_RECORDS = ("mesh_malformed", "mesh_outbox_full", "broker_malformed", "presence_sources")
 # Error codes of /pubsub replies and HTTP 4xx/5xx bodies for refused input (millionws_input_refused_total{code}).
 INPUT_CODES = ("bad_json", "too_deep", "bad_unicode", "bad_number", "bad_request", "bad_id", "unknown_op",
                "bad_channel", "bad_since", "bad_user", "forbidden", "too_many_channels", "too_many_subscribers",
                "binary_not_supported", "rate_limited", "unavailable", "publish_timeout", "channel_limit",
-               "publish_forbidden", "bad_token", "history_disabled", "bad_code")
+               "publish_forbidden", "bad_token", "history_disabled", "bad_code", "presence_disabled")
 FANOUT_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 FIELDS: tuple[str, ...] = (
@@ -81,10 +81,11 @@ FIELDS: tuple[str, ...] = (
     "compressed_in", "uncompressed_in", "compressed_out", "uncompressed_out",
     # the control plane (pubsub/control.py)
     "control_partial", "control_peers",
+    "presence_members", "presence_frames", "presence_batches",
 )
 F = {name: i for i, name in enumerate(FIELDS)}
 GAUGES = ("pid", "started", "draining", "connections", "channels", "subscriptions", "bus_up", "bus_outbox",
-          "publishes_pending", "admission_keys", "control_peers")
+          "publishes_pending", "admission_keys", "control_peers", "presence_members")
 DISCONNECT0 = F["disconnect_normal"]
 HANDSHAKE0 = F["handshake_failed_bad_request"]
 TLS_FAILED0 = F["tls_failed_" + TLS_FAILURES[0]]
@@ -242,7 +243,8 @@ class _Collector:
                        "unit of work they ended (a connection closed 1011/500, a record or timer skipped).", "where",
                        INTERNAL_ERROR_SITES, "internal_error_")
         yield labelled("millionws_records_dropped", "Records from another process dropped: malformed, or the "
-                       "outbox to a peer worker full.", "kind", DROPPED_RECORDS, "dropped_")
+                       "outbox to a peer worker full, or a presence source beyond --presence-max-sources.", "kind",
+                       DROPPED_RECORDS, "dropped_")
         yield labelled("millionws_input_refused", "Client input refused with an error reply or HTTP error, by "
                        "error code (docs/protocol.md).", "code", INPUT_CODES, "refused_")
         for name, doc, prefix in (
@@ -320,6 +322,12 @@ class _Collector:
              "control_partial"),
             (GaugeMetricFamily, "millionws_control_peers", "Workers of other nodes this worker knows on the bus "
              "(announced within 3 intervals).", "control_peers"),
+            (GaugeMetricFamily, "millionws_presence_members", "Memberships (connection x channel) of presence "
+             "channels on this worker.", "presence_members"),
+            (CounterMetricFamily, "millionws_presence_frames", "Presence frames handed to subscribers that asked "
+             "for join and leave events.", "presence_frames"),
+            (CounterMetricFamily, "millionws_presence_batches", "Presence batches (a channel's count, joins and "
+             "leaves of one interval) sent to the other workers and nodes.", "presence_batches"),
             (CounterMetricFamily, "millionws_bus_catchups", "Missed ranges read back from the broker's stream "
              "(after a loss on the live path or an outage).", "bus_catchups"),
         ):

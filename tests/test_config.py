@@ -131,6 +131,13 @@ INTERNAL_LIMITS = [
     ("timer_resolution", 0.05, "0.01", "0.0001"),  # Reactor(timer_resolution=0.05)
     ("stats_interval", 0.25, "1", "0"),  # Worker._flush_periodically
     ("sweep_interval", 5.0, "60", "-5"),  # PubSub._sweep
+    ("presence_interval", 1.0, "0.5", "0"),  # Presence.tick (docs/presence.md)
+    ("presence_max_events", 100, "10", "65536"),  # a BATCH record counts its joins in 16 bits
+    ("presence_timeout", 30.0, "60", "2"),  # below 3 x --presence-interval: the heartbeat could not keep up
+    ("presence_max_sources", 4096, "16", "0"),
+    ("presence_list_max", 10000, "500", "65536"),  # a LIST_ANS record counts its members in 16 bits
+    ("presence_list_timeout", 2.0, "1", "0"),
+    ("presence_max_lists", 256, "8", "-1"),
 ]
 _BY_NAME = {o.name: o for o in OPTIONS}
 

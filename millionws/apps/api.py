@@ -1,7 +1,7 @@
 """The backend's API beyond publishing (docs/api.md): what the channels hold, across workers and nodes.
 
 Routes: ``GET /channels`` and ``/channels/{c}/<what>``, one method per ``<what>`` in ``Api.channel_routes``
-(``history`` here; a new one adds its entry there).
+(``history`` and ``presence`` here; a new one adds its entry there).
 
 Theory of operation.  ``apps/backend.py`` publishes; this module answers questions whose answer is spread
 over every worker of every node, through the control plane (:mod:`pubsub.control`): the worker that got the
@@ -34,6 +34,7 @@ from ..jsonsafe import MAX_SAFE_INTEGER
 from ..namespaces import namespaces_of
 from ..protocol import http
 from ..protocol.http import HttpError
+from ..pubsub.channels import ChannelError
 from ..pubsub.history import History, Page
 from ..pubsub.records import USER_PREFIX, valid_internal
 from .apikit import PREFIX_RE, Deferred, allow, answered, channel_name, flag, integer, parse_query, prefix_of
@@ -58,7 +59,9 @@ class Api:
         self.control.register("channels", self._channels_here)
         self.histories = History(self.hub, self.control, cfg.history_max_limit)
         # /channels/{c}/<what>: method(request, channel, query, keep_alive, conn) -> Response | None.
-        self.channel_routes: dict[bytes, Callable[..., Response | None]] = {b"history": self.history}
+        self.channel_routes: dict[bytes, Callable[..., Response | None]] = {b"history": self.history,
+                                                                          b"presence": self.presence}
+        self.max_presence = cfg.presence_list_max
 
     def handle(self, request: h11.Request, path: bytes, query: bytes, body: bytes, keep_alive: bool,
                conn: Any) -> Response | None:
@@ -74,6 +77,30 @@ class Api:
                               "(or @user:<id>)", "bad_channel")
             return self.channel_routes[parts[3]](request, channel, query, keep_alive, conn)
         raise HttpError(404, "no such path", http.HS_NOT_FOUND)
+
+    # -- GET /channels/{c}/presence ------------------------------------------------------------------------
+    def presence(self, request: h11.Request, channel: str, query: bytes, keep_alive: bool,
+                 conn: Any) -> Response | None:
+        """``{"channel","count","members","truncated","partial"}`` once every worker answered (``partial``: some
+        did not within ``--presence-list-timeout``); the members through :meth:`presence.Presence.list`."""
+        allow(request, b"GET")
+        params = parse_query(self.stats, query, {"limit": integer(0, self.max_presence)})
+        presence = self.hub.presence
+        if presence is None or not presence.tracked(channel):
+            raise refused(self.stats, 404, "this channel has no presence (--channel-options presence=on)",
+                          "presence_disabled")
+        deferred = Deferred(self.answer, conn)
+
+        def done(count: int, members: list[tuple[str, str]], truncated: bool, partial: bool) -> None:
+            deferred.give(Response(http.render_json(200, {
+                "channel": channel, "count": count, "members": [{"user": u, "client": c} for u, c in members],
+                "truncated": truncated, "partial": partial}, keep_alive), 200, keep_alive))
+
+        try:
+            presence.list(channel, params.get("limit", min(100, self.max_presence)), done)
+        except ChannelError as exc:  # --presence-max-lists already in flight on this worker
+            raise refused(self.stats, 429, exc.message, exc.code, (("Retry-After", "1"),)) from None
+        return deferred.returned()
 
     # -- GET /channels/{c}/history -------------------------------------------------------------------------
     def history(self, request: h11.Request, channel: str, query: bytes, keep_alive: bool,

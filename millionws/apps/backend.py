@@ -31,7 +31,11 @@ def refused(stats: WorkerStats, status: int, message: str, code: str,
             headers: Iterable[tuple[str, str]] = ()) -> HttpError:
     """A refusal of client input: counted by its code, rendered by the server."""
     stats.c[REFUSED[code]] += 1
-    return HttpError(status, message, http.HS_UNAVAILABLE if status == 503 else http.HS_BAD_REQUEST, headers, code)
+    return HttpError(status, message, _REASONS.get(status, http.HS_BAD_REQUEST), headers, code)
+
+
+# The handshake-failure label (millionws_handshake_failures_total{reason}) of a refusal, by its status.
+_REASONS = {403: http.HS_FORBIDDEN, 404: http.HS_NOT_FOUND, 429: http.HS_RATE_LIMITED, 503: http.HS_UNAVAILABLE}
 
 
 def segment(raw: bytes) -> str:

@@ -21,6 +21,10 @@ verified like the upgrade's, must name the same user, and then replaces the conn
 allow are left at once and the client is told so in an ``unsubscribed`` push with ``reason``
 ``forbidden``, before the ``refreshed`` reply, so it never sees a message it may no longer read after
 that reply.
+
+Presence (docs/presence.md): ``"presence": true`` in a subscribe asks for the join and leave events of those
+channels whose ``--channel-options`` rule has ``join-leave=on``; the ``subscribed`` reply names them in its
+``presence`` list.  ``presence_list`` answers once every worker answered (or the list timeout passed).
 """
 
 from __future__ import annotations
@@ -57,8 +61,8 @@ def _valid_id(value: object) -> bool:
 class PubSub:
     """``/pubsub``: the JSON operations of docs/protocol.md.  Every refusal is an error reply."""
 
-    __slots__ = ("c", "call_later", "control", "expire_at", "hub", "max_depth", "max_token", "namespaces",
-                 "publish_rates", "send", "sweep_interval", "verifier")
+    __slots__ = ("c", "call_later", "control", "expire_at", "hub", "list_max", "max_depth", "max_token",
+                 "namespaces", "publish_rates", "send", "sweep_interval", "verifier")
 
     def __init__(self, host: Host, verifier: Verifier | None = None) -> None:
         """``verifier``: the server's token verifier (``--auth-jwt-secret``, ``--auth-jwks``), which ``refresh``
@@ -98,6 +102,11 @@ class PubSub:
                                  live_pending_bytes=cfg.bus_live_pending_bytes, max_json_depth=cfg.bus_max_json_depth,
                                  control_max_bytes=cfg.control_max_bytes)
             self.control.connect_bus(self.hub.remote)
+        self.list_max = cfg.presence_list_max
+        if ns.any("presence"):  # else no presence state at all
+            self.hub.enable_presence(ns, interval=cfg.presence_interval, max_events=cfg.presence_max_events,
+                                     timeout=cfg.presence_timeout, max_sources=cfg.presence_max_sources,
+                                     list_timeout=cfg.presence_list_timeout, max_lists=cfg.presence_max_lists)
 
     def start(self) -> None:
         self.hub.hello()
@@ -142,7 +151,8 @@ class PubSub:
         if request_id is not None and not _valid_id(request_id):
             return self._error("bad_id", _ID_HELP)
         identity = session.identity if session is not None else None
-        user = user_channel(session.user) if session is not None and session.user is not None else None
+        name = session.user if session is not None and session.user is not None else ""
+        user = user_channel(name) if name else None
         try:
             op = msg.get("op")
             if op == "subscribe":
@@ -151,7 +161,10 @@ class PubSub:
                     for channel in channels:
                         if channel != user:
                             _authorize(identity, channel)
-                self.subscribe(conn, channels, msg.get("since"), request_id, user)
+                ask = msg.get("presence", False)
+                if type(ask) is not bool:
+                    raise ChannelError("bad_request", "presence is true or false")
+                self.subscribe(conn, channels, msg.get("since"), request_id, user, name, ask)
             elif op == "unsubscribe":
                 channels = _channel_list(msg, user, self.hub.max_channels)
                 self.hub.unsubscribe(conn, channels)
@@ -175,8 +188,10 @@ class PubSub:
                                                                                                 request_id))
             elif op == "refresh":
                 return self.refresh(conn, msg.get("token"), session, request_id)
+            elif op == "presence_list":
+                self.presence_list(conn, msg, request_id, identity)
             else:
-                raise ChannelError("unknown_op", "op must be subscribe, unsubscribe, publish or refresh")
+                raise ChannelError("unknown_op", "op must be subscribe, unsubscribe, publish, refresh or presence_list")
         except ChannelError as exc:
             return self._error(exc.code, exc.message, request_id, exc.channel)
         return None
@@ -220,7 +235,8 @@ class PubSub:
             expires = int(expires)  # the claim was most likely an integer: say it back as one
         return push + self._reply({"op": "refreshed", "expires": expires}, request_id)
 
-    def subscribe(self, conn: Any, channels: list[str], since: Any, request_id: Any, user: str | None) -> None:
+    def subscribe(self, conn: Any, channels: list[str], since: Any, request_id: Any, user: str | None,
+                  name: str = "", ask: bool = False) -> None:
         if since is not None:
             if type(since) is not dict:
                 raise ChannelError("bad_since", "since is an object: {channel: last seq seen}")
@@ -230,18 +246,44 @@ class PubSub:
                     raise ChannelError("bad_since", "since names a channel that is not subscribed here", channel)
                 if not jsonsafe.safe_int(seq):
                     raise ChannelError("bad_since", "a since value is an integer 0..2^53-1", channel)
-        ack = self._reply({"op": "subscribed", "channels": channels}, request_id)
+        document: dict[str, Any] = {"op": "subscribed", "channels": channels}
+        if ask:  # which of them will have join and leave events
+            presence = self.hub.presence
+            document["presence"] = [c for c in channels if presence is not None and presence.events(c)]
+        ack = self._reply(document, request_id)
         if user is None or since is None or user not in since:
-            self.hub.subscribe(conn, channels, since, ack=ack)
+            self.hub.subscribe(conn, channels, since, ack=ack, user=name, presence=ask)
             return
         # Resuming the user's own channel, subscribed since the upgrade: the others first (they may be
         # refused, and then nothing has changed), then the user channel again, with since.
         others = [channel for channel in channels if channel != user]
         if others:
-            self.hub.subscribe(conn, others, since, ack=ack)
+            self.hub.subscribe(conn, others, since, ack=ack, user=name, presence=ask)
             ack = b""
         self.hub.unsubscribe(conn, [user])
-        self.hub.subscribe(conn, [user], {user: since[user]}, internal=True, ack=ack)
+        self.hub.subscribe(conn, [user], {user: since[user]}, internal=True, ack=ack, user=name, presence=ask)
+
+    def presence_list(self, conn: Any, msg: dict[str, Any], request_id: Any, identity: Identity | None) -> None:
+        """``{"op":"presence_list","channel":c,"limit":n}``: answered once every worker answered."""
+        channel = msg.get("channel")
+        if not valid_channel(channel):
+            raise ChannelError("bad_channel", BAD_NAME, channel)
+        if identity is not None:
+            _authorize(identity, channel)
+        limit = msg.get("limit", 100)
+        if not jsonsafe.safe_int(limit) or limit > self.list_max:
+            raise ChannelError("bad_request", f"limit is an integer 0..{self.list_max} (--presence-list-max)", channel)
+        presence = self.hub.presence
+        if presence is None or not presence.tracked(channel):
+            raise ChannelError("presence_disabled", "this channel has no presence (--channel-options presence=on)",
+                               channel)
+
+        def done(count: int, members: list[tuple[str, str]], truncated: bool, _partial: bool) -> None:
+            self.send(conn, self._reply({"op": "presence_list", "channel": channel, "count": count,
+                                         "members": [{"user": u, "client": c} for u, c in members],
+                                         "truncated": truncated}, request_id))
+
+        presence.list(channel, limit, done)
 
     def on_close(self, conn: Any) -> None:
         self.hub.drop(conn)
@@ -295,7 +337,7 @@ class Session:
         if self.user is None:
             return
         try:
-            self.pubsub.hub.subscribe(conn, [user_channel(self.user)], internal=True)
+            self.pubsub.hub.subscribe(conn, [user_channel(self.user)], internal=True, user=self.user)
         except ChannelError as exc:
             self.pubsub.send(conn, self.pubsub._error(exc.code, exc.message))
 

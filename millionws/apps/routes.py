@@ -11,6 +11,7 @@ path        method      answer
 /pubsub     GET+Upgrade WebSocket; channels, JSON protocol of docs/protocol.md (``pubsub``)
 /publish/C  POST        body: one JSON document, published to channel C (``backend``)
 /users/U/messages POST  body: one JSON document, to every connection of user U (``backend``)
+/channels/C/presence GET members of a presence channel, every worker's (``backend``)
 /health     GET, HEAD   200 {"status":"ok",...}; 503 {"status":"draining"} while draining;
                         ``?ready``: also 503 while the --bus broker is unreachable
 /metrics    GET, HEAD   Prometheus text exposition for every worker of the pod

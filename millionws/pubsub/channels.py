@@ -11,7 +11,9 @@ together parts that each hold one idea:
   so nothing here asks which.  The :mod:`sequencer` belongs to the mesh route: with a bus nothing on
   this node numbers messages, and a hub connected to one holds no owner state at all;
 * :mod:`pending`: the publishes and replays waiting for another process, each with a deadline;
-* :mod:`names`: the names a client may use and :class:`ChannelError`.
+* :mod:`names`: the names a client may use and :class:`ChannelError`;
+* :mod:`presence`, when a ``--channel-options`` rule turns it on: the members of presence channels, their
+  join and leave events and counts, carried by a link that follows the route (the mesh, or the broker).
 
 The module keeps the name its callers know it by: to the apps layer it is "the channels of this
 worker", and what it re-exports (``__all__``) is all they import from pubsub, whichever part defines it.
@@ -55,7 +57,10 @@ from ..namespaces import Namespaces
 from ..protocol.websocket import encode_frame
 from .names import ChannelError, user_channel, valid_channel, valid_user
 from .pending import Done, Hold, Pending
-from .records import GAP_NONE, GAP_REASONS, GAP_UNKNOWN
+from .presence import Presence
+from .presence_links import BusLink, MeshLink
+from .presence_records import T_FIRST, T_LAST
+from .records import GAP_NONE, GAP_REASONS, GAP_UNKNOWN, T_HELLO
 from .registry import Registry
 from .routes import BrokerRoute, MeshRoute, owner_of
 from .sequencer import Entry, Sequencer
@@ -70,6 +75,7 @@ _C_PUBLISHES, _C_DELIVERIES, _C_MSG_OUT = F["publishes"], F["deliveries"], F["me
 _C_REPLAY_HITS, _C_REPLAY_MISSES = F["replay_hits"], F["replay_misses"]
 _C_EVICTED = F["channels_evicted"]
 _C_MALFORMED = F["dropped_mesh_malformed"]
+_C_BROKER_MALFORMED = F["dropped_broker_malformed"]
 
 monotonic = time.monotonic
 
@@ -117,6 +123,8 @@ class Hub:
         self._late: dict[str, set[Hold]] = {}  # channel -> expired holds whose answer may still come
         self.pending = Pending(self.c, publish_timeout, replay_timeout, call_later, self._hold_expired)
         self.remote: Any = None  # the brokers.Bridge with --bus (its state is /health's)
+        self.presence: Presence | None = None  # only with a presence=on rule (enable_presence)
+        self.call_later = call_later
         self.route: MeshRoute | BrokerRoute
         self._take(MeshRoute(index, workers, send, sequencer, self.registry, self.pending, self))
 
@@ -137,8 +145,19 @@ class Hub:
         self.remote = route.bridge
 
     def start_bus(self) -> None:
-        """The worker's loop is about to run: start what the route needs (the bridge thread)."""
+        """The worker's loop is about to run: start what the route needs (the bridge thread), and presence."""
         self.route.start()
+        if self.presence is not None:
+            self.presence.start()
+
+    def enable_presence(self, namespaces: Namespaces, **limits: Any) -> None:
+        """Track the members of presence channels (:mod:`presence`), across workers by the link that follows
+        the route: called after :meth:`connect_bus`.  ``limits``: the ``--presence-*`` bounds."""
+        if isinstance(self.route, BrokerRoute):
+            link: BusLink | MeshLink = BusLink(self.remote)
+        else:
+            link = MeshLink(self.index, self.workers, self.route.send)
+        self.presence = Presence(namespaces, link, self.fanout, self.c, self.call_later, **limits)
 
     def hello(self) -> None:
         """Announce this (possibly restarted) worker to the peers that depend on it."""
@@ -163,8 +182,11 @@ class Hub:
         self.route.publish(channel, data, t0, done)
 
     def subscribe(self, conn: Any, channels: list[str], since: dict[str, int] | None = None,
-                  internal: bool = False, ack: bytes = b"") -> None:
+                  internal: bool = False, ack: bytes = b"", user: str = "", presence: bool = False) -> None:
         """Subscribe ``conn``: write ``ack``, then any replay.  Raises ChannelError, changing nothing.
+
+        ``user`` names the connection in presence channels ("" for none); ``presence``: it asks for their
+        join and leave events (:meth:`presence.Presence.join`).
 
         The tables change before anything is written: a write that fails closes the connection at once,
         and its ``drop`` must find everything this call added (else a closed connection stays a subscriber).
@@ -187,6 +209,8 @@ class Hub:
                 hold = Hold(conn, channel, after)
                 registry.hold(conn, channel, hold)  # interest first: the request follows on the same link
                 requests.append(hold)
+        if self.presence is not None:  # a member before the write that may close it: its drop finds it
+            self.presence.join(conn, channels, user, presence, registry.of_conn.get(conn, ()))
         if ack:
             self.write(conn, ack)  # before any replayed message
         for channel, after, replay in replays:
@@ -194,7 +218,9 @@ class Hub:
         for hold in requests:
             self.route.request_replay(hold)
 
-    def unsubscribe(self, conn: Any, channels: Iterable[str]) -> None:
+    def unsubscribe(self, conn: Any, channels: list[str]) -> None:
+        if self.presence is not None:
+            self.presence.leave(conn, channels)
         for hold in self.registry.remove(conn, channels):
             hold.conn = None  # its replay, when it comes, is for nobody
 
@@ -205,6 +231,10 @@ class Hub:
 
     def drop(self, conn: Any) -> None:
         """``conn`` closed: forget every subscription of it (idempotent)."""
+        if self.presence is not None:
+            mine = self.registry.of_conn.get(conn)
+            if mine:
+                self.presence.leave(conn, list(mine))
         for hold in self.registry.drop(conn):
             hold.conn = None
 
@@ -294,11 +324,33 @@ class Hub:
     def on_record(self, src: int, record: memoryview) -> None:
         """One record from worker ``src``.  Malformed: dropped and counted, nothing changed."""
         try:
+            if self.presence is not None:
+                if T_FIRST <= record[0] <= T_LAST:
+                    self.presence.on_record(src, record)
+                    return
+                if record[0] == T_HELLO and len(record) == 1:
+                    self.presence.peer_restarted(src)
             self.route.on_record(src, record)
         except (struct.error, ValueError, IndexError) as exc:  # UnicodeDecodeError is a ValueError
             self.c[_C_MALFORMED] += 1
             if self.c[_C_MALFORMED] & (self.c[_C_MALFORMED] - 1) == 0:  # 1, 2, 4, 8 ...: a trace, not a flood
                 log.warning("worker %d: malformed record from worker %d dropped (%s)", self.index, src, exc)
+
+    def on_signal(self, data: bytes) -> None:
+        """A presence record from the broker (:class:`presence_links.BusLink`).  Malformed: dropped, counted."""
+        if self.presence is None:
+            return
+        try:
+            self.presence.on_record(None, data)
+        except (struct.error, ValueError, IndexError) as exc:
+            self.c[_C_BROKER_MALFORMED] += 1
+            if self.c[_C_BROKER_MALFORMED] & (self.c[_C_BROKER_MALFORMED] - 1) == 0:
+                log.warning("worker %d: malformed presence record from the broker dropped (%s)", self.index, exc)
+
+    def bus_up(self) -> None:
+        """The broker is back: presence records sent or due meanwhile may be lost."""
+        if self.presence is not None:
+            self.presence.resync()
 
     def expire(self, now: float) -> None:
         """Answer the publishes and replays whose answer did not come in time."""

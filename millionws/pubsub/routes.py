@@ -83,6 +83,12 @@ class Host(Protocol):
     def gap(self, channel: str, since: int, first: int, reason: int) -> None:
         """Every subscriber of ``channel`` missed what lies between ``since`` and ``first``."""
 
+    def on_signal(self, data: bytes) -> None:
+        """A presence record from the broker (checked by the hub's presence)."""
+
+    def bus_up(self) -> None:
+        """The broker connection is (back) up."""
+
 
 def owner_of(channel: str, workers: int) -> int:
     """The worker that sequences ``channel`` on a node without a bus: stable for a given number of workers."""
@@ -280,7 +286,7 @@ class BrokerRoute:
 
     def on_event(self, event: tuple) -> None:
         """One event of the bridge, on the reactor (:class:`brokers.Bridge` names them)."""
-        from .brokers import E_ACK, E_GAP, E_MSG, E_REPLAY
+        from .brokers import E_ACK, E_GAP, E_MSG, E_REPLAY, E_SIGNAL, E_STATE
 
         kind = event[0]
         if kind == E_ACK:
@@ -298,3 +304,7 @@ class BrokerRoute:
         elif kind == E_GAP:  # the broker could not give back what its live path lost
             _, channel, last, first, reason = event
             self.hub.gap(channel, last, first, reason)
+        elif kind == E_SIGNAL:
+            self.hub.on_signal(event[2])
+        elif kind == E_STATE and event[1]:
+            self.hub.bus_up()

@@ -254,3 +254,46 @@ def test_a_late_replay_is_dropped_once_a_message_or_gap_of_the_channel_went_out_
     assert hub._late == {} and hub.pending.requests == {}
     node.pump()
     assert conn.seqs(ch) == [] and len(conn.docs) == 1  # the gap alone; the answer found nobody
+
+
+def presence_node(n: int = 2, **kwargs) -> Node:
+    from millionws.namespaces import ChannelOptions, Namespaces
+
+    node = Node(n, **kwargs)
+    for hub in node.hubs:
+        hub.enable_presence(Namespaces("chat:* presence=on join-leave=on", ChannelOptions("", 120.0, 1000, 1 << 20,
+                                                                                           0.0)))
+    return node
+
+
+def test_presence_follows_subscriptions_and_a_closed_connection_leaves_no_trace():
+    node = presence_node(2, max_channels_per_connection=2)
+    hub0, hub1 = node.hubs
+    asker, other = Conn("asker"), Conn("other")
+    hub1.subscribe(asker, ["chat:1"], user="alice", presence=True)
+    hub0.subscribe(other, ["chat:1", "news"], user="bob")
+    node.pump()
+    for _ in range(2):
+        for hub in node.hubs:
+            hub.presence.tick()
+        node.pump()
+    assert [d["count"] for d in asker.docs if d["op"] == "presence"][-1] == 2
+    with pytest.raises(ChannelError):  # refused by the registry: presence does not change either
+        hub0.subscribe(Conn("greedy"), ["chat:1", "chat:2", "chat:3"], user="carol")
+    assert hub0.presence.memberships == 1 and list(hub0.presence.rooms["chat:1"].members) == [other]
+    hub0.drop(other)
+    assert hub0.presence.rooms["chat:1"].members == {} and hub0.presence.memberships == 0
+    assert hub0.registry.of_conn == {}
+    hub1.unsubscribe(asker, ["chat:1"])
+    assert hub1.presence.memberships == 0
+    for hub in node.hubs:
+        hub.presence.tick()
+    assert hub0.presence.rooms == {} and hub1.presence.rooms == {}  # flushed, then gone: back to the baseline
+
+
+def test_a_malformed_presence_record_is_dropped_and_counted():
+    node = presence_node(2)
+    node.hubs[0].on_record(1, memoryview(bytes([16, 3]) + b"abc"))
+    assert node.counter(0, "dropped_mesh_malformed") == 1
+    node.hubs[0].on_signal(b"\x12\x03ABC")
+    assert node.counter(0, "dropped_broker_malformed") == 1

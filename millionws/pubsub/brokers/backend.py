@@ -27,6 +27,12 @@ events, larger than ``--control-max-bytes`` dropped here and counted as malforme
 command is a read of the broker for the reactor (:meth:`Backend.query`: the history of a channel),
 answered once with ``E_ANSWER``.
 
+**Signals (presence).**  The worker follows signal subjects (``signal_sub``: a channel's presence
+subject while it has members of it, its inbox, the heartbeat) and publishes on them (``signal_pub``:
+gathered per batch of commands into one ``publish_signals``).  They are at most once: while the broker is
+away a publish is dropped, and after a reconnect every followed subject is subscribed again *before* the
+worker hears ``E_STATE`` up, so the resync it then sends (:meth:`presence.Presence.resync`) finds them.
+
 **Loud.**  The connect checks what :func:`schemes.preflight` checks (a JetStream-less NATS
 counts as a failed connect, so ``bus.up`` stays false with the reason in ``/health``).  From
 the first failed connect and on every lost connection the thread logs a WARNING with the
@@ -121,6 +127,7 @@ class Backend(Delivery, Outbox):
                 log.info("bus %s: connected", self.name)
             ever_up = True
             failures = 0
+            await self._resubscribe_signals()
             bridge.emit((E_STATE, True))
             for channel, state in self.channels.items():
                 state.live = None
@@ -165,11 +172,17 @@ class Backend(Delivery, Outbox):
     # -- the worker's commands -----------------------------------------------------------------
     def commands_ready(self) -> None:
         added = False
+        signals: list[tuple[str, bytes]] = []
         for cmd in self.bridge.take_commands():
+            if cmd[0] == "signal_pub":
+                signals.append((cmd[1], cmd[2]))
+                continue
             try:
                 added = self._command(cmd) or added
             except Exception as exc:  # one bad command must not lose the others
                 self._bug("command " + str(cmd[0]), exc)
+        if signals and self.connected:  # else dropped: at most once, and the worker resyncs after a reconnect
+            self._spawn(self.publish_signals(signals))
         if added:
             self.c[_OUTBOX] = len(self.outbox)
             if self._outbox_ready is not None:
@@ -220,6 +233,8 @@ class Backend(Delivery, Outbox):
             else:
                 state.replays.append((req, since))
                 self._spawn(self.sync(channel))
+        elif kind == "signal_sub":
+            self._signal_command(*cmd[1:])
         return False
 
     # -- the control plane ---------------------------------------------------------------------
@@ -270,3 +285,35 @@ class Backend(Delivery, Outbox):
         if len(kept) < len(entries):
             self._malformed(len(entries) - len(kept), f"stored record(s) of {channel!r} left out of a history")
         return last, epoch, first, reset, kept
+
+    # -- signal subjects (presence) ----------------------------------------------------------------
+    def _signal_command(self, name: str, on: bool, first: bytes) -> None:
+        signals = self.signals
+        if not on:
+            sub = signals.pop(name, None)
+            if sub is not None and self.connected:
+                self._spawn(self.unsubscribe_signal(name, sub))
+        elif name not in signals:
+            signals[name] = None
+            if self.connected:
+                self._spawn(self._follow(name, first))
+        elif first and self.connected:
+            self._spawn(self.publish_signals([(name, first)]))
+
+    async def _follow(self, name: str, first: bytes) -> None:
+        sub = await self.subscribe_signal(name)
+        if name not in self.signals or self.signals[name] is not None:  # dropped, or another made it meanwhile
+            await self.unsubscribe_signal(name, sub)
+            return
+        self.signals[name] = sub
+        if first:
+            await self.publish_signals([(name, first)])
+
+    async def _resubscribe_signals(self) -> None:
+        for name in list(self.signals):
+            self.signals[name] = None
+            try:
+                self.signals[name] = await self.subscribe_signal(name)
+            except Exception as exc:  # left None: tried again at the next connect
+                self.log("signal", describe(exc), logging.WARNING, "bus %s: cannot follow %r: %s", self.name, name,
+                         describe(exc))

@@ -4,7 +4,7 @@ everything read from a broker, and the interface a broker implements.
 Theory of operation.
 
 **Events.**  The thread hands the worker tuples whose first item is one of ``E_MSG``,
-``E_GAP``, ``E_REPLAY``, ``E_STATE``, ``E_ACK``, and for the control plane (:mod:`..control`)
+``E_GAP``, ``E_REPLAY``, ``E_STATE``, ``E_ACK``, ``E_SIGNAL``, and for the control plane (:mod:`..control`)
 ``E_CTL`` and ``E_ANSWER`` (their shapes: :class:`bridge.Bridge`).  They
 are plain tuples of ints, strings and bytes because they cross a thread boundary through a
 deque and must cost nothing to build; their values are fixed (a test pins them).
@@ -68,7 +68,10 @@ REFUSALS = 3
 MAX_AGE = 86_400.0
 
 # Events for the worker (first item); from E_CTL on, for the control plane rather than the channels.
-E_MSG, E_GAP, E_REPLAY, E_STATE, E_ACK, E_CTL, E_ANSWER = range(7)
+E_MSG, E_GAP, E_REPLAY, E_STATE, E_ACK, E_SIGNAL, E_CTL, E_ANSWER = range(8)
+# A signal (a presence record, :mod:`...presence_links`) larger than this is malformed: ours are far smaller
+# (a list answer stays under 1 MiB), and a Redis pub/sub message could otherwise be 512 MB.
+MAX_SIGNAL = 2 << 20
 GAP_NONE, GAP_EXPIRED, GAP_UNKNOWN = 0, 1, 2  # as in channels
 
 _MALFORMED = F["dropped_broker_malformed"]
@@ -318,6 +321,8 @@ class BackendBase(abc.ABC):
         self._sending: asyncio.Task | None = None
         self._main: asyncio.Task | None = None
         self.max_depth = bridge.max_json_depth  # of every record read (checked_entry)
+        # Signal subjects followed (presence), by name: the broker's handle, None while one is being made.
+        self.signals: dict[str, Any] = {}
 
     def _backoff(self) -> Any:
         return backoff_delays(self.bridge.backoff_min, self.bridge.backoff_max)
@@ -369,6 +374,27 @@ class BackendBase(abc.ABC):
     async def history_head(self, channel: str) -> tuple[int, int, str | None]:
         """``(last seq, oldest seq held or last + 1, epoch)`` of the channel, creating nothing: ``(0, 1, None)``
         for a channel never sequenced.  The epoch changes when the sequence starts again (:func:`epoch_of`)."""
+
+    @abc.abstractmethod
+    async def subscribe_signal(self, name: str) -> Any:
+        """Follow the signal subject ``name``: what is published there is handed to ``on_signal``; a handle."""
+
+    @abc.abstractmethod
+    async def unsubscribe_signal(self, name: str, sub: Any) -> None:
+        """Undo subscribe_signal (``sub`` is what it returned)."""
+
+    @abc.abstractmethod
+    async def publish_signals(self, batch: list[tuple[str, bytes]]) -> None:
+        """Publish ``(name, data)`` on signal subjects, at most once (core pub/sub, no stream, no answer)."""
+
+    def on_signal(self, name: str, data: object) -> None:
+        """Something published on a followed signal subject: to the worker, which checks it (bytes, bounded)."""
+        if name not in self.signals:
+            return  # unsubscribed meanwhile
+        if not isinstance(data, bytes) or not 0 < len(data) <= MAX_SIGNAL:
+            self._malformed(1, f"a signal on {name[:60]!r} of {len(data) if isinstance(data, bytes) else 0} bytes")
+            return
+        self.bridge.emit((E_SIGNAL, name, data))
 
     def refused(self, exc: BaseException) -> bool:
         """The broker answered that it did not store the message (as opposed to no answer)."""

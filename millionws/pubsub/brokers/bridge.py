@@ -60,8 +60,9 @@ class Bridge:
 
     ``on_event(event)`` runs on the reactor with ``(E_MSG, channel, seq, data, t0)``,
     ``(E_GAP, channel, last, first, reason)``, ``(E_REPLAY, req, reason, first, entries)``,
-    ``(E_STATE, up)`` or ``(E_ACK, req, seq, error)``; ``on_control(event)`` with ``(E_CTL, body)``,
-    ``(E_ANSWER, req, error, result)`` and ``(E_STATE, up)`` too.
+    ``(E_STATE, up)``, ``(E_ACK, req, seq, error)`` or ``(E_SIGNAL, name, data)`` (a presence record,
+    unchecked: the worker checks it); ``on_control(event)`` with ``(E_CTL, body)``, ``(E_ANSWER, req, error,
+    result)`` and ``(E_STATE, up)`` too.
 
     ``namespaces`` gives each channel its replay limits (``--channel-options``), which the broker applies
     to the channel's stream (:mod:`nats`, :mod:`redis`); without it every channel gets the defaults of
@@ -148,6 +149,14 @@ class Bridge:
             self.emit((E_ANSWER, req, "unavailable: broker thread stopped", None))
             return
         self._command(("query", req, what, args))
+
+    def signal_subscribe(self, name: str, on: bool, first: bytes = b"") -> None:
+        """Follow (or stop following) the signal subject ``name``; ``first`` is published once followed."""
+        self._command(("signal_sub", name, on, first))
+
+    def signal_publish(self, name: str, data: bytes) -> None:
+        """Publish ``data`` on the signal subject ``name``, at most once (dropped while the broker is away)."""
+        self._command(("signal_pub", name, data))
 
     def detail(self) -> dict[str, Any]:
         """For /health."""

@@ -30,6 +30,9 @@ channel's history (:meth:`NatsBackend.history_head`) reads the stream's state wi
 its epoch comes from the stream's creation time, so a stream deleted and made again (its sequence
 restarted) has another.
 
+**Signals.**  Presence records travel on core subjects ``mws.sig.<name>`` (:func:`signal_subject`):
+no stream, at most once, like the live subjects; only nodes should publish there (NATS permissions).
+
 **Liveness.**  The client pings every ``--bus-heartbeat`` seconds and gives up after two
 unanswered pings, so a black-holed server is noticed; it never reconnects by itself (the
 thread's own loop does, :mod:`backend`, then resubscribes and catches up).  A server
@@ -80,6 +83,11 @@ def nats_names(channel: str) -> tuple[str, str, str]:
     token = subject_token(channel)
     stream = "MWS_" + hashlib.blake2b(channel.encode(), digest_size=16).hexdigest()
     return stream, f"mws.in.{token}", f"mws.live.{token}"
+
+
+def signal_subject(name: str) -> str:
+    """The core subject of a signal (``p.<channel>``, ``alive``, ``inbox.<source>``)."""
+    return "mws.sig." + subject_token(name)
 
 
 async def nats_connect(url: str, timeout: float, **options: Any) -> Any:
@@ -225,6 +233,30 @@ class NatsBackend(Backend):
 
     async def unsubscribe_live(self, channel: str, sub: Any) -> None:
         await sub.unsubscribe()
+
+    async def subscribe_signal(self, name: str) -> Any:
+        on_signal = self.on_signal
+
+        async def cb(msg: Any) -> None:
+            try:
+                on_signal(name, msg.data)
+            except Exception as exc:
+                self._bug("signal handler", exc)
+
+        return await self.nc.subscribe(signal_subject(name), cb=cb,
+                                       pending_msgs_limit=self.bridge.live_pending_messages,
+                                       pending_bytes_limit=self.bridge.live_pending_bytes)
+
+    async def unsubscribe_signal(self, name: str, sub: Any) -> None:
+        await sub.unsubscribe()
+
+    async def publish_signals(self, batch: list[tuple[str, bytes]]) -> None:
+        for name, data in batch:
+            try:
+                await self.nc.publish(signal_subject(name), data)
+            except Exception as exc:  # at most once: this one is lost (a batch later repairs it), the rest go
+                self.log("signal", describe(exc), logging.WARNING, "bus %s: a signal on %r not sent: %s", self.name,
+                         name, describe(exc))
 
     async def last_seq(self, channel: str) -> int:
         info = await self.ensure_stream(channel)

@@ -41,6 +41,9 @@ sequenced.
 the broker may publish on ``mws:live:*`` (Redis ACLs): a well-formed message forged there
 is indistinguishable from a real one.
 
+**Signals.**  Presence records travel on pub/sub channels ``mws:sig:<name>``: at most once, like the
+live channels; only nodes should publish there (Redis ACLs).
+
 **Liveness.**  The client does not retry or reconnect by itself (the thread's own loop
 does, :mod:`backend`).  A black-holed Redis is noticed by a heartbeat: every ``--bus-heartbeat``
 seconds the thread publishes on its own channel ``mws:hello:<publisher>`` and expects
@@ -52,6 +55,7 @@ not an outage.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -231,6 +235,7 @@ class RedisBackend(Backend):
 
     async def _read(self) -> None:
         on_live = self.on_live
+        on_signal = self.on_signal
         async for msg in self.ps.listen():
             self._heard = time.monotonic()
             try:
@@ -239,6 +244,9 @@ class RedisBackend(Backend):
                 name = msg.get("channel")
                 if isinstance(name, bytes) and name.startswith(_CONTROL):
                     self.on_control_message(msg.get("data"))
+                    continue
+                if isinstance(name, bytes) and name.startswith(b"mws:sig:"):
+                    on_signal(name[8:].decode("ascii", "replace"), msg.get("data"))
                     continue
                 if not isinstance(name, bytes) or not name.startswith(b"mws:live:"):
                     continue  # the heartbeat
@@ -296,6 +304,22 @@ class RedisBackend(Backend):
 
     async def unsubscribe_live(self, channel: str, sub: Any) -> None:
         await self.ps.unsubscribe("mws:live:" + channel)
+
+    async def subscribe_signal(self, name: str) -> Any:
+        await self.ps.subscribe("mws:sig:" + name)
+        return True
+
+    async def unsubscribe_signal(self, name: str, sub: Any) -> None:
+        await self.ps.unsubscribe("mws:sig:" + name)
+
+    async def publish_signals(self, batch: list[tuple[str, bytes]]) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        for name, data in batch:
+            pipe.publish("mws:sig:" + name, data)
+        for reply in await pipe.execute(raise_on_error=False):
+            if isinstance(reply, BaseException):  # at most once: lost (a batch later repairs it)
+                self.log("signal", describe(reply), logging.WARNING, "bus %s: a signal not sent: %s", self.name,
+                         describe(reply))
 
     async def last_seq(self, channel: str) -> int:
         raw = await self.r.get(f"mws:{{{channel}}}:seq")

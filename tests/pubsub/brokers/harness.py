@@ -76,6 +76,15 @@ class Fake(Backend):
     async def publish_batch(self, batch):
         raise AssertionError("no test publishes through this fake")
 
+    async def subscribe_signal(self, name):
+        return object()
+
+    async def unsubscribe_signal(self, name, sub):
+        pass
+
+    async def publish_signals(self, batch):
+        self.published_signals = [*getattr(self, "published_signals", []), *batch]
+
     async def last_seq(self, channel):
         return max(self.stored[channel], default=0)
 

@@ -17,6 +17,7 @@ from millionws.pubsub.brokers.base import (
     E_GAP,
     E_MSG,
     E_REPLAY,
+    E_SIGNAL,
     E_STATE,
     checked_entry,
     epoch_of,
@@ -26,7 +27,8 @@ from tests.pubsub.brokers.harness import Fake
 
 
 def test_event_constants_keep_their_values():
-    assert (E_MSG, E_GAP, E_REPLAY, E_STATE, E_ACK, E_CTL, E_ANSWER) == (0, 1, 2, 3, 4, 5, 6)
+    # The bridge hands kinds below E_CTL to the channels and the rest to the control plane: order matters.
+    assert (E_MSG, E_GAP, E_REPLAY, E_STATE, E_ACK, E_SIGNAL, E_CTL, E_ANSWER) == (0, 1, 2, 3, 4, 5, 6, 7)
 
 
 def test_redact_hides_passwords():

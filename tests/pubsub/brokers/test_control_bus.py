@@ -131,7 +131,8 @@ def test_history_reads_the_stream_creating_nothing_and_its_epoch_follows_the_seq
     assert (last, reset, [s for s, _ in entries]) == (8, True, [4, 5])
     h.bridge.query(5, "history", ("h", 8, 10))
     assert answer(h, 5)[1][4] == []
-    other = with_control(harness, broker.url, None, namespaces=namespaces(replay_max_messages=5))  # another node reads the same epoch
+    # another node reads the same epoch
+    other = with_control(harness, broker.url, None, namespaces=namespaces(replay_max_messages=5))
     other.run_until(other.up, what="up")
     other.bridge.query(1, "history", ("h", 0, 1))
     assert answer(other, 1)[1][1] == epoch

@@ -1,0 +1,1 @@
+"""Presence benchmark (issue 13): join cost, memory per member, coalescing and list time at 10 000 members."""
