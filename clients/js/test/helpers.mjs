@@ -109,6 +109,14 @@ export class Server {
       const stats = await response.json();
       return stats.workers.length === this.workers && stats.workers.every((w) => w.pid);
     }, { timeout: 20000, what: `millionws on ${this.port}` });
+    if (this.args.includes("--bus")) {
+      // A worker refuses publishes (503 unavailable) until its broker connection is up.
+      await waitFor(async () => {
+        const text = await (await fetch(`${this.http}/metrics`)).text();
+        const up = text.split("\n").filter((line) => line.startsWith("millionws_bus_up{"));
+        return up.length === this.workers && up.every((line) => line.trim().endsWith(" 1.0") || line.trim().endsWith(" 1"));
+      }, { timeout: 20000, what: `every worker of ${this.port} connected to the bus` });
+    }
   }
 
   output() {
