@@ -91,6 +91,7 @@ export class Client {
     this.requestTimeout = options.requestTimeout ?? REQUEST_TIMEOUT;
     this.maxFailuresBeforeOpen = options.maxFailuresBeforeOpen ?? MAX_FAILURES_BEFORE_OPEN;
     this.probe = options.probe ?? true;
+    this.refresh = options.refresh ?? true;
     this.onUserMessage = options.onUserMessage ?? null;
     /** channel -> last seq delivered (or announced by `since` / a gap) */
     this.last = new Map();
@@ -115,6 +116,7 @@ export class Client {
     this._token = null;
     this._claims = null;
     this._userChannel = null;
+    this._userResuming = false; // a subscribe with since for the user channel is in flight
   }
 
   /** idle, connecting, open, reconnecting or closed */
@@ -285,6 +287,7 @@ export class Client {
   _closedAfterOpen(code, reason, fresh) {
     this._clearRefresh();
     this._failPending(new MillionwsError("disconnected", "the connection closed before the answer: outcome unknown"));
+    this._userResuming = false;
     for (const sub of this._subs.values()) sub.subscribed = false;
     const action = fresh ? "fresh" : closeAction(code, reason);
     if (action === "stop") {
@@ -377,7 +380,7 @@ export class Client {
     this._pending.clear();
     for (const request of pending) {
       clearTimeout(request.timer);
-      request.reject(err);
+      request.settle(err);
     }
   }
 
@@ -401,7 +404,7 @@ export class Client {
   _scheduleRefresh() {
     this._clearRefresh();
     const exp = this._claims?.exp;
-    if (!this.getToken || typeof exp !== "number") return;
+    if (!this.refresh || !this.getToken || typeof exp !== "number") return;
     const ws = this._ws;
     this._refreshTimer = setTimeout(() => this._refresh(ws, exp), Math.min(refreshDelay(exp), MAX_TIMER));
   }
@@ -456,34 +459,40 @@ export class Client {
   }
 
   // -- requests ------------------------------------------------------------------------------
-  _request(doc) {
+  /** Send a request; `settle(err, reply)` is called once, synchronously with the answer's frame (so
+   * that what the answer changes holds for the frames right behind it), or with the client's error. */
+  _send(doc, settle) {
     const ws = this._ws;
     if (ws === null || this._state !== "open") {
-      return Promise.reject(new MillionwsError("not_connected", "not connected: nothing was sent"));
+      settle(new MillionwsError("not_connected", "not connected: nothing was sent"));
+      return;
     }
     const id = this._nextId++;
     let text;
     try {
       text = JSON.stringify({ ...doc, id });
     } catch (err) {
-      return Promise.reject(err);
+      settle(err);
+      return;
     }
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        if (!this._pending.delete(id)) return;
-        reject(new MillionwsError("timeout", `no answer within ${this.requestTimeout} ms`));
-        // An open socket that answers nothing is dead (a half-open TCP connection): start again.
-        if (ws === this._ws) this._restart("request timeout");
-      }, this.requestTimeout);
-      this._pending.set(id, { resolve, reject, timer });
-      try {
-        ws.send(text);
-      } catch (err) {
-        clearTimeout(timer);
-        this._pending.delete(id);
-        reject(new MillionwsError("disconnected", String(err?.message ?? err)));
-      }
-    });
+    const timer = setTimeout(() => {
+      if (!this._pending.delete(id)) return;
+      settle(new MillionwsError("timeout", `no answer within ${this.requestTimeout} ms`));
+      // An open socket that answers nothing is dead (a half-open TCP connection): start again.
+      if (ws === this._ws) this._restart("request timeout");
+    }, this.requestTimeout);
+    this._pending.set(id, { settle, timer });
+    try {
+      ws.send(text);
+    } catch (err) {
+      clearTimeout(timer);
+      this._pending.delete(id);
+      settle(new MillionwsError("disconnected", String(err?.message ?? err)));
+    }
+  }
+
+  _request(doc) {
+    return new Promise((resolve, reject) => this._send(doc, (err, reply) => (err ? reject(err) : resolve(reply))));
   }
 
   /** Subscribe to `channel`; `handler` gets {type: "message" | "gap" | "unsubscribed", ...}.
@@ -555,28 +564,32 @@ export class Client {
     if (Object.keys(since).length) doc.since = since;
     if (presence) doc.presence = true;
     const ws = this._ws;
-    this._request(doc).then(
-      () => {
+    const user = this._userChannel;
+    const resumesUser = user !== null && since[user] !== undefined;
+    if (resumesUser) this._userResuming = true;
+    this._send(doc, (err) => {
+      if (err === null) {
+        if (resumesUser && ws === this._ws) this._userResuming = false;
         for (const sub of group) {
           if (this._subs.get(sub.channel) !== sub) continue;
           sub.subscribed = true;
           for (const waiter of sub.waiters.splice(0)) waiter.resolve();
         }
-      },
-      (err) => {
-        if (!err.reply || ws !== this._ws) return; // no answer: the next connection subscribes again
-        if (channels.length > 1) {
-          // One refused name refuses the whole request: try each alone, so the others still resume.
-          for (const sub of group) {
-            if (this._subs.get(sub.channel) === sub) this._subscribeGroup([sub], presence);
-          }
-          for (const channel of extra) this._subscribeGroup([], false, [channel]);
-          return;
+        return;
+      }
+      if (!err.reply || ws !== this._ws) return; // no answer: the next connection subscribes again
+      if (channels.length > 1) {
+        // One refused name refuses the whole request: try each alone, so the others still resume.
+        for (const sub of group) {
+          if (this._subs.get(sub.channel) === sub) this._subscribeGroup([sub], presence);
         }
-        for (const sub of group) this._refused(sub, err);
-        for (const channel of extra) this._forget(channel, err.code);
-      },
-    );
+        for (const channel of extra) this._subscribeGroup([], false, [channel]);
+        return;
+      }
+      for (const sub of group) this._refused(sub, err);
+      if (resumesUser) this._userResuming = false;
+      for (const channel of extra) this._forget(channel, err.code);
+    });
   }
 
   _refused(sub, err) {
@@ -600,7 +613,9 @@ export class Client {
     const subs = [...this._subs.values()];
     const user = this._userChannel;
     // The server subscribes the user channel on connect; naming it with since makes it replay what
-    // this client missed (docs/protocol.md "Users").
+    // this client missed (docs/protocol.md "Users"). Until that request's answer, the user channel's
+    // messages are the early subscription's, ahead of the replay: they are ignored (the replay, which
+    // follows the answer, brings them again in order).
     const extra = user !== null && !this._subs.has(user) && this.last.has(user) ? [user] : [];
     const plain = subs.filter((sub) => !sub.presence);
     const withPresence = subs.filter((sub) => sub.presence);
@@ -621,8 +636,7 @@ export class Client {
     if (request !== undefined) {
       this._pending.delete(doc.id);
       clearTimeout(request.timer);
-      if (doc.op === "error") request.reject(new MillionwsError(doc.code, doc.message, doc));
-      else request.resolve(doc);
+      request.settle(doc.op === "error" ? new MillionwsError(doc.code, doc.message, doc) : null, doc);
       return;
     }
     switch (doc.op) {
@@ -664,6 +678,7 @@ export class Client {
     if (typeof seq !== "number") return;
     const sub = this._target(channel);
     if (sub === undefined) return; // a channel given up meanwhile
+    if (this._userResuming && channel === this._userChannel) return; // ahead of its replay, which repeats it
     const last = this.last.get(channel);
     if (last !== undefined && seq <= last) {
       this.duplicates++; // seen already (a replay after a reconnect, the user channel's first moments)

@@ -3,7 +3,8 @@
 //
 // Environment: MILLIONWS_PYTHON (the Python with millionws's dependencies; default python3),
 // NATS_SERVER (default: nats-server on PATH or beside MILLIONWS_PYTHON), MILLIONWS_REQUIRE_ALL=1
-// (tests/clients/test_js.py sets it: what is missing fails instead of skipping).
+// (tests/clients/test_js.py sets it: what is missing fails instead of skipping), MILLIONWS_SERVER_ROOT
+// (the checkout whose server runs; default: this repository's).
 
 import { spawn, spawnSync } from "node:child_process";
 import crypto from "node:crypto";
@@ -15,7 +16,7 @@ import { fileURLToPath } from "node:url";
 import WebSocket from "ws";
 
 export { WebSocket };
-export const ROOT = path.resolve(fileURLToPath(new URL("../../..", import.meta.url)));
+export const ROOT = path.resolve(process.env.MILLIONWS_SERVER_ROOT || fileURLToPath(new URL("../../..", import.meta.url)));
 export const PYTHON = process.env.MILLIONWS_PYTHON || "python3";
 export const REQUIRE_ALL = process.env.MILLIONWS_REQUIRE_ALL === "1";
 

@@ -116,3 +116,59 @@ test("a publish without a connection is refused at once, nothing queued", async 
   const client = new Client("ws://127.0.0.1:1/pubsub", { WebSocket: NoSocket });
   await assert.rejects(client.publish("news", 1), (err) => err.code === "not_connected");
 });
+
+/** A socket the test drives by hand: it records what the client sends and delivers frames synchronously,
+ * several in one go, as `ws` does with the frames of one TCP read. */
+class HandSocket {
+  static all = [];
+  constructor(url, protocols) {
+    this.url = url;
+    this.protocols = protocols;
+    this.sent = [];
+    HandSocket.all.push(this);
+  }
+  send(text) {
+    this.sent.push(JSON.parse(text));
+  }
+  close() {}
+  addEventListener() {}
+  open() {
+    this.onopen?.({});
+  }
+  frames(...docs) {
+    for (const doc of docs) this.onmessage?.({ data: JSON.stringify(doc) });
+  }
+}
+
+test("the user channel resumes with since; its early live messages before the answer are left to the replay", async () => {
+  HandSocket.all = [];
+  const got = [];
+  const token = mintToken("k", { sub: "bob" }, 3600);
+  const client = new Client("ws://127.0.0.1:1/pubsub", {
+    WebSocket: HandSocket, getToken: () => token, onUserMessage: (e) => got.push(e.seq), minDelay: 0,
+  });
+  const connected = client.connect();
+  await waitForSocket(1);
+  const first = HandSocket.all[0];
+  assert.deepEqual(first.protocols, ["millionws", `millionws.bearer.${token}`]);
+  first.open();
+  await connected;
+  assert.deepEqual(first.sent, []); // nothing to resume yet: the server subscribed the user channel itself
+  const message = (seq) => ({ op: "message", channel: "@user:bob", seq, data: seq });
+  first.frames(message(1), message(2), message(3));
+
+  client.reconnect();
+  await waitForSocket(2);
+  const second = HandSocket.all[1];
+  second.open();
+  assert.deepEqual(second.sent, [{ op: "subscribe", channels: ["@user:bob"], since: { "@user:bob": 3 }, id: 1 }]);
+  // The early subscription's live 5 comes before the answer; the replay 4, 5 and the live 6 after it.
+  second.frames(message(5), { op: "subscribed", channels: ["@user:bob"], id: 1 }, message(4), message(5), message(6));
+  assert.deepEqual(got, [1, 2, 3, 4, 5, 6]);
+  await client.close();
+});
+
+async function waitForSocket(count) {
+  for (let i = 0; i < 100 && HandSocket.all.length < count; i++) await new Promise((r) => setTimeout(r, 5));
+  assert.equal(HandSocket.all.length, count);
+}
