@@ -49,12 +49,19 @@ export function refreshDelay(exp, now = Date.now()) {
   return remaining - Math.min(30000, remaining * 0.1);
 }
 
-/** What a close after an open connection leads to: "stop" (4500-4999: the backend ended this user's
- * session), "fresh" (reconnect at once: a drain, a restart, an expired token), or "reconnect"
- * (with backoff). A close the application asked for never reaches this. */
+// Closes that refuse what this client sent: a reconnect would meet the same refusal.
+const REFUSAL_CODES = new Set([1002, 1003, 1007, 1009, 1010]);
+
+/** What a close after an open connection leads to (the same rules as the Python client's):
+ * "stop" (4500-4999: the backend ended this user's session; 1008 other than "token expired", e.g. a
+ * rate limit, and the refusals 1002, 1003, 1007, 1009, 1010), "fresh" (reconnect at once: a drain, a
+ * restart, an expired token), or "reconnect" (with backoff: no Close frame 1006, 1000, 1011, 1013,
+ * 1014, 4000-4499, anything else). A close the application asked for never reaches this. */
 export function closeAction(code, reason = "") {
   if (code >= 4500 && code <= 4999) return "stop";
-  if (code === 1001 || code === 1012 || (code === 1008 && reason === "token expired")) return "fresh";
+  if (code === 1008) return reason === "token expired" ? "fresh" : "stop";
+  if (REFUSAL_CODES.has(code)) return "stop";
+  if (code === 1001 || code === 1012) return "fresh";
   return "reconnect";
 }
 
@@ -100,7 +107,7 @@ export class Client {
     /** messages dropped because their seq was at or below the last one delivered */
     this.duplicates = 0;
     this._subs = new Map(); // channel -> {channel, handler, onPresence, presence, subscribed, waiters}
-    this._pending = new Map(); // request id -> {resolve, reject, timer}
+    this._pending = new Map(); // request id -> {settle, timer}
     this._nextId = 1;
     this._listeners = new Map();
     this._connectWaiters = [];
@@ -253,6 +260,7 @@ export class Client {
     this._openedAt = Date.now();
     const reconnect = this._everOpened;
     this._everOpened = true;
+    if (reconnect) this.reconnects++;
     this._resubscribe();
     this._scheduleRefresh();
     this._emit("open", { reconnect });
@@ -309,7 +317,6 @@ export class Client {
     this._timer = setTimeout(() => {
       this._timer = null;
       if (gen !== this._gen) return;
-      this.reconnects++;
       this._open(gen);
     }, delay);
   }
@@ -337,11 +344,15 @@ export class Client {
     if (!this.probe || typeof globalThis.fetch !== "function") return null;
     let url;
     try {
-      url = new URL(this.url);
-      url.protocol = url.protocol === "wss:" ? "https:" : "http:";
-      url.pathname = "/health";
-      url.search = "";
-      url.hash = "";
+      if (typeof this.probe === "string") {
+        url = new URL(this.probe);
+      } else {
+        url = new URL(this.url);
+        url.protocol = url.protocol === "wss:" ? "https:" : "http:";
+        url.pathname = "/health";
+        url.search = "";
+        url.hash = "";
+      }
     } catch {
       return null;
     }

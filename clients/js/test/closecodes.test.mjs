@@ -1,5 +1,6 @@
-// Close codes after an open connection, end to end through a socket: 4500-4999 end the session (a
-// `disconnected` event, no reconnect), the others reconnect, a close the application asked for does not.
+// Close codes after an open connection, end to end through a socket: 4500-4999 and refusals (1008 other
+// than "token expired", 1003, ...) end the session (a `disconnected` event, no reconnect), the others
+// reconnect, a close the application asked for does not.
 // millionws sends 1001 (drain), 1008 (expiry, limits), 1011 (ping timeout) and 1013 (slow consumer) itself,
 // and those are tested against it in the other files; 4000-4999 come from the backend (issue 13's
 // POST /users/{id}/disconnect, 4500 by default), so this file uses a stand-in peer (the ws package's
@@ -46,8 +47,9 @@ async function scenario(code, reason) {
   return { client, events };
 }
 
-test("4500-4999: the backend ended this session: disconnected with code and reason, no reconnect", async () => {
-  for (const [code, reason] of [[4500, "disconnected by the backend"], [4999, "banned"]]) {
+test("4500-4999 and refusals: disconnected with code and reason, no reconnect", async () => {
+  const stops = [[4500, "disconnected by the backend"], [4999, "banned"], [1008, "rate limit exceeded"], [1003, ""]];
+  for (const [code, reason] of stops) {
     const { client, events } = await scenario(code, reason);
     await waitFor(() => events.some(([type]) => type === "disconnected"), { what: `disconnected after ${code}` });
     await sleep(200);

@@ -41,13 +41,13 @@ test("refresh is due before exp by min(30 s, 10 % of the remaining life)", () =>
   assert.equal(refreshDelay(now / 1000 - 1, now), 0);
 });
 
-test("close codes: 4500-4999 stop, drains and expired tokens reconnect at once, the rest with backoff", () => {
-  assert.equal(closeAction(4500), "stop");
-  assert.equal(closeAction(4999), "stop");
+test("close codes: 4500-4999 and refusals stop, drains and expired tokens reconnect at once, the rest with backoff", () => {
+  for (const code of [4500, 4999, 1002, 1003, 1007, 1009, 1010]) assert.equal(closeAction(code), "stop", code);
+  assert.equal(closeAction(1008, "rate limit exceeded"), "stop");
+  assert.equal(closeAction(1008, "token expired"), "fresh");
   assert.equal(closeAction(1001), "fresh");
   assert.equal(closeAction(1012), "fresh");
-  assert.equal(closeAction(1008, "token expired"), "fresh");
-  for (const code of [1000, 1006, 1008, 1011, 1013, 4000, 4499]) assert.equal(closeAction(code), "reconnect", code);
+  for (const code of [1000, 1006, 1011, 1013, 1014, 3000, 4000, 4499]) assert.equal(closeAction(code), "reconnect", code);
 });
 
 test("without a WebSocket (Node 20 without the ws package) the constructor says what to pass", () => {
