@@ -218,9 +218,11 @@ export class Client {
     try {
       token = this.getToken ? await this.getToken() : null;
     } catch (err) {
+      // Most often the application's token endpoint is out of reach (a browser offline): retried with
+      // backoff like a server that is down, and reported each time; not a refusal, so not counted.
       if (gen !== this._gen) return;
       this._emit("error", new MillionwsError("token_failed", `getToken() failed: ${err?.message ?? err}`));
-      this._failedBeforeOpen(gen, 1006, "getToken() failed", false);
+      this._failedBeforeOpen(gen, 1006, "getToken() failed", false, false);
       return;
     }
     if (gen !== this._gen) return;
@@ -232,7 +234,7 @@ export class Client {
     } catch (err) {
       // A malformed URL or token: no retry fixes the URL, a new token might.
       this._emit("error", new MillionwsError("bad_socket", String(err?.message ?? err)));
-      this._failedBeforeOpen(gen, 1006, "WebSocket constructor failed", false);
+      this._failedBeforeOpen(gen, 1006, "WebSocket constructor failed", false, true);
       return;
     }
     this._ws = ws;
@@ -250,7 +252,7 @@ export class Client {
       if (ws !== this._ws) return;
       this._ws = null;
       if (opened) this._closedAfterOpen(event.code, event.reason ?? "", false);
-      else this._failedBeforeOpen(this._gen, event.code, event.reason ?? "", true);
+      else this._failedBeforeOpen(this._gen, event.code, event.reason ?? "", true, true);
     };
   }
 
@@ -268,14 +270,14 @@ export class Client {
     for (const waiter of waiters) waiter.resolve();
   }
 
-  async _failedBeforeOpen(gen, code, reason, probe) {
+  async _failedBeforeOpen(gen, code, reason, probe, counts) {
     // In a browser a refused handshake (401, 403, 503) and a server that is down look the same: a close
     // 1006 before open. The probe tells them apart where it can (a server that answers HTTP refused us):
     // only those count towards maxFailuresBeforeOpen; an outage is retried with backoff for as long as
     // it lasts.
     const reachable = probe ? await this._probeServer() : null;
     if (gen !== this._gen) return;
-    if (reachable !== false) this._failures++;
+    if (counts && reachable !== false) this._failures++;
     if (this._failures >= this.maxFailuresBeforeOpen) {
       this._state = "closed";
       this._emit("close", { code, reason, opened: false, reconnectIn: null, failures: this._failures });
@@ -448,10 +450,11 @@ export class Client {
       reply = await this._request({ op: "refresh", token });
     } catch (err) {
       if (ws !== this._ws || err.code === "disconnected" || err.code === "timeout" || err.code === "closed") return;
-      // bad_token, forbidden, bad_request, or a server without the refresh op: a new connection with a
-      // fresh token instead.
       this._emit("error", err);
-      this._restart("token refresh failed");
+      // bad_token, forbidden: the server does not take this token on this connection; a new connection
+      // with a fresh one instead. Anything else (unknown_op from a server without the op, bad_request):
+      // the connection stays until the server closes it 1008 at exp, and the reconnect asks getToken().
+      if (err.code === "bad_token" || err.code === "forbidden") this._restart("token refresh failed");
       return;
     }
     if (ws !== this._ws) return;

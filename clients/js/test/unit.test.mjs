@@ -172,3 +172,27 @@ async function waitForSocket(count) {
   for (let i = 0; i < 100 && HandSocket.all.length < count; i++) await new Promise((r) => setTimeout(r, 5));
   assert.equal(HandSocket.all.length, count);
 }
+
+test("a getToken() that throws (its endpoint out of reach) is reported and retried, not counted as a refusal", async () => {
+  HandSocket.all = [];
+  let calls = 0;
+  const client = new Client("ws://127.0.0.1:1/pubsub", {
+    WebSocket: HandSocket,
+    minDelay: 1,
+    maxDelay: 5,
+    maxFailuresBeforeOpen: 2,
+    getToken: () => {
+      if (++calls <= 4) throw new Error("offline");
+      return null;
+    },
+  });
+  const errors = [];
+  client.on("error", (e) => errors.push(e.code));
+  const connected = client.connect();
+  await waitForSocket(1);
+  assert.deepEqual(HandSocket.all[0].protocols, ["millionws"]); // null: no token
+  HandSocket.all[0].open();
+  await connected;
+  assert.deepEqual(errors, ["token_failed", "token_failed", "token_failed", "token_failed"]);
+  await client.close();
+});
