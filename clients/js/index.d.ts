@@ -38,12 +38,15 @@ export interface PresenceMember {
   [key: string]: Json;
 }
 
+/** Joins and leaves since the channel's previous presence frame, and its member count. `joins` and
+ * `leaves` are null in a "count alone" frame (too many changes, or changes the server cannot list): the
+ * member list changed in ways not listed. */
 export interface PresenceEvent {
   type: "presence";
   channel: string;
   count: number;
-  joins: PresenceMember[];
-  leaves: PresenceMember[];
+  joins: PresenceMember[] | null;
+  leaves: PresenceMember[] | null;
 }
 
 export interface OpenEvent {

@@ -716,8 +716,9 @@ export class Client {
       type: "presence",
       channel: doc.channel,
       count: doc.count,
-      joins: doc.joins ?? [],
-      leaves: doc.leaves ?? [],
+      // null: a "count alone" frame; the members changed in ways it does not list
+      joins: Array.isArray(doc.joins) ? doc.joins : null,
+      leaves: Array.isArray(doc.leaves) ? doc.leaves : null,
     };
     this._call(this._subs.get(doc.channel)?.onPresence, event);
     this._emit("presence", event);

@@ -74,6 +74,7 @@ test("frames: duplicates dropped, gap surfaced then delivery from first, server 
   frame({ op: "message", channel: "other", seq: 1, data: "not subscribed" });
   frame({ op: "future-op", channel: "news" });
   frame({ op: "presence", channel: "news", count: 2, joins: [{ user: "bob", client: "c1" }], leaves: [] });
+  frame({ op: "presence", channel: "news", count: 900 }); // count alone: the list changed, not listed
   assert.equal(client.duplicates, 3);
   assert.deepEqual(events, [
     { type: "message", channel: "news", seq: 3, data: 3 },
@@ -85,6 +86,7 @@ test("frames: duplicates dropped, gap surfaced then delivery from first, server 
   ]);
   assert.deepEqual(presence, [
     { type: "presence", channel: "news", count: 2, joins: [{ user: "bob", client: "c1" }], leaves: [] },
+    { type: "presence", channel: "news", count: 900, joins: null, leaves: null },
   ]);
   assert.deepEqual([...client.last], [["news", 1]]);
 
