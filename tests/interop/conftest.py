@@ -114,13 +114,13 @@ def blob_of(size: int) -> bytes:
     return bytes(range(256)) * (size // 256) + bytes(range(size % 256))
 
 
-def install(script: str, what: str) -> None:
-    """Run the idempotent installer ``tests/interop/<script>`` (what ``scripts/test-system-deps`` runs
+def install(script: str, what: str, folder: str = "interop") -> None:
+    """Run the idempotent installer ``tests/<folder>/<script>`` (what ``scripts/test-system-deps`` runs
     first); if it fails, skip saying why, unless on CI (``CI`` set), where every client must run."""
-    proc = subprocess.run(["bash", str(ROOT / "tests" / "interop" / script)], capture_output=True, text=True,
+    proc = subprocess.run(["bash", str(ROOT / "tests" / folder / script)], capture_output=True, text=True,
                           timeout=600)
     if proc.returncode != 0:
         lines = (proc.stderr or proc.stdout).strip().splitlines()
-        reason = f"{what} not installed: bash tests/interop/{script} failed: {lines[-1] if lines else proc.returncode}"
+        reason = f"{what} not installed: bash tests/{folder}/{script} failed: {lines[-1] if lines else proc.returncode}"
         # On CI a missing client fails; elsewhere (no apt, no network) it skips, saying why.
         (pytest.fail if os.environ.get("CI") else pytest.skip)(reason)
