@@ -18,11 +18,7 @@ function client(user) {
 
 before(async () => {
   server = await Server.start(["--trust-user-param", "--channel-options", "room:* presence=on join-leave=on",
-    "--presence-interval", "0.2"]).catch((err) => {
-    // A server without presence refuses --presence-interval at start.
-    if (/presence-interval/.test(String(err.message))) return null;
-    throw err;
-  });
+    "--presence-interval", "0.2"]);
 });
 
 after(async () => {
@@ -31,7 +27,6 @@ after(async () => {
 });
 
 test("presence: own join, then another member's join and leave, to onPresence and the presence listeners", async (t) => {
-  if (server === null) return t.skip("this server has no presence yet (it refuses --presence-interval)");
   const alice = client("alice");
   const frames = [];
   const heard = [];
