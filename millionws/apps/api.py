@@ -37,8 +37,19 @@ from ..protocol.http import HttpError
 from ..pubsub.channels import ChannelError
 from ..pubsub.history import History, Page
 from ..pubsub.records import USER_PREFIX, valid_internal
-from .apikit import PREFIX_RE, Deferred, allow, answered, channel_name, flag, integer, parse_query, prefix_of
-from .backend import refused, segment
+from .apikit import (
+    PREFIX_RE,
+    Deferred,
+    allow,
+    answered,
+    channel_name,
+    flag,
+    integer,
+    parse_query,
+    prefix_of,
+    refused,
+    segment,
+)
 from .host import Host, Response
 from .pubsub import PubSub
 

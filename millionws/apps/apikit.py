@@ -14,7 +14,7 @@ endpoint returns (one worker, no bus), else later through ``host.answer``.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -22,15 +22,33 @@ import h11
 
 from .. import jsonsafe
 from ..jsonsafe import JsonError
-from ..metrics import WorkerStats
+from ..metrics import REFUSED, WorkerStats
 from ..protocol import http
 from ..protocol.http import HttpError
 from ..pubsub.records import valid_internal
-from .backend import refused
 from .host import Response
 
 MAX_QUERY = 2048  # bytes of a query string: far more than the parameters of any endpoint need
 PREFIX_RE = re.compile(r"[A-Za-z0-9._:@+=|-]{0,128}\Z")  # what channel names (clients' and users') are made of
+
+
+def refused(stats: WorkerStats, status: int, message: str, code: str,
+            headers: Iterable[tuple[str, str]] = ()) -> HttpError:
+    """A refusal of client input: counted by its code, rendered by the server."""
+    stats.c[REFUSED[code]] += 1
+    return HttpError(status, message, _REASONS.get(status, http.HS_BAD_REQUEST), headers, code)
+
+
+# The handshake-failure label (millionws_handshake_failures_total{reason}) of a refusal, by its status.
+_REASONS = {403: http.HS_FORBIDDEN, 404: http.HS_NOT_FOUND, 429: http.HS_RATE_LIMITED, 503: http.HS_UNAVAILABLE}
+
+
+def segment(raw: bytes) -> str:
+    """A percent-decoded path segment; "" (valid as nothing) when it does not decode to ASCII."""
+    try:
+        return unquote_to_bytes(raw).decode("ascii")
+    except UnicodeDecodeError:
+        return ""
 
 
 class Deferred:

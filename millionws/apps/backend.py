@@ -10,40 +10,19 @@ sequentially keeps its order; it is given at once when the sequencer is this wor
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
 import h11
 
 from .. import jsonsafe
 from ..core.reactor import monotonic
 from ..jsonsafe import JsonError
-from ..metrics import REFUSED, WorkerStats
 from ..protocol import http
 from ..protocol.http import HttpError
 from ..pubsub.channels import user_channel, valid_channel, valid_user
+from .apikit import Deferred, refused, segment
 from .host import Host, Response
 from .pubsub import BAD_NAME, BAD_USER, PUBLISH_ERRORS, PubSub
-
-
-def refused(stats: WorkerStats, status: int, message: str, code: str,
-            headers: Iterable[tuple[str, str]] = ()) -> HttpError:
-    """A refusal of client input: counted by its code, rendered by the server."""
-    stats.c[REFUSED[code]] += 1
-    return HttpError(status, message, _REASONS.get(status, http.HS_BAD_REQUEST), headers, code)
-
-
-# The handshake-failure label (millionws_handshake_failures_total{reason}) of a refusal, by its status.
-_REASONS = {403: http.HS_FORBIDDEN, 404: http.HS_NOT_FOUND, 429: http.HS_RATE_LIMITED, 503: http.HS_UNAVAILABLE}
-
-
-def segment(raw: bytes) -> str:
-    """A percent-decoded path segment; "" (valid as nothing) when it does not decode to ASCII."""
-    try:
-        return unquote_to_bytes(raw).decode("ascii")
-    except UnicodeDecodeError:
-        return ""
 
 
 class Backend:
@@ -104,31 +83,17 @@ class Backend:
         return Response(http.render_json(200, document, keep_alive), 200, keep_alive)
 
 
-class _DeferredAnswer:
+class _DeferredAnswer(Deferred):
     """The HTTP answer to a publish: given at once when the sequencer is local, else later."""
 
-    __slots__ = ("app", "channel", "conn", "keep_alive", "outcome", "user", "waiting")
+    __slots__ = ("app", "channel", "keep_alive", "user")
 
     def __init__(self, app: Backend, conn: Any, channel: str, user: str | None, keep_alive: bool) -> None:
+        super().__init__(app.answer, conn)
         self.app = app
-        self.conn = conn
         self.channel = channel
         self.user = user
         self.keep_alive = keep_alive
-        self.outcome: Response | HttpError | None = None
-        self.waiting = False
 
     def done(self, seq: int, error: str, reach: int) -> None:
-        outcome = self.app.publish_outcome(self.channel, self.user, self.keep_alive, seq, error, reach)
-        if self.waiting:
-            self.app.answer(self.conn, outcome)
-        else:
-            self.outcome = outcome
-
-    def returned(self) -> Response | None:
-        """What :meth:`App.handle` returns: the answer if it is known already, else None (deferred)."""
-        outcome = self.outcome
-        if isinstance(outcome, HttpError):
-            raise outcome
-        self.waiting = outcome is None
-        return outcome
+        self.give(self.app.publish_outcome(self.channel, self.user, self.keep_alive, seq, error, reach))

@@ -41,8 +41,7 @@ from ..protocol import http
 from ..protocol.http import HttpError
 from ..protocol.websocket import encode_frame
 from ..pubsub.channels import user_channel, valid_channel, valid_user
-from .apikit import Deferred, allow, answered, json_body
-from .backend import refused, segment
+from .apikit import Deferred, allow, answered, json_body, refused, segment
 from .host import Host, Response
 from .pubsub import BAD_NAME, BAD_USER, PUBLISH_ERRORS, PubSub
 

@@ -58,7 +58,8 @@ from ..protocol import extensions, http
 from ..protocol.http import HttpError
 from ..pubsub.channels import valid_user
 from .api import Api
-from .backend import Backend, refused
+from .apikit import refused
+from .backend import Backend
 from .commands import Commands
 from .echo import Echo
 from .host import Host, Response

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Node.js + npm from Debian (unless a node and an npm are already on PATH), then the pinned npm packages
-# of tests/interop/node (package-lock.json) with `npm ci` into that folder, for tests/interop/test_node_ws.py.
+# of a folder (package-lock.json) with `npm ci` into it: by default tests/interop/node, for
+# tests/interop/test_node_ws.py; tests/clients/install-js.sh names clients/js.
 # Idempotent: one line when there is nothing to do.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-dir="$here/node"
+dir="${1:-$here/node}"
+what="${2:-tests/interop/node packages}"
 
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     SUDO=""
@@ -22,8 +24,8 @@ if [ -f "$installed" ] && node -e '
     const fs = require("fs"), [a, b] = process.argv.slice(1).map((f) => JSON.parse(fs.readFileSync(f)).packages);
     delete a[""];
     process.exit(JSON.stringify(a) === JSON.stringify(b) ? 0 : 1);' "$dir/package-lock.json" "$installed"; then
-    echo "node $(node --version) and tests/interop/node packages already installed"
+    echo "node $(node --version) and $what already installed"
     exit 0
 fi
 (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
-echo "node $(node --version), npm $(npm --version): tests/interop/node packages installed"
+echo "node $(node --version), npm $(npm --version): $what installed"
