@@ -25,6 +25,12 @@ What it does for you:
   client passes that :class:`Gap` on).
 * A channel subscribed without ``since`` and with no message seen yet is subscribed again
   without ``since`` (there is no position to resume from).
+* A connection with a user (a token's ``sub``, or ``?user=`` in the url) is subscribed by the server
+  to the user's own channel ``@user:<id>`` when it opens (docs/protocol.md, *Users*).  The client
+  resumes it like the others: it names it with ``since`` after a reconnect, once it saw one of its
+  messages, so the user messages sent meanwhile are replayed.  Until the answer to that request it
+  ignores the channel's messages: they come from the subscription the server made at the upgrade,
+  ahead of the replay, which repeats them.
 * Tokens: ``get_token`` is called before every (re)connect (the token goes in
   ``Authorization: Bearer``) and again shortly before the current token's ``exp``, when the
   new token is handed over the open connection (``refresh``), so short-lived tokens cost no
@@ -36,8 +42,9 @@ What it does for you:
   before it; so do pending and later requests.
 * Server errors to a request raise :class:`ServerError` from that call.
 
-The token is never logged.  Only ``websockets`` is needed: a token's ``exp`` is read from its payload
-without verifying it (the server verifies; the client only needs to know when to refresh).
+The token is never logged.  Only ``websockets`` is needed: a token's ``exp`` and ``sub`` are read from its
+payload without verifying it (the server verifies; the client only needs to know when to refresh, and
+which user channel is its own).
 """
 
 from __future__ import annotations
@@ -56,6 +63,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.datastructures import Headers
@@ -74,6 +82,7 @@ TOKEN_EXPIRED = "token expired"  # the reason of millionws's 1008 at a token's e
 # does not accept (protocol error, unsupported or invalid data, policy, too big, missing extension).
 REFUSAL_CODES = frozenset({1002, 1003, 1007, 1008, 1009, 1010})
 _RESUBSCRIBE_ID = 0  # requests count from 1: the resubscription after a reconnect is told apart by its id
+USER_PREFIX = "@user:"  # a user's own channel, @user:<id> (docs/protocol.md, Users)
 
 TokenSource = Callable[[], Awaitable[str | None] | str | None]
 
@@ -84,8 +93,8 @@ def backoff_delay(attempt: int, min_delay: float = MIN_DELAY, max_delay: float =
     return random.uniform(0, min(max_delay, min_delay * 2 ** min(attempt, 64)))
 
 
-def token_expiry(token: str) -> float | None:
-    """The ``exp`` claim of a JWT, read without verifying it; None when the token is not a JWT or has none."""
+def token_claims(token: str) -> dict[str, Any] | None:
+    """The payload of a JWT, read without verifying it; None when the token is not a JWT."""
     parts = token.split(".")
     if len(parts) != 3:
         return None
@@ -94,8 +103,25 @@ def token_expiry(token: str) -> float | None:
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
     except (ValueError, binascii.Error):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return None
-    exp = claims.get("exp") if type(claims) is dict else None
+    return claims if type(claims) is dict else None
+
+
+def token_expiry(token: str) -> float | None:
+    """The ``exp`` claim of a JWT, read without verifying it; None when the token is not a JWT or has none."""
+    exp = (token_claims(token) or {}).get("exp")
     return float(exp) if type(exp) in (int, float) else None
+
+
+def token_user(token: str) -> str | None:
+    """The ``sub`` claim of a JWT (the connection's user), read without verifying it; None without one."""
+    sub = (token_claims(token) or {}).get("sub")
+    return sub if type(sub) is str and sub else None
+
+
+def url_user(url: str) -> str | None:
+    """The ``?user=`` of a ``/pubsub`` url (a server with ``--trust-user-param``); None without exactly one."""
+    users = parse_qs(urlsplit(url).query).get("user")
+    return users[0] if users is not None and len(users) == 1 and users[0] else None
 
 
 def refresh_time(expires: float, received: float, margin: float = REFRESH_MARGIN,
@@ -308,6 +334,9 @@ class Client:
         self.connect_kwargs = {"compression": None, "max_queue": None, **connect_kwargs}
         self.last: dict[str, int] = {}  # channel -> last seq given to the application
         self.channels: dict[str, int | None] = {}  # subscribed channel -> since asked at subscribe
+        # The connection's own @user:<id>, which the server subscribes it to at the upgrade: from the token's
+        # sub, the url's ?user=, or else its first message.  Resumed like the subscribed channels.
+        self.user_channel: str | None = None
         self.reconnects = 0  # connection attempts after the first
         self._events: asyncio.Queue[Any] = asyncio.Queue()
         self._ws: ClientConnection | None = None
@@ -319,6 +348,12 @@ class Client:
         self._task: asyncio.Task | None = None
         self._closing = False
         self._renewing = False  # we closed this connection to reconnect with a fresh token
+        # Ids of the requests of this connection that name the user channel with since, not answered yet.
+        # Meanwhile the channel's messages are the live ones of the server's own subscription at the
+        # upgrade, ahead of the replay that follows the answer: delivering one would move last past the
+        # replay, whose messages would then all be dropped as seen.
+        self._user_resumes: set[int] = set()
+        self._resubscription: list[str] = []  # the channels of the resubscription in flight
 
     async def __aenter__(self) -> Client:
         await self.start()
@@ -402,6 +437,10 @@ class Client:
             doc["since"] = since
         return doc
 
+    def _note_user_resume(self, request_id: int, doc: dict[str, Any]) -> None:
+        if doc.get("op") == "subscribe" and self.user_channel is not None and self.user_channel in doc.get("since", ()):
+            self._user_resumes.add(request_id)
+
     async def _request(self, doc: dict[str, Any]) -> dict[str, Any]:
         while True:
             ws = await self._connection()
@@ -415,11 +454,13 @@ class Client:
         request_id = next(self._ids)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
+        self._note_user_resume(request_id, doc)
         try:
             await ws.send(json.dumps({**doc, "id": request_id}))
             reply = await asyncio.wait_for(future, self.request_timeout)
         finally:
             self._pending.pop(request_id, None)
+            self._user_resumes.discard(request_id)  # answered, or never will be: stop ignoring the channel
         if reply.get("op") == "error":
             raise ServerError(reply)
         return reply
@@ -467,15 +508,15 @@ class Client:
         """One connection attempt, from the token to the end of the connection; whether it opened.  Raises
         what ends the client (AuthFailed, Disconnected, get_token's exception)."""
         token = await self.tokens.fetch()
+        kwargs = self._connect_kwargs(token)
         opened: ClientConnection | None = None
         try:
-            async with connect(self.url, **self._connect_kwargs(token)) as ws:
+            async with connect(self.url, **kwargs) as ws:
                 opened = self._ws = ws
                 self.tokens.auth_failures = 0
                 self._renewing = False
-                if self.channels:  # resubscribe before anyone else may send
-                    await ws.send(json.dumps({**self._subscribe_request(list(self.channels)),
-                                              "id": _RESUBSCRIBE_ID}))
+                self._identify(kwargs.get("additional_headers"))
+                await self._resubscribe(ws, self._resubscription_channels())  # before anyone else may send
                 self._connected.set()
                 await self._serve(ws, token)
         except InvalidStatus as exc:
@@ -485,6 +526,7 @@ class Client:
         finally:
             self._connected.clear()
             self._ws = None
+            self._user_resumes.clear()
             for future in self._pending.values():
                 if not future.done():
                     future.set_exception(ConnectionError("connection lost"))
@@ -508,6 +550,46 @@ class Client:
             headers["Authorization"] = f"Bearer {token}"
             kwargs["additional_headers"] = headers
         return kwargs
+
+    def _identify(self, headers: Any) -> None:
+        """Learn the user of the connection that just opened: the ``sub`` of the bearer token it sent (from
+        ``get_token`` or ``additional_headers``), else the url's ``?user=``; unchanged when neither names one
+        (a later ``@user:`` message may)."""
+        user = None
+        if headers is not None:
+            authorization = Headers(headers).get("Authorization", "")
+            scheme, _, token = authorization.partition(" ")
+            if scheme.lower() == "bearer":
+                user = token_user(token.strip())
+        user = user or url_user(self.url)
+        if user is not None:
+            self._own(USER_PREFIX + user)
+
+    def _own(self, channel: str) -> None:
+        """``channel`` is this client's user channel.  Another user's (a token for someone else) is forgotten:
+        naming it would have the whole resubscription refused (bad_channel)."""
+        old = self.user_channel
+        if old is not None and old != channel:
+            self.channels.pop(old, None)
+            self.last.pop(old, None)
+        self.user_channel = channel
+
+    def _resubscription_channels(self) -> list[str]:
+        """The subscribed channels, and the user channel once a seq of it is known: the server subscribed it
+        at the upgrade, without since; naming it with since replays what was sent while disconnected."""
+        channels = list(self.channels)
+        user = self.user_channel
+        if user is not None and user not in self.channels and user in self.last:
+            channels.append(user)
+        return channels
+
+    async def _resubscribe(self, ws: ClientConnection, channels: list[str]) -> None:
+        self._resubscription = channels
+        if not channels:
+            return
+        doc = self._subscribe_request(channels)
+        self._note_user_resume(_RESUBSCRIBE_ID, doc)
+        await ws.send(json.dumps({**doc, "id": _RESUBSCRIBE_ID}))
 
     def _refused(self, exc: InvalidStatus) -> None:
         """The server answered the upgrade with an HTTP error: count a 401, stop at the limit."""
@@ -551,21 +633,29 @@ class Client:
 
     async def _dispatch(self, ws: ClientConnection, doc: dict[str, Any]) -> None:
         op = doc.get("op")
+        request_id = doc.get("id")
+        if type(request_id) is int:
+            # The answer to a resume of the user channel: what follows is its replay, then its live messages.
+            self._user_resumes.discard(request_id)
         if op == "message":
             channel, seq = doc["channel"], doc["seq"]
+            if self._early(channel):
+                return
             if seq <= self.last.get(channel, 0) and channel in self.last:
                 return  # seen already (replayed after a reconnect)
             self.last[channel] = seq
             self._events.put_nowait(Message(channel, seq, doc.get("data")))
         elif op == "gap":
             channel = doc["channel"]
+            if self._early(channel):
+                return  # the replay after the answer says the same (or brings the messages)
             self.last[channel] = doc["first"] - 1
             self._events.put_nowait(Gap(channel, doc["since"], doc["first"], doc["reason"]))
         elif op == "unsubscribed" and "id" not in doc:  # the server's push; the answer to ours has our id
             channels = tuple(ch for ch in doc.get("channels") or () if type(ch) is str)
             self._forget(channels)
             self._events.put_nowait(Unsubscribed(channels, str(doc.get("reason", ""))))
-        elif doc.get("id") == _RESUBSCRIBE_ID:
+        elif request_id == _RESUBSCRIBE_ID:
             await self._resubscribed(ws, doc)
         else:
             future = self._pending.get(doc.get("id"))  # type: ignore[arg-type]
@@ -574,20 +664,30 @@ class Client:
             elif op == "error":
                 self.warnings.warn("error", "server error: %s", doc)
 
+    def _early(self, channel: Any) -> bool:
+        """Whether a message or gap of ``channel`` is to be ignored: one of the user channel before the answer
+        to its resume (:attr:`_user_resumes`).  The first ``@user:`` channel seen is the user's own."""
+        if self.user_channel is None and type(channel) is str and channel.startswith(USER_PREFIX):
+            self._own(channel)
+        return bool(self._user_resumes) and channel == self.user_channel
+
     async def _resubscribed(self, ws: ClientConnection, doc: dict[str, Any]) -> None:
         """The answer to the resubscription after a reconnect.  A channel the (new) token no longer grants is
         forgotten and reported as Unsubscribed, and the rest asked again: one refused name refuses the
-        whole request, and the others must not be lost with it."""
+        whole request, and the others must not be lost with it.  Refused for another reason, the user
+        channel is asked again alone, so that its replay is not lost with the others."""
         if doc.get("op") != "error":
             return
         channel = doc.get("channel")
         if doc.get("code") == "forbidden" and channel in self.channels:
             self._forget((channel,))
             self._events.put_nowait(Unsubscribed((channel,), "forbidden"))
-            if self.channels:
-                await ws.send(json.dumps({**self._subscribe_request(list(self.channels)), "id": _RESUBSCRIBE_ID}))
+            await self._resubscribe(ws, self._resubscription_channels())
             return
         self.warnings.warn("resubscribe", "the server refused the resubscription: %s", doc)
+        user = self.user_channel
+        if user is not None and user in self._resubscription and len(self._resubscription) > 1:
+            await self._resubscribe(ws, [user])
 
     def _forget(self, channels: tuple[str, ...]) -> None:
         for channel in channels:
