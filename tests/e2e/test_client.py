@@ -284,3 +284,74 @@ def test_a_close_the_server_means_as_final_ends_iteration_with_disconnected(code
                 assert len(connections) == 1 and client.reconnects == 0 and not client.connected
             await client.close()
     asyncio.run(main())
+
+
+# -- the user channel @user:<id>: what the backend sent while the client was away is replayed ---------------------
+
+USER = "@user:alice"
+
+
+@pytest.mark.parametrize("identity", ["token", "user-param"])
+def test_user_messages_sent_while_disconnected_reach_the_client_once_in_order_after_it_reconnects(
+        start_server, identity):
+    """A backend posts to /users/alice/messages throughout; twice it closes alice's connection with 4000 (the
+    application's "try again") and posts more while the client is held away (its get_token waits for the
+    test), then more while it reconnects.  Without a since for @user:alice the messages of each absence are
+    lost; delivered before the resumption's answer, a live one would have the replay dropped."""
+    from tests.e2e.test_api import TOKEN, post
+
+    who = ["--auth-jwt-secret", SECRET] if identity == "token" else ["--trust-user-param"]
+    server = start_server(*who, "--backend-token", TOKEN, workers=2)
+    url = server.url("/pubsub" if identity == "token" else "/pubsub?user=alice")
+
+    async def main():
+        held: asyncio.Queue[asyncio.Future[None]] = asyncio.Queue()  # reconnects waiting for the test
+        calls = []
+
+        async def get_token() -> str | None:
+            calls.append(1)
+            if len(calls) > 1:  # a reconnect: hold it until the backend has posted while the client is away
+                release = asyncio.get_running_loop().create_future()
+                held.put_nowait(release)
+                await release
+            return mint(600) if identity == "token" else None
+
+        sent = 0
+
+        async def send(n: int) -> None:
+            nonlocal sent
+            for _ in range(n):
+                sent += 1
+                status, doc = await asyncio.to_thread(post, server.port, "/users/alice/messages", sent)
+                assert (status, doc["channel"], doc["seq"], doc["stored"]) == (200, USER, sent, True), doc
+
+        async with Client(url, get_token=get_token, min_delay=0.01, max_delay=0.05) as client:
+            assert client.user_channel == USER  # from the token's sub, or the url's ?user=
+            got: list[Message] = []
+
+            async def receive(until: int) -> None:
+                """Up to message ``until``: one lost shows as missing from ``got``, not as a timeout."""
+                while not got or got[-1].data != until:
+                    event = await client.next(timeout=10)
+                    assert isinstance(event, Message), event
+                    got.append(event)
+
+            await send(10)
+            await receive(10)  # a seq of the user channel is known: there is a position to resume from
+            for _ in range(2):
+                status, doc = await asyncio.to_thread(post, server.port, "/users/alice/disconnect",
+                                                      {"code": 4000, "reason": "try again"})
+                assert (status, doc["disconnected"]) == (200, 1), doc
+                release = await asyncio.wait_for(held.get(), 10)  # the client is away, asking for a token
+                assert not client.connected
+                await send(5)  # only the replay can bring these
+                release.set_result(None)
+                await send(10)  # while it reconnects and resumes, and after
+            await receive(sent)
+            assert [(m.channel, m.seq, m.data) for m in got] == [(USER, k, k) for k in range(1, sent + 1)]
+            assert client.reconnects == 2 and client.last == {USER: sent}
+            await asyncio.sleep(0.3)  # no late duplicate either
+            with pytest.raises(TimeoutError):
+                await client.next(timeout=0.2)
+
+    asyncio.run(main())
