@@ -556,11 +556,12 @@ class Client:
         ``get_token`` or ``additional_headers``), else the url's ``?user=``; unchanged when neither names one
         (a later ``@user:`` message may)."""
         user = None
-        if headers is not None:
-            authorization = Headers(headers).get("Authorization", "")
+        # get_all: a header given twice in additional_headers must not end the client (get would raise).
+        for authorization in Headers(headers).get_all("Authorization") if headers is not None else ():
             scheme, _, token = authorization.partition(" ")
             if scheme.lower() == "bearer":
                 user = token_user(token.strip())
+                break
         user = user or url_user(self.url)
         if user is not None:
             self._own(USER_PREFIX + user)

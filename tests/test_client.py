@@ -167,7 +167,9 @@ def test_the_user_channel_is_resumed_with_since_and_its_live_messages_ahead_of_t
         if identity == "token":
             kwargs["get_token"] = lambda: _sub("alice")
         elif identity == "header":
-            kwargs["additional_headers"] = {"Authorization": f"Bearer {_sub('alice')}"}
+            # Two Authorization headers (a proxy's, then the token): the bearer one names the user.
+            kwargs["additional_headers"] = [("Authorization", "Basic cHJveHk6eA=="),
+                                            ("Authorization", f"Bearer {_sub('alice')}")]
         elif identity == "url":
             url += "?user=alice"
         async with Client(url, **kwargs) as client:
