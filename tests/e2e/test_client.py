@@ -255,8 +255,8 @@ def test_get_token_raising_surfaces():
     (1012, "", True),
 ])
 def test_a_close_the_server_means_as_final_ends_iteration_with_disconnected(code, reason, again):
-    """A stand-in server (this branch has no POST /users/{id}/disconnect yet) closes the first connection
-    with ``code``; later ones stay open."""
+    """A stand-in server closes the first connection with ``code`` (any code, not only those the backend's
+    POST /users/{id}/disconnect may choose); later ones stay open."""
     from websockets.asyncio.server import serve
 
     async def main():
