@@ -59,7 +59,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -263,6 +263,51 @@ class TokenKeeper:
         self.warn("401", "%s refused the token (HTTP 401: %s), %d in a row; asking get_token again", url, detail,
                   self.auth_failures)
 
+    @staticmethod
+    def present(connect_kwargs: dict[str, Any], token: str | None) -> dict[str, Any]:
+        """The keywords of ``connect`` that send ``token`` (replacing any Authorization given)."""
+        kwargs = dict(connect_kwargs)
+        if token is not None:
+            headers = Headers(kwargs.get("additional_headers") or {})
+            with contextlib.suppress(KeyError):
+                del headers["Authorization"]  # the token of this attempt replaces any given
+            headers["Authorization"] = f"Bearer {token}"
+            kwargs["additional_headers"] = headers
+        return kwargs
+
+    def refused(self, url: str, exc: InvalidStatus) -> None:
+        """The server answered the upgrade with an HTTP error: count a 401, stop at the limit."""
+        status = exc.response.status_code
+        detail = _reason(exc.response.body)
+        if status == 401:
+            self.unauthorized(url, detail)
+        else:
+            self.warn(f"http{status}", "%s refused the connection (HTTP %d: %s); retrying", url, status, detail)
+
+    async def guard(self, ws: ClientConnection, reading: Coroutine[Any, Any, None], token: str | None,
+                    ask: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> bool:
+        """Run ``reading`` (the connection's read loop) to its end, refreshing ``token`` in band meanwhile when
+        it has an ``exp``.  True when the server refused a refresh and the connection was closed here, to
+        reconnect with a fresh token."""
+        reader = asyncio.create_task(reading)
+        expires = token_expiry(token) if token is not None else None
+        if expires is None:
+            await reader
+            return False
+        keeper = asyncio.create_task(self.keep_fresh(expires, ask))
+        renewing = False
+        try:
+            await asyncio.wait({reader, keeper}, return_when=asyncio.FIRST_COMPLETED)
+            if keeper.done() and keeper.result():  # result() raises get_token's exception: the client ends
+                renewing = True
+                await ws.close(1000, "reconnecting with a fresh token")
+            await reader
+        finally:
+            for task in (reader, keeper):
+                task.cancel()
+            await asyncio.gather(reader, keeper, return_exceptions=True)
+        return renewing
+
     async def keep_fresh(self, expires: float, ask: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]) -> bool:
         """Refresh the token in band (``ask`` sends a request on the connection and returns its answer) before
         each ``exp``.  True: the server refused the new token, reconnect with a fresh one; False: nothing more
@@ -295,6 +340,115 @@ class TokenKeeper:
             if type(new) not in (int, float):
                 return False  # a token without exp: nothing will expire
             expires = float(new)
+
+
+class Positions:
+    """Where the application is in each channel, and what to ask the server after a reconnect (no I/O).
+
+    ``last``: channel -> last seq given to the application; ``channels``: subscribed channel -> the since
+    asked at subscribe; ``user_channel``: the connection's own ``@user:<id>``, which the server subscribes
+    it to at the upgrade (learnt from the token's sub, the url's ``?user=``, or else its first message),
+    resumed like the subscribed channels.
+    """
+
+    def __init__(self) -> None:
+        self.last: dict[str, int] = {}
+        self.channels: dict[str, int | None] = {}
+        self.user_channel: str | None = None
+        # Ids of the requests of this connection that name the user channel with since, not answered yet.
+        # Meanwhile the channel's messages are the live ones of the server's own subscription at the
+        # upgrade, ahead of the replay that follows the answer: delivering one would move last past the
+        # replay, whose messages would then all be dropped as seen.
+        self.user_resumes: set[int] = set()
+
+    def subscribed(self, channels: tuple[str, ...], since: int | None) -> None:
+        for channel in channels:
+            self.channels[channel] = since
+            if since is not None:
+                self.last[channel] = max(self.last.get(channel, 0), since)
+
+    def subscribe_request(self, channels: list[str]) -> dict[str, Any]:
+        since = {ch: self.last[ch] for ch in channels if ch in self.last}
+        doc: dict[str, Any] = {"op": "subscribe", "channels": channels}
+        if since:
+            doc["since"] = since
+        return doc
+
+    def sent(self, request_id: int, doc: dict[str, Any]) -> None:
+        """``doc`` went out with ``request_id``: a resume of the user channel holds its messages back."""
+        if doc.get("op") == "subscribe" and self.user_channel is not None and self.user_channel in doc.get("since", ()):
+            self.user_resumes.add(request_id)
+
+    def identify(self, headers: Any, url: str) -> None:
+        """Learn the user of the connection that just opened: the ``sub`` of the bearer token it sent (from
+        ``get_token`` or ``additional_headers``), else the url's ``?user=``; unchanged when neither names one
+        (a later ``@user:`` message may)."""
+        user = None
+        # get_all: a header given twice in additional_headers must not end the client (get would raise).
+        for authorization in Headers(headers).get_all("Authorization") if headers is not None else ():
+            scheme, _, token = authorization.partition(" ")
+            if scheme.lower() == "bearer":
+                user = token_user(token.strip())
+                break
+        user = user or url_user(url)
+        if user is not None:
+            self.own(USER_PREFIX + user)
+
+    def own(self, channel: str) -> None:
+        """``channel`` is this client's user channel.  Another user's (a token for someone else) is forgotten:
+        naming it would have the whole resubscription refused (bad_channel)."""
+        old = self.user_channel
+        if old is not None and old != channel:
+            self.channels.pop(old, None)
+            self.last.pop(old, None)
+        self.user_channel = channel
+
+    def resubscription(self) -> list[str]:
+        """The subscribed channels, and the user channel once a seq of it is known: the server subscribed it
+        at the upgrade, without since; naming it with since replays what was sent while disconnected."""
+        channels = list(self.channels)
+        user = self.user_channel
+        if user is not None and user not in self.channels and user in self.last:
+            channels.append(user)
+        return channels
+
+    def early(self, channel: Any) -> bool:
+        """Whether a message or gap of ``channel`` is to be ignored: one of the user channel before the answer
+        to its resume (:attr:`user_resumes`).  The first ``@user:`` channel seen is the user's own."""
+        if self.user_channel is None and type(channel) is str and channel.startswith(USER_PREFIX):
+            self.own(channel)
+        return bool(self.user_resumes) and channel == self.user_channel
+
+    def message(self, channel: str, seq: int) -> bool:
+        """Whether the message ``seq`` of ``channel`` goes to the application (not early, not seen)."""
+        if self.early(channel) or (channel in self.last and seq <= self.last[channel]):
+            return False  # early, or seen already (replayed after a reconnect)
+        self.last[channel] = seq
+        return True
+
+    def gap(self, channel: str, first: int) -> bool:
+        """Whether a gap goes to the application; the next message expected is ``first``."""
+        if self.early(channel):
+            return False  # the replay after the answer says the same (or brings the messages)
+        self.last[channel] = first - 1
+        return True
+
+    def refused(self, error: dict[str, Any], asked: list[str]) -> tuple[str | None, list[str]]:
+        """The resubscription ``asked`` was refused with ``error``: the channel forgotten (if any) and the
+        channels to ask again.  A channel the (new) token no longer grants is forgotten and the rest asked
+        again: one refused name refuses the whole request, and the others must not be lost with it.  Refused
+        for another reason, the user channel is asked again alone, so that its replay is not lost."""
+        channel = error.get("channel")
+        if error.get("code") == "forbidden" and channel in self.channels:
+            self.forget((channel,))
+            return channel, self.resubscription()
+        user = self.user_channel
+        return None, [user] if user is not None and user in asked and len(asked) > 1 else []
+
+    def forget(self, channels: tuple[str, ...]) -> None:
+        for channel in channels:
+            self.channels.pop(channel, None)
+            self.last.pop(channel, None)
 
 
 class Client:
@@ -332,11 +486,7 @@ class Client:
         self.warnings = Warnings()
         self.tokens = TokenKeeper(get_token, max_auth_failures, refresh_margin, refresh_fraction, self.warnings)
         self.connect_kwargs = {"compression": None, "max_queue": None, **connect_kwargs}
-        self.last: dict[str, int] = {}  # channel -> last seq given to the application
-        self.channels: dict[str, int | None] = {}  # subscribed channel -> since asked at subscribe
-        # The connection's own @user:<id>, which the server subscribes it to at the upgrade: from the token's
-        # sub, the url's ?user=, or else its first message.  Resumed like the subscribed channels.
-        self.user_channel: str | None = None
+        self.positions = Positions()
         self.reconnects = 0  # connection attempts after the first
         self._events: asyncio.Queue[Any] = asyncio.Queue()
         self._ws: ClientConnection | None = None
@@ -348,12 +498,22 @@ class Client:
         self._task: asyncio.Task | None = None
         self._closing = False
         self._renewing = False  # we closed this connection to reconnect with a fresh token
-        # Ids of the requests of this connection that name the user channel with since, not answered yet.
-        # Meanwhile the channel's messages are the live ones of the server's own subscription at the
-        # upgrade, ahead of the replay that follows the answer: delivering one would move last past the
-        # replay, whose messages would then all be dropped as seen.
-        self._user_resumes: set[int] = set()
         self._resubscription: list[str] = []  # the channels of the resubscription in flight
+
+    @property
+    def last(self) -> dict[str, int]:
+        """Channel -> the last seq given to the application."""
+        return self.positions.last
+
+    @property
+    def channels(self) -> dict[str, int | None]:
+        """Subscribed channel -> the since asked at subscribe."""
+        return self.positions.channels
+
+    @property
+    def user_channel(self) -> str | None:
+        """The connection's own ``@user:<id>``, once known."""
+        return self.positions.user_channel
 
     async def __aenter__(self) -> Client:
         await self.start()
@@ -415,11 +575,8 @@ class Client:
     # -- requests ---------------------------------------------------------------------------
     async def subscribe(self, *channels: str, since: int | None = None) -> None:
         """Subscribe; ``since``: the last seq already seen (the same for each channel named)."""
-        for channel in channels:
-            self.channels[channel] = since
-            if since is not None:
-                self.last[channel] = max(self.last.get(channel, 0), since)
-        await self._request(self._subscribe_request(list(channels)))
+        self.positions.subscribed(channels, since)
+        await self._request(self.positions.subscribe_request(list(channels)))
 
     async def unsubscribe(self, *channels: str) -> None:
         for channel in channels:
@@ -429,17 +586,6 @@ class Client:
     async def publish(self, channel: str, data: Any) -> None:
         """Returns once the server accepted the message (waits for a connection if there is none)."""
         await self._request({"op": "publish", "channel": channel, "data": data})
-
-    def _subscribe_request(self, channels: list[str]) -> dict[str, Any]:
-        since = {ch: self.last[ch] for ch in channels if ch in self.last}
-        doc: dict[str, Any] = {"op": "subscribe", "channels": channels}
-        if since:
-            doc["since"] = since
-        return doc
-
-    def _note_user_resume(self, request_id: int, doc: dict[str, Any]) -> None:
-        if doc.get("op") == "subscribe" and self.user_channel is not None and self.user_channel in doc.get("since", ()):
-            self._user_resumes.add(request_id)
 
     async def _request(self, doc: dict[str, Any]) -> dict[str, Any]:
         while True:
@@ -454,13 +600,13 @@ class Client:
         request_id = next(self._ids)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
-        self._note_user_resume(request_id, doc)
+        self.positions.sent(request_id, doc)
         try:
             await ws.send(json.dumps({**doc, "id": request_id}))
             reply = await asyncio.wait_for(future, self.request_timeout)
         finally:
             self._pending.pop(request_id, None)
-            self._user_resumes.discard(request_id)  # answered, or never will be: stop ignoring the channel
+            self.positions.user_resumes.discard(request_id)  # answered, or never will be: stop ignoring the channel
         if reply.get("op") == "error":
             raise ServerError(reply)
         return reply
@@ -508,25 +654,25 @@ class Client:
         """One connection attempt, from the token to the end of the connection; whether it opened.  Raises
         what ends the client (AuthFailed, Disconnected, get_token's exception)."""
         token = await self.tokens.fetch()
-        kwargs = self._connect_kwargs(token)
+        kwargs = self.tokens.present(self.connect_kwargs, token)
         opened: ClientConnection | None = None
         try:
             async with connect(self.url, **kwargs) as ws:
                 opened = self._ws = ws
                 self.tokens.auth_failures = 0
                 self._renewing = False
-                self._identify(kwargs.get("additional_headers"))
-                await self._resubscribe(ws, self._resubscription_channels())  # before anyone else may send
+                self.positions.identify(kwargs.get("additional_headers"), self.url)
+                await self._resubscribe(ws, self.positions.resubscription())  # before anyone else may send
                 self._connected.set()
                 await self._serve(ws, token)
         except InvalidStatus as exc:
-            self._refused(exc)
+            self.tokens.refused(self.url, exc)
         except (TimeoutError, OSError, InvalidHandshake, ConnectionClosed) as exc:
             log.debug("connection to %s ended: %s", self.url, exc)
         finally:
             self._connected.clear()
             self._ws = None
-            self._user_resumes.clear()
+            self.positions.user_resumes.clear()
             for future in self._pending.values():
                 if not future.done():
                     future.set_exception(ConnectionError("connection lost"))
@@ -541,85 +687,17 @@ class Client:
         log.debug("connection to %s closed (%s %s): reconnecting", self.url, code, reason)
         return True
 
-    def _connect_kwargs(self, token: str | None) -> dict[str, Any]:
-        kwargs = dict(self.connect_kwargs)
-        if token is not None:
-            headers = Headers(kwargs.get("additional_headers") or {})
-            with contextlib.suppress(KeyError):
-                del headers["Authorization"]  # the token of this attempt replaces any given
-            headers["Authorization"] = f"Bearer {token}"
-            kwargs["additional_headers"] = headers
-        return kwargs
-
-    def _identify(self, headers: Any) -> None:
-        """Learn the user of the connection that just opened: the ``sub`` of the bearer token it sent (from
-        ``get_token`` or ``additional_headers``), else the url's ``?user=``; unchanged when neither names one
-        (a later ``@user:`` message may)."""
-        user = None
-        # get_all: a header given twice in additional_headers must not end the client (get would raise).
-        for authorization in Headers(headers).get_all("Authorization") if headers is not None else ():
-            scheme, _, token = authorization.partition(" ")
-            if scheme.lower() == "bearer":
-                user = token_user(token.strip())
-                break
-        user = user or url_user(self.url)
-        if user is not None:
-            self._own(USER_PREFIX + user)
-
-    def _own(self, channel: str) -> None:
-        """``channel`` is this client's user channel.  Another user's (a token for someone else) is forgotten:
-        naming it would have the whole resubscription refused (bad_channel)."""
-        old = self.user_channel
-        if old is not None and old != channel:
-            self.channels.pop(old, None)
-            self.last.pop(old, None)
-        self.user_channel = channel
-
-    def _resubscription_channels(self) -> list[str]:
-        """The subscribed channels, and the user channel once a seq of it is known: the server subscribed it
-        at the upgrade, without since; naming it with since replays what was sent while disconnected."""
-        channels = list(self.channels)
-        user = self.user_channel
-        if user is not None and user not in self.channels and user in self.last:
-            channels.append(user)
-        return channels
-
     async def _resubscribe(self, ws: ClientConnection, channels: list[str]) -> None:
         self._resubscription = channels
         if not channels:
             return
-        doc = self._subscribe_request(channels)
-        self._note_user_resume(_RESUBSCRIBE_ID, doc)
+        doc = self.positions.subscribe_request(channels)
+        self.positions.sent(_RESUBSCRIBE_ID, doc)
         await ws.send(json.dumps({**doc, "id": _RESUBSCRIBE_ID}))
-
-    def _refused(self, exc: InvalidStatus) -> None:
-        """The server answered the upgrade with an HTTP error: count a 401, stop at the limit."""
-        status = exc.response.status_code
-        detail = _reason(exc.response.body)
-        if status == 401:
-            self.tokens.unauthorized(self.url, detail)
-        else:
-            self.warnings.warn(f"http{status}", "%s refused the connection (HTTP %d: %s); retrying", self.url,
-                               status, detail)
 
     async def _serve(self, ws: ClientConnection, token: str | None) -> None:
         """Read the connection until it ends; meanwhile keep its token fresh, if it has an ``exp``."""
-        reader = asyncio.create_task(self._read(ws))
-        expires = token_expiry(token) if token is not None else None
-        if expires is None:
-            await reader
-            return
-        keeper = asyncio.create_task(self.tokens.keep_fresh(expires, partial(self._ask, ws)))
-        try:
-            await asyncio.wait({reader, keeper}, return_when=asyncio.FIRST_COMPLETED)
-            if keeper.done() and keeper.result():  # result() raises get_token's exception: the client ends
-                self._renewing = True
-                await ws.close(1000, "reconnecting with a fresh token")
-            await reader
-        finally:
-            for task in (reader, keeper):
-                task.cancel()
-            await asyncio.gather(reader, keeper, return_exceptions=True)
+        self._renewing = await self.tokens.guard(ws, self._read(ws), token, partial(self._ask, ws))
 
     async def _read(self, ws: ClientConnection) -> None:
         with contextlib.suppress(ConnectionClosed):
@@ -637,24 +715,18 @@ class Client:
         request_id = doc.get("id")
         if type(request_id) is int:
             # The answer to a resume of the user channel: what follows is its replay, then its live messages.
-            self._user_resumes.discard(request_id)
+            self.positions.user_resumes.discard(request_id)
         if op == "message":
             channel, seq = doc["channel"], doc["seq"]
-            if self._early(channel):
-                return
-            if seq <= self.last.get(channel, 0) and channel in self.last:
-                return  # seen already (replayed after a reconnect)
-            self.last[channel] = seq
-            self._events.put_nowait(Message(channel, seq, doc.get("data")))
+            if self.positions.message(channel, seq):
+                self._events.put_nowait(Message(channel, seq, doc.get("data")))
         elif op == "gap":
             channel = doc["channel"]
-            if self._early(channel):
-                return  # the replay after the answer says the same (or brings the messages)
-            self.last[channel] = doc["first"] - 1
-            self._events.put_nowait(Gap(channel, doc["since"], doc["first"], doc["reason"]))
+            if self.positions.gap(channel, doc["first"]):
+                self._events.put_nowait(Gap(channel, doc["since"], doc["first"], doc["reason"]))
         elif op == "unsubscribed" and "id" not in doc:  # the server's push; the answer to ours has our id
             channels = tuple(ch for ch in doc.get("channels") or () if type(ch) is str)
-            self._forget(channels)
+            self.positions.forget(channels)
             self._events.put_nowait(Unsubscribed(channels, str(doc.get("reason", ""))))
         elif request_id == _RESUBSCRIBE_ID:
             await self._resubscribed(ws, doc)
@@ -665,36 +737,18 @@ class Client:
             elif op == "error":
                 self.warnings.warn("error", "server error: %s", doc)
 
-    def _early(self, channel: Any) -> bool:
-        """Whether a message or gap of ``channel`` is to be ignored: one of the user channel before the answer
-        to its resume (:attr:`_user_resumes`).  The first ``@user:`` channel seen is the user's own."""
-        if self.user_channel is None and type(channel) is str and channel.startswith(USER_PREFIX):
-            self._own(channel)
-        return bool(self._user_resumes) and channel == self.user_channel
-
     async def _resubscribed(self, ws: ClientConnection, doc: dict[str, Any]) -> None:
-        """The answer to the resubscription after a reconnect.  A channel the (new) token no longer grants is
-        forgotten and reported as Unsubscribed, and the rest asked again: one refused name refuses the
-        whole request, and the others must not be lost with it.  Refused for another reason, the user
-        channel is asked again alone, so that its replay is not lost with the others."""
+        """The answer to the resubscription after a reconnect: after a refusal, what :meth:`Positions.refused`
+        says to ask again."""
         if doc.get("op") != "error":
             return
-        channel = doc.get("channel")
-        if doc.get("code") == "forbidden" and channel in self.channels:
-            self._forget((channel,))
-            self._events.put_nowait(Unsubscribed((channel,), "forbidden"))
-            await self._resubscribe(ws, self._resubscription_channels())
-            return
-        self.warnings.warn("resubscribe", "the server refused the resubscription: %s", doc)
-        user = self.user_channel
-        if user is not None and user in self._resubscription and len(self._resubscription) > 1:
-            await self._resubscribe(ws, [user])
-
-    def _forget(self, channels: tuple[str, ...]) -> None:
-        for channel in channels:
-            self.channels.pop(channel, None)
-            self.last.pop(channel, None)
-
+        forgotten, again = self.positions.refused(doc, self._resubscription)
+        if forgotten is not None:
+            self._events.put_nowait(Unsubscribed((forgotten,), "forbidden"))
+        else:
+            self.warnings.warn("resubscribe", "the server refused the resubscription: %s", doc)
+        if again:
+            await self._resubscribe(ws, again)
 
 def _reason(body: bytes | None) -> str:
     """The ``error`` of a millionws refusal body (``{"error": ...}``), or the start of any other body."""
