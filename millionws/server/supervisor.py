@@ -97,7 +97,7 @@ def check_bus(cfg: Config, probe: bool) -> str | None:
 class Supervisor:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.shared = SharedStats(config.workers)
+        self.shared = SharedStats(config.workers, bool(config.bus))
         # The workers' links to each other, inherited by every fork.
         self.mesh = Mesh(config.workers, config.mesh_socket_buffer)
         self.children: dict[int, int] = {}  # pid -> worker index
