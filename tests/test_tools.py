@@ -187,3 +187,29 @@ def test_a_generated_token_opens_pubsub_and_its_grants_hold(secured):
         assert refused.value.response.status_code == 401
 
     asyncio.run(main())
+
+
+# -- serve --config ----------------------------------------------------------------------------------------------
+
+def test_serve_runs_with_the_file_and_the_flags_over_it(tmp_path):
+    """A real server takes its limits from --config; the environment overrides the file, the flag both."""
+    path = toml(tmp_path, 'max_channels_per_connection = 1\n'
+                          '[channel_options."room:*"]\npublish = "backend"\n')
+    server = Server(free_port(), 1, ["--config", path, "--max-message-size", "4096"],
+                    env={"MILLIONWS_MAX_CHANNELS_PER_CONNECTION": "2"})
+    try:
+        async def main() -> None:
+            async with connect(server.url("/pubsub")) as ws:
+                await ws.send(json.dumps({"op": "subscribe", "channels": ["a", "b"], "id": 1}))
+                assert json.loads(await ws.recv())["op"] == "subscribed"  # 2 from the environment, not 1
+                await ws.send(json.dumps({"op": "subscribe", "channels": ["c"], "id": 2}))
+                assert json.loads(await ws.recv())["code"] == "too_many_channels"
+                await ws.send(json.dumps({"op": "publish", "channel": "room:1", "data": 1, "id": 3}))
+                assert json.loads(await ws.recv())["code"] == "publish_forbidden"  # the file's table of rules
+                await ws.send("x" * 5000)  # over the flag's --max-message-size
+                await ws.wait_closed()
+                assert ws.close_code == 1009
+
+        asyncio.run(main())
+    finally:
+        server.stop()
