@@ -52,14 +52,14 @@ def read(path: str) -> dict[str, Any]:
         with open(path, "rb") as f:
             document = tomllib.load(f)
     except OSError as exc:
-        raise ValueError(f"--config {path}: cannot read it: {exc.strerror or exc}") from None
+        raise _error(path, f"cannot read it: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"--config {path}: not valid TOML: {exc}") from None
+        raise _error(path, f"not valid TOML: {exc}") from None
     values: dict[str, Any] = {}
     for key, value in document.items():
         option = _OPTIONS.get(key)
         if option is None:
-            raise ValueError(f"--config {path}: {_unknown(key, _OPTIONS)}")
+            raise _error(path, _unknown(key, _OPTIONS))
         if key == "channel_options" and isinstance(value, dict):
             value = _channel_rules(path, value)
         values[key] = _typed(path, option, value)
@@ -95,11 +95,11 @@ def _typed(path: str, option: config.Option, value: Any) -> Any:
     if kind is str and type(value) is str:
         return value
     wanted = {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string"}[kind]
-    return _refuse(path, f"{option.name} must be {wanted}, not {_toml_type(value)} {value!r}")
+    raise _error(path, f"{option.name} must be {wanted}, not {_toml_type(value)} {value!r}")
 
 
-def _refuse(path: str, message: str) -> Any:
-    raise ValueError(f"--config {path}: {message}")
+def _error(path: str, message: str) -> ValueError:
+    return ValueError(f"--config {path}: {message}")
 
 
 def _toml_type(value: Any) -> str:
@@ -117,23 +117,24 @@ def _channel_rules(path: str, table: dict[str, Any]) -> str:
     rules = []
     for pattern, options in table.items():
         if not pattern or any(c.isspace() or c in ";=" for c in pattern):
-            _refuse(path, f"channel_options: {pattern!r} is not a pattern (a channel name, or a prefix ending in *)")
+            raise _error(path, f"channel_options: {pattern!r} is not a pattern (a channel name, or a prefix "
+                               "ending in *)")
         if not isinstance(options, dict):
-            _refuse(path, f'channel_options."{pattern}" must be a table of options, not {_toml_type(options)}')
+            raise _error(path, f'channel_options."{pattern}" must be a table of options, not {_toml_type(options)}')
         words = [pattern]
         for key, value in options.items():
             rule_key = _RULE_KEYS.get(key)
             if rule_key is None:
                 where = f'channel_options."{pattern}"'
-                _refuse(path, f"{where}: {_unknown(key, tuple(_RULE_KEYS))}")
+                raise _error(path, f"{where}: {_unknown(key, tuple(_RULE_KEYS))}")
             if type(value) is bool:
                 text = "on" if value else "off"
             elif type(value) in (int, float, str) and str(value) and not any(c.isspace() or c == ";"
                                                                              for c in str(value)):
                 text = str(value)
             else:
-                text = _refuse(path, f'channel_options."{pattern}".{key} must be a boolean, a number or a word, '
-                                     f"not {_toml_type(value)} {value!r}")
+                raise _error(path, f'channel_options."{pattern}".{key} must be a boolean, a number or a word, '
+                                   f"not {_toml_type(value)} {value!r}")
             words.append(f"{rule_key}={text}")
         rules.append(" ".join(words))
     return "; ".join(rules)

@@ -99,10 +99,12 @@ def test_check_config_probes_a_real_broker(nats_broker):
     assert r.returncode == 0, r.stderr
 
 
-def test_check_config_reports_a_bad_file():
+def test_check_config_and_serve_report_a_bad_file():
+    line = "millionws: --config /nonexistent/millionws.toml: cannot read it: No such file or directory\n"
     r = run("check-config", "--config", "/nonexistent/millionws.toml")
-    assert r.returncode == 2
-    assert r.stderr == "millionws: --config /nonexistent/millionws.toml: cannot read it: No such file or directory\n"
+    assert (r.returncode, r.stderr) == (2, line)
+    r = run("serve", env={"MILLIONWS_CONFIG": "/nonexistent/millionws.toml", "MILLIONWS_PORT": "0"})
+    assert (r.returncode, r.stderr) == (2, line)
 
 
 def test_the_example_file_passes_check_config():
