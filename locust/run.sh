@@ -8,13 +8,15 @@
 #   k8s          apply locust/ to the current kubectl context, wait for the workers,
 #                then print how to open the web UI
 #
-# Settings (environment):
-#   HOST             target, default http://127.0.0.1:8080
-#   USERS            concurrent users (= WebSocket connections), default 100
-#   SPAWN_RATE       users started per second, default 50
-#   RUN_TIME         e.g. 30s, 5m, default 30s
-#   LOCUST_WORKERS   worker processes in distributed mode, default: CPU count
-#   OUT              CSV/JSON/HTML report prefix, default locust-report/run
+# Settings (environment); Locust's own LOCUST_* name wins over the short one, as Locust itself reads
+# LOCUST_HOST & co. (the Kubernetes manifest sets LOCUST_HOST) and a command-line flag would hide it:
+#   LOCUST_HOST, HOST              target, default http://127.0.0.1:8080
+#   LOCUST_USERS, USERS            concurrent users (= WebSocket connections), default 100
+#   LOCUST_SPAWN_RATE, SPAWN_RATE  users started per second, default 50
+#   LOCUST_RUN_TIME, RUN_TIME      e.g. 30s, 5m, default 30s
+#   LOCUST_WORKERS                 worker processes in distributed mode, default: CPU count
+#   OUT                            CSV/JSON/HTML report prefix, default locust-report/run
+#   DRY_RUN=1                      print the locust command lines instead of running them
 # and every locustfile option as LOCUST_<OPTION>, e.g. LOCUST_ECHO_INTERVAL=0.5,
 # LOCUST_PAYLOAD_BYTES=256, LOCUST_PUBSUB=off.
 set -euo pipefail
@@ -23,12 +25,22 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 MODE="${1:-local}"
 [ $# -gt 0 ] && shift
 
-HOST="${HOST:-http://127.0.0.1:8080}"
-USERS="${USERS:-100}"
-SPAWN_RATE="${SPAWN_RATE:-50}"
-RUN_TIME="${RUN_TIME:-30s}"
+HOST="${LOCUST_HOST:-${HOST:-http://127.0.0.1:8080}}"
+USERS="${LOCUST_USERS:-${USERS:-100}}"
+SPAWN_RATE="${LOCUST_SPAWN_RATE:-${SPAWN_RATE:-50}}"
+RUN_TIME="${LOCUST_RUN_TIME:-${RUN_TIME:-30s}}"
 OUT="${OUT:-locust-report/run}"
 LOCUSTFILE="$HERE/locustfile.py"
+
+# DRY_RUN=1: show what would run (tests/ops/test_locust.py reads it), start nothing.
+run() {
+  if [ "${DRY_RUN:-}" = 1 ]; then
+    printf '%q ' "$@"
+    echo
+  else
+    "$@"
+  fi
+}
 
 # One user holds one socket: lift the soft open-files limit as far as allowed.
 ulimit -Sn "$(ulimit -Hn)" 2>/dev/null || true
@@ -38,20 +50,21 @@ headless_args=(--headless -u "$USERS" -r "$SPAWN_RATE" -t "$RUN_TIME"
 
 case "$MODE" in
   local)
-    mkdir -p "$(dirname "$OUT")"
-    exec locust -f "$LOCUSTFILE" --host "$HOST" "${headless_args[@]}" "$@"
+    run mkdir -p "$(dirname "$OUT")"
+    run locust -f "$LOCUSTFILE" --host "$HOST" "${headless_args[@]}" "$@"
     ;;
   distributed)
-    mkdir -p "$(dirname "$OUT")"
+    run mkdir -p "$(dirname "$OUT")"
     workers="${LOCUST_WORKERS:-$(nproc)}"
     pids=()
     cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; }
     trap cleanup EXIT
     for _ in $(seq "$workers"); do
-      locust -f "$LOCUSTFILE" --worker --master-host 127.0.0.1 "$@" &
+      run locust -f "$LOCUSTFILE" --worker --master-host 127.0.0.1 "$@" &
       pids+=("$!")
     done
-    locust -f "$LOCUSTFILE" --master --host "$HOST" --expect-workers "$workers" \
+    [ "${DRY_RUN:-}" = 1 ] && wait
+    run locust -f "$LOCUSTFILE" --master --host "$HOST" --expect-workers "$workers" \
       --expect-workers-max-wait 60 "${headless_args[@]}" "$@"
     ;;
   k8s)

@@ -2,8 +2,9 @@
 
 Theory of operation: each limit is declared once, in ``OPTIONS``, with its flag, its
 environment variable, its default and its help text.  The command line, the environment,
-the README table and the tests all read that table, so a limit cannot exist in one place
-and be missing in another.  Precedence: command-line flag > environment > default.
+the configuration file (:mod:`millionws.configfile`), the README table and the tests all read
+that table, so a limit cannot exist in one place and be missing in another.
+Precedence: command-line flag > environment > configuration file > default.
 """
 
 from __future__ import annotations
@@ -429,14 +430,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             help=f"{option.help} [env {option.env}]")
 
 
-def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> Config:
-    """Resolve every option from flags, then the environment, then the default."""
+def load(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None,
+         file_values: Mapping[str, Any] | None = None) -> Config:
+    """Resolve every option from flags, then the environment, then ``file_values`` (a configuration
+    file, already typed: :func:`millionws.configfile.read`), then the default."""
     environ = os.environ if environ is None else environ
+    file_values = file_values or {}
     values: dict[str, Any] = {}
     for option in OPTIONS:
         value = getattr(args, option.name, None) if args is not None else None
         if value is None and environ.get(option.env, "") != "":
             value = _parse(option, environ[option.env])
+        if value is None:
+            value = file_values.get(option.name)
         if value is None:
             value = option.default
         values[option.name] = value

@@ -104,8 +104,11 @@ SLOT = len(FIELDS)
 class SharedStats:
     """The shared region: ``HEADER`` then ``workers`` slots of ``FIELDS`` (int64 each)."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, bus: bool = False) -> None:
         self.workers = workers
+        # Whether --bus is set: fixed before the fork, so a plain attribute the workers inherit. It tells an
+        # alert that bus_up 0 means a broker down, not a node without one.
+        self.bus = bus
         self._map = mmap.mmap(-1, 8 * (len(HEADER) + SLOT * workers))
         self.view = memoryview(self._map).cast("q")
         self.view[0] = workers
@@ -174,12 +177,13 @@ class WorkerStats:
         self.c[HTTP_INDEX.get(status, HTTP_INDEX[0])] += 1
 
 
-def _process_figures(pid: int) -> tuple[int, int] | None:
+def _process_figures(pid: int) -> tuple[int, int, int] | None:
+    """Resident bytes, open descriptors and the descriptor limit (soft RLIMIT_NOFILE) of a worker."""
     if pid <= 0:
         return None
     try:
         proc = psutil.Process(pid)
-        return proc.memory_info().rss, proc.num_fds()
+        return proc.memory_info().rss, proc.num_fds(), proc.rlimit(psutil.RLIMIT_NOFILE)[0]
     except (psutil.Error, OSError):
         return None
 
@@ -201,6 +205,8 @@ class _Collector:
         yield GaugeMetricFamily("millionws_workers", "Worker processes configured.", value=shared.workers)
         yield CounterMetricFamily("millionws_worker_restarts", "Workers the supervisor restarted after they died.",
                                   value=shared.restarts)
+        yield GaugeMetricFamily("millionws_bus_configured", "1 when --bus names a broker (then bus_up 0 is an "
+                                "outage), 0 for a node alone.", value=int(shared.bus))
         yield family(GaugeMetricFamily, "millionws_draining", "1 while the worker drains after SIGTERM.",
                      "draining")
         yield family(CounterMetricFamily, "millionws_connections_accepted", "TCP connections accepted.",
@@ -261,13 +267,17 @@ class _Collector:
                                 labels=["worker"])
         fds = GaugeMetricFamily("millionws_process_open_fds", "Open file descriptors of the worker.",
                                 labels=["worker"])
+        max_fds = GaugeMetricFamily("millionws_process_max_fds", "Descriptor limit of the worker (soft "
+                                    "RLIMIT_NOFILE): one per connection; at it accept() fails.", labels=["worker"])
         for worker, s in slots:
             figures = _process_figures(s[F["pid"]])
             if figures is not None:
                 rss.add_metric([worker], figures[0])
                 fds.add_metric([worker], figures[1])
+                max_fds.add_metric([worker], figures[2])
         yield rss
         yield fds
+        yield max_fds
 
         def histogram(name: str, doc: str, bounds: tuple[float, ...], base: int) -> Any:
             metric = HistogramMetricFamily(name, doc, labels=["worker"])
@@ -355,7 +365,7 @@ def snapshot(shared: SharedStats) -> dict[str, Any]:
             total[key] += s[F[key]]
         entry["disconnections"] = {r: s[DISCONNECT0 + j] for j, r in enumerate(REASONS)}
         figures = _process_figures(s[F["pid"]])
-        entry["rss"], entry["fds"] = figures if figures else (None, None)
+        entry["rss"], entry["fds"] = figures[:2] if figures else (None, None)
         if figures:
             total["rss"] += figures[0]
             total["fds"] += figures[1]

@@ -14,14 +14,14 @@ PACKAGE = Path(__file__).resolve().parent.parent / "millionws"
 
 # Lowest first.  A module may import modules of its layer or of a layer above it in this list.
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
-    ("foundation", frozenset({"config", "namespaces", "jsonsafe", "ratelimit", "auth"})),
+    ("foundation", frozenset({"config", "configfile", "namespaces", "jsonsafe", "ratelimit", "auth"})),
     ("core", frozenset({"core"})),
     ("protocol", frozenset({"protocol"})),
     ("observability", frozenset({"metrics", "boundary"})),
     ("pubsub", frozenset({"pubsub"})),
     ("apps", frozenset({"apps"})),
     ("server", frozenset({"server"})),
-    ("entry", frozenset({"cli", "__main__", "__init__"})),
+    ("entry", frozenset({"cli", "tools", "__main__", "__init__"})),
     ("clients", frozenset({"client"})),  # outside the server: imports none of it
 )
 RANK = {unit: rank for rank, (_, units) in enumerate(LAYERS) for unit in units}

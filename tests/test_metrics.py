@@ -83,3 +83,15 @@ def test_http_status_other_bucket():
     s.http_status(200)
     s.http_status(418)
     assert s.c[F["http_200"]] == 1 and s.c[F["http_0"]] == 1
+
+
+def test_descriptor_limit_and_bus_configured_are_rendered():
+    """The alert rules compare open fds with the limit, and read bus_up only where a bus is configured."""
+    import resource
+
+    for bus in (False, True):
+        shared = SharedStats(1, bus=bus)
+        WorkerStats(shared, 0).flush()  # the slot's pid is this process
+        got = samples(shared)
+        assert got[("millionws_process_max_fds", (("worker", "0"),))] == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        assert got[("millionws_bus_configured", ())] == int(bus)

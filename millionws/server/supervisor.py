@@ -55,10 +55,49 @@ class StartupError(Exception):
     """A configuration that cannot work: one line for the operator, exit status 2."""
 
 
+# The start-up checks that need no server, also run by ``millionws check-config`` (tools.py): one list of
+# what start-up refuses, so the check and the start cannot disagree.  The port claim stays in preflight:
+# a check must not take the port from a server that runs.
+def check_keys(cfg: Config) -> None:
+    """The JWT secret and the JWKS file load (StartupError otherwise)."""
+    if cfg.auth_jwt_secret or cfg.auth_jwks:
+        try:
+            Verifier(cfg.auth_jwt_secret, cfg.auth_jwks, cfg.auth_audience, cfg.auth_issuer)
+        except ValueError as exc:
+            raise StartupError(str(exc)) from None
+
+
+def check_tls(cfg: Config) -> None:
+    """The certificate and its key load into a server context (StartupError otherwise)."""
+    if cfg.tls_cert:
+        try:
+            server_context(cfg.tls_cert, cfg.tls_key)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise StartupError(f"--tls-cert/--tls-key: cannot load {cfg.tls_cert} with {cfg.tls_key}: "
+                               f"{exc}") from None
+
+
+def check_bus(cfg: Config, probe: bool) -> str | None:
+    """The ``--bus`` scheme and client library; with ``probe``, one connection to the broker too.
+
+    StartupError when it cannot work; a warning line when the broker is unreachable right now."""
+    if not cfg.bus:
+        return None
+    from ..pubsub.brokers import BusConfigError, preflight, require
+
+    try:
+        if not probe:
+            require(cfg.bus)
+            return None
+        return preflight(cfg.bus, cfg.bus_connect_timeout)  # the time a connection may take, as the bridge's
+    except BusConfigError as exc:
+        raise StartupError(str(exc)) from None
+
+
 class Supervisor:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.shared = SharedStats(config.workers)
+        self.shared = SharedStats(config.workers, bool(config.bus))
         # The workers' links to each other, inherited by every fork.
         self.mesh = Mesh(config.workers, config.mesh_socket_buffer)
         self.children: dict[int, int] = {}  # pid -> worker index
@@ -72,29 +111,14 @@ class Supervisor:
     def preflight(self) -> None:
         """Refuse, before anything is forked, a configuration that cannot work (StartupError)."""
         cfg = self.config
-        if cfg.auth_jwt_secret or cfg.auth_jwks:
-            try:
-                Verifier(cfg.auth_jwt_secret, cfg.auth_jwks, cfg.auth_audience, cfg.auth_issuer)
-            except ValueError as exc:
-                raise StartupError(str(exc)) from None
+        check_keys(cfg)
         for port in (cfg.port, cfg.admin_port):
             if port:
                 self._lock_port(port)
-        if cfg.tls_cert:
-            try:
-                server_context(cfg.tls_cert, cfg.tls_key)
-            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-                raise StartupError(f"--tls-cert/--tls-key: cannot load {cfg.tls_cert} with {cfg.tls_key}: "
-                                   f"{exc}") from None
-        if cfg.bus:
-            from ..pubsub.brokers import BusConfigError, preflight
-
-            try:
-                warning = preflight(cfg.bus)
-            except BusConfigError as exc:
-                raise StartupError(str(exc)) from None
-            if warning:  # reachable later, maybe: start, and stay not-ready (/health?ready) until then
-                log.warning("%s", warning)
+        check_tls(cfg)
+        warning = check_bus(cfg, probe=True)
+        if warning:  # reachable later, maybe: start, and stay not-ready (/health?ready) until then
+            log.warning("%s", warning)
 
     def _lock_port(self, port: int) -> None:
         lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

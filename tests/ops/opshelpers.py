@@ -42,6 +42,7 @@ SERVER_METRICS = {
     "millionws_http_requests_total",
     "millionws_process_resident_memory_bytes",
     "millionws_process_open_fds",
+    "millionws_process_max_fds",
     "millionws_loop_turn_seconds",
     "millionws_accept_errors_total",
     "millionws_draining",

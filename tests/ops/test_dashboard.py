@@ -79,6 +79,11 @@ def test_dashboard_uses_only_declared_server_metrics() -> None:
         ("loop-turn quantiles", ["histogram_quantile(0.99, sum by (le) (rate(millionws_loop_turn_seconds_bucket"]),
         ("fan-out latency", ["histogram_quantile(0.99, sum by (le) (rate(millionws_fanout_latency_seconds_bucket"]),
         ("slow consumers", ["millionws_slow_consumers_total"]),
+        # saturation per worker, not only a sum over the pod that hides one hot worker
+        ("worker saturation per worker", ["sum by (pod, worker) (rate(millionws_loop_turn_seconds_sum"]),
+        ("loop-turn p99 per worker", ["sum by (pod, worker, le) (rate(millionws_loop_turn_seconds_bucket"]),
+        ("descriptors against the limit per worker", ["millionws_process_open_fds{pod=~\".*\"} / "
+                                                      "millionws_process_max_fds"]),
     ],
 )  # fmt: skip
 def test_dashboard_covers(subject: str, needles: list[str]) -> None:

@@ -25,7 +25,7 @@ from opshelpers import (
 )
 
 # Kinds served by CRDs (no schema in kubernetes-validate): checked structurally below.
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 
 # Namespaced sysctls Kubernetes treats as safe (allowed without kubelet flags) in 1.29+,
 # and that the baseline/restricted Pod Security Standards admit.

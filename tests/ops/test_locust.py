@@ -143,3 +143,47 @@ def test_distributed_headless_run_against_real_server(millionws_server, tmp_path
     )
     assert received >= echo["num_requests"]
     wait_until(lambda: worker.poll() is not None, 5, "worker exit")
+
+
+def run_sh_env(**settings: str) -> dict[str, str]:
+    """The environment of run.sh: no inherited Locust or run.sh settings, locust on PATH (this interpreter's)."""
+    env = {k: v for k, v in locust_env().items() if k not in ("HOST", "USERS", "SPAWN_RATE", "RUN_TIME", "OUT")}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    return {**env, **settings}
+
+
+@pytest.mark.parametrize(("settings", "expected"), [
+    ({}, ["--host", "http://127.0.0.1:8080", "-u", "100", "-r", "50", "-t", "30s"]),
+    ({"HOST": "http://short:1", "USERS": "7", "SPAWN_RATE": "3", "RUN_TIME": "9s"},
+     ["--host", "http://short:1", "-u", "7", "-r", "3", "-t", "9s"]),
+    # Locust's own names, as the README and the Kubernetes manifest use them, win over the short ones
+    ({"HOST": "http://short:1", "LOCUST_HOST": "http://nlb.example:80", "USERS": "7", "LOCUST_USERS": "11",
+      "LOCUST_SPAWN_RATE": "5", "LOCUST_RUN_TIME": "2m"},
+     ["--host", "http://nlb.example:80", "-u", "11", "-r", "5", "-t", "2m"]),
+])  # fmt: skip
+def test_run_sh_honours_its_variables(tmp_path: Path, settings: dict[str, str], expected: list[str]) -> None:
+    for mode in ("local", "distributed"):
+        r = subprocess.run(["bash", str(LOCUST / "run.sh"), mode], capture_output=True, text=True, timeout=30,
+                           env=run_sh_env(DRY_RUN="1", LOCUST_WORKERS="1", OUT=str(tmp_path / "r"), **settings))
+        assert r.returncode == 0, r.stderr
+        (command,) = [line.split() for line in r.stdout.splitlines() if "--headless" in line]
+        for flag, value in zip(expected[::2], expected[1::2], strict=True):
+            assert command[command.index(flag) + 1] == value, (mode, flag, command)
+    assert not (tmp_path / "r.json").exists()  # a dry run runs nothing
+
+
+@pytest.mark.e2e
+def test_run_sh_targets_locust_host(millionws_server, tmp_path: Path) -> None:
+    """LOCUST_HOST reaches the real run: HOST points at a closed port, so ignoring LOCUST_HOST fails every request."""
+    prefix = tmp_path / "run"
+    r = subprocess.run(["bash", str(LOCUST / "run.sh"), "local", "--stop-timeout", "2"], capture_output=True,
+                       text=True, timeout=120, cwd=tmp_path,
+                       env=run_sh_env(LOCUST_HOST=millionws_server.base, HOST=f"http://127.0.0.1:{free_port()}",
+                                      LOCUST_USERS="2", LOCUST_SPAWN_RATE="2", LOCUST_RUN_TIME="4s",
+                                      LOCUST_PUBSUB="off", LOCUST_ECHO_INTERVAL="0.1", OUT=str(prefix)))
+    logs = r.stdout + r.stderr
+    assert r.returncode == 0, logs
+    stats = read_stats(prefix)
+    assert int(stats["WS echo"]["Request Count"]) > 5, logs
+    assert int(stats["Aggregated"]["Failure Count"]) == 0, logs
+    assert 1 <= int(stats["WS connect"]["Request Count"]) <= 2, logs

@@ -39,9 +39,10 @@ from .base import (
     GAP_NONE,
     GAP_UNKNOWN,
     BusConfigError,
+    redact,
 )
 from .bridge import Bridge
-from .schemes import preflight
+from .schemes import preflight, require
 
 __all__ = [
     "E_ACK",
@@ -58,4 +59,6 @@ __all__ = [
     "Bridge",
     "BusConfigError",
     "preflight",
+    "redact",
+    "require",
 ]
