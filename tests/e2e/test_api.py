@@ -438,10 +438,11 @@ def test_publish_and_user_messages_across_two_nodes(start_server, broker):
     wait_bus_up(a, b)
 
     async def main():
-        alice = await user_on_both_workers(b, "alice", ["news"])
+        alice = await user_on_both_workers(b, "alice")
         bob = await connect_user(b, "bob")
-        for ws in alice:  # the user channel is subscribed at the upgrade: resume it from 0 so nothing is missed
-            await ws.send(json.dumps({"op": "subscribe", "channels": ["@user:alice"], "since": {"@user:alice": 0}}))
+        for ws in alice:  # since 0 for both: exact across nodes (without it a publish right after may be missed)
+            await ws.send(json.dumps({"op": "subscribe", "channels": ["@user:alice", "news"],
+                                      "since": {"@user:alice": 0, "news": 0}}))
             assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))["op"] == "subscribed"
         status, doc = await asyncio.to_thread(post, a.port, "/users/alice/messages", {"text": "shipped"})
         assert (status, doc["channel"], doc["seq"], doc["user"]) == (200, "@user:alice", 1, "alice")
