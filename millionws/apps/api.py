@@ -31,7 +31,6 @@ from typing import Any
 import h11
 
 from ..jsonsafe import MAX_SAFE_INTEGER
-from ..namespaces import namespaces_of
 from ..protocol import http
 from ..protocol.http import HttpError
 from ..pubsub.channels import ChannelError
@@ -66,7 +65,7 @@ class Api:
         self.control = pubsub.control
         self.max_page = cfg.channels_max_limit
         self.max_history = cfg.history_max_limit
-        self.namespaces = namespaces_of(cfg)
+        self.namespaces = pubsub.namespaces  # the rules the channels of this worker follow, parsed once
         self.control.register("channels", self._channels_here)
         self.histories = History(self.hub, self.control, cfg.history_max_limit)
         # /channels/{c}/<what>: method(request, channel, query, keep_alive, conn) -> Response | None.
