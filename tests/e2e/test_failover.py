@@ -160,7 +160,13 @@ async def storm(servers: list, steps, report: dict) -> None:
 
     def delivered() -> bool:
         return all(len(got) >= n for got in subs.got)
-    await asyncio.to_thread(wait_for, delivered, 30, 0.05, "every acknowledged publish at every subscriber")
+    try:
+        await asyncio.to_thread(wait_for, delivered, 30, 0.05, "every acknowledged publish at every subscriber")
+    except AssertionError:
+        missing = [next((k + 1 for k, m in enumerate(got) if m[0] != k + 1), None) for got in subs.got]
+        raise AssertionError(f"{n} acknowledged; received per subscriber: {[len(got) for got in subs.got]}, last "
+                             f"seqs {[got[-1][0] if got else None for got in subs.got]}, other {subs.other[:3]}, "
+                             f"first missing {missing}") from None
     await asyncio.sleep(0.5)  # anything delivered twice or beyond would arrive now
     for got in subs.got:
         assert [(seq, i) for seq, i, _ in got] == [(i + 1, i) for i in range(n)]  # none lost, none twice, in order
@@ -185,7 +191,11 @@ def traffic(backend: Backend, since: float, count: int = 0) -> None:
 
 
 def nodes(start_server, url: str) -> list:
-    servers = [start_server("--bus", url, "--publish-timeout", "30", "--close-timeout", "2", workers=2)
+    # The replay window must hold what is published while a worker reconnects (its backoff reaches
+    # --bus-backoff-max, 5 s, during a failover): with the default 1000 messages, a worker back 3 s after the
+    # others at ~300 publishes/s found its next message trimmed (gap expired), measured.
+    servers = [start_server("--bus", url, "--publish-timeout", "30", "--close-timeout", "2",
+                            "--replay-max-messages", "100000", workers=2)
                for _ in range(2)]
     for server in servers:
         wait_for(lambda server=server: bus_up(server), 30, what="bus up on every worker")
