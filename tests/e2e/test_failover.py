@@ -67,9 +67,13 @@ class Backend:
             sent = time.monotonic()
             try:
                 conn.request("POST", f"/publish/{CHANNEL}", json.dumps({"i": i}).encode())
+            except OSError:  # a keep-alive connection the node closed while idle: nothing sent, send again
+                conn.close()
+                continue
+            try:
                 response = conn.getresponse()
                 body = response.read()
-            except (OSError, http.client.HTTPException) as exc:  # the node itself is never killed here
+            except (OSError, http.client.HTTPException) as exc:  # sent, no answer: may be published
                 self.unknown.append(f"{i}: {exc!r}")
                 conn.close()
                 time.sleep(RETRY)
