@@ -101,3 +101,7 @@ soak *ARGS:
 # the Autobahn testsuite against millionws --compression deflate (compliance/run.sh; all groups 12-25 min)
 compliance cases="*":
     PYTHON=.venv/bin/python compliance/run.sh "{{cases}}"
+
+# issue 14 §2: a NATS cluster and Redis Sentinel lose a server under load (kill -9), 3 runs; figures as JSON lines
+failover seconds="2":
+    rm -f /tmp/millionws-failover.jsonl; for run in 1 2 3; do FAILOVER_SECONDS={{seconds}} FAILOVER_REPORT=/tmp/millionws-failover.jsonl .venv/bin/python -m pytest -q -p no:cacheprovider tests/e2e/test_failover.py || exit 1; done; cat /tmp/millionws-failover.jsonl

@@ -141,7 +141,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("max_connect_rate_per_ip", float, 0.0, "new connections per second per source address (0: off)"),
     Option("max_connections_per_ip", int, 0, "concurrent connections per source address (0: off)"),
     # -- across nodes (millionws/pubsub/brokers/) -----------------------------------------------------
-    Option("bus", str, "", "broker shared by the nodes: nats://host:port or redis://host:port (empty: this node only)"),
+    Option("bus", str, "", "broker shared by the nodes: nats://host:port[,nats://host:port...] (a cluster), "
+           "redis://host:port or redis+sentinel://host:port[,host:port...]/<service> (empty: this node only)"),
+    Option("bus_replicas", int, 0,
+           "copies of each message the broker holds before a publish is acknowledged: NATS JetStream stream replicas "
+           "(a majority acknowledges), Redis primary + replicas confirmed with WAIT; 0: NATS 3 in a cluster else 1, "
+           "Redis Sentinel 2, Redis 1 (1..5)"),
     Option("bus_outbox_messages", int, 100_000,
            "publishes a worker keeps waiting for the broker's answer; past it a publish gets unavailable: outbox full"),
     Option("bus_publish_batch", int, 256, "publishes sent to the broker in one batch; the rest wait for its answer"),
@@ -268,6 +273,7 @@ class Config:
     max_connect_rate_per_ip: float = 0.0
     max_connections_per_ip: int = 0
     bus: str = ""
+    bus_replicas: int = 0
     bus_outbox_messages: int = 100_000
     bus_publish_batch: int = 256
     bus_fetch_batch: int = 256
@@ -332,8 +338,11 @@ class Config:
             raise ValueError("admin_port must be within 1..65535 and differ from port (0: off)")
         if not 0 <= self.port <= 65535:
             raise ValueError("port must be within 0..65535")
-        if self.bus and not self.bus.startswith(("nats://", "redis://")):
-            raise ValueError("bus must be nats://host:port or redis://host:port")
+        if self.bus and not self.bus.startswith(("nats://", "redis://", "redis+sentinel://")):
+            raise ValueError("bus must be nats://host:port[,...], redis://host:port or "
+                             "redis+sentinel://host:port[,...]/<service>")
+        if not 0 <= self.bus_replicas <= 5:
+            raise ValueError("bus_replicas must be within 0..5 (0: chosen by the broker's topology)")
         if self.compression not in ("off", "deflate"):
             raise ValueError("compression must be off or deflate")
         if self.compression_min_size < 0:

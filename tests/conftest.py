@@ -198,3 +198,30 @@ def redis_broker(tmp_path: Path) -> Iterator[Broker]:
 def broker(request: pytest.FixtureRequest) -> Broker:
     """Each test that takes it runs once with NATS (JetStream) and once with Redis."""
     return request.getfixturevalue(f"{request.param}_broker")
+
+
+# -- brokers as clusters (tests/clusters.py; the failover tests, tests/e2e/test_failover.py) -----------------
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[object]:
+    """Three routed nats-server processes, JetStream on each (tests.clusters.NatsCluster)."""
+    from tests.clusters import NatsCluster
+
+    cluster = NatsCluster(tmp_path / "nats-cluster")
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture
+def redis_sentinel(tmp_path: Path) -> Iterator[object]:
+    """A Redis primary, two replicas and three Sentinels (tests.clusters.RedisSentinel)."""
+    from tests.clusters import RedisSentinel
+
+    sentinel = RedisSentinel(tmp_path / "redis-sentinel")
+    try:
+        yield sentinel
+    finally:
+        sentinel.close()

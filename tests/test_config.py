@@ -34,7 +34,7 @@ def test_flag_beats_environment_beats_default():
 # "7" is out of range for a few options alone (the others' defaults constrain them): a value of their own.
 _IN_RANGE = {"port": "7007", "bus_backoff_min": "0.7", "mesh_socket_buffer": str(7 << 20),
              "mesh_max_datagram": str(7 << 10), "timer_resolution": "0.7", "max_proxy_header": "777",
-             "control_max_bytes": str(7 << 20)}
+             "control_max_bytes": str(7 << 20), "bus_replicas": "3"}
 
 
 @pytest.mark.parametrize("option", [o for o in OPTIONS if o.type in (int, float)], ids=lambda o: o.name)
@@ -95,6 +95,13 @@ def test_bus_option():
     assert config.from_argv([], environ={"MILLIONWS_BUS": "redis://h:6379"}).bus == "redis://h:6379"
     with pytest.raises(ValueError, match="bus"):
         config.from_argv(["--bus", "amqp://h"], environ={})
+    cluster = "nats://a:4222,nats://b:4222,nats://c:4222"
+    assert config.from_argv(["--bus", cluster], environ={}).bus == cluster
+    sentinel = "redis+sentinel://s1:26379,s2:26379/mymaster"
+    assert config.from_argv(["--bus", sentinel, "--bus-replicas", "2"], environ={}).bus_replicas == 2
+    for replicas in ("-1", "6"):
+        with pytest.raises(ValueError, match="bus_replicas"):
+            config.from_argv(["--bus-replicas", replicas], environ={})
 
 
 def test_config_defaults_are_the_option_defaults():

@@ -275,16 +275,26 @@ def check_rate_limits_are_on(ref: Reference) -> None:
 
 
 def check_bus_is_nats_and_reachable(ref: Reference) -> None:
-    bus = urllib.parse.urlsplit(ref.value("MILLIONWS_BUS"))
-    assert bus.scheme == "nats", f"MILLIONWS_BUS {bus.geturl()!r} is not nats://"
-    service, namespace, *_ = bus.hostname.split(".")
-    assert service == ref.nats_values["fullnameOverride"], "the bus host is not the Service the NATS values create"
-    port = bus.port or 4222
-    assert port == ref.nats_values.get("config", {}).get("nats", {}).get("port", 4222)
-    egress = [r for r in ref.networkpolicy["spec"].get("egress", []) if _admits(r, port, None)]
-    assert any(not r.get("to") or any((peer.get("namespaceSelector") or {}).get("matchLabels")
-                                      == {"kubernetes.io/metadata.name": namespace} for peer in r["to"])
-               for r in egress), f"the NetworkPolicy lets no traffic out to {namespace}:{port}"  # fmt: skip
+    """Every server of the NATS cluster is listed (a pod whose server died reconnects to another one at once),
+    each reachable through the NetworkPolicy, and the streams are made with 3 replicas."""
+    name = ref.nats_values["fullnameOverride"]
+    servers = ref.nats_values["config"]["cluster"]["replicas"]
+    urls = [urllib.parse.urlsplit(item) for item in ref.value("MILLIONWS_BUS").split(",")]
+    hosts = set()
+    for bus in urls:
+        assert bus.scheme == "nats", f"MILLIONWS_BUS {bus.geturl()!r} is not nats://"
+        pod, service, namespace, *_ = bus.hostname.split(".")
+        assert service == f"{name}-headless", f"{bus.hostname}: not a pod of the StatefulSet the NATS values create"
+        hosts.add(pod)
+        port = bus.port or 4222
+        assert port == ref.nats_values.get("config", {}).get("nats", {}).get("port", 4222)
+        egress = [r for r in ref.networkpolicy["spec"].get("egress", []) if _admits(r, port, None)]
+        assert any(not r.get("to") or any((peer.get("namespaceSelector") or {}).get("matchLabels")
+                                          == {"kubernetes.io/metadata.name": namespace} for peer in r["to"])
+                   for r in egress), f"the NetworkPolicy lets no traffic out to {namespace}:{port}"  # fmt: skip
+    assert hosts == {f"{name}-{k}" for k in range(servers)}, f"MILLIONWS_BUS lists {sorted(hosts)}, not every server"
+    replicas = int(ref.value("MILLIONWS_BUS_REPLICAS"))
+    assert replicas == 3 <= servers, "JetStream streams with 3 replicas: one server lost loses no acknowledged publish"
 
 
 def check_nats_is_a_jetstream_cluster_on_disk(ref: Reference) -> None:
@@ -496,6 +506,12 @@ MUTATIONS: list[tuple[str, Callable[[Reference], None], Callable[[Reference], No
     ("bus unset", check_bus_is_nats_and_reachable, _set_env("MILLIONWS_BUS", None)),
     ("bus redis", check_bus_is_nats_and_reachable, _set_env("MILLIONWS_BUS", "redis://redis.redis.svc:6379")),
     ("bus elsewhere", check_bus_is_nats_and_reachable, _set_env("MILLIONWS_BUS", "nats://nats.broker.svc:4222")),
+    (
+        "bus one server",
+        check_bus_is_nats_and_reachable,
+        _set_env("MILLIONWS_BUS", "nats://nats-0.nats-headless.nats.svc:4222"),
+    ),
+    ("bus replicas 1", check_bus_is_nats_and_reachable, _set_env("MILLIONWS_BUS_REPLICAS", "1")),
     (
         "bus port closed",
         check_bus_is_nats_and_reachable,

@@ -97,7 +97,9 @@ def backoff_delays(minimum: float = DEFAULTS.bus_backoff_min, maximum: float = D
 
 
 def redact(url: str) -> str:
-    """The URL without its password, for logs and messages."""
+    """The URL without its password, for logs and messages; each URL of a comma-separated list too."""
+    if "," in url and url.count("://") > 1:  # nats://a,nats://b: several URLs, each may carry a password
+        return ",".join(redact(part) for part in url.split(","))
     scheme, sep, rest = url.partition("://")
     netloc, slash, path = rest.partition("/")
     userinfo, at, host = netloc.rpartition("@")
@@ -105,6 +107,18 @@ def redact(url: str) -> str:
         return url
     user = userinfo.split(":", 1)[0]
     return f"{scheme}{sep}{user + ':' if user else ''}***@{host}{slash}{path}"
+
+
+def host_ports(hosts: str, url: str, default_port: int) -> list[tuple[str, int]]:
+    """``h1:p1,h2:p2`` (a URL's comma-separated hosts) as pairs, or BusConfigError naming ``url``."""
+    pairs: list[tuple[str, int]] = []
+    for item in hosts.split(","):
+        host, colon, port = item.strip().rpartition(":") if ":" in item else (item.strip(), "", "")
+        host = host.strip("[]")  # [::1]:26379
+        if not host or (colon and not (port.isdigit() and 0 < int(port) < 65536)):
+            raise BusConfigError(f"--bus {redact(url)}: {item.strip()!r} is not host:port")
+        pairs.append((host, int(port) if colon else default_port))
+    return pairs
 
 
 def describe(exc: BaseException) -> str:
@@ -261,6 +275,7 @@ class BridgeSide(Protocol):
     live_pending_messages: int
     live_pending_bytes: int
     max_json_depth: int
+    replicas: int  # --bus-replicas: copies of a message before its publish is acknowledged (0: the broker's default)
     # The control plane (..control): this worker's id on the bus (None: no control subjects), and the
     # largest control message accepted from the broker.
     control_id: str | None

@@ -1,4 +1,4 @@
-"""The NATS broker (``--bus nats://host:port``): JetStream numbers, core pub/sub carries.
+"""The NATS broker (``--bus nats://host:port[,nats://host:port...]``): JetStream numbers, core pub/sub carries.
 
 This module is named ``nats`` inside the package; the client library is imported by its
 absolute name (``import nats``, always the top-level ``nats-py`` package in Python 3), lazily,
@@ -33,6 +33,16 @@ restarted) has another.
 **Signals.**  Presence records travel on core subjects ``mws.sig.<name>`` (:func:`signal_subject`):
 no stream, at most once, like the live subjects; only nodes should publish there (NATS permissions).
 
+**A cluster.**  ``--bus`` may list several servers of one NATS cluster, comma-separated
+(:func:`servers_of`); each connect tries them in random order until one answers, so a node whose
+server died reconnects to another (through the thread's own loop, below: resubscribe, catch up,
+re-send the unanswered publishes, which JetStream de-duplicates cluster-wide).  Streams are made with
+``num_replicas`` = ``--bus-replicas``; 0 (the default) means 3 when the server says it belongs to a
+cluster (its INFO names one) and 1 otherwise (:meth:`NatsBackend.replicas_for`).  With 3 replicas a
+publish is acknowledged once a majority (2) stored it, so the loss of any one server loses no
+acknowledged message and the stream keeps working; a stream that exists with other replicas is
+updated to them, like its limits.
+
 **Liveness.**  The client pings every ``--bus-heartbeat`` seconds and gives up after two
 unanswered pings, so a black-holed server is noticed; it never reconnects by itself (the
 thread's own loop does, :mod:`backend`, then resubscribes and catches up).  A server
@@ -57,6 +67,7 @@ from .base import (
     epoch_of,
     int_of,
     quietly,
+    redact,
     require_libraries,
 )
 
@@ -90,9 +101,29 @@ def signal_subject(name: str) -> str:
     return "mws.sig." + subject_token(name)
 
 
+def servers_of(url: str) -> list[str]:
+    """The servers a ``--bus`` URL lists: ``nats://a:4222,nats://b:4222`` (or ``nats://a:4222,b:4222``).
+
+    Raises BusConfigError for an empty item or another scheme in the list: a typo there would otherwise
+    show only the day the first server dies."""
+    servers: list[str] = []
+    for item in url.split(","):
+        item = item.strip()
+        if "://" not in item and item:
+            item = "nats://" + item  # nats://a:4222,b:4222: the hosts after the first inherit the scheme
+        if not item.startswith(("nats://", "tls://")) or not item.split("://", 1)[1].strip("/"):
+            raise BusConfigError(f"--bus {redact(url)}: {redact(item)!r} is not nats://host:port")
+        servers.append(item)
+    return servers
+
+
 async def nats_connect(url: str, timeout: float, **options: Any) -> Any:
-    """A connected nats-py client whose server has JetStream, or an exception."""
+    """A connected nats-py client whose server has JetStream, or an exception.
+
+    Of several servers (a cluster, :func:`servers_of`), the first that answers, tried in random order
+    (spreads the nodes over the cluster)."""
     require_libraries(url, EXTRA, LIBRARIES)
+    servers = servers_of(url)
     import nats
     from nats.errors import NoServersError
     from nats.js.errors import ServiceUnavailableError
@@ -106,10 +137,10 @@ async def nats_connect(url: str, timeout: float, **options: Any) -> Any:
             await forward(exc)
 
     # nats-py retries a refused server forever unless max_reconnect_attempts > 0; the
-    # caller has its own backoff, so one quick retry is enough.
+    # caller has its own backoff, so one quick retry of each server is enough.
     try:
-        nc = await nats.connect(url, allow_reconnect=False, connect_timeout=timeout, max_reconnect_attempts=1,
-                                reconnect_time_wait=0, error_cb=on_error, **options)
+        nc = await nats.connect(servers=servers, allow_reconnect=False, connect_timeout=timeout,
+                                max_reconnect_attempts=1, reconnect_time_wait=0, error_cb=on_error, **options)
     except NoServersError:
         raise ConnectionError(describe(failures[-1]) if failures else "no NATS server answered") from None
     try:
@@ -145,6 +176,7 @@ class NatsBackend(Backend):
         self.nc: Any = None
         self.js: Any = None
         self.streams: set[str] = set()
+        self.replicas = 1  # of the streams made on this connection (replicas_for)
         self._closed: asyncio.Event | None = None
 
     async def connect(self) -> None:
@@ -160,7 +192,17 @@ class NatsBackend(Backend):
                                      disconnected_cb=on_closed, error_cb=on_error, max_outstanding_pings=2,
                                      ping_interval=self.bridge.heartbeat)
         self.js = self.nc.jetstream(timeout=5)
+        self.replicas = self.replicas_for(getattr(self.nc, "_server_info", None) or {})
         self.streams.clear()
+
+    def replicas_for(self, server_info: dict[str, Any]) -> int:
+        """``--bus-replicas``, or with 0: 3 on a server that belongs to a cluster, else 1.
+
+        Read from the server's INFO at each connect rather than from the servers it can see now, so
+        that a node connecting while a cluster member is down does not shrink the streams."""
+        if self.bridge.replicas > 0:
+            return self.bridge.replicas
+        return 3 if server_info.get("cluster") else 1
 
     async def wait_closed(self) -> str:
         assert self._closed is not None
@@ -190,6 +232,7 @@ class NatsBackend(Backend):
         return StreamConfig(name=stream, subjects=[subject], storage=StorageType.FILE,
                             max_msgs=max(1, options.replay_max_messages), max_age=age,
                             max_bytes=options.replay_max_bytes, duplicate_window=min(age, 120.0), allow_direct=True,
+                            num_replicas=self.replicas,
                             republish=RePublish(src=subject, dest=live), description=f"millionws {channel}")
 
     async def ensure_stream(self, channel: str) -> Any:

@@ -1,4 +1,5 @@
-"""The Redis broker (``--bus redis://host:port``, Redis >= 7): a function numbers, pub/sub carries.
+"""The Redis broker (``--bus redis://host:port`` or ``redis+sentinel://``, Redis >= 7): a function numbers,
+pub/sub carries.
 
 This module is named ``redis`` inside the package; the client library is imported by its
 absolute name (``import redis.asyncio``, always the top-level ``redis`` package in Python 3:
@@ -44,6 +45,19 @@ is indistinguishable from a real one.
 **Signals.**  Presence records travel on pub/sub channels ``mws:sig:<name>``: at most once, like the
 live channels; only nodes should publish there (Redis ACLs).
 
+**Sentinel.**  ``--bus redis+sentinel://[user:password@]s1:26379,s2:26379,s3:26379/<service>[/db]``
+names the Sentinels of a primary (:func:`sentinel_of`); the password is the primary's (the Sentinels
+are asked without one).  Each connect asks them for the current primary (redis-py's Sentinel, which
+skips a primary they see down), so after a failover the thread's next connect follows the promoted
+replica.  Functions are replicated (and kept in the RDB) since Redis 7, so the promoted replica
+already has ``mws_publish``; the connect loads it again anyway.  Replication is asynchronous: a publish
+is acknowledged only once ``--bus-replicas`` - 1 replicas hold it too (``WAIT``, bounded by
+``--bus-connect-timeout``; with Sentinel the default is 2 copies, the primary and one replica), else it
+is sent again (stored once) until they do or the publish times out: an acknowledged publish survives
+the loss of the primary.  What is left: the function publishes live before the replicas confirm, so a
+message a primary delivered and then lost unreplicated can reach subscribers and be numbered again
+by the new primary (a window of one replication round trip).
+
 **Liveness.**  The client does not retry or reconnect by itself (the thread's own loop
 does, :mod:`backend`).  A black-holed Redis is noticed by a heartbeat: every ``--bus-heartbeat``
 seconds the thread publishes on its own channel ``mws:hello:<publisher>`` and expects
@@ -57,7 +71,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote
 
 from ...config import DEFAULTS
 from ...namespaces import ChannelOptions
@@ -70,8 +86,10 @@ from .base import (
     Pending,
     describe,
     epoch_of,
+    host_ports,
     int_of,
     quietly,
+    redact,
     require_libraries,
     time_of,
 )
@@ -89,18 +107,72 @@ def control_channel(to: str | None) -> str:
     return CONTROL if to is None else f"{CONTROL}:r:{to}"
 
 
-async def redis_connect(url: str, timeout: float, heartbeat: float = DEFAULTS.bus_heartbeat) -> Any:
-    """A redis-py client that answered PING from a Redis >= 7 (when INFO tells), or an exception."""
-    require_libraries(url, EXTRA, LIBRARIES)
+SENTINEL = "redis+sentinel://"
+
+
+@dataclass(frozen=True)
+class SentinelUrl:
+    """What ``redis+sentinel://[user:password@]host:port,.../<service>[/db]`` says."""
+
+    sentinels: list[tuple[str, int]]
+    service: str
+    db: int
+    username: str | None
+    password: str | None
+
+
+def sentinel_of(url: str) -> SentinelUrl | None:
+    """The Sentinels and service of a ``redis+sentinel://`` URL, None for ``redis://``, BusConfigError if
+    malformed (no service name, a host without a valid port, a db that is not a number)."""
+    if not url.startswith(SENTINEL):
+        return None
+    netloc, _, path = url[len(SENTINEL):].partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    parts = [part for part in path.split("/") if part]
+    if not parts or len(parts) > 2 or (len(parts) == 2 and not parts[1].isdigit()):
+        raise BusConfigError(f"--bus {redact(url)}: must be {SENTINEL}host:port[,host:port...]/<service>[/db]")
+    user, colon, password = userinfo.partition(":") if at else ("", "", "")
+    return SentinelUrl(host_ports(hosts, url, 26379), unquote(parts[0]), int(parts[1]) if len(parts) == 2 else 0,
+                       unquote(user) or None, unquote(password) if colon else None)
+
+
+async def aclose(r: Any) -> None:
+    """Close a client of :func:`redis_connect`, and the Sentinel clients it asked for the primary."""
+    await quietly(r.aclose())
+    sentinel = getattr(r, "mws_sentinel", None)
+    if sentinel is not None:
+        await quietly(sentinel.aclose())
+
+
+def _client(url: str, timeout: float, heartbeat: float) -> Any:
     import redis.asyncio as aioredis
     from redis.asyncio.retry import Retry
+    from redis.asyncio.sentinel import Sentinel
     from redis.backoff import NoBackoff
-    from redis.exceptions import ResponseError
 
     # No retry inside the library: a lost connection must reach Backend.main, which
     # resubscribes and catches up.
-    r = aioredis.Redis.from_url(url, socket_connect_timeout=timeout, socket_keepalive=True,
-                                retry=Retry(NoBackoff(), 0), health_check_interval=heartbeat)
+    options: dict[str, Any] = {"socket_connect_timeout": timeout, "socket_keepalive": True,
+                               "retry": Retry(NoBackoff(), 0), "health_check_interval": heartbeat}
+    where = sentinel_of(url)
+    if where is None:
+        return aioredis.Redis.from_url(url, **options)
+    sentinel = Sentinel(where.sentinels, sentinel_kwargs={"socket_timeout": timeout,
+                                                          "socket_connect_timeout": timeout})
+    r = sentinel.master_for(where.service, db=where.db, username=where.username, password=where.password,
+                            **options)
+    r.mws_sentinel = sentinel  # closed with it (aclose)
+    return r
+
+
+async def redis_connect(url: str, timeout: float, heartbeat: float = DEFAULTS.bus_heartbeat) -> Any:
+    """A redis-py client that answered PING from a Redis >= 7 (when INFO tells), or an exception.
+
+    With ``redis+sentinel://``, a client of the primary the Sentinels name now."""
+    require_libraries(url, EXTRA, LIBRARIES)
+    from redis.exceptions import ResponseError
+
+    r = _client(url, timeout, heartbeat)
     try:
         try:
             await r.ping()
@@ -117,7 +189,7 @@ async def redis_connect(url: str, timeout: float, heartbeat: float = DEFAULTS.bu
         if major.isdigit() and int(major) < 7:
             raise BusConfigError(f"{REDIS_TOO_OLD}; this server is Redis {version}")
     except BaseException:
-        await quietly(r.aclose())
+        await aclose(r)
         raise
     return r
 
@@ -133,7 +205,7 @@ async def probe(url: str, timeout: float) -> None:
         if "unknown command" in str(exc).lower():
             raise BusConfigError(REDIS_TOO_OLD) from None
     finally:
-        await quietly(r.aclose())
+        await aclose(r)
 
 
 # How long a channel's recorded limits outlive their last use (seconds): long enough for a channel whose
@@ -192,6 +264,10 @@ redis.register_function('mws_publish', publish)
 """
 
 
+class NotReplicated(ConnectionError):
+    """A publish the primary stored that too few replicas confirmed: not acknowledged, not refused."""
+
+
 def stream_limits(options: ChannelOptions) -> tuple[int, int]:
     """``(MAXLEN, time to live in seconds)`` of a channel's stream under its rule."""
     return options.replay_max_messages, max(1, int(options.replay_seconds + 1))
@@ -207,6 +283,10 @@ class RedisBackend(Backend):
         self._reader: asyncio.Task | None = None
         self._heard = 0.0  # monotonic time of the last thing read on the pub/sub connection
         self._hello = f"mws:hello:{self.publisher_id}"
+        # Replicas that must hold a publish before it is acknowledged (WAIT): --bus-replicas copies, less the
+        # primary; 0 means 2 copies behind Sentinel (there is a replica to fail over to), 1 on a lone Redis.
+        copies = bridge.replicas or (2 if sentinel_of(bridge.url) is not None else 1)
+        self.wait_replicas = copies - 1
 
     async def _load_function(self, r: Any) -> None:
         from redis.exceptions import ResponseError
@@ -227,7 +307,7 @@ class RedisBackend(Backend):
             ps = r.pubsub()
             await ps.subscribe(self._hello)  # opens the pub/sub connection; the heartbeat comes back on it
         except BaseException:
-            await quietly(r.aclose())
+            await aclose(r)
             raise
         self.r, self.ps = r, ps
         self._heard = time.monotonic()
@@ -286,9 +366,10 @@ class RedisBackend(Backend):
     async def close(self) -> None:
         if self._reader is not None and not self._reader.done():
             self._reader.cancel()
-        for thing in (self.ps, self.r):
-            if thing is not None:
-                await quietly(thing.aclose())
+        if self.ps is not None:
+            await quietly(self.ps.aclose())
+        if self.r is not None:
+            await aclose(self.r)
 
     def refused(self, exc: BaseException) -> bool:
         from redis.exceptions import ResponseError
@@ -397,7 +478,17 @@ class RedisBackend(Backend):
         for p in batch:
             maxlen, ttl = stream_limits(of(p.channel))
             pipe.fcall("mws_publish", 1, p.channel, p.data, repr(p.t_wall), pid, p.n, floor, maxlen, ttl)
+        if self.wait_replicas:
+            pipe.execute_command("WAIT", self.wait_replicas, max(1, int(self.bridge.connect_timeout * 1000)))
         replies = await pipe.execute(raise_on_error=False)
+        if self.wait_replicas:
+            copied = replies.pop()
+            if not isinstance(copied, int) or copied < self.wait_replicas:
+                # Stored on the primary only: not acknowledged, sent again (the retry is answered with the same
+                # seq, and waits for the replicas again) until they hold it or the publish times out.
+                lost = NotReplicated(f"{copied!r} of {self.wait_replicas} replicas confirmed within "
+                                     f"{self.bridge.connect_timeout:g} s")
+                replies = [lost if isinstance(reply, int) else reply for reply in replies]
         if any(isinstance(reply, ResponseError) and "function not found" in str(reply).lower() for reply in replies):
             await self._load_function(self.r)  # flushed by someone: the retry will find it
         return [reply if isinstance(reply, BaseException) else (int_of(reply, 0) or 0) for reply in replies]

@@ -2,9 +2,10 @@
 
 Theory of operation.
 
-**One place chooses the broker.**  :data:`SCHEMES` maps ``nats://`` and ``redis://`` to the
-client library they need (the pip extra), the :class:`backend.Backend` subclass the bridge
-thread runs, and the probe :func:`preflight` runs.  The bridge asks :func:`backend_for`, the
+**One place chooses the broker.**  :data:`SCHEMES` maps ``nats://``, ``redis://`` and
+``redis+sentinel://`` to the client library they need (the pip extra), the parser of the URL (a list of
+cluster servers, Sentinels and a service), the :class:`backend.Backend` subclass the bridge thread runs,
+and the probe :func:`preflight` runs.  The bridge asks :func:`backend_for`, the
 supervisor :func:`preflight`; adding a broker is one module and one row here.  The table
 lives in its own module rather than in the package's ``__init__`` because the bridge needs
 it and the package imports the bridge: the one-way import rule (``tests/test_layers.py``)
@@ -37,14 +38,16 @@ class Scheme:
 
     extra: str  # pip install 'millionws[<extra>]' brings its client library
     libraries: tuple[str, ...]  # the modules imported to check that it is there
+    parse: Callable[[str], object]  # BusConfigError for a URL that cannot work (a malformed list of hosts)
     backend: Callable[[BridgeSide], Backend]
     probe: Callable[[str, float], Awaitable[None]]  # connect once, check, close (preflight)
 
 
-SCHEMES: dict[str, Scheme] = {
-    "nats://": Scheme(nats_broker.EXTRA, nats_broker.LIBRARIES, nats_broker.NatsBackend, nats_broker.probe),
-    "redis://": Scheme(redis_broker.EXTRA, redis_broker.LIBRARIES, redis_broker.RedisBackend, redis_broker.probe),
-}
+_NATS = Scheme(nats_broker.EXTRA, nats_broker.LIBRARIES, nats_broker.servers_of, nats_broker.NatsBackend,
+               nats_broker.probe)
+_REDIS = Scheme(redis_broker.EXTRA, redis_broker.LIBRARIES, redis_broker.sentinel_of, redis_broker.RedisBackend,
+                redis_broker.probe)
+SCHEMES: dict[str, Scheme] = {"nats://": _NATS, "redis://": _REDIS, redis_broker.SENTINEL: _REDIS}
 
 
 def scheme_of(url: str) -> Scheme:
@@ -56,8 +59,9 @@ def scheme_of(url: str) -> Scheme:
 
 
 def require(url: str) -> Scheme:
-    """The broker ``url`` names, with its client library imported, or BusConfigError."""
+    """The broker ``url`` names, its hosts well-formed and its client library imported, or BusConfigError."""
     scheme = scheme_of(url)
+    scheme.parse(url)
     require_libraries(url, scheme.extra, scheme.libraries)
     return scheme
 

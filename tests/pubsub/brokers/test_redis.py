@@ -9,8 +9,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import redis
 from redis.exceptions import ResponseError
 
+from millionws.metrics import F
 from millionws.pubsub.brokers.base import E_GAP, E_REPLAY, GAP_EXPIRED, GAP_NONE, GAP_UNKNOWN, BusConfigError
 from millionws.pubsub.brokers.redis import REDIS_TOO_OLD, redis_connect
 from millionws.pubsub.brokers.schemes import preflight
@@ -187,3 +189,20 @@ def test_a_node_records_a_channels_limits_when_it_subscribes(redis_broker, harne
 
     asyncio.run(backend())
     h.run_until(lambda: len(h.messages("ticker:a")) == 5, what="the live messages")
+
+
+def test_a_publish_is_not_acknowledged_until_the_replicas_hold_it(redis_broker, harness):
+    """--bus-replicas 2 on a Redis without replicas: WAIT never confirms, so no ack (and no refusal) comes; the
+    publish stays in the outbox, re-sent and stored once, until a replica holds it or the worker times it out."""
+    h = harness(redis_broker.url, replicas=2, connect_timeout=0.2).start()
+    h.run_until(h.up, what="bus up")
+    req = h.publish("wait", {"x": 1})
+    deadline = time.monotonic() + 1.5  # several WAIT rounds of 0.2 s
+    while time.monotonic() < deadline:
+        h.run_until(lambda: True)
+        assert req not in h.acks()
+        time.sleep(0.05)
+    assert h.c[F["bus_outbox"]] == 1
+    r = redis.Redis(port=redis_broker.port)
+    assert r.get("mws:{wait}:seq") == b"1"  # stored on the primary once, however often re-sent
+    r.close()
