@@ -91,15 +91,26 @@ async def ws_echo(url: str, text: str) -> str:
         return await asyncio.wait_for(ws.recv(), 10)
 
 
-async def pubsub_round_trip(sub_url: str, pub_url: str, channel: str) -> tuple[dict, dict]:
-    """Subscribe on one connection, publish on another (possibly another node); the ack and the message."""
+async def pubsub_round_trip(sub_url: str, pub_url: str, channel: str, since: int | None = None) -> tuple[dict, dict]:
+    """Subscribe on one connection, publish on another (possibly another node); the ack and the message.
+
+    Across nodes, pass ``since=0``: "subscribed" does not promise that the node's broker subscription is live
+    yet, and a message published on another node in between would only come by replay (docs/protocol.md)."""
     from websockets.asyncio.client import connect
 
     async with connect(sub_url) as sub, connect(pub_url) as pub:
-        await sub.send(json.dumps({"op": "subscribe", "channels": [channel], "id": 1}))
-        assert json.loads(await asyncio.wait_for(sub.recv(), 10)) == {
-            "op": "subscribed", "channels": [channel], "id": 1}
+        async def recv(ws, what: str) -> dict:
+            try:
+                return json.loads(await asyncio.wait_for(ws.recv(), 15))
+            except TimeoutError:
+                raise AssertionError(f"no {what} within 15 s") from None
+
+        doc = {"op": "subscribe", "channels": [channel], "id": 1}
+        if since is not None:
+            doc["since"] = {channel: since}
+        await sub.send(json.dumps(doc))
+        assert await recv(sub, "subscribe answer") == {"op": "subscribed", "channels": [channel], "id": 1}
         await pub.send(json.dumps({"op": "publish", "channel": channel, "data": {"n": 1}, "id": "p"}))
-        published = json.loads(await asyncio.wait_for(pub.recv(), 10))
-        message = json.loads(await asyncio.wait_for(sub.recv(), 10))
+        published = await recv(pub, "publish answer")
+        message = await recv(sub, f"message after {published}")
         return published, message
