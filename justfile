@@ -10,6 +10,10 @@ serve *FLAGS:
 test *ARGS:
     ./scripts/test {{ARGS}}
 
+# the image built and run with podman, deploy/local/compose.yml up with podman-compose, conntrack vs the million run (root; CI runs it after `test`)
+test-containers *ARGS:
+    ./scripts/test-containers {{ARGS}}
+
 # ruff over the whole repository
 lint:
     .venv/bin/ruff check .
@@ -17,6 +21,10 @@ lint:
 # local stack: millionws + Prometheus + Grafana + NATS (needs a Docker engine)
 deploy-local:
     docker compose -f deploy/local/compose.yml up --build
+
+# the same stack with podman, no registry (stand-in NATS and Prometheus, no Grafana; root): see deploy/PRODUCTION.md
+deploy-local-podman:
+    bash tests/ops/install-podman.sh && "$(bash tests/ops/install-podman-compose.sh)" -f deploy/local/compose.yml -f deploy/local/compose.podman.yml up --build millionws nats prometheus
 
 # validate (pinned Kubernetes version) and lint the Kubernetes manifests, offline
 k8s-validate:

@@ -101,3 +101,18 @@ def test_entrypoint_raises_soft_nofile_to_hard(tmp_path) -> None:
     m = re.search(r"soft=(\S+) hard=(\S+) args=-m millionws serve --port 1", r.stdout)
     assert m, r.stdout
     assert m.group(1) == m.group(2) and m.group(1) != "256"
+
+
+def test_podman_override_names_existing_services_and_builds_on_the_dockerfiles_base() -> None:
+    """compose.podman.yml (no registry here): it only overrides services of compose.yml, its stand-ins build
+    from files that exist, on the same base image as deploy/Dockerfile (the one install-podman.sh builds)."""
+    (override,) = load_yaml_docs(LOCAL / "compose.podman.yml")
+    services = _compose()["services"]
+    assert set(override["services"]) <= set(services)
+    base = re.search(r"^FROM\s+(\S+)", (DEPLOY / "Dockerfile").read_text(), re.M).group(1)
+    for name, svc in override["services"].items():
+        if "build" in svc:
+            assert svc["image"].startswith("localhost/"), f"{name}: a stand-in must not shadow a registry name"
+            containerfile = LOCAL / svc["build"]["context"] / svc["build"]["dockerfile"]
+            assert re.search(r"^FROM\s+(\S+)", containerfile.read_text(), re.M).group(1) == base, name
+    assert "grafana" not in override["services"]
