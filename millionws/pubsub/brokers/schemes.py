@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import nats as nats_broker
+from . import nats_shards
 from . import redis as redis_broker
 from .backend import Backend
 from .base import BridgeSide, BusConfigError, describe, redact, require_libraries
@@ -41,8 +42,15 @@ class Scheme:
     probe: Callable[[str, float], Awaitable[None]]  # connect once, check, close (preflight)
 
 
+def _nats_backend(bridge: BridgeSide) -> Backend:
+    """A stream per channel, or with ``--bus-shards N`` N shard streams (:mod:`nats_shards`)."""
+    if getattr(bridge, "shards", 0):
+        return nats_shards.ShardedNatsBackend(bridge)
+    return nats_broker.NatsBackend(bridge)
+
+
 SCHEMES: dict[str, Scheme] = {
-    "nats://": Scheme(nats_broker.EXTRA, nats_broker.LIBRARIES, nats_broker.NatsBackend, nats_broker.probe),
+    "nats://": Scheme(nats_broker.EXTRA, nats_broker.LIBRARIES, _nats_backend, nats_broker.probe),
     "redis://": Scheme(redis_broker.EXTRA, redis_broker.LIBRARIES, redis_broker.RedisBackend, redis_broker.probe),
 }
 

@@ -37,7 +37,8 @@ def fake_bridge(url: str = "nats://x", spec: str = "", **limits) -> types.Simple
               "backoff_min": DEFAULTS.bus_backoff_min, "backoff_max": DEFAULTS.bus_backoff_max,
               "connect_timeout": DEFAULTS.bus_connect_timeout, "heartbeat": DEFAULTS.bus_heartbeat,
               "live_pending_messages": DEFAULTS.bus_live_pending_messages,
-              "live_pending_bytes": DEFAULTS.bus_live_pending_bytes, "max_json_depth": DEFAULTS.bus_max_json_depth}
+              "live_pending_bytes": DEFAULTS.bus_live_pending_bytes, "max_json_depth": DEFAULTS.bus_max_json_depth,
+              "shards": DEFAULTS.bus_shards}
     assert limits.keys() <= bounds.keys(), limits
     bounds.update(limits)
     return types.SimpleNamespace(emit=events.append, events=events, c=[0] * len(metrics.FIELDS), url=url, error="",
