@@ -198,3 +198,12 @@ def redis_broker(tmp_path: Path) -> Iterator[Broker]:
 def broker(request: pytest.FixtureRequest) -> Broker:
     """Each test that takes it runs once with NATS (JetStream) and once with Redis."""
     return request.getfixturevalue(f"{request.param}_broker")
+
+
+@pytest.fixture(params=["nats", "nats-shards", "redis"])
+def layouts_broker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Broker:
+    """As ``broker``, plus NATS with ``--bus-shards 4`` (the servers started read MILLIONWS_BUS_SHARDS)."""
+    if request.param == "nats-shards":
+        monkeypatch.setenv("MILLIONWS_BUS_SHARDS", "4")
+        return request.getfixturevalue("nats_broker")
+    return request.getfixturevalue(f"{request.param}_broker")

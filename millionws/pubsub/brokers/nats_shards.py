@@ -32,6 +32,13 @@ the stream sequence of the last message this thread passed on, or 0 while the su
 cursor was read, with no reconnect and no slow-consumer loss in between); otherwise the jump is a ``gap``
 ``expired``.
 
+**Backends publish on ``mws.in.<channel>``, through a node.**  A message stored straight on a shard subject
+would start a run (its seq jumps), so backends publish as before on ``mws.in.<channel>``, but now as a request
+(``nats req``, or a JetStream publish, whose PubAck this answer imitates: ``{"stream": "MWS_S<k>", "seq": n}``):
+every worker of every node listens in one queue group (``mws-in``), so exactly one numbers and stores it like
+its own publishes and answers with its seq, or ``{"error": …}`` for what is not one JSON document
+(:meth:`ShardedNatsBackend._inbound`).  A request nobody answers (no node up) is not stored.
+
 **Limits.**  One stream holds many namespaces' channels: its ``max_msgs_per_subject`` and ``max_age`` are the
 largest of the rules (``--channel-options``), and a node cuts what it reads of a channel to the channel's own
 rule (age and count) before replaying it.  ``replay-bytes`` is not kept per channel by the broker: the stream
@@ -48,12 +55,23 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from .base import BridgeSide, BrokerDataError, BusConfigError, Entry, Pending, describe, epoch_of, int_of
+from .base import (
+    BridgeSide,
+    BrokerDataError,
+    BusConfigError,
+    Entry,
+    Pending,
+    _is_document,
+    describe,
+    epoch_of,
+    int_of,
+)
 from .nats import NatsBackend, subject_token
 
 HEADS = 65_536  # channels whose head (stream seq, seq) a publishing thread remembers
 CONFLICT = 10071  # JetStream: wrong last sequence (someone stored on the subject since we read it)
 RETRIES = 32  # conflicts in a row on one channel before the publish is answered with the error
+INBOUND, INBOUND_QUEUE = "mws.in", "mws-in"  # backends' publishes, answered by one worker of one node
 WRONG_SHARDS = "--bus-shards {mine} but the broker's streams are laid out for {theirs} shards (every node must agree)"
 
 
@@ -133,6 +151,34 @@ class ShardedNatsBackend(NatsBackend):
             self.bridge.error = describe(exc)
 
         self.nc._error_cb = on_error
+        await self.nc.subscribe(INBOUND + ".>", queue=INBOUND_QUEUE, cb=self._inbound,
+                                pending_msgs_limit=self.bridge.live_pending_messages,
+                                pending_bytes_limit=self.bridge.live_pending_bytes)
+
+    async def _inbound(self, msg: Any) -> None:
+        """A backend's publish on ``mws.in.<channel>``: numbered and stored here, answered with its seq."""
+        try:
+            token = msg.subject[len(INBOUND) + 1:]
+            channel = _channel_of(token)
+            if channel is None or not _is_document(msg.data, self.max_depth):
+                self._malformed(1, f"a publish on {msg.subject[:80]!r} that is not one JSON document")
+                answer: dict[str, Any] = {"error": {"code": 400, "description": "not one JSON document"}}
+            else:
+                self.counter += 1
+                msg_id = (msg.headers or {}).get("Nats-Msg-Id")
+                pending = Pending(channel, msg.data, time.time(), self.counter, 0)
+                seq = await self._publish_one(pending, f"in-{msg_id}" if msg_id else None)
+                answer = {"stream": shard_names(channel, self.shards)[0], "seq": seq}
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            answer = {"error": {"code": 503, "description": describe(exc)}}
+        if msg.reply:
+            try:
+                await self.nc.publish(msg.reply, json.dumps(answer).encode())
+            except Exception as exc:
+                self.log("inbound", describe(exc), logging.WARNING, "bus %s: a backend's answer not sent: %s",
+                         self.name, describe(exc))
 
     async def ensure_stream(self, channel: str) -> Any:
         return await self.js.stream_info(shard_names(channel, self.shards)[0])
@@ -171,6 +217,9 @@ class ShardedNatsBackend(NatsBackend):
             raise BrokerDataError(f"stream info of the shard of {channel!r} has no valid last_seq")
         self.tails[channel] = (floor, 0, self.generation)
         return floor
+
+    def nothing_stored(self, channel: str, cursor: int) -> bool:
+        return self.tails.get(channel) == (cursor, 0, self.generation)
 
     async def _read(self, channel: str, start: int, count: int) -> list[Any]:
         """Up to ``count`` stored messages of the channel from stream sequence ``start`` (one batched direct get)."""
@@ -301,7 +350,7 @@ class ShardedNatsBackend(NatsBackend):
         await asyncio.gather(*(one_channel(indexes) for indexes in by_channel.values()))
         return results
 
-    async def _publish_one(self, p: Pending) -> int:
+    async def _publish_one(self, p: Pending, msg_id: str | None = None) -> int:
         from nats.js.errors import BadRequestError
 
         _, subject, _ = shard_names(p.channel, self.shards)
@@ -309,7 +358,7 @@ class ShardedNatsBackend(NatsBackend):
             head = self.heads.get(p.channel)
             if head is None:
                 head = await self._head(p.channel) or (0, 0)
-            headers = {"Nats-Msg-Id": f"{self.publisher_id}-{p.n}", "Mws-T0": repr(p.t_wall),
+            headers = {"Nats-Msg-Id": msg_id or f"{self.publisher_id}-{p.n}", "Mws-T0": repr(p.t_wall),
                        "Nats-Expected-Last-Subject-Sequence": str(head[0])}
             if head[0]:
                 headers["Mws-Seq"] = str(head[1] + 1)
@@ -340,6 +389,16 @@ class ShardedNatsBackend(NatsBackend):
             return seq
         raise BadRequestError(code=409, err_code=CONFLICT,
                               description=f"{RETRIES} conflicting publishes in a row on {p.channel!r}")
+
+
+def _channel_of(token: str) -> str | None:
+    """The channel of a subject's tail (:func:`nats.subject_token` undone), or None."""
+    if token.startswith("~"):
+        try:
+            token = bytes.fromhex(token[1:]).decode()
+        except (ValueError, UnicodeDecodeError):
+            return None
+    return token if 0 < len(token) <= 256 else None
 
 
 def _stamp(raw: Any) -> float | None:

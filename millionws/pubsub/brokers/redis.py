@@ -28,6 +28,12 @@ when it subscribes to the channel), so a backend's ``FCALL`` without them gets t
 rule too; the record lasts a day past its last use (:data:`LIMITS_TTL`).  A channel no node
 has touched gets the defaults of the node that loaded the function last (its global flags).
 
+**Idle channels cost nothing.**  Every key of a channel expires: the log and the de-duplication sets
+with the replay window, the sequence, the epoch and the limits :data:`LIMITS_TTL` (a day) after the
+channel's last publish (each publish sets their time to live again).  A channel unused for that long
+starts its sequence again at 1 with a new epoch (what a subscriber and the history API see of that:
+docs/protocol.md, "Across nodes: cost by active channels").
+
 **Epoch.**  When ``INCR`` starts a channel's sequence (it returns 1) the function also sets
 ``mws:{C}:epoch`` (the time and the publisher), so a sequence that starts again (its keys lost) has
 another epoch; a channel sequenced before the function set it gets one at its first history read
@@ -136,8 +142,8 @@ async def probe(url: str, timeout: float) -> None:
         await quietly(r.aclose())
 
 
-# How long a channel's recorded limits outlive their last use (seconds): long enough for a channel whose
-# subscribers wait quietly, short enough that channels of the past do not keep a key each.
+# How long a channel's sequence, epoch and recorded limits outlive its last publish (seconds): long enough
+# for a channel whose subscribers wait quietly, short enough that channels of the past do not keep keys.
 LIMITS_TTL = 86_400
 
 # args: data, [time, publisher, message number, oldest unanswered number, maxlen, ttl]
@@ -178,7 +184,13 @@ local function publish(keys, args)
     if args[5] ~= nil then redis.call('ZREMRANGEBYSCORE', acks, '-inf', '(' .. args[5]) end
   end
   local seq = redis.call('INCR', base .. 'seq')
-  if seq == 1 then redis.call('SET', base .. 'epoch', t .. ' ' .. (args[3] or '')) end
+  local idle = math.max(tonumber(ttl), %(keep)d)
+  redis.call('EXPIRE', base .. 'seq', idle)
+  if seq == 1 then
+    redis.call('SET', base .. 'epoch', t .. ' ' .. (args[3] or ''), 'EX', idle)
+  else
+    redis.call('EXPIRE', base .. 'epoch', idle)
+  end
   redis.call('XADD', base .. 'log', 'MAXLEN', maxlen, '0-' .. seq, 'd', args[1], 't', t)
   redis.call('EXPIRE', base .. 'log', ttl)
   redis.call('PUBLISH', 'mws:live:' .. ch, seq .. ' ' .. t .. ' ' .. args[1])
