@@ -101,3 +101,7 @@ soak *ARGS:
 # the Autobahn testsuite against millionws --compression deflate (compliance/run.sh; all groups 12-25 min)
 compliance cases="*":
     PYTHON=.venv/bin/python compliance/run.sh "{{cases}}"
+
+# many channels across nodes (issue 14 §3): 2 nodes' broker sides, N user channels (one subscriber each) + 1 000 shared, NATS --bus-shards 16 / Redis at 10 000 and 100 000 users, the stream-per-channel layout at 10 000; broker memory, streams/keys, publish latency, delivery, replay, the line to 1 000 000 (~20 min)
+bench-channels users="10000,100000":
+    PATH=.venv/bin:$PATH .venv/bin/python -m benchmarks.channels_scale --users {{users}} --layouts nats-shards,redis,nats --old-at 10000 --json-out benchmarks/results/channels_scale.json
