@@ -9,21 +9,25 @@ Per (layout, N), on a fresh broker (nats-server -js with file store, or redis-se
    the code a node runs, without its WebSockets: the broker sees exactly what two nodes' workers do):
    node A holds the even user channels ``@user:<i>``, node B the odd ones, both hold the 1 000 shared
    channels ``room:<j>`` (a local subscriber each: one live subscription per channel per node).
-2. Node A publishes one message on every user channel and 5 on every shared channel (through the outbox,
-   ``--bus-publish-batch`` 256, like POST /publish): publish latency (command to acknowledgement, p50/p99)
-   and the rate; then each node counts what it was delivered (expected: one per user channel it holds, 5 000
-   shared messages each).
+2. Node A publishes one message on every user channel and 5 on every shared channel, all at once (through the
+   outbox, ``--bus-publish-batch`` 256, like POST /publish): the rate, and the time from command to
+   acknowledgement under that burst (p50/p99, queueing included); then each node counts what it was
+   delivered (expected: one per user channel it holds, 5 000 shared messages each).
 3. Replay: node B answers 1 000 replays ``since`` = the first seq of one of its user channels minus one
    (the stored message back): milliseconds per replay (p50/p99), each checked to hold its message.
-4. The broker: streams (``/jsz``) or keys (``DBSIZE``), its memory (nats-server RSS from /proc and the
-   ``/jsz`` memory + store bytes; Redis ``INFO memory`` used_memory and RSS), after the publishes.
+4. Publish latency: node A publishes 1 000 messages one at a time on user channels (each after the
+   previous one's acknowledgement): p50/p99 from command to acknowledgement.
+5. The broker (measured before step 4): streams (``/jsz``) or keys (``DBSIZE``), its memory (nats-server
+   RSS from /proc and the ``/jsz`` memory + store bytes; Redis ``INFO memory`` used_memory and RSS), empty,
+   after the subscribes and after the publishes.
 
 The extrapolation to 1 000 000 users is the line through the two measured sizes (broker memory, streams/keys,
 subscribe time): cost(N) = a + b N, b from the two points; printed with the points.
 
 ``--layouts``: ``nats-shards`` (``--bus-shards 16``), ``nats`` (a stream per channel, the old layout; only at
-``--old-at`` users: at 100 000 it needs 100 000 streams), ``redis``.  The node processes subscribe with
-``--bus-fetch-batch`` reads in parallel, ``--concurrency`` channels at a time.
+``--old-at`` users: at 100 000 it needs 100 000 streams), ``redis``.  The node processes subscribe
+:data:`CHUNK` channels at a time (users arrive over time; 50 000 syncs at once make the broker's answers
+time out).
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ from typing import Any
 
 SHARED = 1000
 SHARED_MESSAGES = 5
+CHUNK = 1000  # channels subscribed at once by a node (each waits for the previous chunk)
+LATENCY = 1000  # publishes one at a time, each after the previous one's ack
 
 
 def free_port() -> int:
@@ -100,11 +106,12 @@ async def _node(conn: Any, url: str, shards: int, channels: list[str]) -> None:
 
     await until(lambda: any(e[0] == E_STATE and e[1] for e in events), 30)
     t0 = time.monotonic()
-    for ch in channels:
-        bridge.commands.append(("interest", ch, True))
-    backend.commands_ready()
-    await until(lambda: all(s.cursor is not None and s.live is not None and not s.busy
-                            for s in backend.channels.values()))
+    for lo in range(0, len(channels), CHUNK):  # users arrive over time, not all in one loop turn
+        for ch in channels[lo:lo + CHUNK]:
+            bridge.commands.append(("interest", ch, True))
+        backend.commands_ready()
+        await until(lambda: all(s.cursor is not None and s.live is not None and not s.busy
+                                for s in backend.channels.values()))
     conn.send({"subscribed": len(channels), "subscribe_s": time.monotonic() - t0})
     delivered: dict[str, list[int]] = {}
     sent: dict[int, float] = {}
@@ -144,6 +151,18 @@ async def _node(conn: Any, url: str, shards: int, channels: list[str]) -> None:
             errors = sum(1 for a in acks.values() if a[2])
             conn.send({"published": len(acks), "errors": errors, "publish_s": time.monotonic() - t0,
                        "ack_p50_ms": 1000 * lat[len(lat) // 2], "ack_p99_ms": 1000 * lat[int(len(lat) * 0.99)]})
+        elif cmd[0] == "latency":
+            lat = []
+            for ch in cmd[1]:
+                req += 1
+                sent[req] = t0 = time.monotonic()
+                bridge.commands.append(("publish", ch, b'{"n":2}', time.time(), req))
+                backend.commands_ready()
+                await until(lambda r=req: (drain() or True) and r in acks, 30)
+                lat.append(acks[req][0])
+            lat.sort()
+            conn.send({"sequential_publishes": len(lat), "latency_p50_ms": 1000 * lat[len(lat) // 2],
+                       "latency_p99_ms": 1000 * lat[int(len(lat) * 0.99)]})
         elif cmd[0] == "count":
             await asyncio.sleep(cmd[1])
             drain()
@@ -269,6 +288,8 @@ def measure(layout: str, users: int, shards: int) -> dict:
             b.send(("replay", [(ch, seq - 1) for ch, seq in sample]))
             replay = b.recv()
             after = broker.figures()
+            a.send(("latency", [user[(i * 7919) % users] for i in range(LATENCY)]))  # on channels that have a head
+            latency = a.recv()
             for c in pipes:
                 c.send(("stop",))
             for p in procs:
@@ -280,7 +301,7 @@ def measure(layout: str, users: int, shards: int) -> dict:
                     "broker_empty": idle, "broker_subscribed": subscribed, "broker_after_publish": after,
                     "subscribe_s": [r["subscribe_s"] for r in ready], **pub,
                     "delivered": [c["delivered"] for c in counts], "delivered_expected": expected,
-                    "delivered_in_order": all(c["in_order"] for c in counts), **replay}
+                    "delivered_in_order": all(c["in_order"] for c in counts), **replay, **latency}
         finally:
             broker.stop()
 

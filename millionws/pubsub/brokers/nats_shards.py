@@ -123,6 +123,7 @@ class ShardedNatsBackend(NatsBackend):
         await super().connect()
         self.generation += 1
         self.heads.clear()
+        self.tails.clear()  # the cursors are read again (every channel catches up after a connect)
         from nats.js.errors import BadRequestError, Error
 
         for k in range(self.shards):
@@ -150,7 +151,7 @@ class ShardedNatsBackend(NatsBackend):
                 self.generation += 1  # a live message was dropped: no continuity proof from here on
             self.bridge.error = describe(exc)
 
-        self.nc._error_cb = on_error
+        self.nc._error_cb = on_error  # nats-py keeps the callback there; the connect's own one is done with
         await self.nc.subscribe(INBOUND + ".>", queue=INBOUND_QUEUE, cb=self._inbound,
                                 pending_msgs_limit=self.bridge.live_pending_messages,
                                 pending_bytes_limit=self.bridge.live_pending_bytes)
@@ -259,6 +260,7 @@ class ShardedNatsBackend(NatsBackend):
         horizon = time.time() - options.replay_seconds
         while True:
             msgs = await self._read(channel, start, batch)
+            before = start
             top = 0
             for msg in msgs:
                 headers = msg.headers or {}
@@ -277,7 +279,7 @@ class ShardedNatsBackend(NatsBackend):
                 if not self._keep(entries, raw_seq, raw_t, msg.data or b"", first, last):
                     if seq is None or first <= seq <= last:
                         bad += 1
-            if len(msgs) < batch or top >= last:
+            if len(msgs) < batch or top >= last or start == before:  # the end, or no valid stream seq: no progress
                 break
         kept = self._fetched(channel, entries, bad)
         keep = options.replay_max_messages
