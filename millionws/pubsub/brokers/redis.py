@@ -87,6 +87,7 @@ LIBRARIES = ("redis", "redis.asyncio")
 REDIS_TOO_OLD = "Redis >= 7 is needed (millionws sequences with a Redis function, FUNCTION LOAD)"
 CONTROL = "mws:ctl"  # every worker's questions and notices; "mws:ctl:r:<id>" one worker's answers
 _CONTROL = CONTROL.encode()
+POOL = 64  # connections to Redis per worker (commands; the pub/sub connection is one more)
 OLDEST_BATCH = 64  # log entries read at once looking for the oldest one within the replay window
 
 
@@ -105,8 +106,13 @@ async def redis_connect(url: str, timeout: float, heartbeat: float = DEFAULTS.bu
 
     # No retry inside the library: a lost connection must reach Backend.main, which
     # resubscribes and catches up.
-    r = aioredis.Redis.from_url(url, socket_connect_timeout=timeout, socket_keepalive=True,
-                                retry=Retry(NoBackoff(), 0), health_check_interval=heartbeat)
+    # A worker that gets a thousand subscribers of new channels at once brings each up to date in a task of its
+    # own: a blocking pool makes them wait for one of POOL connections (redis-py's default pool refuses the
+    # 101st with MaxConnectionsError, and each refused channel was retried after half a second).
+    pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=POOL, socket_connect_timeout=timeout,
+                                                    socket_keepalive=True, retry=Retry(NoBackoff(), 0),
+                                                    health_check_interval=heartbeat)
+    r = aioredis.Redis.from_pool(pool)
     try:
         try:
             await r.ping()
