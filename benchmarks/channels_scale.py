@@ -69,6 +69,11 @@ def rss_of(pid: int) -> int:
 
 # -- one node: a Backend driven without a reactor ----------------------------------------------------------
 
+DEFAULT_REPLAY = 120.0
+REPLAY_SECONDS = [DEFAULT_REPLAY]  # the nodes' --replay-seconds (--replay-seconds)
+IDLE = [0.0]  # seconds past the window before the idle measurement (--idle; 0: none)
+
+
 def _bridge(url: str, shards: int, events: list) -> Any:
     from millionws import metrics
     from millionws.config import DEFAULTS
@@ -77,7 +82,7 @@ def _bridge(url: str, shards: int, events: list) -> Any:
     commands: list[tuple] = []
     bridge = types.SimpleNamespace(
         url=url, c=[0] * len(metrics.FIELDS), loop=None, closing=False, error="", reconnects=0,
-        namespaces=Namespaces("", ChannelOptions("", DEFAULTS.replay_seconds, DEFAULTS.replay_max_messages,
+        namespaces=Namespaces("", ChannelOptions("", REPLAY_SECONDS[0], DEFAULTS.replay_max_messages,
                                                  DEFAULTS.replay_max_bytes, 0.0)),
         outbox_messages=1_000_000, publish_batch=DEFAULTS.bus_publish_batch, fetch_batch=DEFAULTS.bus_fetch_batch,
         backoff_min=0.1, backoff_max=1.0, connect_timeout=5.0, heartbeat=30.0,
@@ -257,7 +262,7 @@ def measure(layout: str, users: int, shards: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="mws-chscale-") as workdir:
         broker = Broker(kind, workdir)
         try:
-            idle = broker.figures()
+            empty = broker.figures()
             shared = [f"room:{j}" for j in range(SHARED)]
             user = [f"@user:{i}" for i in range(users)]
             ctx = mp.get_context("fork")
@@ -290,6 +295,10 @@ def measure(layout: str, users: int, shards: int) -> dict:
             after = broker.figures()
             a.send(("latency", [user[(i * 7919) % users] for i in range(LATENCY)]))  # on channels that have a head
             latency = a.recv()
+            idle = None
+            if IDLE[0]:  # every channel idle past its window, subscribers still there
+                time.sleep(REPLAY_SECONDS[0] + IDLE[0])
+                idle = broker.figures()
             for c in pipes:
                 c.send(("stop",))
             for p in procs:
@@ -298,7 +307,8 @@ def measure(layout: str, users: int, shards: int) -> dict:
                     p.kill()
             expected = [users // 2 + users % 2 + SHARED * SHARED_MESSAGES, users // 2 + SHARED * SHARED_MESSAGES]
             return {"layout": layout, "users": users, "shared": SHARED, "shards": shards if layout != "nats" else 0,
-                    "broker_empty": idle, "broker_subscribed": subscribed, "broker_after_publish": after,
+                    "broker_empty": empty, "broker_subscribed": subscribed, "broker_after_publish": after,
+                    "broker_idle": idle, "replay_seconds": REPLAY_SECONDS[0],
                     "subscribe_s": [r["subscribe_s"] for r in ready], **pub,
                     "delivered": [c["delivered"] for c in counts], "delivered_expected": expected,
                     "delivered_in_order": all(c["in_order"] for c in counts), **replay, **latency}
@@ -321,8 +331,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--old-at", type=int, default=10000, help="the per-channel-stream layout only at this size")
     ap.add_argument("--shards", type=int, default=16)
     ap.add_argument("--json-out", default="")
+    ap.add_argument("--replay-seconds", type=float, default=DEFAULT_REPLAY, help="the nodes' replay window")
+    ap.add_argument("--idle", type=float, default=0.0,
+                    help="then wait the window + this many seconds and measure the broker again (0: not)")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.users.split(",")]
+    REPLAY_SECONDS[0], IDLE[0] = args.replay_seconds, args.idle
     results = []
     for layout in args.layouts.split(","):
         for users in sizes:
@@ -334,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             results.append(r)
             print(json.dumps({k: v for k, v in r.items() if not isinstance(v, dict)}), flush=True)
             print("  broker after publish:", json.dumps(r["broker_after_publish"]), flush=True)
+            print("  broker idle:", json.dumps(r["broker_idle"]), flush=True)
     summary = {}
     for layout in args.layouts.split(","):
         pts = []
