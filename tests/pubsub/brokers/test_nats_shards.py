@@ -135,3 +135,41 @@ def test_a_node_with_another_shard_count_refuses_to_start(nats_broker, harness):
 
     with pytest.raises(BusConfigError, match="every node must agree"):
         asyncio.run(other())
+
+
+def test_a_backend_publishes_on_mws_in_through_a_node_and_gets_the_seq(nats_broker, harness):
+    """Nothing a backend sends is stored unchecked: one JSON document is numbered like a node's own publish and
+    answered as a PubAck; anything else is answered with an error and stored nowhere."""
+    import json
+
+    import nats
+
+    a, = nodes(harness, nats_broker.url, n=1)
+    a.bridge.interest("feed", True)
+    a.run_until(lambda: a.up() and a.subscribed("feed"), what="subscribed")
+    node_req = a.publish("feed", {"from": "node"})
+    a.run_until(lambda: node_req in a.acks(), what="the node's ack")
+
+    answers: list = []
+
+    async def backend():
+        nc = await nats.connect(nats_broker.url)
+        try:
+            ack = await nc.jetstream().publish("mws.in.feed", b'{"from":"backend"}')  # a JetStream publish works
+            answers.append((ack.stream, ack.seq))
+            bad = await nc.request("mws.in.feed", b"not json", timeout=5)
+            answers.append(json.loads(bad.data))
+        finally:
+            await nc.close()
+
+    import threading
+
+    thread = threading.Thread(target=lambda: asyncio.run(backend()))
+    thread.start()
+    a.run_until(lambda: len(answers) == 2, what="the backend's answers")  # the node's loop answers meanwhile
+    thread.join()
+    first = a.acks()[node_req][0]
+    assert answers[0] == (shard_names("feed", 4)[0], first + 1)
+    assert answers[1]["error"]["code"] == 400
+    a.run_until(lambda: len(a.messages("feed")) == 2, what="both delivered")
+    assert a.messages("feed") == [(first, {"from": "node"}), (first + 1, {"from": "backend"})]
