@@ -147,6 +147,9 @@ OPTIONS: tuple[Option, ...] = (
            "copies of each message the broker holds before a publish is acknowledged: NATS JetStream stream replicas "
            "(a majority acknowledges), Redis primary + replicas confirmed with WAIT; 0: NATS 3 in a cluster else 1, "
            "Redis Sentinel 2, Redis 1 (1..5)"),
+    Option("bus_shards", int, 0,
+           "NATS: 0 keeps a JetStream stream per channel; N > 0 puts every channel on N shard streams (cost by "
+           "active channels, docs/protocol.md); every node of a deployment must use the same value"),
     Option("bus_outbox_messages", int, 100_000,
            "publishes a worker keeps waiting for the broker's answer; past it a publish gets unavailable: outbox full"),
     Option("bus_publish_batch", int, 256, "publishes sent to the broker in one batch; the rest wait for its answer"),
@@ -274,6 +277,7 @@ class Config:
     max_connections_per_ip: int = 0
     bus: str = ""
     bus_replicas: int = 0
+    bus_shards: int = 0
     bus_outbox_messages: int = 100_000
     bus_publish_batch: int = 256
     bus_fetch_batch: int = 256
@@ -331,6 +335,8 @@ class Config:
                      "max_connections_per_ip"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0 (0: off)")
+        if not 0 <= self.bus_shards <= 4096:
+            raise ValueError("bus_shards must be within 0..4096 (0: a stream per channel)")
         namespaces_of(self)  # raises ValueError naming the rule that does not parse
         if self.auth_required and not (self.auth_jwt_secret or self.auth_jwks):
             raise ValueError("auth_required needs auth_jwt_secret or auth_jwks")

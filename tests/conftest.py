@@ -225,3 +225,10 @@ def redis_sentinel(tmp_path: Path) -> Iterator[object]:
         yield sentinel
     finally:
         sentinel.close()
+@pytest.fixture(params=["nats", "nats-shards", "redis"])
+def layouts_broker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Broker:
+    """As ``broker``, plus NATS with ``--bus-shards 4`` (the servers started read MILLIONWS_BUS_SHARDS)."""
+    if request.param == "nats-shards":
+        monkeypatch.setenv("MILLIONWS_BUS_SHARDS", "4")
+        return request.getfixturevalue("nats_broker")
+    return request.getfixturevalue(f"{request.param}_broker")

@@ -100,7 +100,8 @@ class PubSub:
                                  backoff_max=cfg.bus_backoff_max, connect_timeout=cfg.bus_connect_timeout,
                                  heartbeat=cfg.bus_heartbeat, live_pending_messages=cfg.bus_live_pending_messages,
                                  live_pending_bytes=cfg.bus_live_pending_bytes, max_json_depth=cfg.bus_max_json_depth,
-                                 control_max_bytes=cfg.control_max_bytes, replicas=cfg.bus_replicas)
+                                 control_max_bytes=cfg.control_max_bytes, replicas=cfg.bus_replicas,
+                                 shards=cfg.bus_shards)
             self.control.connect_bus(self.hub.remote)
         self.list_max = cfg.presence_list_max
         if ns.any("presence"):  # else no presence state at all

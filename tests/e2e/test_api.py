@@ -21,6 +21,12 @@ from tests.e2e.test_bus import bus_up
 from tests.e2e.test_pubsub import channel_owned_by, open_on_both_workers, subscribed
 from tests.e2e.test_routes import metrics, total
 
+
+@pytest.fixture
+def broker(layouts_broker):
+    """Each test here runs with NATS (a stream per channel; and --bus-shards 4) and with Redis."""
+    return layouts_broker
+
 TIMEOUT = 20
 TOKEN = "backend-credential-0123456789"
 

@@ -16,6 +16,12 @@ from tests.conftest import http_get, wait_for
 from tests.e2e.test_pubsub import messages, open_on_both_workers, recv, subscribed
 from tests.e2e.test_routes import metrics, total
 
+
+@pytest.fixture
+def broker(layouts_broker):
+    """Each test here runs with NATS (a stream per channel; and --bus-shards 4) and with Redis."""
+    return layouts_broker
+
 TIMEOUT = 20
 
 

@@ -280,6 +280,8 @@ class BridgeSide(Protocol):
     # largest control message accepted from the broker.
     control_id: str | None
     control_max_bytes: int
+    # NATS: 0 for a stream per channel (nats), else the number of shard streams (nats_shards).
+    shards: int
 
     def emit(self, event: tuple) -> None: ...
     def take_commands(self) -> list[tuple]: ...

@@ -80,7 +80,8 @@ class Bridge:
                  live_pending_messages: int = DEFAULTS.bus_live_pending_messages,
                  live_pending_bytes: int = DEFAULTS.bus_live_pending_bytes,
                  max_json_depth: int = DEFAULTS.bus_max_json_depth,
-                 control_max_bytes: int = DEFAULTS.control_max_bytes, replicas: int = DEFAULTS.bus_replicas) -> None:
+                 control_max_bytes: int = DEFAULTS.control_max_bytes, replicas: int = DEFAULTS.bus_replicas,
+                 shards: int = DEFAULTS.bus_shards) -> None:
         self.url = url
         self.name = redact(url)
         self.reactor = reactor
@@ -103,6 +104,7 @@ class Bridge:
         self.max_json_depth = max_json_depth
         self.control_max_bytes = control_max_bytes
         self.replicas = replicas
+        self.shards = shards  # NATS: 0 a stream per channel, else that many shard streams (nats_shards)
         self.control_id: str | None = None  # set by the control plane before start: subscribe its subjects
         self.on_control: Callable[[tuple], None] | None = None
         self.backend: Backend = backend_for(self)

@@ -203,9 +203,18 @@ class Delivery(BackendBase):
         bad = sum(1 for entry in entries if entry[2] is None)
         if bad:
             self._malformed(bad, f"stored record(s) of {channel!r} left out of a replay")
+        empty = not entries and self.nothing_stored(channel, cursor)
         for req, since in waiting:
-            self.bridge.emit(self._replay(req, since, cursor, entries))
+            if empty and since == 0:  # the whole window asked for, and it holds nothing: nothing is missing
+                self.bridge.emit((E_REPLAY, req, GAP_NONE, cursor + 1, []))
+            else:
+                self.bridge.emit(self._replay(req, since, cursor, entries))
             state.replays.popleft()  # requests that arrived during the read stay for the next round
+
+    def nothing_stored(self, channel: str, cursor: int) -> bool:
+        """The broker holds nothing of ``channel`` and ``cursor`` is only where its next seq will be above
+        (:mod:`nats_shards`); never with a broker whose sequences start at 1."""
+        return False
 
     @staticmethod
     def _replay(req: int, since: int, cursor: int, entries: list[Entry]) -> tuple:

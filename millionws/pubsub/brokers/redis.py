@@ -29,6 +29,12 @@ when it subscribes to the channel), so a backend's ``FCALL`` without them gets t
 rule too; the record lasts a day past its last use (:data:`LIMITS_TTL`).  A channel no node
 has touched gets the defaults of the node that loaded the function last (its global flags).
 
+**Idle channels cost nothing.**  Every key of a channel expires: the log and the de-duplication sets
+with the replay window, the sequence, the epoch and the limits :data:`LIMITS_TTL` (a day) after the
+channel's last publish (each publish sets their time to live again).  A channel unused for that long
+starts its sequence again at 1 with a new epoch (what a subscriber and the history API see of that:
+docs/protocol.md, "Across nodes: cost by active channels").
+
 **Epoch.**  When ``INCR`` starts a channel's sequence (it returns 1) the function also sets
 ``mws:{C}:epoch`` (the time and the publisher), so a sequence that starts again (its keys lost) has
 another epoch; a channel sequenced before the function set it gets one at its first history read
@@ -99,6 +105,7 @@ LIBRARIES = ("redis", "redis.asyncio")
 REDIS_TOO_OLD = "Redis >= 7 is needed (millionws sequences with a Redis function, FUNCTION LOAD)"
 CONTROL = "mws:ctl"  # every worker's questions and notices; "mws:ctl:r:<id>" one worker's answers
 _CONTROL = CONTROL.encode()
+POOL = 64  # connections to Redis per worker (commands; the pub/sub connection is one more)
 OLDEST_BATCH = 64  # log entries read at once looking for the oldest one within the replay window
 
 
@@ -147,20 +154,28 @@ async def aclose(r: Any) -> None:
 def _client(url: str, timeout: float, heartbeat: float) -> Any:
     import redis.asyncio as aioredis
     from redis.asyncio.retry import Retry
-    from redis.asyncio.sentinel import Sentinel
+    from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
     from redis.backoff import NoBackoff
 
     # No retry inside the library: a lost connection must reach Backend.main, which
     # resubscribes and catches up.
+    # A worker that gets a thousand subscribers of new channels at once brings each up to date in a task of its
+    # own: a blocking pool makes them wait for one of POOL connections (redis-py's default pool refuses the
+    # 101st with MaxConnectionsError, and each refused channel was retried after half a second).
     options: dict[str, Any] = {"socket_connect_timeout": timeout, "socket_keepalive": True,
-                               "retry": Retry(NoBackoff(), 0), "health_check_interval": heartbeat}
+                               "retry": Retry(NoBackoff(), 0), "health_check_interval": heartbeat,
+                               "max_connections": POOL}
     where = sentinel_of(url)
     if where is None:
-        return aioredis.Redis.from_url(url, **options)
+        return aioredis.Redis.from_pool(aioredis.BlockingConnectionPool.from_url(url, **options))
+
+    class SentinelBlockingPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+        """The primary's address from the Sentinels, and waiting for a free connection as above."""
+
     sentinel = Sentinel(where.sentinels, sentinel_kwargs={"socket_timeout": timeout,
                                                           "socket_connect_timeout": timeout})
-    r = sentinel.master_for(where.service, db=where.db, username=where.username, password=where.password,
-                            **options)
+    r = sentinel.master_for(where.service, connection_pool_class=SentinelBlockingPool, db=where.db,
+                            username=where.username, password=where.password, **options)
     r.mws_sentinel = sentinel  # closed with it (aclose)
     return r
 
@@ -208,8 +223,8 @@ async def probe(url: str, timeout: float) -> None:
         await aclose(r)
 
 
-# How long a channel's recorded limits outlive their last use (seconds): long enough for a channel whose
-# subscribers wait quietly, short enough that channels of the past do not keep a key each.
+# How long a channel's sequence, epoch and recorded limits outlive its last publish (seconds): long enough
+# for a channel whose subscribers wait quietly, short enough that channels of the past do not keep keys.
 LIMITS_TTL = 86_400
 
 # args: data, [time, publisher, message number, oldest unanswered number, maxlen, ttl]
@@ -250,7 +265,13 @@ local function publish(keys, args)
     if args[5] ~= nil then redis.call('ZREMRANGEBYSCORE', acks, '-inf', '(' .. args[5]) end
   end
   local seq = redis.call('INCR', base .. 'seq')
-  if seq == 1 then redis.call('SET', base .. 'epoch', t .. ' ' .. (args[3] or '')) end
+  local idle = math.max(tonumber(ttl), %(keep)d)
+  redis.call('EXPIRE', base .. 'seq', idle)
+  if seq == 1 then
+    redis.call('SET', base .. 'epoch', t .. ' ' .. (args[3] or ''), 'EX', idle)
+  else
+    redis.call('EXPIRE', base .. 'epoch', idle)
+  end
   redis.call('XADD', base .. 'log', 'MAXLEN', maxlen, '0-' .. seq, 'd', args[1], 't', t)
   redis.call('EXPIRE', base .. 'log', ttl)
   redis.call('PUBLISH', 'mws:live:' .. ch, seq .. ' ' .. t .. ' ' .. args[1])

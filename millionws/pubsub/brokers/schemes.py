@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import nats as nats_broker
+from . import nats_shards
 from . import redis as redis_broker
 from .backend import Backend
 from .base import BridgeSide, BusConfigError, describe, redact, require_libraries
@@ -43,8 +44,14 @@ class Scheme:
     probe: Callable[[str, float], Awaitable[None]]  # connect once, check, close (preflight)
 
 
-_NATS = Scheme(nats_broker.EXTRA, nats_broker.LIBRARIES, nats_broker.servers_of, nats_broker.NatsBackend,
-               nats_broker.probe)
+def _nats_backend(bridge: BridgeSide) -> Backend:
+    """A stream per channel, or with ``--bus-shards N`` N shard streams (:mod:`nats_shards`)."""
+    if getattr(bridge, "shards", 0):
+        return nats_shards.ShardedNatsBackend(bridge)
+    return nats_broker.NatsBackend(bridge)
+
+
+_NATS = Scheme(nats_broker.EXTRA, nats_broker.LIBRARIES, nats_broker.servers_of, _nats_backend, nats_broker.probe)
 _REDIS = Scheme(redis_broker.EXTRA, redis_broker.LIBRARIES, redis_broker.sentinel_of, redis_broker.RedisBackend,
                 redis_broker.probe)
 SCHEMES: dict[str, Scheme] = {"nats://": _NATS, "redis://": _REDIS, redis_broker.SENTINEL: _REDIS}

@@ -38,7 +38,7 @@ def fake_bridge(url: str = "nats://x", spec: str = "", **limits) -> types.Simple
               "connect_timeout": DEFAULTS.bus_connect_timeout, "heartbeat": DEFAULTS.bus_heartbeat,
               "live_pending_messages": DEFAULTS.bus_live_pending_messages,
               "live_pending_bytes": DEFAULTS.bus_live_pending_bytes, "max_json_depth": DEFAULTS.bus_max_json_depth,
-              "replicas": DEFAULTS.bus_replicas}
+              "replicas": DEFAULTS.bus_replicas, "shards": DEFAULTS.bus_shards}
     assert limits.keys() <= bounds.keys(), limits
     bounds.update(limits)
     return types.SimpleNamespace(emit=events.append, events=events, c=[0] * len(metrics.FIELDS), url=url, error="",

@@ -206,3 +206,28 @@ def test_a_publish_is_not_acknowledged_until_the_replicas_hold_it(redis_broker, 
     r = redis.Redis(port=redis_broker.port)
     assert r.get("mws:{wait}:seq") == b"1"  # stored on the primary once, however often re-sent
     r.close()
+def test_every_key_of_a_channel_expires_so_idle_channels_cost_nothing(redis_broker, harness):
+    """The sequence and epoch too (a day after the last publish), not only the log: a channel of the past keeps
+    no key; one unused that long starts again at 1 with another epoch."""
+    import redis.asyncio as aioredis
+
+    from millionws.pubsub.brokers.redis import LIMITS_TTL
+
+    h = harness(redis_broker.url).start()
+    h.bridge.interest("idle", True)
+    h.run_until(lambda: h.up() and h.subscribed("idle"), what="subscribed")
+    reqs = [h.publish("idle", {"n": i}) for i in range(3)]
+    h.run_until(lambda: all(r in h.acks() for r in reqs), what="acks")
+
+    async def ttls():
+        r = aioredis.Redis.from_url(redis_broker.url)
+        try:
+            keys = sorted(await r.keys("mws:{idle}:*"))
+            return {k.decode().rpartition(":")[2]: await r.ttl(k) for k in keys}
+        finally:
+            await r.aclose()
+
+    found = asyncio.run(ttls())
+    assert {"seq", "epoch", "log", "limits"} <= found.keys()
+    assert all(0 < ttl <= LIMITS_TTL for ttl in found.values()), found  # no key lives forever
+    assert found["seq"] > LIMITS_TTL - 60 and found["epoch"] > LIMITS_TTL - 60
