@@ -10,7 +10,7 @@ serve *FLAGS:
 test *ARGS:
     ./scripts/test {{ARGS}}
 
-# the image built and run with podman, deploy/local/compose.yml up with podman-compose, conntrack vs the million run (root; CI runs it after `test`)
+# the image built and run with podman, deploy/local/compose.yml up with podman-compose, conntrack vs the million run (root; `test` ends with it)
 test-containers *ARGS:
     ./scripts/test-containers {{ARGS}}
 

@@ -1,9 +1,9 @@
 """deploy/Dockerfile built from the checkout with rootful podman and run: health, echo, /pubsub through the
 published port, the unprivileged user, the broker extras, the HEALTHCHECK, SIGTERM draining to exit 0.
 
-Runs in ``just test-containers`` (scripts/test-containers, called by .ci/run after the suite), not in the
-15-minute suite: it installs system packages, builds a base image once (~1.5 min, cached) and the image itself
-(pip from PyPI). Skipped only where podman cannot be installed, with the installer's reason.
+Runs in ``just test-containers`` (scripts/test-containers, which scripts/test runs after the rest of the
+suite), in a pytest run of its own: it installs system packages, builds a base image once (~1.5 min, cached) and
+the image itself (pip from PyPI). Skipped only where podman cannot be installed, with the installer's reason.
 """
 
 from __future__ import annotations
