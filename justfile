@@ -114,6 +114,6 @@ compliance cases="*":
 failover seconds="2":
     rm -f /tmp/millionws-failover.jsonl; for run in 1 2 3; do FAILOVER_SECONDS={{seconds}} FAILOVER_REPORT=/tmp/millionws-failover.jsonl .venv/bin/python -m pytest -q -p no:cacheprovider tests/e2e/test_failover.py || exit 1; done; cat /tmp/millionws-failover.jsonl
 
-# many channels across nodes (issue 14 §3): 2 nodes' broker sides, N user channels (one subscriber each) + 1 000 shared, NATS --bus-shards 16 / Redis at 10 000 and 100 000 users, the stream-per-channel layout at 10 000; broker memory, streams/keys, publish latency, delivery, replay, the line to 1 000 000 (~20 min)
+# many channels across nodes (issue 14 §3): 2 nodes' broker sides, N user channels (one subscriber each) + 1 000 shared, NATS --bus-shards 16 / Redis at 10 000 and 100 000 users, the stream-per-channel layout at 10 000; broker memory, streams/keys, publish latency, delivery, replay, the line to 1 000 000; medians of 3 runs (~15 min)
 bench-channels users="10000,100000":
-    PATH=.venv/bin:$PATH .venv/bin/python -m benchmarks.channels_scale --users {{users}} --layouts nats-shards,redis,nats --old-at 10000 --json-out benchmarks/results/channels_scale.json
+    PATH=.venv/bin:$PATH .venv/bin/python -m benchmarks.channels_scale --users {{users}} --layouts nats-shards,redis,nats --old-at 10000 --runs 3 --json-out benchmarks/results/channels_scale.json

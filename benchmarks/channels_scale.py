@@ -22,7 +22,8 @@ Per (layout, N), on a fresh broker (nats-server -js with file store, or redis-se
    after the subscribes and after the publishes.
 
 The extrapolation to 1 000 000 users is the line through the two measured sizes (broker memory, streams/keys,
-subscribe time): cost(N) = a + b N, b from the two points; printed with the points.
+subscribe time): cost(N) = a + b N, b from the two points; printed with the points.  ``--runs R`` measures
+every (layout, size) R times, the runs outermost; the points are the medians, with their ranges.
 
 ``--layouts``: ``nats-shards`` (``--bus-shards 16``), ``nats`` (a stream per channel, the old layout; only at
 ``--old-at`` users: at 100 000 it needs 100 000 streams), ``redis``.  The node processes subscribe
@@ -39,6 +40,7 @@ import multiprocessing as mp
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -88,7 +90,7 @@ def _bridge(url: str, shards: int, events: list) -> Any:
         backoff_min=0.1, backoff_max=1.0, connect_timeout=5.0, heartbeat=30.0,
         live_pending_messages=DEFAULTS.bus_live_pending_messages, live_pending_bytes=DEFAULTS.bus_live_pending_bytes,
         max_json_depth=DEFAULTS.bus_max_json_depth, control_id=None, control_max_bytes=DEFAULTS.control_max_bytes,
-        shards=shards, emit=events.append, commands=commands)
+        shards=shards, replicas=DEFAULTS.bus_replicas, emit=events.append, commands=commands)
     bridge.take_commands = lambda: [commands.pop(0) for _ in range(len(commands))]
     return bridge
 
@@ -257,13 +259,13 @@ class Broker:
 
 # -- one measurement -------------------------------------------------------------------------------------
 
-def measure(layout: str, users: int, shards: int) -> dict:
+def measure(layout: str, users: int, shards: int, shared_channels: int = SHARED) -> dict:
     kind = "redis" if layout == "redis" else "nats"
     with tempfile.TemporaryDirectory(prefix="mws-chscale-") as workdir:
         broker = Broker(kind, workdir)
         try:
             empty = broker.figures()
-            shared = [f"room:{j}" for j in range(SHARED)]
+            shared = [f"room:{j}" for j in range(shared_channels)]
             user = [f"@user:{i}" for i in range(users)]
             ctx = mp.get_context("fork")
             pipes, procs = [], []
@@ -305,8 +307,9 @@ def measure(layout: str, users: int, shards: int) -> dict:
                 p.join(30)
                 if p.is_alive():
                     p.kill()
-            expected = [users // 2 + users % 2 + SHARED * SHARED_MESSAGES, users // 2 + SHARED * SHARED_MESSAGES]
-            return {"layout": layout, "users": users, "shared": SHARED, "shards": shards if layout != "nats" else 0,
+            per_node = shared_channels * SHARED_MESSAGES
+            expected = [users // 2 + users % 2 + per_node, users // 2 + per_node]
+            return {"layout": layout, "users": users, "shared": shared_channels, "shards": shards if layout != "nats" else 0,
                     "broker_empty": empty, "broker_subscribed": subscribed, "broker_after_publish": after,
                     "broker_idle": idle, "replay_seconds": REPLAY_SECONDS[0],
                     "subscribe_s": [r["subscribe_s"] for r in ready], **pub,
@@ -324,49 +327,72 @@ def extrapolate(points: list[dict], key: str, target: int = 1_000_000) -> float 
     return y1 + slope * (target - x1)
 
 
+# What the summary takes the median of over --runs: broker figures after the publishes and the client side's.
+MEDIANS = ("rss", "count", "mem", "subscribe_s", "rate", "latency_p50_ms", "latency_p99_ms", "replay_p50_ms",
+           "replay_p99_ms")
+
+
+def point(r: dict) -> dict:
+    """The figures of one run that the summary compares across sizes."""
+    after = r["broker_after_publish"]
+    return {"users": r["users"], "rss": after["broker_rss_bytes"],
+            "count": after.get("streams", after.get("keys")) or 0,
+            "mem": after.get("used_memory_bytes", after.get("store_dir_bytes", 0)),
+            "subscribe_s": max(r["subscribe_s"]), "rate": r["published"] / r["publish_s"] if r["publish_s"] else 0,
+            **{k: r[k] for k in MEDIANS[5:]}}
+
+
+def median_point(runs: list[dict]) -> dict:
+    """Per figure, the median over the runs of one (layout, size), and the range it came from."""
+    out: dict[str, Any] = {"users": runs[0]["users"], "runs": len(runs)}
+    for k in MEDIANS:
+        values = sorted(r[k] for r in runs)
+        out[k] = statistics.median(values)
+        out[k + "_range"] = [values[0], values[-1]]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--users", default="10000,100000")
     ap.add_argument("--layouts", default="nats-shards,redis,nats")
     ap.add_argument("--old-at", type=int, default=10000, help="the per-channel-stream layout only at this size")
     ap.add_argument("--shards", type=int, default=16)
+    ap.add_argument("--shared", type=int, default=SHARED, help="shared channels held by both nodes")
+    ap.add_argument("--runs", type=int, default=1, help="each (layout, size) this many times; the summary: medians")
     ap.add_argument("--json-out", default="")
     ap.add_argument("--replay-seconds", type=float, default=DEFAULT_REPLAY, help="the nodes' replay window")
     ap.add_argument("--idle", type=float, default=0.0,
                     help="then wait the window + this many seconds and measure the broker again (0: not)")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in args.users.split(",")]
+    layouts = args.layouts.split(",")
     REPLAY_SECONDS[0], IDLE[0] = args.replay_seconds, args.idle
     results = []
-    for layout in args.layouts.split(","):
-        for users in sizes:
-            if layout == "nats" and users != args.old_at:
-                continue
-            t0 = time.monotonic()
-            r = measure(layout, users, args.shards)
-            r["wall_s"] = time.monotonic() - t0
-            results.append(r)
-            print(json.dumps({k: v for k, v in r.items() if not isinstance(v, dict)}), flush=True)
-            print("  broker after publish:", json.dumps(r["broker_after_publish"]), flush=True)
-            print("  broker idle:", json.dumps(r["broker_idle"]), flush=True)
+    for run in range(1, args.runs + 1):  # runs outermost: a slow minute of the machine spreads over layouts
+        for layout in layouts:
+            for users in sizes:
+                if layout == "nats" and users != args.old_at:
+                    continue
+                t0 = time.monotonic()
+                r = measure(layout, users, args.shards, args.shared)
+                r["wall_s"] = time.monotonic() - t0
+                r["run"] = run
+                results.append(r)
+                print(json.dumps({k: v for k, v in r.items() if not isinstance(v, dict)}), flush=True)
+                print("  broker after publish:", json.dumps(r["broker_after_publish"]), flush=True)
+                print("  broker idle:", json.dumps(r["broker_idle"]), flush=True)
     summary = {}
-    for layout in args.layouts.split(","):
-        pts = []
-        for r in results:
-            if r["layout"] != layout:
-                continue
-            after = r["broker_after_publish"]
-            pts.append({"users": r["users"], "rss": after["broker_rss_bytes"],
-                        "count": after.get("streams", after.get("keys")) or 0,
-                        "mem": after.get("used_memory_bytes", after.get("store_dir_bytes", 0)),
-                        "subscribe_s": max(r["subscribe_s"])})
+    for layout in layouts:
+        pts = [median_point([point(r) for r in results if r["layout"] == layout and r["users"] == users])
+               for users in sizes if any(r["layout"] == layout and r["users"] == users for r in results)]
         summary[layout] = {"points": pts, "at_1000000": {k: extrapolate(pts, k) for k in ("rss", "count", "mem",
                                                                                            "subscribe_s")}}
     print(json.dumps(summary, indent=1))
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump({"machine": os.uname().nodename, "cpus": os.cpu_count(), "command": " ".join(sys.argv),
-                       "results": results, "extrapolation": summary}, f, indent=1)
+                       "runs": args.runs, "results": results, "extrapolation": summary}, f, indent=1)
     return 0
 
 

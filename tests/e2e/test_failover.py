@@ -31,6 +31,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from millionws.pubsub.brokers.nats import nats_names
+from millionws.pubsub.brokers.nats_shards import shard_names
 from tests.conftest import wait_for
 from tests.e2e.test_pubsub import open_on_both_workers, recv
 from tests.e2e.test_routes import metrics, total
@@ -160,20 +161,22 @@ async def storm(servers: list, steps, report: dict) -> None:
         await asyncio.to_thread(thread.join, 90)
     n = len(backend.acks)
     assert not backend.unknown, backend.unknown[:5]
-    assert [ack[:2] for ack in backend.acks] == [(i, i + 1) for i in range(n)]  # each ack: the next seq
+    # Each ack: the next seq. A channel's first seq is 1, or with --bus-shards its first stream sequence.
+    first = backend.acks[0][1] if backend.acks else 1
+    assert [ack[:2] for ack in backend.acks] == [(i, first + i) for i in range(n)]
 
     def delivered() -> bool:
         return all(len(got) >= n for got in subs.got)
     try:
         await asyncio.to_thread(wait_for, delivered, 30, 0.05, "every acknowledged publish at every subscriber")
     except AssertionError:
-        missing = [next((k + 1 for k, m in enumerate(got) if m[0] != k + 1), None) for got in subs.got]
+        missing = [next((first + k for k, m in enumerate(got) if m[0] != first + k), None) for got in subs.got]
         raise AssertionError(f"{n} acknowledged; received per subscriber: {[len(got) for got in subs.got]}, last "
                              f"seqs {[got[-1][0] if got else None for got in subs.got]}, other {subs.other[:3]}, "
                              f"first missing {missing}") from None
     await asyncio.sleep(0.5)  # anything delivered twice or beyond would arrive now
     for got in subs.got:
-        assert [(seq, i) for seq, i, _ in got] == [(i + 1, i) for i in range(n)]  # none lost, none twice, in order
+        assert [(seq, i) for seq, i, _ in got] == [(first + i, i) for i in range(n)]  # none lost or twice, in order
     assert not subs.other, subs.other[:5]
     report.update(publishes=n, subscribers=len(subs.got), losses=0, duplicates=0, retried_503=backend.unavailable,
                   recoveries=[recovery(kill, backend, subs) for kill in kills])
@@ -194,27 +197,27 @@ def traffic(backend: Backend, since: float, count: int = 0) -> None:
     time.sleep(SECONDS)
 
 
-def nodes(start_server, url: str) -> list:
+def nodes(start_server, url: str, *flags: str) -> list:
     # The replay window must hold what is published while a worker reconnects (its backoff reaches
     # --bus-backoff-max, 5 s, during a failover): with the default 1000 messages, a worker back 3 s after the
     # others at ~300 publishes/s found its next message trimmed (gap expired), measured.
     servers = [start_server("--bus", url, "--publish-timeout", "30", "--close-timeout", "2",
-                            "--replay-max-messages", "100000", workers=2)
+                            "--replay-max-messages", "100000", *flags, workers=2)
                for _ in range(2)]
     for server in servers:
         wait_for(lambda server=server: bus_up(server), 30, what="bus up on every worker")
     return servers
 
 
-def stream_leader(cluster) -> str:
-    """The server name leading the channel's stream (JetStream API, through any live server)."""
+def stream_leader(cluster, stream: str) -> str:
+    """The server name leading ``stream`` (JetStream API, through any live server)."""
     import nats
 
     async def ask() -> str:
         nc = await nats.connect(servers=[f"nats://127.0.0.1:{p}" for i, p in enumerate(cluster.ports)
                                          if cluster.alive(i)], connect_timeout=2)
         try:
-            info = await nc.jetstream(timeout=2).stream_info(nats_names(CHANNEL)[0])
+            info = await nc.jetstream(timeout=2).stream_info(stream)
         finally:
             await nc.close()
         replicas = info.cluster.replicas or []
@@ -225,24 +228,37 @@ def stream_leader(cluster) -> str:
     return asyncio.run(ask())
 
 
-def test_nats_cluster_loses_two_servers_in_turn_under_load(start_server, nats_cluster):
+SHARDS = 4
+
+
+@pytest.mark.parametrize("layout", ["streams", "shards"])
+def test_nats_cluster_loses_two_servers_in_turn_under_load(start_server, nats_cluster, layout):
+    """A stream per channel (the default), and the shard streams of ``--bus-shards``: there a node numbers
+    each message, so a PubAck lost with its leader must not make the resend a second message."""
     cluster = nats_cluster
-    servers = nodes(start_server, cluster.url)
+    if layout == "shards":
+        servers = nodes(start_server, cluster.url, "--bus-shards", str(SHARDS))
+        stream = shard_names(CHANNEL, SHARDS)[0]
+    else:
+        servers = nodes(start_server, cluster.url)
+        stream = nats_names(CHANNEL)[0]
 
     def steps(backend: Backend) -> list[Kill]:
         kills = []
         traffic(backend, 0, 50)
         for _ in range(2):  # the stream's leader; once it is back and current, the new leader
-            leader = cluster.index_of(wait_for(lambda: stream_leader(cluster), 30, 0.1, what="stream in sync"))
+            leader = cluster.index_of(wait_for(lambda: stream_leader(cluster, stream), 30, 0.1,
+                                               what="stream in sync"))
             before = len(backend.acks)
             kills.append(Kill(f"nats n{leader} (stream leader)", cluster.kill(leader), before))
             traffic(backend, kills[-1].t, 50)
             cluster.start(leader)
             cluster.wait_healthy(leader)
-        wait_for(lambda: stream_leader(cluster), 30, 0.1, what="stream in sync")
+        wait_for(lambda: stream_leader(cluster, stream), 30, 0.1, what="stream in sync")
         return kills
 
-    report = {"broker": "nats cluster of 3, stream replicas 3", "nodes": "2 millionws x 2 workers"}
+    shape = f"{SHARDS} shard streams" if layout == "shards" else "a stream per channel"
+    report = {"broker": f"nats cluster of 3, stream replicas 3, {shape}", "nodes": "2 millionws x 2 workers"}
     asyncio.run(storm(servers, steps, report))
     record(report)
 
