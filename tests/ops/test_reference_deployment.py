@@ -295,6 +295,8 @@ def check_bus_is_nats_and_reachable(ref: Reference) -> None:
     assert hosts == {f"{name}-{k}" for k in range(servers)}, f"MILLIONWS_BUS lists {sorted(hosts)}, not every server"
     replicas = int(ref.value("MILLIONWS_BUS_REPLICAS"))
     assert replicas == 3 <= servers, "JetStream streams with 3 replicas: one server lost loses no acknowledged publish"
+    shards = int(ref.value("MILLIONWS_BUS_SHARDS"))
+    assert 1 <= shards <= 4096, "--bus-shards: a stream per channel holds a million users' channels for ever"
 
 
 def check_nats_is_a_jetstream_cluster_on_disk(ref: Reference) -> None:
@@ -512,6 +514,8 @@ MUTATIONS: list[tuple[str, Callable[[Reference], None], Callable[[Reference], No
         _set_env("MILLIONWS_BUS", "nats://nats-0.nats-headless.nats.svc:4222"),
     ),
     ("bus replicas 1", check_bus_is_nats_and_reachable, _set_env("MILLIONWS_BUS_REPLICAS", "1")),
+    ("bus shards unset", check_bus_is_nats_and_reachable, _set_env("MILLIONWS_BUS_SHARDS", None)),
+    ("bus shards 0", check_bus_is_nats_and_reachable, _set_env("MILLIONWS_BUS_SHARDS", "0")),
     (
         "bus port closed",
         check_bus_is_nats_and_reachable,
