@@ -60,7 +60,7 @@ def test_check_config_of_nothing_is_ok_and_empty():
     (["--auth-jwks", "/nonexistent/jwks.json"], {}, "auth_jwks: cannot read /nonexistent/jwks.json"),
     (["--tls-cert", "/nonexistent/c.pem", "--tls-key", "/nonexistent/k.pem"], {},
      "--tls-cert/--tls-key: cannot load /nonexistent/c.pem"),
-    (["--bus", "amqp://x:1"], {}, "bus must be nats://host:port or redis://host:port"),
+    (["--bus", "amqp://x:1"], {}, "bus must be nats://host:port[,...], redis://host:port or redis+sentinel://"),
 ])  # fmt: skip
 def test_check_config_refuses_what_serve_refuses(args, env, reason):
     checked = run("check-config", *args, env=env)
