@@ -309,7 +309,8 @@ def measure(layout: str, users: int, shards: int, shared_channels: int = SHARED)
                     p.kill()
             per_node = shared_channels * SHARED_MESSAGES
             expected = [users // 2 + users % 2 + per_node, users // 2 + per_node]
-            return {"layout": layout, "users": users, "shared": shared_channels, "shards": shards if layout != "nats" else 0,
+            return {"layout": layout, "users": users, "shared": shared_channels,
+                    "shards": shards if layout != "nats" else 0,
                     "broker_empty": empty, "broker_subscribed": subscribed, "broker_after_publish": after,
                     "broker_idle": idle, "replay_seconds": REPLAY_SECONDS[0],
                     "subscribe_s": [r["subscribe_s"] for r in ready], **pub,
