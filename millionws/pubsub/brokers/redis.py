@@ -60,9 +60,10 @@ already has ``mws_publish``; the connect loads it again anyway.  Replication is 
 is acknowledged only once ``--bus-replicas`` - 1 replicas hold it too (``WAIT``, bounded by
 ``--bus-connect-timeout``; with Sentinel the default is 2 copies, the primary and one replica), else it
 is sent again (stored once) until they do or the publish times out: an acknowledged publish survives
-the loss of the primary.  What is left: the function publishes live before the replicas confirm, so a
-message a primary delivered and then lost unreplicated can reach subscribers and be numbered again
-by the new primary (a window of one replication round trip).
+the loss of the primary.  Until they confirm, the message is not published live either (``mws_publish``
+with *hold*; ``mws_release`` publishes it from the log afterwards, :meth:`RedisBackend._release`): no
+subscriber sees a message that a dying primary could lose unreplicated and the promoted replica would
+number again.  A backend's own ``FCALL mws_publish`` (no *hold*) is live at once, as on a lone Redis.
 
 **Liveness.**  The client does not retry or reconnect by itself (the thread's own loop
 does, :mod:`backend`).  A black-holed Redis is noticed by a heartbeat: every ``--bus-heartbeat``
@@ -227,7 +228,9 @@ async def probe(url: str, timeout: float) -> None:
 # for a channel whose subscribers wait quietly, short enough that channels of the past do not keep keys.
 LIMITS_TTL = 86_400
 
-# args: data, [time, publisher, message number, oldest unanswered number, maxlen, ttl]
+# mws_publish args: data, [time, publisher, message number, oldest unanswered number, maxlen, ttl, hold]
+#   hold '1': stored, not published live (a node behind replicas releases it once WAIT confirms)
+# mws_release args: seq (publishes live what the log holds under it; 0 when the log no longer does)
 REDIS_FUNCTION = """#!lua name=millionws
 local function publish(keys, args)
   local ch = keys[1]
@@ -274,7 +277,9 @@ local function publish(keys, args)
   end
   redis.call('XADD', base .. 'log', 'MAXLEN', maxlen, '0-' .. seq, 'd', args[1], 't', t)
   redis.call('EXPIRE', base .. 'log', ttl)
-  redis.call('PUBLISH', 'mws:live:' .. ch, seq .. ' ' .. t .. ' ' .. args[1])
+  if args[8] ~= '1' then
+    redis.call('PUBLISH', 'mws:live:' .. ch, seq .. ' ' .. t .. ' ' .. args[1])
+  end
   if acks ~= nil then
     redis.call('ZADD', acks, args[4], seq)
     redis.call('EXPIRE', acks, ttl)
@@ -282,6 +287,23 @@ local function publish(keys, args)
   return seq
 end
 redis.register_function('mws_publish', publish)
+
+local function release(keys, args)
+  local ch, seq = keys[1], args[1]
+  if seq == nil or not string.match(seq, '^%%d+$') then
+    return redis.error_reply('mws_release: seq is an integer')
+  end
+  local entry = redis.call('XRANGE', 'mws:{' .. ch .. '}:log', '0-' .. seq, '0-' .. seq)[1]
+  if entry == nil then return 0 end
+  local d, t
+  for i = 1, #entry[2], 2 do
+    if entry[2][i] == 'd' then d = entry[2][i + 1] elseif entry[2][i] == 't' then t = entry[2][i + 1] end
+  end
+  if d == nil or t == nil then return 0 end
+  redis.call('PUBLISH', 'mws:live:' .. ch, seq .. ' ' .. t .. ' ' .. d)
+  return 1
+end
+redis.register_function('mws_release', release)
 """
 
 
@@ -496,9 +518,10 @@ class RedisBackend(Backend):
         pid = self.publisher_id
         floor = batch[0].n  # everything older is answered: the function may forget it
         of = self.bridge.namespaces.of
+        hold = ("1",) if self.wait_replicas else ()  # behind replicas: live only once they hold it
         for p in batch:
             maxlen, ttl = stream_limits(of(p.channel))
-            pipe.fcall("mws_publish", 1, p.channel, p.data, repr(p.t_wall), pid, p.n, floor, maxlen, ttl)
+            pipe.fcall("mws_publish", 1, p.channel, p.data, repr(p.t_wall), pid, p.n, floor, maxlen, ttl, *hold)
         if self.wait_replicas:
             pipe.execute_command("WAIT", self.wait_replicas, max(1, int(self.bridge.connect_timeout * 1000)))
         replies = await pipe.execute(raise_on_error=False)
@@ -510,6 +533,26 @@ class RedisBackend(Backend):
                 lost = NotReplicated(f"{copied!r} of {self.wait_replicas} replicas confirmed within "
                                      f"{self.bridge.connect_timeout:g} s")
                 replies = [lost if isinstance(reply, int) else reply for reply in replies]
+            else:
+                await self._release(batch, replies)
         if any(isinstance(reply, ResponseError) and "function not found" in str(reply).lower() for reply in replies):
             await self._load_function(self.r)  # flushed by someone: the retry will find it
         return [reply if isinstance(reply, BaseException) else (int_of(reply, 0) or 0) for reply in replies]
+
+    async def _release(self, batch: list[Pending], replies: list[Any]) -> None:
+        """Publish live what the replicas now hold (``mws_release``), in the batch's order.
+
+        Held until then so that no subscriber sees a message the primary could lose with itself and a
+        promoted replica would number again.  A release that fails leaves its publish unacknowledged: the
+        retry finds it stored (same seq), waits for the replicas and releases it again; a subscriber that got
+        both drops the second (same seq).  Two nodes' releases of one channel may cross: the later seq first
+        is a gap to the subscriber's worker, which reads the log (the earlier one is then a duplicate)."""
+        stored = [i for i, reply in enumerate(replies) if isinstance(reply, int) and reply > 0]
+        if not stored:
+            return
+        pipe = self.r.pipeline(transaction=False)
+        for i in stored:
+            pipe.fcall("mws_release", 1, batch[i].channel, replies[i])
+        for i, answer in zip(stored, await pipe.execute(raise_on_error=False), strict=True):
+            if isinstance(answer, BaseException):
+                replies[i] = answer

@@ -193,9 +193,12 @@ def test_a_node_records_a_channels_limits_when_it_subscribes(redis_broker, harne
 
 def test_a_publish_is_not_acknowledged_until_the_replicas_hold_it(redis_broker, harness):
     """--bus-replicas 2 on a Redis without replicas: WAIT never confirms, so no ack (and no refusal) comes; the
-    publish stays in the outbox, re-sent and stored once, until a replica holds it or the worker times it out."""
+    publish stays in the outbox, re-sent and stored once, until a replica holds it or the worker times it out.
+    Nor is it live meanwhile: a primary that died now would take it along, and its successor number another
+    message the same."""
     h = harness(redis_broker.url, replicas=2, connect_timeout=0.2).start()
-    h.run_until(h.up, what="bus up")
+    h.bridge.interest("wait", True)
+    h.run_until(lambda: h.up() and h.subscribed("wait"), what="bus up, subscribed")
     req = h.publish("wait", {"x": 1})
     deadline = time.monotonic() + 1.5  # several WAIT rounds of 0.2 s
     while time.monotonic() < deadline:
@@ -203,8 +206,29 @@ def test_a_publish_is_not_acknowledged_until_the_replicas_hold_it(redis_broker, 
         assert req not in h.acks()
         time.sleep(0.05)
     assert h.c[F["bus_outbox"]] == 1
+    assert h.messages("wait") == []
     r = redis.Redis(port=redis_broker.port)
     assert r.get("mws:{wait}:seq") == b"1"  # stored on the primary once, however often re-sent
+    r.close()
+
+
+def test_a_held_message_is_released_live_from_the_log(redis_broker, harness):
+    """mws_publish with hold stores without publishing; mws_release publishes what the log holds under a seq,
+    as mws_publish would have (same seq, time and data); a seq the log no longer holds releases nothing."""
+    h = harness(redis_broker.url).start()
+    h.bridge.interest("held", True)
+    h.run_until(lambda: h.up() and h.subscribed("held"), what="subscribed")
+    r = redis.Redis(port=redis_broker.port)
+    seq = r.fcall("mws_publish", 1, "held", b'{"n":1}', "", "", "", "", "", "", "1")
+    h.run_until(lambda: True)
+    time.sleep(0.2)
+    h.run_until(lambda: True)
+    assert seq == 1 and h.messages("held") == []
+    assert r.fcall("mws_release", 1, "held", 1) == 1
+    h.run_until(lambda: h.messages("held") == [(1, {"n": 1})], what="the released message")
+    assert r.fcall("mws_release", 1, "held", 7) == 0  # never stored
+    with pytest.raises(ResponseError, match="seq is an integer"):
+        r.fcall("mws_release", 1, "held", "1 2")
     r.close()
 def test_every_key_of_a_channel_expires_so_idle_channels_cost_nothing(redis_broker, harness):
     """The sequence and epoch too (a day after the last publish), not only the log: a channel of the past keeps
