@@ -147,9 +147,10 @@ OPTIONS: tuple[Option, ...] = (
            "copies of each message the broker holds before a publish is acknowledged: NATS JetStream stream replicas "
            "(a majority acknowledges), Redis primary + replicas confirmed with WAIT; 0: NATS 3 in a cluster else 1, "
            "Redis Sentinel 2, Redis 1 (1..5)"),
-    Option("bus_shards", int, 0,
-           "NATS: 0 keeps a JetStream stream per channel; N > 0 puts every channel on N shard streams (cost by "
-           "active channels, docs/protocol.md); every node of a deployment must use the same value"),
+    Option("bus_shards", int, 16,
+           "NATS: every channel on N JetStream shard streams, so the broker's cost follows active channels "
+           "(docs/protocol.md); 0: a stream per channel (every channel ever used keeps one); every node of a "
+           "deployment must use the same value"),
     Option("bus_outbox_messages", int, 100_000,
            "publishes a worker keeps waiting for the broker's answer; past it a publish gets unavailable: outbox full"),
     Option("bus_publish_batch", int, 256, "publishes sent to the broker in one batch; the rest wait for its answer"),
@@ -277,7 +278,7 @@ class Config:
     max_connections_per_ip: int = 0
     bus: str = ""
     bus_replicas: int = 0
-    bus_shards: int = 0
+    bus_shards: int = 16
     bus_outbox_messages: int = 100_000
     bus_publish_batch: int = 256
     bus_fetch_batch: int = 256

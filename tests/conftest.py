@@ -200,11 +200,12 @@ def broker(request: pytest.FixtureRequest) -> Broker:
     return request.getfixturevalue(f"{request.param}_broker")
 
 
-@pytest.fixture(params=["nats", "nats-shards", "redis"])
+@pytest.fixture(params=["nats", "nats-streams", "redis"])
 def layouts_broker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Broker:
-    """As ``broker``, plus NATS with ``--bus-shards 4`` (the servers started read MILLIONWS_BUS_SHARDS)."""
-    if request.param == "nats-shards":
-        monkeypatch.setenv("MILLIONWS_BUS_SHARDS", "4")
+    """As ``broker``, plus NATS with a stream per channel (``--bus-shards 0``; ``nats`` is the default, 16
+    shard streams): the servers the test starts read MILLIONWS_BUS_SHARDS."""
+    if request.param == "nats-streams":
+        monkeypatch.setenv("MILLIONWS_BUS_SHARDS", "0")
         return request.getfixturevalue("nats_broker")
     return request.getfixturevalue(f"{request.param}_broker")
 

@@ -89,7 +89,8 @@ def check_bus(cfg: Config, probe: bool) -> str | None:
         if not probe:
             require(cfg.bus)
             return None
-        return preflight(cfg.bus, cfg.bus_connect_timeout)  # the time a connection may take, as the bridge's
+        # The time a connection may take, as the bridge's.
+        return preflight(cfg.bus, cfg.bus_connect_timeout, cfg.bus_shards)
     except BusConfigError as exc:
         raise StartupError(str(exc)) from None
 

@@ -24,7 +24,7 @@ from tests.e2e.test_routes import metrics, total
 
 @pytest.fixture
 def broker(layouts_broker):
-    """Each test here runs with NATS (a stream per channel; and --bus-shards 4) and with Redis."""
+    """Each test here runs with NATS (16 shard streams, the default; and a stream per channel) and with Redis."""
     return layouts_broker
 
 TIMEOUT = 20

@@ -305,7 +305,7 @@ class Channel:
 class Pending:
     """One publish in the outbox (:mod:`outbox`)."""
 
-    __slots__ = ("channel", "data", "t_wall", "n", "req", "sent", "refusals")
+    __slots__ = ("channel", "data", "t_wall", "n", "req", "sent", "refusals", "unknown")
 
     def __init__(self, channel: str, data: bytes, t_wall: float, n: int, req: int) -> None:
         self.channel = channel
@@ -315,6 +315,7 @@ class Pending:
         self.req = req
         self.sent = False
         self.refusals = 0
+        self.unknown = False  # an attempt went unanswered: it may be stored, so never answered "unavailable"
 
 
 class BackendBase(abc.ABC):

@@ -158,10 +158,51 @@ async def nats_connect(url: str, timeout: float, **options: Any) -> Any:
     return nc
 
 
-async def probe(url: str, timeout: float) -> None:
-    """What :func:`schemes.preflight` checks of a NATS server: it answers and has JetStream."""
+# The layouts (--bus-shards 0: a stream per channel capturing mws.in.<token>; N: shard streams capturing
+# mws.s.<k>.>) share no streams: a node of one layout beside streams of the other would split the channels.
+OTHER_LAYOUT = ("--bus-shards {mine}: this NATS holds {theirs} (stream {stream}), made by nodes of the other layout; "
+                "every node must use one layout: set --bus-shards to theirs, or stop every node and delete those "
+                "streams to switch (their sequences and replay windows are lost)")
+
+
+WRONG_SHARDS = "--bus-shards {mine} but the broker's streams are laid out for {theirs} shards (every node must agree)"
+
+
+def shards_of(description: str | None) -> str:
+    """How many shards a shard stream says it is one of (its description ``millionws shard k of N``)."""
+    return (description or "").rpartition(" of ")[2] or "?"
+
+
+async def check_layout(js: Any, shards: int) -> None:
+    """BusConfigError when the broker holds streams of another layout than ``shards`` asks for: the other
+    one, or shard streams cut for another number of shards."""
+    from nats.js.errors import NotFoundError
+
+    subject, theirs = (("mws.in.>", "a stream per channel (--bus-shards 0)") if shards
+                       else ("mws.s.>", "shard streams (--bus-shards N)"))
+    try:
+        stream = await js.find_stream_name_by_subject(subject)
+    except NotFoundError:
+        pass
+    else:
+        raise BusConfigError(OTHER_LAYOUT.format(mine=shards, theirs=theirs, stream=stream))
+    if shards:
+        try:
+            info = await js.stream_info("MWS_S0")
+        except NotFoundError:
+            return
+        if shards_of(info.config.description) != str(shards):
+            raise BusConfigError(WRONG_SHARDS.format(mine=shards, theirs=shards_of(info.config.description)))
+
+
+async def probe(url: str, timeout: float, shards: int = 0) -> None:
+    """What :func:`schemes.preflight` checks of a NATS server: it answers, has JetStream and holds no
+    streams of the other layout (:func:`check_layout`)."""
     nc = await nats_connect(url, timeout, error_cb=_ignore)
-    await quietly(nc.close())
+    try:
+        await check_layout(nc.jetstream(timeout=timeout), shards)
+    finally:
+        await quietly(nc.close())
 
 
 async def _ignore(_exc: Exception) -> None:
@@ -194,6 +235,7 @@ class NatsBackend(Backend):
         self.js = self.nc.jetstream(timeout=5)
         self.replicas = self.replicas_for(getattr(self.nc, "_server_info", None) or {})
         self.streams.clear()
+        await check_layout(self.js, self.bridge.shards)
 
     def replicas_for(self, server_info: dict[str, Any]) -> int:
         """``--bus-replicas``, or with 0: 3 on a server that belongs to a cluster, else 1.

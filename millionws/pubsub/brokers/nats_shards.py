@@ -66,13 +66,12 @@ from .base import (
     epoch_of,
     int_of,
 )
-from .nats import NatsBackend, subject_token
+from .nats import WRONG_SHARDS, NatsBackend, shards_of, subject_token
 
 HEADS = 65_536  # channels whose head (stream seq, seq) a publishing thread remembers
 CONFLICT = 10071  # JetStream: wrong last sequence (someone stored on the subject since we read it)
 RETRIES = 32  # conflicts in a row on one channel before the publish is answered with the error
 INBOUND, INBOUND_QUEUE = "mws.in", "mws-in"  # backends' publishes, answered by one worker of one node
-WRONG_SHARDS = "--bus-shards {mine} but the broker's streams are laid out for {theirs} shards (every node must agree)"
 
 
 def shard_of(channel: str, shards: int) -> int:
@@ -133,9 +132,9 @@ class ShardedNatsBackend(NatsBackend):
                 info = await self.js.add_stream(config)
             except BadRequestError:
                 info = await self.js.stream_info(config.name)
-                theirs = (info.config.description or "").rpartition(" of ")[2]
-                if theirs != str(self.shards):
-                    raise BusConfigError(WRONG_SHARDS.format(mine=self.shards, theirs=theirs or "?")) from None
+                if shards_of(info.config.description) != str(self.shards):
+                    raise BusConfigError(WRONG_SHARDS.format(mine=self.shards,
+                                                             theirs=shards_of(info.config.description))) from None
                 try:
                     info = await self.js.update_stream(config)
                 except Error as exc:
@@ -186,19 +185,20 @@ class ShardedNatsBackend(NatsBackend):
         return await self.js.stream_info(shard_names(channel, self.shards)[0])
 
     # -- reading -------------------------------------------------------------------------------
-    async def _last(self, channel: str) -> Any:
-        """The channel's last stored message, or None."""
+    async def _last(self, channel: str, direct: bool = True) -> Any:
+        """The channel's last stored message, or None.  ``direct``: answered by any replica, which may lag
+        (cheap, spreads the reads); else by the stream's leader."""
         from nats.js.errors import NotFoundError
 
         stream, subject, _ = shard_names(channel, self.shards)
         try:
-            return await self.js.get_msg(stream, subject=subject, direct=True)
+            return await self.js.get_msg(stream, subject=subject, direct=direct)
         except NotFoundError:
             return None
 
-    async def _head(self, channel: str) -> tuple[int, int] | None:
+    async def _head(self, channel: str, direct: bool = True) -> tuple[int, int] | None:
         """(stream seq, seq) of the channel's last stored message, or None; checked."""
-        msg = await self._last(channel)
+        msg = await self._last(channel, direct)
         if msg is None:
             return None
         sseq, seq = int_of(msg.seq, 1), int_of(_seq_of(msg.headers or {}, msg.seq), 1)
@@ -357,10 +357,13 @@ class ShardedNatsBackend(NatsBackend):
         from nats.js.errors import BadRequestError
 
         _, subject, _ = shard_names(p.channel, self.shards)
+        leader = False
         for _attempt in range(RETRIES):
             head = self.heads.get(p.channel)
             if head is None:
-                head = await self._head(p.channel) or (0, 0)
+                # After a conflict, from the leader: a lagging replica (one catching up after a failover)
+                # would give the same stale head again and again.
+                head = await self._head(p.channel, direct=not leader) or (0, 0)
             headers = {"Nats-Msg-Id": msg_id or f"{self.publisher_id}-{p.n}", "Mws-T0": repr(p.t_wall),
                        "Nats-Expected-Last-Subject-Sequence": str(head[0])}
             if head[0]:
@@ -370,6 +373,7 @@ class ShardedNatsBackend(NatsBackend):
             except BadRequestError as exc:
                 self.heads.pop(p.channel, None)
                 if exc.err_code == CONFLICT:
+                    leader = True
                     continue  # another node stored on the channel since: read the head again
                 raise
             sseq = int_of(getattr(ack, "seq", None), 1)

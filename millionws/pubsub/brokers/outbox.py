@@ -27,7 +27,9 @@ and answers with the original seq.  De-duplication lasts a window (NATS: the rep
 capped at 120 s; Redis: the replay window): a message still unanswered after an outage
 longer than that may be stored twice (at least once, never silently lost).  A message the
 broker explicitly refused (an error answer, not a timeout: ``refused``) is sent again
-``REFUSALS - 1`` times with backoff, then answered ``unavailable``.  Beyond
+``REFUSALS - 1`` times with backoff, then answered ``unavailable``, unless an earlier attempt of it went
+unanswered (``Pending.unknown``: it may be stored, e.g. a PubAck lost with a dying stream leader and the
+retry refused during the election); that one is sent again until acknowledged or timed out.  Beyond
 ``--bus-outbox-messages`` a publish is answered ``unavailable: outbox full`` and counted in
 ``bus_dropped`` (the commands: :mod:`backend`).  ``millionws_bus_outbox`` is the outbox depth
 (sent or not, unanswered).  Should the thread itself stop (a bug), unsent publishes are
@@ -109,6 +111,10 @@ class Outbox(BackendBase):
         stored = 0
         answered = 0
         complete = True
+        results = list(results)
+        for pending, result in zip(batch, results, strict=False):
+            if isinstance(result, BaseException) and not self.refused(result):
+                pending.unknown = True
         for pending, result in zip(batch, results, strict=False):  # a short answer: the rest go again
             if not outbox or outbox[0] is not pending:
                 complete = False
@@ -121,7 +127,10 @@ class Outbox(BackendBase):
                 reason = describe(result)
                 self.log("refused", reason, logging.WARNING, "bus %s: the broker refused a publish on %r: %s",
                          self.name, pending.channel, reason)
-                if pending.refusals < REFUSALS:
+                # An earlier attempt went unanswered and may be stored (its acknowledgement lost with a
+                # failing broker server): "unavailable" would say it was not, so it goes on being sent (stored
+                # once) until acknowledged or the worker's publish timeout answers that the outcome is unknown.
+                if pending.refusals < REFUSALS or pending.unknown:
                     complete = False
                     break
                 outbox.popleft()

@@ -41,7 +41,7 @@ class Scheme:
     libraries: tuple[str, ...]  # the modules imported to check that it is there
     parse: Callable[[str], object]  # BusConfigError for a URL that cannot work (a malformed list of hosts)
     backend: Callable[[BridgeSide], Backend]
-    probe: Callable[[str, float], Awaitable[None]]  # connect once, check, close (preflight)
+    probe: Callable[[str, float, int], Awaitable[None]]  # url, timeout, --bus-shards: connect, check, close
 
 
 def _nats_backend(bridge: BridgeSide) -> Backend:
@@ -78,17 +78,17 @@ def backend_for(bridge: BridgeSide) -> Backend:
     return scheme_of(bridge.url).backend(bridge)
 
 
-def preflight(url: str, timeout: float = 2.0) -> str | None:
+def preflight(url: str, timeout: float = 2.0, shards: int = 0) -> str | None:
     """Check ``--bus`` once before the workers start.
 
-    Raises :class:`BusConfigError` when the configuration cannot work (client library
-    missing, NATS without JetStream, Redis < 7); returns a one-line warning when the broker
-    cannot be reached right now (the server starts and reports not ready); None when all is
-    well.  Synchronous, bounded by about ``timeout``."""
+    Raises :class:`BusConfigError` when the configuration cannot work (client library missing, NATS
+    without JetStream or holding streams of another layout than ``shards``, Redis < 7); returns a one-line
+    warning when the broker cannot be reached right now (the server starts and reports not ready); None
+    when all is well.  Synchronous, bounded by about ``timeout``."""
     scheme = require(url)
 
     async def bounded() -> None:
-        await asyncio.wait_for(scheme.probe(url, timeout), timeout)
+        await asyncio.wait_for(scheme.probe(url, timeout, shards), timeout)
 
     try:
         _run_sync(bounded)

@@ -17,6 +17,7 @@ from millionws.pubsub.brokers.backend import Backend
 from millionws.pubsub.brokers.base import E_ACK, E_GAP, E_MSG
 from millionws.pubsub.brokers.bridge import Bridge
 from millionws.pubsub.brokers.nats import nats_names
+from millionws.pubsub.brokers.nats_shards import shard_names
 
 F = metrics.F
 CHANNEL = "hostile"  # of the tests that put junk on a real broker (test_nats, test_redis)
@@ -38,7 +39,8 @@ def fake_bridge(url: str = "nats://x", spec: str = "", **limits) -> types.Simple
               "connect_timeout": DEFAULTS.bus_connect_timeout, "heartbeat": DEFAULTS.bus_heartbeat,
               "live_pending_messages": DEFAULTS.bus_live_pending_messages,
               "live_pending_bytes": DEFAULTS.bus_live_pending_bytes, "max_json_depth": DEFAULTS.bus_max_json_depth,
-              "replicas": DEFAULTS.bus_replicas, "shards": DEFAULTS.bus_shards}
+              "replicas": DEFAULTS.bus_replicas,
+              "shards": 0}  # NATS: these tests are of the stream-per-channel layout; test_nats_shards passes N
     assert limits.keys() <= bounds.keys(), limits
     bounds.update(limits)
     return types.SimpleNamespace(emit=events.append, events=events, c=[0] * len(metrics.FIELDS), url=url, error="",
@@ -117,6 +119,7 @@ class Harness:
         self.c = [0] * len(metrics.FIELDS)
         self.events: list[tuple] = []
         self.hook = on_event
+        kwargs.setdefault("shards", 0)  # NATS: a stream per channel unless the test asks for shards
         self.bridge = Bridge(url, self.reactor, self.c, self.on_event, **kwargs)
         self.req = 0
 
@@ -174,10 +177,28 @@ class Harness:
         self.reactor.close()
 
 
-def stored(url: str, channel: str) -> list[tuple[int, object]]:
-    """(seq, document) of every record the broker holds for ``channel``, read without millionws."""
+def stored(url: str, channel: str, shards: int = 0) -> list[tuple[int, object]]:
+    """(seq, document) of every record the broker holds for ``channel``, read without millionws (NATS:
+    ``shards`` as the nodes' --bus-shards)."""
 
     async def read() -> list[tuple[int, object]]:
+        if url.startswith("nats://") and shards:
+            import nats
+            from nats.js.errors import NotFoundError
+
+            nc = await nats.connect(url)
+            js = nc.jetstream()
+            stream, subject, _ = shard_names(channel, shards)
+            out, start = [], 1
+            while True:
+                try:
+                    msg = await js.get_msg(stream, seq=start, subject=subject, next=True)
+                except NotFoundError:
+                    break
+                out.append((int((msg.headers or {}).get("Mws-Seq") or msg.seq), json.loads(msg.data)))
+                start = msg.seq + 1
+            await nc.close()
+            return out
         if url.startswith("nats://"):
             import nats
             from nats.js.errors import NotFoundError

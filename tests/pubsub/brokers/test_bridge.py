@@ -19,6 +19,14 @@ from tests.pubsub.brokers.harness import namespaces, stored
 F = metrics.F
 
 
+@pytest.fixture(params=["nats-streams", "nats-shards", "redis"])
+def broker(request: pytest.FixtureRequest):
+    """Each test that takes it runs with both NATS layouts (a stream per channel; 4 shard streams) and Redis."""
+    made = request.getfixturevalue("redis_broker" if request.param == "redis" else "nats_broker")
+    made.shards = 4 if request.param == "nats-shards" else 0
+    return made
+
+
 def test_broker_events_are_handled_at_most_the_configured_number_per_wake():
     reactor = Reactor(lambda *_: None, lambda _: None)
     got: list[tuple] = []
@@ -49,7 +57,7 @@ def test_an_event_handler_that_raises_costs_only_that_event(harness):
 
 
 def test_acks_arrive_in_publish_order_with_consecutive_seqs(broker, harness):
-    h = harness(broker.url).start()
+    h = harness(broker.url, shards=broker.shards).start()
     h.bridge.interest("acks", True)
     h.run_until(lambda: h.up() and h.subscribed("acks"), what="bus up, subscribed")
     reqs = [h.publish("acks", {"i": i}) for i in range(600)]  # more than two batches
@@ -84,7 +92,7 @@ def test_a_publish_while_the_broker_is_down_is_refused_at_once(scheme, harness, 
 
 def test_a_broker_killed_with_publishes_in_flight_answers_each_once_and_stores_each_once(broker, harness, caplog):
     caplog.set_level(logging.INFO, "millionws.pubsub.brokers")
-    h = harness(broker.url, namespaces=namespaces(replay_max_messages=100_000)).start()
+    h = harness(broker.url, shards=broker.shards, namespaces=namespaces(replay_max_messages=100_000)).start()
     h.run_until(h.up, what="bus up")
     first = [h.publish("kill", {"i": i}) for i in range(200)]
     h.run_until(lambda: len(h.acks()) == 200, what="the first publishes answered")
@@ -113,7 +121,7 @@ def test_a_broker_killed_with_publishes_in_flight_answers_each_once_and_stores_e
     sent = {r: i for i, r in enumerate(first + rest)}
     acked = {sent[r]: seq for r, (seq, error) in acks.items() if not error}
     assert all(seq > 0 for seq in acked.values())
-    records = stored(broker.url, "kill")
+    records = stored(broker.url, "kill", broker.shards)
     documents = [doc["i"] for _seq, doc in records]
     assert len(documents) == len(set(documents)), "a message stored twice"
     assert {doc["i"]: seq for seq, doc in records} == acked  # each acked with the seq it was stored as
@@ -121,7 +129,7 @@ def test_a_broker_killed_with_publishes_in_flight_answers_each_once_and_stores_e
 
 
 def test_a_retry_after_a_lost_answer_gets_the_original_seq(broker, harness):
-    h = harness(broker.url)
+    h = harness(broker.url, shards=broker.shards)
     backend = h.bridge.backend
     real = backend.publish_batch
     lost: list[int] = []
@@ -140,12 +148,12 @@ def test_a_retry_after_a_lost_answer_gets_the_original_seq(broker, harness):
     h.run_until(lambda: len(h.acks()) == 3, what="the answers")
     assert lost == [1, 2, 3]
     assert [h.acks()[r] for r in reqs] == [(1, ""), (2, ""), (3, "")]
-    assert stored(broker.url, "retry") == [(1, {"i": 0}), (2, {"i": 1}), (3, {"i": 2})]
+    assert stored(broker.url, "retry", broker.shards) == [(1, {"i": 0}), (2, {"i": 1}), (3, {"i": 2})]
 
 
 def test_a_frozen_broker_is_noticed_and_its_in_flight_publishes_are_stored_once(broker, harness, caplog):
     caplog.set_level(logging.WARNING, "millionws.pubsub.brokers")
-    h = harness(broker.url, heartbeat=1.0).start()  # --bus-heartbeat: how soon silence is noticed
+    h = harness(broker.url, shards=broker.shards, heartbeat=1.0).start()  # --bus-heartbeat: how soon silence is noticed
     h.run_until(h.up, what="bus up")
     broker.proc.send_signal(signal.SIGSTOP)  # no RST, no answer: only pings / heartbeats can tell
     try:
@@ -161,4 +169,4 @@ def test_a_frozen_broker_is_noticed_and_its_in_flight_publishes_are_stored_once(
         broker.proc.send_signal(signal.SIGCONT)  # it reads and stores what the old connection sent
     h.run_until(lambda: len(h.acks()) == 10, what="the answers after the broker thawed")
     assert [h.acks()[r] for r in reqs] == [(seq, "") for seq in range(1, 11)]
-    assert stored(broker.url, "frozen") == [(seq, {"i": seq - 1}) for seq in range(1, 11)]
+    assert stored(broker.url, "frozen", broker.shards) == [(seq, {"i": seq - 1}) for seq in range(1, 11)]

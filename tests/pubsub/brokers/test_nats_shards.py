@@ -8,6 +8,7 @@ import pytest
 
 from millionws.pubsub.brokers.base import E_GAP, E_REPLAY, GAP_NONE, BusConfigError
 from millionws.pubsub.brokers.nats_shards import ShardedNatsBackend, shard_names, shard_of
+from millionws.pubsub.brokers.schemes import preflight
 from tests.pubsub.brokers.harness import fake_bridge, namespaces
 
 
@@ -135,6 +136,41 @@ def test_a_node_with_another_shard_count_refuses_to_start(nats_broker, harness):
 
     with pytest.raises(BusConfigError, match="every node must agree"):
         asyncio.run(other())
+    with pytest.raises(BusConfigError, match="every node must agree"):  # and before it forks its workers
+        preflight(nats_broker.url, shards=8)
+    assert preflight(nats_broker.url, shards=4) is None
+
+
+def test_the_two_layouts_refuse_each_others_streams(nats_broker, harness):
+    """A node of one layout beside streams of the other would split the channels between them (a rolling
+    update that changes --bus-shards, or its default): it refuses to start, and a running one stays down."""
+    streams, = [harness(nats_broker.url, shards=0).start()]
+    streams.bridge.interest("c", True)
+    streams.run_until(lambda: streams.up() and streams.subscribed("c"), what="a stream per channel made")
+    with pytest.raises(BusConfigError, match=r"--bus-shards 16: this NATS holds a stream per channel .*MWS_"):
+        preflight(nats_broker.url, shards=16)
+    assert preflight(nats_broker.url, shards=0) is None
+    sharded = harness(nats_broker.url, shards=4, backoff_max=0.2).start()
+    sharded.run_until(lambda: "a stream per channel" in sharded.bridge.error, what="the reason, while down")
+    assert not sharded.up()
+
+    async def delete() -> None:
+        import nats
+
+        nc = await nats.connect(nats_broker.url)
+        try:
+            js = nc.jetstream()
+            for name in [info.config.name for info in await js.streams_info()]:
+                await js.delete_stream(name)
+        finally:
+            await nc.close()
+
+    streams.bridge.interest("c", False)  # its node leaves the channel: nothing makes the stream again
+    streams.run_until(lambda: not streams.subscribed("c"), what="unsubscribed")
+    asyncio.run(delete())
+    sharded.run_until(sharded.up, timeout=10, what="up once the other layout's streams are gone")
+    with pytest.raises(BusConfigError, match=r"--bus-shards 0: this NATS holds shard streams"):
+        preflight(nats_broker.url, shards=0)
 
 
 def test_a_backend_publishes_on_mws_in_through_a_node_and_gets_the_seq(nats_broker, harness):

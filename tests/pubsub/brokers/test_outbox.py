@@ -36,6 +36,21 @@ def test_acks_follow_outbox_order_and_refusals_end_after_a_few_tries():
     assert fake.c[F["bus_published"]] == 3 and fake.c[F["bus_outbox"]] == 0
 
 
+def test_a_refusal_after_an_unanswered_attempt_is_never_answered_unavailable():
+    """The first attempt went unanswered (a PubAck lost with a dying stream leader): it may be stored, so the
+    refusals of its retries (no leader yet) must not answer "unavailable" (= not stored, send it again,
+    which would store it twice): it is sent on until acknowledged, with its first seq, or timed out."""
+    fake = Refusing({})
+    lost, fresh = base.Pending("c", b"1", 0.0, 1, req=21), base.Pending("d", b"2", 0.0, 2, req=22)
+    fake.outbox.extend([lost, fresh])
+    assert not fake._settle([lost, fresh], [TimeoutError(), TimeoutError()])
+    for _ in range(base.REFUSALS * 3):
+        assert not fake._settle([lost, fresh], [ValueError("no leader"), ValueError("no leader")])
+    assert fake.events == [] and list(fake.outbox) == [lost, fresh]  # neither: fresh was unanswered too
+    assert fake._settle([lost, fresh], [7, 8])
+    assert fake.events == [(E_ACK, 21, 7, ""), (E_ACK, 22, 8, "")]
+
+
 def test_an_outage_refuses_what_was_never_sent_and_keeps_what_may_be_stored():
     fake = Fake({}, outbox_messages=3)  # --bus-outbox-messages 3
     fake.connected = False
