@@ -349,7 +349,9 @@ class Fleet:
             "loss_examples": examples,
             "delivered_unacknowledged": unacked,
             "duplicates_dropped": sum(s.dups for s in self.subs),
-            "holes": sum(len(s.holes) for s in self.subs),
+            # Skipped seqs from the channel's first acknowledged one on: before it, numbers no message had (on
+            # NATS shards, the default, a channel's first seq is its shard stream's sequence, not 1).
+            "holes": sum(sum(q >= min(acked.get(s.channel) or [1]) for q in s.holes) for s in self.subs),
             "left_node_a": sum(s.left_first for s in self.subs),
             "moved_to_b": self.moved,
             "on_a": self.subscribed[0],

@@ -352,8 +352,10 @@ def check_outcome(script: Script, result: Outcome) -> str:
     assert closes in ([], [len(got) - 1]), "a frame after the Close, or two Closes"
     if closes and got[-1][2]:
         assert close_code(got[-1]) in WIRE_CODES, got[-1]
-    if closes and close_code(got[-1]) == 1011 and result.elapsed >= PING_INTERVAL:
-        # The keepalive ended it: what came before is what the model says, as far as it got.
+    if closes and close_code(got[-1]) == 1011 and result.elapsed >= PING_TIMEOUT:
+        # The keepalive ended it: what came before is what the model says, as far as it got.  Its first ping
+        # comes anywhere in (0, --ping-interval] after the upgrade (keepalive.first_ping_delay spreads the
+        # pings of a worker's connections), so a silent peer is closed after --ping-timeout at the earliest.
         assert got[:-1] == want[:len(got) - 1], (got, want)
         return "upgrade: keepalive 1011"
     if not complete:
