@@ -1,5 +1,9 @@
 """The NATS broker (``--bus nats://host:port[,nats://host:port...]``): JetStream numbers, core pub/sub carries.
 
+This module is the stream-per-channel layout (``--bus-shards 0``) and the connection both layouts share;
+the default layout, 16 shard streams, is :mod:`nats_shards` (a subclass).  :func:`check_layout` keeps a
+deployment on one layout.
+
 This module is named ``nats`` inside the package; the client library is imported by its
 absolute name (``import nats``, always the top-level ``nats-py`` package in Python 3), lazily,
 so that the server runs without the ``nats`` extra until a ``nats://`` bus is configured.
