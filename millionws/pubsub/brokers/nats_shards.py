@@ -224,32 +224,9 @@ class ShardedNatsBackend(NatsBackend):
         return self.tails.get(channel) == (cursor, 0, self.generation)
 
     async def _read(self, channel: str, start: int, count: int) -> list[Any]:
-        """Up to ``count`` stored messages of the channel from stream sequence ``start`` (one batched direct get)."""
+        """Up to ``count`` stored messages of the channel from stream sequence ``start``."""
         stream, subject, _ = shard_names(channel, self.shards)
-        inbox = self.nc.new_inbox()
-        got: list[Any] = []
-        done = asyncio.get_running_loop().create_future()
-
-        async def cb(msg: Any) -> None:
-            headers = msg.headers or {}
-            status = headers.get("Status")
-            if status is None:
-                got.append(msg)
-                if len(got) < count:
-                    return
-            if not done.done():
-                done.set_result(status)
-
-        sub = await self.nc.subscribe(inbox, cb=cb)
-        try:
-            await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(
-                {"seq": start, "next_by_subj": subject, "batch": count}).encode(), reply=inbox)
-            status = await asyncio.wait_for(done, 5.0)
-        finally:
-            await sub.unsubscribe()
-        if status not in (None, "204", "404"):
-            raise BrokerDataError(f"direct get of {channel!r} answered status {status}")
-        return got
+        return await direct_get_batch(self.nc, stream, subject, start, count)
 
     async def fetch(self, channel: str, first: int, last: int) -> list[Entry]:
         # A seq is at most its stream sequence: reading from stream sequence ``first`` misses nothing.
@@ -396,6 +373,34 @@ class ShardedNatsBackend(NatsBackend):
             return seq
         raise BadRequestError(code=409, err_code=CONFLICT,
                               description=f"{RETRIES} conflicting publishes in a row on {p.channel!r}")
+
+
+async def direct_get_batch(nc: Any, stream: str, subject: str, start: int, count: int) -> list[Any]:
+    """Up to ``count`` messages of ``subject`` in ``stream`` from stream sequence ``start``: one batched direct
+    get (JetStream answers with the messages, then a status; nats-py has no call for it)."""
+    inbox = nc.new_inbox()
+    got: list[Any] = []
+    done = asyncio.get_running_loop().create_future()
+
+    async def cb(msg: Any) -> None:
+        status = (msg.headers or {}).get("Status")
+        if status is None:
+            got.append(msg)
+            if len(got) < count:
+                return
+        if not done.done():
+            done.set_result(status)
+
+    sub = await nc.subscribe(inbox, cb=cb)
+    try:
+        await nc.publish(f"$JS.API.DIRECT.GET.{stream}", json.dumps(
+            {"seq": start, "next_by_subj": subject, "batch": count}).encode(), reply=inbox)
+        status = await asyncio.wait_for(done, 5.0)
+    finally:
+        await sub.unsubscribe()
+    if status not in (None, "204", "404"):
+        raise BrokerDataError(f"direct get on {subject!r} answered status {status}")
+    return got
 
 
 def _channel_of(token: str) -> str | None:
