@@ -94,8 +94,9 @@ async def ws_echo(url: str, text: str) -> str:
 async def pubsub_round_trip(sub_url: str, pub_url: str, channel: str, since: int | None = None) -> tuple[dict, dict]:
     """Subscribe on one connection, publish on another (possibly another node); the ack and the message.
 
-    Across nodes, pass ``since=0``: "subscribed" does not promise that the node's broker subscription is live
-    yet, and a message published on another node in between would only come by replay (docs/protocol.md)."""
+    On two workers or two nodes, pass ``since=0``: "subscribed" does not promise that the channel's owner
+    worker (or the node's broker subscription) knows of the subscriber yet, and a message published on
+    another connection in between would only come by replay (docs/protocol.md)."""
     from websockets.asyncio.client import connect
 
     async with connect(sub_url) as sub, connect(pub_url) as pub:
