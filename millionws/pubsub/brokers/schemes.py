@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from ...config import DEFAULTS
 from . import nats as nats_broker
 from . import nats_shards
 from . import redis as redis_broker
@@ -78,7 +79,7 @@ def backend_for(bridge: BridgeSide) -> Backend:
     return scheme_of(bridge.url).backend(bridge)
 
 
-def preflight(url: str, timeout: float = 2.0, shards: int = 0) -> str | None:
+def preflight(url: str, timeout: float = 2.0, shards: int = DEFAULTS.bus_shards) -> str | None:
     """Check ``--bus`` once before the workers start.
 
     Raises :class:`BusConfigError` when the configuration cannot work (client library missing, NATS
