@@ -199,7 +199,7 @@ async def check_layout(js: Any, shards: int) -> None:
             raise BusConfigError(WRONG_SHARDS.format(mine=shards, theirs=shards_of(info.config.description)))
 
 
-async def probe(url: str, timeout: float, shards: int = 0) -> None:
+async def probe(url: str, timeout: float, shards: int) -> None:
     """What :func:`schemes.preflight` checks of a NATS server: it answers, has JetStream and holds no
     streams of the other layout (:func:`check_layout`)."""
     nc = await nats_connect(url, timeout, error_cb=_ignore)

@@ -210,7 +210,7 @@ async def redis_connect(url: str, timeout: float, heartbeat: float = DEFAULTS.bu
     return r
 
 
-async def probe(url: str, timeout: float, shards: int = 0) -> None:
+async def probe(url: str, timeout: float, shards: int) -> None:
     """What :func:`schemes.preflight` checks of a Redis: it answers, is >= 7 and knows FUNCTION (``shards``: a
     NATS layout, Redis has one)."""
     from redis.exceptions import ResponseError
