@@ -325,6 +325,8 @@ class RedisBackend(Backend):
         self.r: Any = None
         self.ps: Any = None
         self._reader: asyncio.Task | None = None
+        # SUBSCRIBEs sent and not yet confirmed: pub/sub channel -> the future subscribe_live waits on.
+        self._confirming: dict[bytes, asyncio.Future] = {}
         self._heard = 0.0  # monotonic time of the last thing read on the pub/sub connection
         self._hello = f"mws:hello:{self.publisher_id}"
         # Replicas that must hold a publish before it is acknowledged (WAIT): --bus-replicas copies, less the
@@ -364,6 +366,10 @@ class RedisBackend(Backend):
             self._heard = time.monotonic()
             try:
                 if msg.get("type") != "message":
+                    if msg.get("type") == "subscribe":
+                        confirmed = self._confirming.pop(msg.get("channel"), None)
+                        if confirmed is not None and not confirmed.done():
+                            confirmed.set_result(None)
                     continue
                 name = msg.get("channel")
                 if isinstance(name, bytes) and name.startswith(_CONTROL):
@@ -424,7 +430,17 @@ class RedisBackend(Backend):
         # Recorded first, for the backends that publish with FCALL alone (the module docstring).
         maxlen, ttl = stream_limits(self.bridge.namespaces.of(channel))
         await self.r.set(f"mws:{{{channel}}}:limits", f"{maxlen} {ttl}", ex=max(ttl, LIMITS_TTL))
-        await self.ps.subscribe("mws:live:" + channel)
+        # Wait until Redis confirms the SUBSCRIBE: the channel's last seq is read next on another connection,
+        # and a message published between that read and a SUBSCRIBE still in flight would be neither live nor
+        # behind the cursor (lost until the channel's next message; seen under load in CI).
+        name = ("mws:live:" + channel).encode()
+        confirmed = asyncio.get_running_loop().create_future()
+        self._confirming[name] = confirmed
+        try:
+            await self.ps.subscribe(name)
+            await asyncio.wait_for(confirmed, self.bridge.connect_timeout)
+        finally:
+            self._confirming.pop(name, None)
         return True
 
     async def unsubscribe_live(self, channel: str, sub: Any) -> None:

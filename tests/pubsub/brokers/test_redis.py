@@ -17,7 +17,7 @@ from millionws.pubsub.brokers.base import E_GAP, E_REPLAY, GAP_EXPIRED, GAP_NONE
 from millionws.pubsub.brokers.redis import REDIS_TOO_OLD, redis_connect
 from millionws.pubsub.brokers.schemes import preflight
 from tests.conftest import free_port
-from tests.pubsub.brokers.harness import CHANNEL, gaps, malformed, namespaces, stored, subscribed
+from tests.pubsub.brokers.harness import CHANNEL, fake_bridge, gaps, malformed, namespaces, stored, subscribed
 
 
 def test_the_module_named_redis_drives_the_client_library_not_itself():
@@ -25,6 +25,47 @@ def test_the_module_named_redis_drives_the_client_library_not_itself():
 
     with pytest.raises(redis.exceptions.ConnectionError):  # a self-import would fail before connecting
         asyncio.run(redis_connect(f"redis://127.0.0.1:{free_port()}", 1.0))
+
+
+def test_a_live_subscription_is_used_only_once_redis_confirmed_it():
+    """The channel's last seq is read right after, on another connection: a SUBSCRIBE still in flight then
+    would miss a message published in between, which no cursor would ever ask for again."""
+    from millionws.pubsub.brokers.redis import RedisBackend
+
+    class Pool:
+        async def set(self, *args, **kwargs):
+            return True
+
+    class PubSub:
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+            self.inbox: asyncio.Queue = asyncio.Queue()
+
+        async def subscribe(self, name):
+            self.sent.append(name)
+
+        async def listen(self):
+            while True:
+                yield await self.inbox.get()
+
+    async def main() -> None:
+        backend = RedisBackend(fake_bridge("redis://x", connect_timeout=0.3))  # type: ignore[arg-type]
+        backend.r, backend.ps = Pool(), PubSub()
+        reader = asyncio.get_running_loop().create_task(backend._read())
+        waiting = asyncio.get_running_loop().create_task(backend.subscribe_live("news"))
+        await asyncio.sleep(0.05)
+        assert backend.ps.sent == [b"mws:live:news"] and not waiting.done()
+        await backend.ps.inbox.put({"type": "subscribe", "channel": b"mws:live:other", "data": 2})
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        await backend.ps.inbox.put({"type": "subscribe", "channel": b"mws:live:news", "data": 3})
+        assert await asyncio.wait_for(waiting, 1) is True
+        with pytest.raises(TimeoutError):  # never confirmed: the sync retries later
+            await backend.subscribe_live("silent")
+        assert backend._confirming == {}
+        reader.cancel()
+
+    asyncio.run(main())
 
 
 def test_redis_function_remembers_recent_seqs_per_publisher(redis_broker, harness):
