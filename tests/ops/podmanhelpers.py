@@ -25,18 +25,24 @@ def _tail(text: str, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+def unavailable(reason: str) -> None:
+    """Skip with ``reason`` where the machine cannot run this; in CI (``CI`` set: root, apt) fail instead,
+    as the interop tests do, so that a broken installer is never a green run."""
+    (pytest.fail if os.environ.get("CI") else pytest.skip)(reason)
+
+
 def require_podman() -> str:
     """The podman executable, installed and configured; skip (with the reason) where it cannot be installed."""
     if "podman" in _ready:
         return _ready["podman"]
     if os.geteuid() != 0 and not shutil.which("sudo"):
-        pytest.skip("podman cannot be installed: rootful podman needs root (or sudo), and this user has neither")
+        unavailable("podman cannot be installed: rootful podman needs root (or sudo), and this user has neither")
     if not shutil.which("apt-get") and not shutil.which("podman"):
-        pytest.skip("podman cannot be installed: no podman on PATH and no apt-get to install Debian's")
+        unavailable("podman cannot be installed: no podman on PATH and no apt-get to install Debian's")
     r = subprocess.run(["bash", str(INSTALLER)], capture_output=True, text=True, timeout=900)
     podman = shutil.which("podman")
     if podman is None:
-        pytest.skip(f"podman cannot be installed here: install-podman.sh exited {r.returncode}:\n"
+        unavailable(f"podman cannot be installed here: install-podman.sh exited {r.returncode}:\n"
                     f"{_tail(r.stdout + r.stderr)}")
     assert r.returncode == 0, f"install-podman.sh failed after installing podman:\n{_tail(r.stdout + r.stderr)}"
     _ready["podman"] = podman

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import million
+from tests.ops.podmanhelpers import unavailable
 
 pytestmark = pytest.mark.e2e
 
@@ -42,11 +43,11 @@ def connect_some(n: int = 20) -> tuple[int, int]:
 
 def test_loopback_is_untracked_during_the_run_and_tracked_after(monkeypatch) -> None:
     if os.geteuid() != 0:
-        pytest.skip("the million run's conntrack exemption needs root (nft)")
+        unavailable("the million run's conntrack exemption needs root (nft)")
     if not shutil.which("nft"):
-        pytest.skip("no nft: scripts/bench-system-deps installs nftables")
+        unavailable("no nft: scripts/bench-system-deps installs nftables")
     if million.sysctl_get("net.netfilter.nf_conntrack_max") is None or not PROC.exists():
-        pytest.skip("nf_conntrack is not loaded: nothing to exempt loopback from (podman's networking loads it)")
+        unavailable("nf_conntrack is not loaded: nothing to exempt loopback from (podman's networking loads it)")
     table = f"millionws_notrack_test{os.getpid()}"
     monkeypatch.setattr(million, "NOTRACK_TABLE", table)
     monkeypatch.setattr(million, "NOTRACK_NFT", million.NOTRACK_NFT.replace("millionws_notrack", table))
