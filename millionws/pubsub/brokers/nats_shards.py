@@ -101,6 +101,7 @@ class ShardedNatsBackend(NatsBackend):
         # Proof of continuity for the live path: channel -> (seq passed on, its stream seq, generation).
         self.tails: dict[str, tuple[int, int, int]] = {}
         self.generation = 0  # bumped by every connect and every slow-consumer loss
+        self.batched = True  # the connected server answers batched direct gets (connect)
 
     # -- the streams ---------------------------------------------------------------------------
     def _config(self, channel: str) -> Any:
@@ -121,6 +122,10 @@ class ShardedNatsBackend(NatsBackend):
 
     async def connect(self) -> None:
         await super().connect()
+        # A batched direct get needs nats-server 2.11; 2.10 (nats:2.10-alpine, the local stack) ignores
+        # "batch" and answers one message with no end marker.
+        version = self.nc.connected_server_version
+        self.batched = (version.major, version.minor) >= (2, 11)
         self.generation += 1
         self.heads.clear()
         self.tails.clear()  # the cursors are read again (every channel catches up after a connect)
@@ -226,7 +231,9 @@ class ShardedNatsBackend(NatsBackend):
     async def _read(self, channel: str, start: int, count: int) -> list[Any]:
         """Up to ``count`` stored messages of the channel from stream sequence ``start``."""
         stream, subject, _ = shard_names(channel, self.shards)
-        return await direct_get_batch(self.nc, stream, subject, start, count)
+        if self.batched:
+            return await direct_get_batch(self.nc, stream, subject, start, count)
+        return await direct_get_each(self.js, stream, subject, start, count)
 
     async def fetch(self, channel: str, first: int, last: int) -> list[Entry]:
         # A seq is at most its stream sequence: reading from stream sequence ``first`` misses nothing.
@@ -373,6 +380,23 @@ class ShardedNatsBackend(NatsBackend):
             return seq
         raise BadRequestError(code=409, err_code=CONFLICT,
                               description=f"{RETRIES} conflicting publishes in a row on {p.channel!r}")
+
+
+async def direct_get_each(js: Any, stream: str, subject: str, start: int, count: int) -> list[Any]:
+    """As :func:`direct_get_batch`, one direct get per message (servers before 2.11)."""
+    from nats.js.errors import NotFoundError
+
+    got: list[Any] = []
+    while len(got) < count:
+        try:
+            msg = await js.get_msg(stream, seq=start, subject=subject, next=True, direct=True)
+        except NotFoundError:
+            break
+        if not isinstance(msg.seq, int) or msg.seq < start:  # no progress: what a server must never answer
+            raise BrokerDataError(f"direct get on {subject!r} answered sequence {msg.seq!r} from {start}")
+        got.append(msg)
+        start = msg.seq + 1
+    return got
 
 
 async def direct_get_batch(nc: Any, stream: str, subject: str, start: int, count: int) -> list[Any]:
