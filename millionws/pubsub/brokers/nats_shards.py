@@ -55,6 +55,7 @@ import time
 from collections import OrderedDict
 from typing import Any
 
+from ..records import valid_internal
 from .base import (
     BridgeSide,
     BrokerDataError,
@@ -166,9 +167,11 @@ class ShardedNatsBackend(NatsBackend):
         try:
             token = msg.subject[len(INBOUND) + 1:]
             channel = _channel_of(token)
-            if channel is None or not _is_document(msg.data, self.max_depth):
-                self._malformed(1, f"a publish on {msg.subject[:80]!r} that is not one JSON document")
-                answer: dict[str, Any] = {"error": {"code": 400, "description": "not one JSON document"}}
+            refusal = ("not a channel name" if channel is None
+                       else None if _is_document(msg.data, self.max_depth) else "not one JSON document")
+            if refusal is not None:
+                self._malformed(1, f"a publish on {msg.subject[:80]!r}: {refusal}")
+                answer: dict[str, Any] = {"error": {"code": 400, "description": refusal}}
             else:
                 self.counter += 1
                 msg_id = (msg.headers or {}).get("Nats-Msg-Id")
@@ -428,13 +431,14 @@ async def direct_get_batch(nc: Any, stream: str, subject: str, start: int, count
 
 
 def _channel_of(token: str) -> str | None:
-    """The channel of a subject's tail (:func:`nats.subject_token` undone), or None."""
+    """The channel of a subject's tail (:func:`nats.subject_token` undone), or None when it names none a
+    node could subscribe to (a client's channel or a user's, :func:`records.valid_internal`)."""
     if token.startswith("~"):
         try:
             token = bytes.fromhex(token[1:]).decode()
         except (ValueError, UnicodeDecodeError):
             return None
-    return token if 0 < len(token) <= 256 else None
+    return token if 0 < len(token) <= 256 and valid_internal(token) else None
 
 
 def _stamp(raw: Any) -> float | None:

@@ -197,8 +197,11 @@ def test_a_backend_publishes_on_mws_in_through_a_node_and_gets_the_seq(nats_brok
         try:
             ack = await nc.jetstream().publish("mws.in.feed", b'{"from":"backend"}')  # a JetStream publish works
             answers.append((ack.stream, ack.seq))
-            bad = await nc.request("mws.in.feed", b"not json", timeout=5)
-            answers.append(json.loads(bad.data))
+            for subject, data in (("mws.in.feed", b"not json"), ("mws.in.feed", b"[" * 5000 + b"]" * 5000),
+                                  ("mws.in.feed", b'"\\ud800"'), ("mws.in.feed", b"1e999"), ("mws.in.feed", b""),
+                                  ("mws.in.bad!name", b"1"), ("mws.in.~zz", b"1"), ("mws.in." + "a" * 300, b"1")):
+                bad = await nc.request(subject, data, timeout=5)
+                answers.append(json.loads(bad.data))
         finally:
             await nc.close()
 
@@ -206,10 +209,12 @@ def test_a_backend_publishes_on_mws_in_through_a_node_and_gets_the_seq(nats_brok
 
     thread = threading.Thread(target=lambda: asyncio.run(backend()))
     thread.start()
-    a.run_until(lambda: len(answers) == 2, what="the backend's answers")  # the node's loop answers meanwhile
+    a.run_until(lambda: len(answers) == 9, what="the backend's answers")  # the node's loop answers meanwhile
     thread.join()
     first = a.acks()[node_req][0]
     assert answers[0] == (shard_names("feed", 4)[0], first + 1)
-    assert answers[1]["error"]["code"] == 400
+    assert [answer["error"] for answer in answers[1:]] == \
+        [{"code": 400, "description": "not one JSON document"}] * 5 + \
+        [{"code": 400, "description": "not a channel name"}] * 3
     a.run_until(lambda: len(a.messages("feed")) == 2, what="both delivered")
     assert a.messages("feed") == [(first, {"from": "node"}), (first + 1, {"from": "backend"})]
