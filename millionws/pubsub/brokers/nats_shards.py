@@ -36,7 +36,7 @@ cursor was read, with no reconnect and no slow-consumer loss in between); otherw
 would start a run (its seq jumps), so backends publish as before on ``mws.in.<channel>``, but now as a request
 (``nats req``, or a JetStream publish, whose PubAck this answer imitates: ``{"stream": "MWS_S<k>", "seq": n}``):
 every worker of every node listens in one queue group (``mws-in``), so exactly one numbers and stores it like
-its own publishes and answers with its seq, or ``{"error": …}`` for what is not one JSON document
+its own publishes and answers with its seq, or ``{"error": …}`` for what is not one JSON document or names no channel
 (:meth:`ShardedNatsBackend._inbound`).  A request nobody answers (no node up) is not stored.
 
 **Limits.**  One stream holds many namespaces' channels: its ``max_msgs_per_subject`` and ``max_age`` are the
