@@ -11,7 +11,6 @@ import jwt
 import pytest
 
 from millionws.client import AuthFailed, Client, Disconnected, Gap, Message, ServerError, Unsubscribed, token_expiry
-from millionws.pubsub.brokers.nats import nats_names
 from tests.conftest import Server, free_port, wait_for
 from tests.test_metrics_helpers import metric_total
 
@@ -29,19 +28,24 @@ def test_client_sees_every_message_once_in_order_across_a_drain_and_restart(nats
         js = nc.jetstream()
         async with Client(f"ws://127.0.0.1:{port}/pubsub", min_delay=0.05, max_delay=0.5) as client:
             await client.subscribe("feed", since=0)
-            # The node creates the channel's stream on its first subscriber; a backend publishing
-            # on the subject before any node used the channel would find no stream.
-            stream = nats_names("feed")[0]
-            for _ in range(100):
-                try:
-                    await js.stream_info(stream)
-                    break
-                except Exception:
-                    await asyncio.sleep(0.05)
 
-            async def backend():  # publishes straight on the broker: it does not care about the node
+            async def backend():
+                # Publishes on the broker, not on the node the client uses. With the shard streams (the
+                # default) a node numbers each one: while none listens (the new one is still connecting to
+                # NATS) nobody answers and nothing is stored, so the backend sends again, under the same
+                # Nats-Msg-Id, which stores a retry of an unanswered publish once.
+                from nats.errors import NoRespondersError
+                from nats.js.errors import NoStreamResponseError
+
                 for k in range(1, count + 1):
-                    await js.publish("mws.in.feed", json.dumps(k).encode())
+                    for _ in range(200):
+                        try:
+                            await js.publish("mws.in.feed", json.dumps(k).encode(), headers={"Nats-Msg-Id": f"k{k}"})
+                            break
+                        except (NoRespondersError, NoStreamResponseError, TimeoutError):  # nobody answered
+                            await asyncio.sleep(0.05)
+                    else:
+                        raise AssertionError(f"publish {k}: no node answered for 10 s")
                     if k == 50:
                         old = servers[-1]
                         old.signal(signal.SIGTERM)  # drain: every WebSocket gets 1001
@@ -56,13 +60,14 @@ def test_client_sees_every_message_once_in_order_across_a_drain_and_restart(nats
                 assert isinstance(event, Message), event
                 got.append(event)
             await task
-            assert [m.seq for m in got] == list(range(1, count + 1))
+            first = got[0].seq  # 1, or on the shard streams (the default) the shard's next sequence
+            assert [m.seq for m in got] == list(range(first, first + count))
             assert [m.data for m in got] == list(range(1, count + 1))
-            assert client.reconnects >= 1 and client.last == {"feed": count}
+            assert client.reconnects >= 1 and client.last == {"feed": first + count - 1}
             # Still subscribed on the new node, still publishing through it.
             await client.publish("feed", "after")
             event = await client.next(timeout=10)
-            assert event == Message("feed", count + 1, "after")
+            assert event == Message("feed", first + count, "after")
         await nc.close()
 
     try:
